@@ -1,0 +1,84 @@
+"""Atomic writes and safe reads of everything a run saves.
+
+Weights go to safetensors (no code can hide in them) with their metadata both in the file's
+header and in a readable JSON beside it. Files are written to a temporary name and renamed,
+so a run killed mid-write never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from clip_cir.errors import CIRError
+
+META_KEY = "clip_cir"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)`, then rename the temporary file over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write `state_dict` as safetensors plus `<stem>.json`, both atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    header = {META_KEY: json.dumps(metadata, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    write_json(path.with_suffix(".json"), metadata)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and our metadata ({} for safetensors files written by other tools)."""
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CIRError(f"{path}: not a readable safetensors file ({e})") from None
+    meta = json.loads(header[META_KEY]) if META_KEY in header else {}
+    return tensors, meta
+
+
+def save_torch_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Optimizer and RNG state for resuming: plain tensors and containers only, so it loads
+    back with `weights_only=True`."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_torch_state(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable state file
+        raise CIRError(f"{path}: unreadable training state ({str(e).splitlines()[0][:200]})") from None

@@ -1,0 +1,207 @@
+"""`clip-cir`: data, evaluation, submissions and tools around the two training stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from clip_cir import options as opt
+from clip_cir.errors import CIRError
+
+log = logging.getLogger("clip_cir")
+
+
+def _accelerator(args: argparse.Namespace):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+
+
+def _encode_options(args: argparse.Namespace, clip, accelerator):
+    from clip_cir.evaluation import EncodeOptions
+
+    cache = opt.feature_cache(args)
+    return EncodeOptions(transform=opt.transform_for(clip, args.transform, args.target_ratio),
+                         device=accelerator.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                         image_cache=cache, text_cache=cache, autocast=accelerator.autocast)
+
+
+def _combining(args: argparse.Namespace):
+    """The element-wise sum, or a Combiner checkpoint (ours or published)."""
+    from clip_cir.combiner import element_wise_sum, load_combiner
+
+    if getattr(args, "combiner", None):
+        return load_combiner(args.combiner), f"combiner {args.combiner}"
+    return element_wise_sum, "element-wise sum"
+
+
+def _prepare(args: argparse.Namespace, split: str | None = None):
+    """Everything before encoding, validated before any work: data, model, combining function."""
+    opt.check_positive(args, ["batch_size", "target_ratio"])
+    splits = opt.load_data(args, split)
+    clip = opt.load_model(args)
+    combine, combine_name = _combining(args)
+    if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
+        raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
+                       f"but {clip.describe()} gives {clip.embed_dim}-d")
+    accelerator = _accelerator(args)
+    if hasattr(combine, "to"):
+        combine = combine.to(accelerator.device)
+    clip.model.to(accelerator.device)
+    log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
+    return splits, clip, combine, _encode_options(args, clip, accelerator)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from clip_cir.checkpoints import write_json
+    from clip_cir.evaluation import evaluate
+    from clip_cir.metrics import format_metrics
+
+    splits, clip, combine, encode = _prepare(args)
+    metrics = evaluate(clip, splits, combine, encode)
+    print(format_metrics(metrics, label=args.dataset))
+    if args.output:
+        write_json(args.output, {k: round(v, 4) for k, v in metrics.items()})
+        log.info("metrics written to %s", args.output)
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    from clip_cir.checkpoints import write_json
+    from clip_cir.evaluation import rank_features, split_features
+
+    opt.check_positive(args, ["top_k"])
+    splits, clip, combine, encode = _prepare(args)
+    queries = []
+    for split in splits:
+        ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k)
+        names = list(split.gallery)
+        for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
+            queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
+                            "caption": query.eval_caption, "target": query.target,
+                            "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
+    write_json(args.output, {"dataset": args.dataset, "split": args.split, "model": clip.describe(),
+                             "combining": "combiner" if args.combiner else "sum", "top_k": args.top_k,
+                             "queries": queries})
+    print(f"rankings of {len(queries)} queries written to {args.output}")
+
+
+def cmd_submit_cirr(args: argparse.Namespace) -> None:
+    from clip_cir.evaluation import rank_features, split_features
+    from clip_cir.submission import RECALL_LENGTH, build_submissions, write_submissions
+
+    if args.split not in ("test1", "val"):
+        raise CIRError(f"--split must be test1 or val for a CIRR submission, got '{args.split}'")
+    args.dataset = "cirr"
+    splits, clip, combine, encode = _prepare(args)
+    split = splits[0]
+    ranking = rank_features(split_features(clip, split, encode), combine, k=RECALL_LENGTH)
+    for path in write_submissions(build_submissions(split, ranking), split, args.output_dir, args.name):
+        print(path)
+
+
+def cmd_score_cirr(args: argparse.Namespace) -> None:
+    from clip_cir.data import load_splits
+    from clip_cir.metrics import format_metrics
+    from clip_cir.submission import read_submission, score_submission
+
+    split = load_splits("cirr", args.data_root, args.split)[0]
+    scores = score_submission(read_submission(args.submission), split, source=str(args.submission))
+    print(format_metrics(scores, label="cirr"))
+    if args.output:
+        from clip_cir.checkpoints import write_json
+        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from clip_cir import synth
+
+    opt.check_positive(args, ["train", "val", "test", "size"])
+    try:
+        summary = synth.generate(args.root, n_train=args.train, n_val=args.val, n_test=args.test,
+                                 size=args.size, seed=args.seed, overwrite=args.overwrite)
+    except ValueError as e:
+        raise CIRError(str(e)) from None
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clip-cir", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR and FashionIQ layouts",
+                       description="Render a deterministic 2-D shapes world (CSS-like) and write it in both "
+                                   "published layouts, plus per-image captions for pretraining.")
+    p.add_argument("--root", type=Path, required=True, help="output folder (becomes a --data-root)")
+    p.add_argument("--train", type=int, default=3000, help="training queries (default: %(default)s)")
+    p.add_argument("--val", type=int, default=600, help="validation queries (default: %(default)s)")
+    p.add_argument("--test", type=int, default=600, help="test queries (default: %(default)s)")
+    p.add_argument("--size", type=int, default=64, help="short image side in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset under --root")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eval", help="validation recalls of a CLIP (+ Combiner)",
+                       description="Rank each query's whole split gallery and report the method's recalls "
+                                   "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
+                                   "R@10/50 per category and averages).")
+    opt.add_data_args(p)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    p.add_argument("--output", type=Path, help="write the metrics as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
+    opt.add_data_args(p)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    p.add_argument("--top-k", type=int, default=50, help="results per query (default: %(default)s)")
+    p.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("submit-cirr", help="CIRR test-server submission files",
+                       description="Write recall_submission_NAME.json and recall_subset_submission_NAME.json, "
+                                   "checked against the server's rules first. --split val writes the same "
+                                   "files for val, to score offline with `clip-cir score-cirr`.")
+    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
+    p.add_argument("--split", default="test1", help="test1 (default) or val")
+    p.add_argument("--name", required=True, help="name used in the file names")
+    p.add_argument("--output-dir", type=Path, required=True, help="folder to write the two files in")
+    p.set_defaults(fashioniq_categories=None)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    p.set_defaults(func=cmd_submit_cirr)
+
+    p = sub.add_parser("score-cirr", help="score a CIRR submission file against val ground truth")
+    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
+    p.add_argument("--submission", type=Path, required=True, help="recall_ or recall_subset_submission JSON")
+    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
+    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    p.set_defaults(func=cmd_score_cirr)
+    return parser
+
+
+def _add_combining_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
+    group.add_argument("--combining", choices=("sum",), default="sum",
+                       help="element-wise sum of image and text features (the zero-shot baseline; default)")
+    group.add_argument("--combiner", type=Path, default=None,
+                       help="a Combiner checkpoint: our .safetensors, a stage-2 run directory, or a published "
+                            "{'Combiner': ...} file")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    opt.setup_logging(args.verbose)
+    opt.run_main(lambda: args.func(args), "clip-cir")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

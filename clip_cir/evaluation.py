@@ -1,0 +1,95 @@
+"""Features -> query vectors -> rankings -> metrics, the same for every dataset and caller.
+
+The reference image of every query is a gallery member, so its features come from the
+gallery features: evaluating a split encodes each gallery image once and each caption once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from clip_cir.combiner import CombiningFunction
+from clip_cir.data.types import CIRSplit
+from clip_cir.errors import CIRError
+from clip_cir.features import FeatureCache, encode_images, encode_texts
+from clip_cir.metrics import combine_benchmarks, split_metrics
+from clip_cir.models import LoadedCLIP
+from clip_cir.ranking import Ranking, rank_split
+from clip_cir.transforms import ImageTransform
+
+
+@dataclass
+class SplitFeatures:
+    """Raw CLIP features of one split: its gallery, and per query its reference and caption."""
+
+    split: CIRSplit
+    gallery: torch.Tensor
+    reference: torch.Tensor
+    text: torch.Tensor
+
+
+@dataclass
+class EncodeOptions:
+    """How to run CLIP over a split (device, batching, caches); shared by every command."""
+
+    transform: ImageTransform
+    device: torch.device | str = "cpu"
+    batch_size: int = 64
+    num_workers: int = 0
+    image_cache: FeatureCache | None = None
+    text_cache: FeatureCache | None = None
+    autocast: Callable | None = None
+    progress: bool = True
+
+
+def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) -> SplitFeatures:
+    gallery = encode_images(clip, list(split.gallery.values()), options.transform, device=options.device,
+                            batch_size=options.batch_size, num_workers=options.num_workers,
+                            cache=options.image_cache, autocast=options.autocast,
+                            desc=f"{split.name} {split.split} gallery", progress=options.progress)
+    index = {name: i for i, name in enumerate(split.gallery)}
+    reference = gallery[torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)]
+    text = encode_texts(clip, [q.eval_caption for q in split.queries], device=options.device,
+                        batch_size=max(options.batch_size, 256), cache=options.text_cache,
+                        autocast=options.autocast, desc=f"{split.name} {split.split} captions",
+                        progress=options.progress)
+    return SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)
+
+
+@torch.no_grad()
+def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
+    """Normalised query vectors; `combine` runs on the device its parameters live on."""
+    device = next(iter(getattr(combine, "parameters", lambda: iter(()))()), torch.empty(0)).device
+    parts = [combine(features.reference[i:i + batch_size].to(device), features.text[i:i + batch_size].to(device))
+             .float().cpu() for i in range(0, len(features.reference), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, features.gallery.shape[1])
+
+
+def rank_features(features: SplitFeatures, combine: CombiningFunction, k: int = 50) -> Ranking:
+    queries = predict_queries(features, combine)
+    return rank_split(features.split, queries, torch.nn.functional.normalize(features.gallery, dim=-1), k)
+
+
+def metrics_from_features(all_features: Sequence[SplitFeatures], combine: CombiningFunction) -> dict[str, float]:
+    """The dataset's metric dictionary (see metrics.combine_benchmarks for the key names)."""
+    per_split = []
+    for features in all_features:
+        if not features.split.has_targets:
+            raise CIRError(f"{features.split.dataset} split '{features.split.split}' has no targets to score "
+                           f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
+        ranking = rank_features(features, combine, k=max(features.split.recall_ks))
+        per_split.append((features.split, split_metrics(features.split, ranking)))
+    return combine_benchmarks(per_split)
+
+
+def evaluate(clip: LoadedCLIP, splits: Sequence[CIRSplit], combine: CombiningFunction,
+             options: EncodeOptions) -> dict[str, float]:
+    return metrics_from_features([split_features(clip, s, options) for s in splits], combine)
+
+
+def image_only(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """Baseline that ignores the caption: the reference image alone is the query."""
+    return torch.nn.functional.normalize(image_features, dim=-1)

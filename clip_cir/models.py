@@ -1,0 +1,248 @@
+"""One loader for every CLIP a user may bring.
+
+- an open_clip model name with a pretrained tag (downloaded by open_clip when online),
+- a local open_clip checkpoint (with `--model`),
+- an OpenAI-format state dict, or a published fine-tuned `{"epoch": n, "CLIP": state_dict}`,
+  whose architecture is inferred from the weights (no model name needed),
+- our own checkpoints (safetensors + JSON metadata, or a run directory),
+- the tiny configs shipped in `clip_cir/model_configs` for CPU runs and tests.
+
+Weights are loaded in float32 whatever they were saved in (float16 upcasts exactly), so a
+float32 fine-tuned checkpoint never passes through float16; mixed precision is Accelerate's job.
+Nothing is loaded with pickle: torch files go through `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from clip_cir.errors import CIRError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)
+TINY_MODEL = "cir-tiny-vit"
+DEFAULT_MODEL = "RN50x4"
+DEFAULT_PRETRAINED = "openai"
+OPENAI_STRIP_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class LoadedCLIP:
+    """A CLIP with what must travel with it: tokenizer, preprocessing facts and provenance."""
+
+    model: CLIP
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    model_name: str
+    """open_clip config name, or `openai-inferred` when the architecture came from the weights."""
+    source: str
+    """What was loaded: `random-init`, a pretrained tag, or a checkpoint path."""
+    clip_preprocess: Callable
+    config: dict[str, Any] = field(default_factory=dict)
+    """The architecture config, saved with our checkpoints so they load without a name."""
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1]) if isinstance(self.model.text_projection, torch.Tensor) \
+            else int(self.config["embed_dim"])
+
+    @property
+    def input_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+
+    def describe(self) -> str:
+        return f"{self.model_name} ({self.source})"
+
+
+def _close_matches(name: str, choices: list[str]) -> str:
+    matches = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(matches)}?" if matches else ""
+
+
+def check_model_name(name: str) -> None:
+    if name not in open_clip.list_models():
+        raise CIRError(f"unknown open_clip model '{name}'{_close_matches(name, open_clip.list_models())} "
+                       f"(see open_clip.list_models(); tiny CPU models: cir-tiny-vit, cir-tiny-rn)")
+
+
+def _tokenizer_for(model: CLIP, name: str | None) -> Callable:
+    if name is not None:
+        return open_clip.get_tokenizer(name)
+    return open_clip.SimpleTokenizer(context_length=model.context_length)
+
+
+def _preprocess_for(model: CLIP) -> Callable:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    return open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                     interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
+
+
+def _finish(model: CLIP, name: str, source: str, config: dict) -> LoadedCLIP:
+    model = model.float().eval()
+    return LoadedCLIP(model=model, tokenizer=_tokenizer_for(model, None if name == "openai-inferred" else name),
+                      model_name=name, source=source, clip_preprocess=_preprocess_for(model), config=config)
+
+
+def is_openai_state_dict(state_dict: dict) -> bool:
+    return all(k in state_dict for k in ("text_projection", "positional_embedding", "token_embedding.weight",
+                                         "ln_final.weight")) and any(k.startswith("visual.") for k in state_dict)
+
+
+def infer_openai_config(state_dict: dict) -> dict:
+    """The architecture of an OpenAI-format CLIP state dict, as an open_clip model config.
+
+    Mirrors `open_clip.model.build_model_from_openai_state_dict`, which we cannot call directly
+    because it converts the model to float16 before loading (losing float32 fine-tuned weights).
+    """
+    if "visual.proj" in state_dict:
+        width = state_dict["visual.conv1.weight"].shape[0]
+        layers = len([k for k in state_dict if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
+        patch = state_dict["visual.conv1.weight"].shape[-1]
+        grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = {"layers": layers, "width": width, "patch_size": patch, "image_size": patch * grid}
+    else:
+        counts = [len({k.split(".")[2] for k in state_dict if k.startswith(f"visual.layer{b}")}) for b in (1, 2, 3, 4)]
+        out_width = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = {"layers": counts, "width": state_dict["visual.layer1.0.conv1.weight"].shape[0],
+                  "patch_size": None, "image_size": out_width * 32}
+    text_width = state_dict["ln_final.weight"].shape[0]
+    text = {"context_length": state_dict["positional_embedding"].shape[0],
+            "vocab_size": state_dict["token_embedding.weight"].shape[0], "width": text_width,
+            "heads": text_width // 64,
+            "layers": len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks")})}
+    return {"embed_dim": state_dict["text_projection"].shape[1], "quick_gelu": True,
+            "vision_cfg": vision, "text_cfg": text}
+
+
+def build_from_config(config: dict) -> CLIP:
+    return CLIP(config["embed_dim"], vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
+                text_cfg=CLIPTextCfg(**config["text_cfg"]), quick_gelu=config.get("quick_gelu", False))
+
+
+def _load_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    state_dict = {k: v for k, v in state_dict.items() if k not in OPENAI_STRIP_KEYS}
+    if next(iter(state_dict), "").startswith("module."):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    if "logit_scale" in state_dict and state_dict["logit_scale"].ndim != model.logit_scale.ndim:
+        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[:2]
+        raise CIRError(f"{source}: weights do not fit the model ({' '.join(first)[:300]})") from None
+
+
+def read_torch_file(path: Path) -> Any:
+    """torch.load with weights_only=True: a checkpoint from the internet must not run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not a weights checkpoint
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CIRError(f"{path}: not a readable weights checkpoint ({reason})") from None
+
+
+def _unwrap_checkpoint(obj: Any, path: Path) -> dict:
+    """The state dict inside the formats we meet: published `{"CLIP": ...}`, open_clip's
+    `{"state_dict": ...}`, or a bare state dict."""
+    if not isinstance(obj, dict):
+        raise CIRError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a state dict")
+    for key in ("CLIP", "state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CIRError(f"{path}: checkpoint has no 'CLIP' or 'state_dict' entry and is not a state dict "
+                       f"(keys: {', '.join(list(obj)[:6])})")
+    return obj
+
+
+def resolve_clip_checkpoint(path: Path) -> Path:
+    """A run directory means its best CLIP checkpoint (else its last one)."""
+    if path.is_dir():
+        for candidate in ("best/clip.safetensors", "last/clip.safetensors", "clip.safetensors"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise CIRError(f"{path}: directory holds no CLIP checkpoint (best/clip.safetensors or last/clip.safetensors)")
+    return path
+
+
+def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
+    from clip_cir.checkpoints import read_safetensors  # local: checkpoints imports this module
+
+    path = resolve_clip_checkpoint(path)
+    if path.suffix == ".safetensors":
+        state_dict, meta = read_safetensors(path)
+        config = meta.get("model_config")
+        name = meta.get("model_name") or model_name
+    else:
+        state_dict, config, name = _unwrap_checkpoint(read_torch_file(path), path), None, model_name
+    if config is None and name is not None and name != "openai-inferred":
+        check_model_name(name)
+        config = open_clip.get_model_config(name)
+    if config is None:
+        if not is_openai_state_dict(state_dict):
+            raise CIRError(f"{path}: cannot infer the architecture from these weights; pass --model NAME")
+        config, name = infer_openai_config(state_dict), "openai-inferred"
+    try:
+        model = build_from_config(config)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CIRError(f"{path}: unusable model config ({e})") from None
+    _load_state(model, state_dict, str(path))
+    return _finish(model, name, str(path), config)
+
+
+def load_clip(model_name: str | None = None, pretrained: str | None = None) -> LoadedCLIP:
+    """Load a CLIP from a name and/or a pretrained tag, checkpoint file or run directory.
+
+    With neither, the method's reference backbone (RN50x4, OpenAI weights) is used.
+    """
+    if pretrained is not None and (os.path.sep in pretrained or Path(pretrained).exists()
+                                   or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        path = Path(pretrained)
+        if not path.exists():
+            raise CIRError(f"{path}: checkpoint not found")
+        return load_clip_checkpoint(path, model_name)
+    if model_name is None:
+        model_name, pretrained = DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED
+    check_model_name(model_name)
+    if pretrained is not None:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise CIRError(f"unknown pretrained tag '{pretrained}' for {model_name} and no such file "
+                           f"(known tags: {', '.join(tags) or 'none'})")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+    except RuntimeError as e:
+        raise CIRError(f"could not load {model_name} weights '{pretrained}': {str(e).splitlines()[0][:300]} "
+                       f"(downloading pretrained weights needs internet)") from None
+    return _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
+
+
+def tower_fingerprint(model: torch.nn.Module, tower: str) -> str:
+    """Hash of one tower's weights: features are reusable exactly when these bytes are unchanged.
+
+    `image` hashes `model.visual`; `text` hashes everything else (the text transformer,
+    embeddings and projection).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("visual.") != (tower == "image") or name == "logit_scale":
+            continue
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+

@@ -1,0 +1,105 @@
+"""Image preprocessing: `targetpad` (the method's default), `squarepad` and `clip`.
+
+Padding before the resize keeps whole garments and scenes in the crop instead of cutting the
+long side off. Every transform carries a `signature` string: the feature cache keys on it,
+because features are only reusable when the pixels that produced them are.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision import transforms as T
+
+from clip_cir.errors import CIRError
+
+TRANSFORMS = ("targetpad", "squarepad", "clip")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def target_pad_amounts(width: int, height: int, ratio: float) -> tuple[int, int]:
+    """Horizontal and vertical padding (per side) that bring long/short down to `ratio`.
+
+    Images already within the ratio are left alone; only the short dimension is padded.
+    """
+    if max(width, height) / min(width, height) < ratio:
+        return 0, 0
+    scaled = max(width, height) / ratio
+    return max(int((scaled - width) / 2), 0), max(int((scaled - height) / 2), 0)
+
+
+def square_pad_amounts(width: int, height: int) -> tuple[int, int]:
+    side = max(width, height)
+    return int((side - width) / 2), int((side - height) / 2)
+
+
+class TargetPad:
+    def __init__(self, ratio: float):
+        if ratio < 1:
+            raise CIRError(f"--target-ratio must be >= 1, got {ratio}")
+        self.ratio = ratio
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        hp, vp = target_pad_amounts(*image.size, self.ratio)
+        return TF.pad(image, [hp, vp, hp, vp], fill=0, padding_mode="constant") if hp or vp else image
+
+    def __repr__(self) -> str:
+        return f"TargetPad(ratio={self.ratio})"
+
+
+class SquarePad:
+    def __call__(self, image: Image.Image) -> Image.Image:
+        hp, vp = square_pad_amounts(*image.size)
+        return TF.pad(image, [hp, vp, hp, vp], fill=0, padding_mode="constant") if hp or vp else image
+
+    def __repr__(self) -> str:
+        return "SquarePad()"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+class ImageTransform:
+    """A callable PIL image -> tensor with a stable `signature` for cache keys."""
+
+    def __init__(self, fn: Callable[[Image.Image], torch.Tensor], signature: str):
+        self.fn = fn
+        self.signature = signature
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.fn(image)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.signature})"
+
+
+def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_MEAN,
+                    std: Sequence[float] = OPENAI_STD, target_ratio: float = 1.25,
+                    clip_preprocess: Callable | None = None) -> ImageTransform:
+    """The preprocessing named by `--transform`; `clip` is the model's own open_clip one."""
+    if name == "clip":
+        if clip_preprocess is None:
+            raise CIRError("--transform clip needs the model's open_clip preprocessing")
+        return ImageTransform(clip_preprocess, f"clip:{clip_preprocess!r}")
+    if name == "targetpad":
+        pad: Callable = TargetPad(target_ratio)
+    elif name == "squarepad":
+        pad = SquarePad()
+    else:
+        raise CIRError(f"unknown transform '{name}' (choose from {', '.join(TRANSFORMS)})")
+    compose = T.Compose([
+        pad,
+        T.Resize(input_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(input_size),
+        _to_rgb,
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+    signature = (f"{pad!r}|resize{input_size}-bicubic|crop{input_size}|"
+                 f"mean{tuple(round(m, 8) for m in mean)}|std{tuple(round(s, 8) for s in std)}")
+    return ImageTransform(compose, signature)
