@@ -20,7 +20,7 @@ def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     if len(targets) == 0:
         return 0.0
     hits = (ranked[:, :k] == targets.unsqueeze(1)).any(dim=1)
-    return 100.0 * hits.float().mean().item()
+    return 100.0 * int(hits.sum()) / len(targets)
 
 
 def soft_recall_at_k(ranked_names: Sequence[Sequence[str]], target_soft: Sequence[Mapping[str, float]],

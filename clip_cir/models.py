@@ -91,8 +91,13 @@ def _preprocess_for(model: CLIP) -> Callable:
                                      interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
 
 
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
+
+
 def _finish(model: CLIP, name: str, source: str, config: dict) -> LoadedCLIP:
     model = model.float().eval()
+    config = {**config, "quick_gelu": uses_quick_gelu(model)}
     return LoadedCLIP(model=model, tokenizer=_tokenizer_for(model, None if name == "openai-inferred" else name),
                       model_name=name, source=source, clip_preprocess=_preprocess_for(model), config=config)
 
@@ -189,17 +194,20 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
         name = meta.get("model_name") or model_name
     else:
         state_dict, config, name = _unwrap_checkpoint(read_torch_file(path), path), None, model_name
-    if config is None and name is not None and name != "openai-inferred":
+    if name is not None and name != "openai-inferred":
         check_model_name(name)
-        config = open_clip.get_model_config(name)
-    if config is None:
-        if not is_openai_state_dict(state_dict):
-            raise CIRError(f"{path}: cannot infer the architecture from these weights; pass --model NAME")
-        config, name = infer_openai_config(state_dict), "openai-inferred"
-    try:
-        model = build_from_config(config)
-    except (TypeError, KeyError, ValueError) as e:
-        raise CIRError(f"{path}: unusable model config ({e})") from None
+        quick_gelu = (config or {}).get("quick_gelu", False)
+        model = open_clip.create_model(name, force_quick_gelu=quick_gelu)
+        config = config or open_clip.get_model_config(name)
+    else:
+        if config is None:
+            if not is_openai_state_dict(state_dict):
+                raise CIRError(f"{path}: cannot infer the architecture from these weights; pass --model NAME")
+            config, name = infer_openai_config(state_dict), "openai-inferred"
+        try:
+            model = build_from_config(config)
+        except (TypeError, KeyError, ValueError) as e:
+            raise CIRError(f"{path}: unusable model config ({e})") from None
     _load_state(model, state_dict, str(path))
     return _finish(model, name, str(path), config)
 

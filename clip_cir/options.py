@@ -84,8 +84,8 @@ def check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("PIL", "urllib3", "matplotlib", "comet_ml", "filelock", "httpx", "root"):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("PIL", "urllib3", "matplotlib", "comet_ml", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -58,3 +58,16 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise CIRError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CIRError(f"{path}: corrupt or unreadable image ({e})") from None
+
+
+def check_images_identify(paths: Iterable[Path]) -> None:
+    """Cheap up-front check that every file is an image PIL recognises (header only), so a
+    garbage file stops a training run before the first step rather than in the middle."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.size
+        except FileNotFoundError:
+            raise CIRError(f"{path}: image file not found") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise CIRError(f"{path}: corrupt or unreadable image ({e})") from None

@@ -1,0 +1,91 @@
+"""Training-time pieces shared by stage 1 and stage 2: triplet datasets, precomputed
+features of frozen towers, and the module whose forward DDP wraps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from clip_cir import features
+from clip_cir.data.io import load_image
+from clip_cir.data.types import CIRSplit, Query
+from clip_cir.training import choice_for
+from clip_cir.transforms import ImageTransform
+
+
+@dataclass
+class TrainingSet:
+    """All training queries of a dataset (every FashionIQ category together) and their images."""
+
+    queries: list[Query]
+    image_names: list[str]
+    image_paths: list[Path]
+
+    @classmethod
+    def from_splits(cls, splits: Sequence[CIRSplit]) -> "TrainingSet":
+        images: dict[str, Path] = {}
+        for split in splits:
+            images.update(split.gallery)
+        return cls(queries=[q for s in splits for q in s.queries], image_names=list(images),
+                   image_paths=list(images.values()))
+
+    @property
+    def image_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.image_names)}
+
+    def caption_table(self) -> tuple[list[str], torch.Tensor]:
+        """Every training caption form, flattened, and each query's offset into that list:
+        caption features of all forms are computed once when the text tower is frozen."""
+        texts, offsets = [], []
+        for query in self.queries:
+            offsets.append(len(texts))
+            texts.extend(query.train_captions)
+        return texts, torch.tensor(offsets, dtype=torch.long)
+
+
+class TripletDataset(Dataset):
+    """Item `(epoch, i)` -> query i with the caption form drawn for that epoch, and the
+    preprocessed reference/target images only when an image tower trains."""
+
+    def __init__(self, data: TrainingSet, seed: int, transform: ImageTransform | None = None):
+        self.data, self.seed, self.transform = data, seed, transform
+        self.index = data.image_index
+
+    def __len__(self) -> int:
+        return len(self.data.queries)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        epoch, i = item
+        query = self.data.queries[i]
+        form = choice_for(self.seed, epoch, i, len(query.train_captions))
+        reference, target = self.index[query.reference], self.index[query.target]
+        out = {"query": i, "form": form, "caption": query.train_captions[form],
+               "reference": reference, "target": target}
+        if self.transform is not None:
+            out["reference_image"] = self.transform(load_image(self.data.image_paths[reference]))
+            out["target_image"] = self.transform(load_image(self.data.image_paths[target]))
+        return out
+
+
+class ClipEncoder(nn.Module):
+    """CLIP's two encoders behind one forward, so DDP sees every training forward pass."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, images: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        image_features = text_features = None
+        if images is not None:
+            image_features = self.clip.encode_image(images)
+            features.encode_counts["image"] += images.shape[0]
+        if tokens is not None:
+            text_features = self.clip.encode_text(tokens)
+            features.encode_counts["text"] += tokens.shape[0]
+        return image_features, text_features

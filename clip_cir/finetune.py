@@ -1,0 +1,144 @@
+"""Stage 1: task-oriented CLIP fine-tuning (`stage1/finetune.py`, `clip-cir finetune`).
+
+The query is norm(f_I(reference) + f_T(caption)), the key norm(f_I(target)); a fixed-scale
+(100) cross-entropy over the batch pulls each query to its target. `--encoder` picks which
+towers train. A frozen tower's features are computed once, before the first epoch (through
+the feature cache), so `--encoder text` encodes no image while it trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from clip_cir import options as opt
+from clip_cir.composition import ClipEncoder, TrainingSet, TripletDataset
+from clip_cir.data.io import check_images_identify
+from clip_cir.errors import CIRError
+from clip_cir.evaluation import EncodeOptions, evaluate
+from clip_cir.combiner import element_wise_sum
+from clip_cir.features import encode_images, encode_texts
+from clip_cir.losses import batch_contrastive_loss
+from clip_cir.metrics import selection_scores
+from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, fit,
+                               parse_with_resume, resume_state, seed_everything, start_run)
+
+log = logging.getLogger("clip_cir")
+ENCODERS = ("text", "image", "both")
+
+
+def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Stage 1 of the method: fine-tune CLIP's text and/or image encoder on composed "
+                               "queries (element-wise sum of image and text features, batch contrastive loss). "
+                               "Run with `accelerate launch` for GPUs, mixed precision and DDP, or plain python.")
+    opt.add_data_args(parser, split=False)
+    opt.add_model_args(parser)
+    parser.add_argument("--encoder", choices=ENCODERS, default="text",
+                        help="which towers train; the others are frozen and their features computed once "
+                             "(default: %(default)s, as in the CVPR-W paper; 'both' is the journal version)")
+    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
+                        help="image preprocessing (default: %(default)s)")
+    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="open_clip gradient checkpointing: saves memory on transformer towers; a no-op on "
+                             "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
+    add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
+                      name="stage1")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    check_training_args(args)
+    train_splits = opt.load_data(args, "train")
+    val_splits = opt.load_data(args, "val")
+    data = TrainingSet.from_splits(train_splits)
+    if len(data.queries) < args.batch_size:
+        raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(data.queries)} training triplets")
+    clip = opt.load_model(args)
+    transform = opt.transform_for(clip, args.transform, args.target_ratio)
+    train_text, train_image = args.encoder in ("text", "both"), args.encoder in ("image", "both")
+    if train_image:
+        check_images_identify(data.image_paths)
+    accelerator, run_dir = start_run(args, "stage1")
+    seed_everything(args.seed)
+    cache = opt.feature_cache(args)
+    device = accelerator.device
+    model = clip.model.to(device)
+    for name, param in model.named_parameters():
+        param.requires_grad = (train_image if name.startswith("visual.") else train_text) and name != "logit_scale"
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    progress = not args.no_progress and accelerator.is_main_process
+
+    # Frozen towers: their training features once, before any step.
+    image_features = text_features = text_offsets = None
+    if not train_image:
+        image_features = encode_images(clip, data.image_paths, transform, device=device, batch_size=64,
+                                       num_workers=args.num_workers, cache=cache, autocast=accelerator.autocast,
+                                       desc="training image features", progress=progress).to(device)
+    if not train_text:
+        texts, text_offsets = data.caption_table()
+        text_features = encode_texts(clip, texts, device=device, cache=cache, autocast=accelerator.autocast,
+                                     desc="training caption features", progress=progress).to(device)
+        text_offsets = text_offsets.to(device)
+
+    dataset = TripletDataset(data, args.seed, transform if train_image else None)
+    sampler = EpochSampler(len(dataset), args.seed)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        drop_last=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                  betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
+    encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
+
+    def compute_loss(batch: dict) -> torch.Tensor:
+        tokens = clip.tokenizer(batch["caption"]).to(device) if train_text else None
+        images = torch.cat([batch["reference_image"], batch["target_image"]]) if train_image else None
+        encoded_images, encoded_text = encoder(images=images, tokens=tokens)
+        if train_image:
+            reference, target = encoded_images.chunk(2)
+        else:
+            reference, target = image_features[batch["reference"]], image_features[batch["target"]]
+        text = encoded_text if train_text else text_features[text_offsets[batch["query"]] + batch["form"]]
+        return batch_contrastive_loss(element_wise_sum(reference, text), F.normalize(target, dim=-1))
+
+    def train_mode() -> None:
+        model.train()
+        if not train_image:
+            model.visual.eval()
+        if not train_text:
+            model.transformer.eval()
+
+    encode = EncodeOptions(transform=transform, device=device, batch_size=64, num_workers=args.num_workers,
+                           image_cache=None if train_image else cache, text_cache=None if train_text else cache,
+                           autocast=accelerator.autocast, progress=progress)
+
+    def validate(epoch: int) -> dict[str, float]:
+        metrics = evaluate(clip, val_splits, element_wise_sum, encode)
+        return {**metrics, **selection_scores(metrics)}
+
+    def saved_modules(epoch: int, metrics: dict) -> dict:
+        meta = {"kind": "clip", "stage": "stage1", "model_name": clip.model_name, "model_config": clip.config,
+                "source": clip.source, "encoder": args.encoder, "epoch": epoch,
+                "metrics": {k: round(v, 4) for k, v in metrics.items()}}
+        return {"clip": (model, meta)}
+
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
+                validate=validate, saved_modules=saved_modules, train_mode=train_mode)
+    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
+    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        log.info("done: best score %.2f; best CLIP: %s", loop.selection.best.get("score", float("nan")),
+                 run_dir.path / "best" / "clip.safetensors")
+    return metrics
+
+
+def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
+    opt.setup_logging()
+    parser = build_parser(prog)
+    opt.run_main(lambda: run(parse_with_resume(parser, argv)) and None, prog)

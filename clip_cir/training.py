@@ -1,0 +1,362 @@
+"""What stage 1, stage 2 and pretraining share: run directory, seeding, resumable checkpoints,
+CSV logs, tracking, and the one training loop.
+
+A run directory looks like:
+
+    RUN/config.json               resolved arguments
+    RUN/log.txt                   everything the run printed
+    RUN/train_metrics.csv         one row per epoch (loss, time, CLIP encodes so far)
+    RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
+    RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
+    RUN/last/                     weights + optimizer + RNG state to resume from
+    RUN/comet/                    offline comet_ml archive when tracking without an API key
+
+Resuming restores weights, optimizer, RNG and epoch from `last/`; batch order and caption
+choices depend only on (seed, epoch), so a resumed run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+
+from clip_cir import features
+from clip_cir.checkpoints import load_torch_state, read_safetensors, save_torch_state, save_weights, write_json
+from clip_cir.errors import CIRError
+from clip_cir.tracking import TRACKERS, flat_config, tracker_setup
+
+log = logging.getLogger("clip_cir")
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
+                      weight_decay: float, validation_frequency: int, name: str) -> None:
+    """Options every training program has, with that program's published defaults."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=epochs, help="training epochs (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=batch_size,
+                       help="GLOBAL batch size, split across processes (default: %(default)s)")
+    group.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
+    group.add_argument("--weight-decay", type=float, default=weight_decay, help="weight decay (default: %(default)s)")
+    group.add_argument("--validation-frequency", type=int, default=validation_frequency,
+                       help="validate every N epochs, and always after the last (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    group.add_argument("--num-workers", type=int, default=2, help="data loading workers (default: %(default)s)")
+    group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="autocast precision (default: what `accelerate launch`/config says, else no)")
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    run = parser.add_argument_group("run directory and tracking")
+    run.add_argument("--output-dir", type=Path, default=Path("runs"),
+                     help="runs are created under this folder (default: %(default)s)")
+    run.add_argument("--experiment-name", default=None,
+                     help=f"run directory and experiment name (default: {name}-<dataset>-<time>)")
+    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="continue an interrupted run from RUN_DIR/last (its config is reused; "
+                          "--epochs may be raised)")
+    run.add_argument("--tracker", choices=TRACKERS, default="none",
+                     help="comet_ml logs online with COMET_API_KEY, else an offline archive in the run "
+                          "directory (default: %(default)s)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cache = parser.add_argument_group("feature cache")
+    cache.add_argument("--cache-dir", type=Path, default=None,
+                       help="feature cache (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """With --resume the saved config is the run's config; only --epochs may change."""
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return args
+    config_path = Path(args.resume) / "config.json"
+    if not config_path.is_file():
+        raise CIRError(f"{config_path}: not found; --resume takes a run directory")
+    saved = json.loads(config_path.read_text())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in argv)
+    for key, value in saved.items():
+        if key in ("resume", "run_dir") or (key == "epochs" and epochs_given):
+            continue
+        default = parser.get_default(key)
+        setattr(args, key, Path(value) if isinstance(default, Path) and value is not None else value)
+    args.run_dir = str(args.resume)
+    return args
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "lr", "validation_frequency"):
+        if getattr(args, name) <= 0:
+            raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.weight_decay < 0 or args.num_workers < 0:
+        raise CIRError("--weight-decay and --num-workers must not be negative")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain containers (loadable with weights_only=True)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` in a permutation that depends only on (seed, epoch).
+
+    Passing the epoch with the index lets datasets make per-epoch random choices (FashionIQ's
+    caption form) that a resumed run repeats exactly, in any worker process.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if not self.shuffle:
+            order = range(self.size)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        return iter((self.epoch, i) for i in order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def choice_for(seed: int, epoch: int, index: int, n: int) -> int:
+    """A deterministic uniform choice in [0, n) for one sample in one epoch."""
+    return random.Random(f"{seed}:{epoch}:{index}").randrange(n) if n > 1 else 0
+
+
+@dataclass
+class Run:
+    """The run directory and the logs in it (writes happen on the main process only)."""
+
+    path: Path
+    is_main: bool
+
+    @classmethod
+    def create(cls, args: argparse.Namespace, prefix: str, is_main: bool) -> "Run":
+        if getattr(args, "run_dir", None):
+            path = Path(args.run_dir)
+        else:
+            path = Path(args.output_dir) / args.experiment_name
+            if is_main and (path / "config.json").exists():
+                raise CIRError(f"{path}: a run with this name exists; use --resume {path} or another --experiment-name")
+            args.run_dir = str(path)
+        run = cls(path=path, is_main=is_main)
+        if is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logging.getLogger().addHandler(handler)
+            if not (path / "config.json").exists():
+                write_json(path / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+        return run
+
+    def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        path = self.path / name
+        frame = pd.DataFrame([dict(row)])
+        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+    def truncate_csvs(self, last_epoch: int) -> None:
+        """Drop rows of epochs after the resumed checkpoint: they will be run again."""
+        if not self.is_main:
+            return
+        for name in ("train_metrics.csv", "validation_metrics.csv"):
+            path = self.path / name
+            if path.exists():
+                frame = pd.read_csv(path)
+                frame[frame["epoch"] <= last_epoch].to_csv(path, index=False)
+
+
+def save_checkpoint_dir(path: Path, modules: Mapping[str, tuple[nn.Module, dict]],
+                        state: dict[str, Any] | None = None) -> None:
+    """Write a whole checkpoint folder, then swap it in: a kill leaves the old one or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, (module, metadata) in modules.items():
+        save_weights(tmp / f"{name}.safetensors", module.state_dict(), metadata)
+    if state is not None:
+        save_torch_state(tmp / "training_state.pt", state)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    for name in ("last", "last.old"):
+        if (run_dir / name / "training_state.pt").is_file():
+            return run_dir / name
+    return None
+
+
+@dataclass
+class Selection:
+    """Which validation numbers keep a `best` checkpoint, and the best seen so far."""
+
+    keys: tuple[str, ...] = ("score",)
+    best: dict[str, float] = field(default_factory=dict)
+
+    def improved(self, metrics: Mapping[str, float]) -> list[str]:
+        better = [k for k in self.keys if metrics[k] > self.best.get(k, -math.inf)]
+        self.best.update({k: metrics[k] for k in better})
+        return better
+
+    @staticmethod
+    def folder(key: str) -> str:
+        return "best" if key == "score" else f"best_{key}"
+
+
+@dataclass
+class Loop:
+    """Everything the shared loop needs from a stage."""
+
+    model: nn.Module
+    """The prepared (possibly DDP-wrapped) module whose forward the loss calls."""
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    sampler: EpochSampler
+    compute_loss: Callable[[Any], torch.Tensor]
+    validate: Callable[[int], dict[str, float]]
+    saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]
+    """(epoch, metrics) -> {name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
+    train_mode: Callable[[], None]
+    """Put trainable parts in train mode and frozen parts in eval mode."""
+    selection: Selection = field(default_factory=Selection)
+
+
+def resume_state(accelerator, run: Run, loop: Loop) -> int:
+    """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at."""
+    checkpoint = last_checkpoint(run.path)
+    if checkpoint is None:
+        raise CIRError(f"{run.path}: no saved state to resume from (last/training_state.pt)")
+    state = load_torch_state(checkpoint / "training_state.pt")
+    for name, (module, _) in loop.saved_modules(0, {}).items():
+        weights, _ = read_safetensors(checkpoint / f"{name}.safetensors")
+        module.load_state_dict(weights)
+    loop.optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    loop.selection.best = dict(state["best"])
+    run.truncate_csvs(state["epoch"])
+    log.info("resuming %s after epoch %d", run.path, state["epoch"])
+    return int(state["epoch"])
+
+
+def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: int,
+        start_epoch: int = 0, progress: bool = True) -> dict[str, float]:
+    """The training loop shared by every stage. Returns the last validation metrics."""
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        loop.sampler.set_epoch(epoch)
+        loop.train_mode()
+        total, steps = torch.zeros((), device=accelerator.device), 0
+        bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                   disable=not (progress and accelerator.is_main_process))
+        for batch in bar:
+            with accelerator.autocast():
+                loss = loop.compute_loss(batch)
+            accelerator.backward(loss)
+            loop.optimizer.step()
+            loop.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+            steps += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        mean_loss = accelerator.reduce(total, reduction="mean").item() / max(steps, 1)
+        row = {"epoch": epoch + 1, "steps": steps, "train_loss": mean_loss,
+               "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+               "clip_images_encoded": features.encode_counts["image"],
+               "clip_texts_encoded": features.encode_counts["text"]}
+        log.info("epoch %d/%d: loss %.4f (%d steps, %.1fs)", epoch + 1, epochs, mean_loss, steps, row["seconds"])
+        validate_now = (epoch + 1) % validation_frequency == 0 or epoch + 1 == epochs
+        if validate_now and accelerator.is_main_process:
+            metrics = loop.validate(epoch)
+            better = loop.selection.improved(metrics)
+            run.append_csv("validation_metrics.csv", {"epoch": epoch + 1, **metrics})
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=epoch + 1)
+            log.info("validation after epoch %d: %s", epoch + 1,
+                     ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "soft" not in k))
+            for key in better:
+                save_checkpoint_dir(run.path / Selection.folder(key), loop.saved_modules(epoch + 1, metrics))
+        row["clip_images_encoded"] = features.encode_counts["image"]
+        row["clip_texts_encoded"] = features.encode_counts["text"]
+        run.append_csv("train_metrics.csv", row)
+        accelerator.log({"train/loss": mean_loss}, step=epoch + 1)
+        if accelerator.is_main_process:
+            state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rng_state(),
+                     "best": dict(loop.selection.best)}
+            save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
+        accelerator.wait_for_everyone()
+    return metrics
+
+
+def start_run(args: argparse.Namespace, prefix: str):
+    """Accelerator (device, precision, processes), run directory and tracker for a training program."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
+                              log_with=None if args.tracker == "none" else args.tracker,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if args.batch_size % accelerator.num_processes:
+        raise CIRError(f"--batch-size {args.batch_size} (global) must be divisible by the "
+                       f"{accelerator.num_processes} processes")
+    if accelerator.device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals make early CPU steps several times slower
+    if not getattr(args, "run_dir", None):
+        name = [args.experiment_name or f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        args.experiment_name = name[0]
+    run = Run.create(args, prefix, accelerator.is_main_process)
+    if args.tracker != "none":
+        _, init_kwargs = tracker_setup(args.tracker, run.path, run.path.name)
+        accelerator.init_trackers("clip-cir", flat_config(vars(args)), init_kwargs=init_kwargs)
+    log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
+             accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    return accelerator, run

@@ -1,0 +1,122 @@
+"""Shared fixtures for the whole test suite.
+
+- Every test runs with ``CLIP_CIR_CACHE`` pointing at a session temp dir (set at import, so
+  subprocesses inherit it too): the user's feature cache is never read or written.
+- ``synth_root``: one small synthetic dataset (both layouts) generated once per session; READ ONLY.
+- ``data_copy``: a private, writable copy of (part of) it, for tests that corrupt files.
+- ``tiny_clip`` / ``tiny_checkpoint``: a deterministic tiny CLIP and its published-format
+  checkpoint, for tests that need fixed weights across several commands.
+- ``cli``: run ``clip-cir`` in-process and get exit code, stdout and stderr back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Before anything imports clip_cir: no test may touch ~/.cache/clip_cir.
+_CACHE_ROOT = tempfile.mkdtemp(prefix="clip_cir_test_cache_")
+os.environ["CLIP_CIR_CACHE"] = _CACHE_ROOT
+
+SYNTH_ARGS = dict(n_train=120, n_val=60, n_test=60, size=64, seed=0)
+"""Arguments `synth_root` was generated with (tests may rely on the resulting counts)."""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Data root of a synthetic dataset in both real layouts (``cirr_dataset/`` and
+    ``fashionIQ_dataset/``), generated once per session with ``SYNTH_ARGS``: CIRR train/val/test1
+    = 120/60/60 queries (360/180/180 images); FashionIQ 40/20/20 queries per category;
+    64-px images, some non-square; FashionIQ mixes .jpg and .png. Shared by every test:
+    never write into it (use ``data_copy`` instead)."""
+    from clip_cir.synth import generate
+
+    root = tmp_path_factory.mktemp("synth_root")
+    generate(root, progress=False, **SYNTH_ARGS)
+    return root
+
+
+@pytest.fixture
+def data_copy(synth_root, tmp_path):
+    """Factory ``data_copy(dataset=None) -> Path``: a writable copy of ``synth_root`` under the
+    test's tmp_path, to corrupt freely. ``dataset="cirr"`` or ``"fashioniq"`` copies only that
+    dataset's folder (and for CIRR only its val and test1 splits, what the error tests use);
+    ``None`` copies both whole."""
+    def copy(dataset: str | None = None) -> Path:
+        root = tmp_path / "data"
+        if dataset in (None, "fashioniq"):
+            shutil.copytree(synth_root / "fashionIQ_dataset", root / "fashionIQ_dataset")
+        if dataset is None:
+            shutil.copytree(synth_root / "cirr_dataset", root / "cirr_dataset")
+        elif dataset == "cirr":
+            skip = shutil.ignore_patterns("train", "*.train.json")
+            shutil.copytree(synth_root / "cirr_dataset", root / "cirr_dataset", ignore=skip)
+        elif dataset != "fashioniq":
+            raise ValueError(dataset)
+        return root
+    return copy
+
+
+def make_tiny_clip(name: str = "cir-tiny-vit", seed: int = 0):
+    """A randomly initialised open_clip tiny model, deterministic for ``seed``, in eval mode."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    return open_clip.create_model(name).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """The ``cir-tiny-vit`` open_clip model with seed-0 weights (session-wide; do not modify)."""
+    return make_tiny_clip("cir-tiny-vit", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
+    """``tiny_clip``'s weights saved as a published fine-tuned checkpoint,
+    ``{"epoch": 0, "CLIP": openai_format_state_dict}`` (loads without a model name)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny_clip.pt"
+    torch.save({"epoch": 0, "CLIP": tiny_clip.state_dict()}, path)
+    return path
+
+
+@dataclass
+class CLIResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("clip-cir: error:")]
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args) -> CLIResult(code, out, err)``: ``clip_cir.cli.main`` in-process; the exit
+    code comes from its SystemExit. Arguments may be Paths; output captured so far is
+    discarded first."""
+    from clip_cir.cli import main
+
+    def run(*args) -> CLIResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CLIResult(code, captured.out, captured.err)
+    return run
