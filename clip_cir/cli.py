@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset under --root")
     p.set_defaults(func=cmd_synth)
 
+    for name, (_, help_text) in TRAINING_PROGRAMS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed here; dispatched in main()
+
     p = sub.add_parser("eval", help="validation recalls of a CLIP (+ Combiner)",
                        description="Rank each query's whole split gallery and report the method's recalls "
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
@@ -196,7 +199,22 @@ def _add_combining_args(parser: argparse.ArgumentParser) -> None:
                             "{'Combiner': ...} file")
 
 
+TRAINING_PROGRAMS = {
+    "pretrain": ("clip_cir.pretrain", "contrastive image-caption pretraining of a CLIP on a caption CSV"),
+    "finetune": ("clip_cir.finetune", "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
+    "train-combiner": ("clip_cir.train_combiner", "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_PROGRAMS:
+        # Training programs own their (long) argument lists; they are also `accelerate launch`-able scripts.
+        import importlib
+
+        module = importlib.import_module(TRAINING_PROGRAMS[argv[0]][0])
+        module.main(argv[1:], prog=f"clip-cir {argv[0]}")
+        return
     parser = build_parser()
     args = parser.parse_args(argv)
     opt.setup_logging(args.verbose)

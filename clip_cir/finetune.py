@@ -141,4 +141,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
     opt.setup_logging()
     parser = build_parser(prog)
-    opt.run_main(lambda: run(parse_with_resume(parser, argv)) and None, prog)
+    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)

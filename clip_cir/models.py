@@ -87,6 +87,16 @@ def _tokenizer_for(model: CLIP, name: str | None) -> Callable:
 
 def _preprocess_for(model: CLIP) -> Callable:
     cfg = open_clip.get_model_preprocess_cfg(model)
+    if "mean" not in cfg:
+        # Built from a config / inferred from weights rather than by open_clip's factory, which is
+        # what attaches the preprocessing config: give it open_clip's defaults (OpenAI mean/std).
+        from dataclasses import asdict
+
+        from open_clip.model import set_model_preprocess_cfg
+        from open_clip.transform import PreprocessCfg
+
+        set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), "size": model.visual.image_size})
+        cfg = open_clip.get_model_preprocess_cfg(model)
     return open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
                                      interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
 
@@ -156,7 +166,16 @@ def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a weights checkpoint
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            # torch's own message suggests weights_only=False (running the file's code): name the
+            # offending object instead.
+            detail = next((line.split("WeightsUnpickler error:", 1)[1].split(". Please")[0].strip()
+                           for line in str(e).splitlines() if "WeightsUnpickler error:" in line), "")
+            raise CIRError(f"{path}: refused to load: the checkpoint holds Python objects, not only weights, "
+                           f"and unpickling them could run code (torch.load weights_only=True"
+                           f"{': ' + detail if detail else ''})") from None
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {reason}" if len(reason) < 40 else reason
         raise CIRError(f"{path}: not a readable weights checkpoint ({reason})") from None
 
 

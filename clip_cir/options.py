@@ -89,14 +89,16 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_main(main: Callable[[], int | None], prog: str) -> None:
-    """Run a command; bad input becomes one line on stderr and exit code 2."""
+def run_main(main: Callable[[], object], prog: str) -> None:
+    """Run a command; bad input becomes one line on stderr and exit code 2.
+
+    Returns normally on success, so other commands (the quickstart) can call entry points in-process.
+    """
     try:
-        code = main()
+        main()
     except CIRError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)

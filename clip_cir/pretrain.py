@@ -1,0 +1,158 @@
+"""`clip-cir pretrain`: contrastive image-caption (re)training of a CLIP on a CSV of captions.
+
+The method starts from a pretrained CLIP; on the synthetic world there is none, and stage 1
+from random weights barely learns, so this gives the tiny model its "pretrained CLIP". On real
+data it is domain-adaptive continued pretraining on a catalogue's captions before stage 1.
+It reads open_clip's CSV format (`--csv-img-key`, `--csv-caption-key`, `--csv-separator`), uses
+open_clip's CLIP loss with a learned temperature, and holds out captions to measure the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from clip_cir import options as opt
+from clip_cir.composition import ClipEncoder
+from clip_cir.data.io import check_images_identify, load_image
+from clip_cir.errors import CIRError
+from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, fit,
+                               parse_with_resume, resume_state, seed_everything, start_run)
+from clip_cir.transforms import ImageTransform
+
+log = logging.getLogger("clip_cir")
+
+
+def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str) -> list[tuple[Path, str]]:
+    """(image, caption) rows; relative image paths are relative to the CSV's folder."""
+    if not path.is_file():
+        raise CIRError(f"{path}: caption CSV not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=separator)
+        for key in (img_key, caption_key):
+            if key not in (reader.fieldnames or []):
+                raise CIRError(f"{path}: no column '{key}' (columns: {', '.join(reader.fieldnames or [])}; "
+                               f"check --csv-separator)")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            image = Path(row[img_key])
+            image = image if image.is_absolute() else path.parent / image
+            if not image.is_file():
+                raise CIRError(f"{path}: line {line}: image {image} not found")
+            rows.append((image, row[caption_key]))
+    if not rows:
+        raise CIRError(f"{path}: no rows")
+    return rows
+
+
+class CaptionedImages(Dataset):
+    def __init__(self, rows: list[tuple[Path, str]], transform: ImageTransform):
+        self.rows, self.transform = rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        _, i = item
+        path, caption = self.rows[i]
+        return {"image": self.transform(load_image(path)), "caption": caption}
+
+
+def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Contrastive image-caption pretraining (open_clip's CLIP loss, learned "
+                               "temperature) on a CSV of image paths and captions. Its checkpoint loads as "
+                               "--pretrained everywhere.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-data", type=Path, required=True,
+                      help="CSV of images and captions (image paths relative to the CSV's folder or absolute)")
+    data.add_argument("--csv-img-key", default="filepath", help="image path column (default: %(default)s)")
+    data.add_argument("--csv-caption-key", default="title", help="caption column (default: %(default)s)")
+    data.add_argument("--csv-separator", default="\t", help="column separator (default: tab)")
+    data.add_argument("--val-fraction", type=float, default=0.05,
+                      help="captions held out to measure the loss (default: %(default)s)")
+    opt.add_model_args(parser)
+    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
+                        help="image preprocessing (default: %(default)s)")
+    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
+                      name="pretrain")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    check_training_args(args)
+    if not 0 < args.val_fraction < 1:
+        raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    n_val = max(1, int(len(rows) * args.val_fraction))
+    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    if len(train_rows) < args.batch_size:
+        raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows")
+    check_images_identify(p for p, _ in rows)
+    clip = opt.load_model(args)
+    transform = opt.transform_for(clip, args.transform, args.target_ratio)
+    args.dataset = "captions"
+    accelerator, run_dir = start_run(args, "pretrain")
+    seed_everything(args.seed)
+    device = accelerator.device
+    model = clip.model.to(device)
+    progress = not args.no_progress and accelerator.is_main_process
+    sampler = EpochSampler(len(train_rows), args.seed)
+    loader = DataLoader(CaptionedImages(train_rows, transform), batch_size=args.batch_size, sampler=sampler,
+                        num_workers=args.num_workers, drop_last=True)
+    val_loader = DataLoader(CaptionedImages(val_rows, transform), batch_size=min(args.batch_size, len(val_rows)),
+                            sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
+                            num_workers=args.num_workers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  weight_decay=args.weight_decay)
+    encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
+    loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
+                                 world_size=accelerator.num_processes)
+
+    def contrastive_loss(images, captions, forward) -> torch.Tensor:
+        image_features, text_features = forward(images=images.to(device), tokens=clip.tokenizer(captions).to(device))
+        scale = model.logit_scale.exp().clamp(max=100)
+        return loss_fn(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
+
+    @torch.no_grad()
+    def validate(epoch: int) -> dict[str, float]:
+        model.eval()
+        losses = [contrastive_loss(b["image"], b["caption"], ClipEncoder(model)).item() for b in val_loader]
+        val_loss = sum(losses) / len(losses)
+        return {"val_loss": val_loss, "score": -val_loss}
+
+    def saved_modules(epoch: int, metrics: dict) -> dict:
+        meta = {"kind": "clip", "stage": "pretrain", "model_name": clip.model_name, "model_config": clip.config,
+                "source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
+        return {"clip": (model, meta)}
+
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler,
+                compute_loss=lambda b: contrastive_loss(b["image"], b["caption"], encoder),
+                validate=validate, saved_modules=saved_modules, train_mode=model.train)
+    before = validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
+    if before is not None:
+        log.info("held-out contrastive loss before training: %.4f", before)
+        run_dir.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
+    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
+    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        log.info("done: held-out loss %.4f; checkpoint: %s", metrics.get("val_loss", float("nan")),
+                 run_dir.path / "best" / "clip.safetensors")
+    return metrics
+
+
+def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
+    opt.setup_logging()
+    parser = build_parser(prog)
+    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)

@@ -1,0 +1,122 @@
+"""Stage 2: train the Combiner on frozen CLIP features (`stage2/train_combiner.py`,
+`clip-cir train-combiner`).
+
+CLIP is frozen, so every feature the Combiner ever sees — reference and target images, all
+caption forms, the validation gallery and captions — is computed once, up front, through the
+feature cache (a second run on the same CLIP encodes nothing). An epoch is Combiner work only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from clip_cir import options as opt
+from clip_cir.combiner import Combiner
+from clip_cir.composition import TrainingSet, TripletDataset
+from clip_cir.errors import CIRError
+from clip_cir.evaluation import EncodeOptions, metrics_from_features, split_features
+from clip_cir.features import encode_images, encode_texts
+from clip_cir.losses import batch_contrastive_loss
+from clip_cir.metrics import selection_scores
+from clip_cir.training import (EpochSampler, Loop, Selection, add_training_args, check_training_args, fit,
+                               parse_with_resume, resume_state, seed_everything, start_run)
+
+log = logging.getLogger("clip_cir")
+
+
+def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Stage 2 of the method: train a Combiner network on frozen CLIP features "
+                               "(typically the stage-1 CLIP: --pretrained STAGE1_RUN_DIR). Run with "
+                               "`accelerate launch` or plain python.")
+    opt.add_data_args(parser, split=False)
+    opt.add_model_args(parser)
+    parser.add_argument("--projection-dim", type=int, default=None,
+                        help="Combiner projection size (default: 4x the CLIP embedding size; 2560 for RN50x4)")
+    parser.add_argument("--hidden-dim", type=int, default=None,
+                        help="Combiner hidden size (default: 8x the CLIP embedding size; 5120 for RN50x4)")
+    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
+                        help="image preprocessing (default: %(default)s)")
+    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    add_training_args(parser, epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, validation_frequency=3,
+                      name="stage2")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    check_training_args(args)
+    opt.check_positive(args, ["projection_dim", "hidden_dim"])
+    train_splits = opt.load_data(args, "train")
+    val_splits = opt.load_data(args, "val")
+    data = TrainingSet.from_splits(train_splits)
+    if len(data.queries) < args.batch_size:
+        log.info("--batch-size %d exceeds the %d training triplets; using %d", args.batch_size,
+                 len(data.queries), len(data.queries))
+        args.batch_size = len(data.queries)
+    clip = opt.load_model(args)
+    transform = opt.transform_for(clip, args.transform, args.target_ratio)
+    accelerator, run_dir = start_run(args, "stage2")
+    seed_everything(args.seed)
+    device = accelerator.device
+    clip.model.to(device).eval().requires_grad_(False)
+    cache = opt.feature_cache(args)
+    progress = not args.no_progress and accelerator.is_main_process
+    encode = EncodeOptions(transform=transform, device=device, num_workers=args.num_workers, image_cache=cache,
+                           text_cache=cache, autocast=accelerator.autocast, progress=progress)
+
+    # Every CLIP feature, once.
+    image_features = encode_images(clip, data.image_paths, transform, device=device, num_workers=args.num_workers,
+                                   cache=cache, autocast=accelerator.autocast, desc="training image features",
+                                   progress=progress).to(device)
+    texts, offsets = data.caption_table()
+    text_features = encode_texts(clip, texts, device=device, cache=cache, autocast=accelerator.autocast,
+                                 desc="training caption features", progress=progress).to(device)
+    offsets = offsets.to(device)
+    val_features = [split_features(clip, split, encode) for split in val_splits]
+    clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
+
+    dim = clip.embed_dim
+    combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim).to(device)
+    sampler = EpochSampler(len(data.queries), args.seed)
+    loader = DataLoader(TripletDataset(data, args.seed), batch_size=args.batch_size, sampler=sampler,
+                        num_workers=0, drop_last=True)
+    optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    prepared, optimizer, loader = accelerator.prepare(combiner, optimizer, loader)
+
+    def compute_loss(batch: dict) -> torch.Tensor:
+        reference = image_features[batch["reference"]]
+        text = text_features[offsets[batch["query"]] + batch["form"]]
+        target = F.normalize(image_features[batch["target"]], dim=-1)
+        return batch_contrastive_loss(prepared(reference, text), target)
+
+    def validate(epoch: int) -> dict[str, float]:
+        combiner.eval()
+        metrics = metrics_from_features(val_features, combiner)
+        return {**metrics, **selection_scores(metrics)}
+
+    def saved_modules(epoch: int, metrics: dict) -> dict:
+        meta = {"kind": "combiner", "stage": "stage2", **combiner.dims, "clip_model_name": clip.model_name,
+                "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 4) for k, v in metrics.items()}}
+        return {"combiner": (combiner, meta)}
+
+    loop = Loop(model=prepared, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
+                validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
+                selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
+    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
+    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        log.info("done: best score %.2f; best Combiner: %s", loop.selection.best.get("score", float("nan")),
+                 run_dir.path / "best" / "combiner.safetensors")
+    return metrics
+
+
+def main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
+    opt.setup_logging()
+    parser = build_parser(prog)
+    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)
