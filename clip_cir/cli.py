@@ -32,9 +32,12 @@ def _encode_options(args: argparse.Namespace, clip, accelerator):
 def _combining(args: argparse.Namespace):
     """The element-wise sum, or a Combiner checkpoint (ours or published)."""
     from clip_cir.combiner import element_wise_sum, load_combiner
+    from clip_cir.evaluation import image_only
 
     if getattr(args, "combiner", None):
         return load_combiner(args.combiner), f"combiner {args.combiner}"
+    if args.combining == "image":
+        return image_only, "image only (caption ignored)"
     return element_wise_sum, "element-wise sum"
 
 
@@ -83,7 +86,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
                             "caption": query.eval_caption, "target": query.target,
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
     write_json(args.output, {"dataset": args.dataset, "split": args.split, "model": clip.describe(),
-                             "combining": "combiner" if args.combiner else "sum", "top_k": args.top_k,
+                             "combining": "combiner" if args.combiner else args.combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")
 
@@ -125,6 +128,18 @@ def cmd_synth(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise CIRError(str(e)) from None
     print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from clip_cir.report import run_report
+
+    run_report(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from clip_cir.demo_app import run_demo
+
+    run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,13 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
     p.add_argument("--output", type=Path, help="write the scores as JSON here")
     p.set_defaults(func=cmd_score_cirr)
+
+    from clip_cir.report import add_report_args
+
+    p = sub.add_parser("report", help="PNG plots of a run: training loss, validation recalls, retrieval examples",
+                       description="Write training_loss.png, validation.png and (stage 1 / stage 2 runs) "
+                                   "retrieval_examples.png for a run directory, and print their paths.")
+    add_report_args(p)
+    p.set_defaults(func=cmd_report)
+
+    from clip_cir.demo_app import DESCRIPTION as DEMO_DESCRIPTION, add_demo_arguments
+
+    p = sub.add_parser("demo", help="web page + JSON API: search a gallery by reference image and caption",
+                       description=DEMO_DESCRIPTION)
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def _add_combining_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("combining").add_mutually_exclusive_group()
-    group.add_argument("--combining", choices=("sum",), default="sum",
-                       help="element-wise sum of image and text features (the zero-shot baseline; default)")
+    group.add_argument("--combining", choices=("sum", "image"), default="sum",
+                       help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
+                            "image: the reference image alone, caption ignored (a baseline)")
     group.add_argument("--combiner", type=Path, default=None,
                        help="a Combiner checkpoint: our .safetensors, a stage-2 run directory, or a published "
                             "{'Combiner': ...} file")
@@ -203,6 +234,7 @@ TRAINING_PROGRAMS = {
     "pretrain": ("clip_cir.pretrain", "contrastive image-caption pretraining of a CLIP on a caption CSV"),
     "finetune": ("clip_cir.finetune", "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
     "train-combiner": ("clip_cir.train_combiner", "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+    "quickstart": ("clip_cir.quickstart", "the whole method on synthetic data in a few CPU minutes"),
 }
 
 

@@ -24,8 +24,8 @@ from clip_cir.combiner import element_wise_sum
 from clip_cir.features import encode_images, encode_texts
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
-from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, fit,
-                               parse_with_resume, resume_state, seed_everything, start_run)
+from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
+                               program_main, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 ENCODERS = ("text", "image", "both")
@@ -41,9 +41,7 @@ def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
     parser.add_argument("--encoder", choices=ENCODERS, default="text",
                         help="which towers train; the others are frozen and their features computed once "
                              "(default: %(default)s, as in the CVPR-W paper; 'both' is the journal version)")
-    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
-                        help="image preprocessing (default: %(default)s)")
-    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    opt.add_transform_args(parser)
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="open_clip gradient checkpointing: saves memory on transformer towers; a no-op on "
                              "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
@@ -59,13 +57,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     data = TrainingSet.from_splits(train_splits)
     if len(data.queries) < args.batch_size:
         raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(data.queries)} training triplets")
+    seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     train_text, train_image = args.encoder in ("text", "both"), args.encoder in ("image", "both")
     if train_image:
         check_images_identify(data.image_paths)
     accelerator, run_dir = start_run(args, "stage1")
-    seed_everything(args.seed)
     cache = opt.feature_cache(args)
     device = accelerator.device
     model = clip.model.to(device)
@@ -122,23 +120,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         return {**metrics, **selection_scores(metrics)}
 
     def saved_modules(epoch: int, metrics: dict) -> dict:
-        meta = {"kind": "clip", "stage": "stage1", "model_name": clip.model_name, "model_config": clip.config,
-                "source": clip.source, "encoder": args.encoder, "epoch": epoch,
-                "metrics": {k: round(v, 4) for k, v in metrics.items()}}
-        return {"clip": (model, meta)}
+        return {"clip": (model, clip_metadata(clip, "stage1", epoch, metrics, encoder=args.encoder))}
 
     loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
                 validate=validate, saved_modules=saved_modules, train_mode=train_mode)
-    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
-    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        log.info("done: best score %.2f; best CLIP: %s", loop.selection.best.get("score", float("nan")),
-                 run_dir.path / "best" / "clip.safetensors")
-    return metrics
+    return train(accelerator, run_dir, loop, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
-    opt.setup_logging()
-    parser = build_parser(prog)
-    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)
+    program_main(build_parser(prog), run, argv, prog)

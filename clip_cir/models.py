@@ -166,15 +166,18 @@ def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a weights checkpoint
-        if "Weights only load failed" in str(e):
+        text = str(e)
+        if "Unsupported global:" in text:
             # torch's own message suggests weights_only=False (running the file's code): name the
             # offending object instead.
-            detail = next((line.split("WeightsUnpickler error:", 1)[1].split(". Please")[0].strip()
-                           for line in str(e).splitlines() if "WeightsUnpickler error:" in line), "")
-            raise CIRError(f"{path}: refused to load: the checkpoint holds Python objects, not only weights, "
-                           f"and unpickling them could run code (torch.load weights_only=True"
-                           f"{': ' + detail if detail else ''})") from None
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            culprit = text.split("Unsupported global:", 1)[1].split(" was not an allowed global")[0].strip()
+            raise CIRError(f"{path}: refused to load: the checkpoint holds Python objects ({culprit}), not only "
+                           f"weights, and unpickling them could run code (torch.load with weights_only=True)") from None
+        if "WeightsUnpickler error:" in text:
+            reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        else:
+            reason = text.strip().splitlines()[0] if text.strip() else ""
+        reason = reason[:200]
         reason = f"{type(e).__name__}: {reason}" if len(reason) < 40 else reason
         raise CIRError(f"{path}: not a readable weights checkpoint ({reason})") from None
 

@@ -43,12 +43,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "with --model")
 
 
+def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--transform", choices=TRANSFORMS, default="targetpad",
+                        help="image preprocessing (default: %(default)s)")
+    parser.add_argument("--target-ratio", type=float, default=1.25,
+                        help="aspect ratio targetpad pads down to (default: %(default)s)")
+
+
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoding")
-    group.add_argument("--transform", choices=TRANSFORMS, default="targetpad",
-                       help="image preprocessing (default: %(default)s)")
-    group.add_argument("--target-ratio", type=float, default=1.25,
-                       help="aspect ratio targetpad pads down to (default: %(default)s)")
+    add_transform_args(group)
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     group.add_argument("--num-workers", type=int, default=2, help="data loading workers (default: %(default)s)")
     group.add_argument("--cache-dir", type=Path, default=None,
@@ -84,9 +88,9 @@ def check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("PIL", "urllib3", "matplotlib", "comet_ml", "filelock", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Our messages at INFO; other libraries (open_clip logs through the root logger) only warn."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("clip_cir").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def run_main(main: Callable[[], object], prog: str) -> None:

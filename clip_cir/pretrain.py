@@ -23,8 +23,8 @@ from clip_cir import options as opt
 from clip_cir.composition import ClipEncoder
 from clip_cir.data.io import check_images_identify, load_image
 from clip_cir.errors import CIRError
-from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, fit,
-                               parse_with_resume, resume_state, seed_everything, start_run)
+from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
+                               program_main, seed_everything, start_run, train)
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
@@ -79,9 +79,7 @@ def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=0.05,
                       help="captions held out to measure the loss (default: %(default)s)")
     opt.add_model_args(parser)
-    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
-                        help="image preprocessing (default: %(default)s)")
-    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    opt.add_transform_args(parser)
     add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
                       name="pretrain")
     return parser
@@ -99,11 +97,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if len(train_rows) < args.batch_size:
         raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows")
     check_images_identify(p for p, _ in rows)
+    seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     args.dataset = "captions"
     accelerator, run_dir = start_run(args, "pretrain")
-    seed_everything(args.seed)
     device = accelerator.device
     model = clip.model.to(device)
     progress = not args.no_progress and accelerator.is_main_process
@@ -132,9 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         return {"val_loss": val_loss, "score": -val_loss}
 
     def saved_modules(epoch: int, metrics: dict) -> dict:
-        meta = {"kind": "clip", "stage": "pretrain", "model_name": clip.model_name, "model_config": clip.config,
-                "source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
-        return {"clip": (model, meta)}
+        return {"clip": (model, clip_metadata(clip, "pretrain", epoch, metrics))}
 
     loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler,
                 compute_loss=lambda b: contrastive_loss(b["image"], b["caption"], encoder),
@@ -143,16 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if before is not None:
         log.info("held-out contrastive loss before training: %.4f", before)
         run_dir.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
-    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
-    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        log.info("done: held-out loss %.4f; checkpoint: %s", metrics.get("val_loss", float("nan")),
-                 run_dir.path / "best" / "clip.safetensors")
-    return metrics
+    return train(accelerator, run_dir, loop, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
-    opt.setup_logging()
-    parser = build_parser(prog)
-    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)
+    program_main(build_parser(prog), run, argv, prog)

@@ -16,7 +16,8 @@ Scores are inner products, i.e. cosine similarities when queries and gallery are
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -88,6 +89,19 @@ def _import_faiss():
     return faiss
 
 
+@contextmanager
+def _single_thread(faiss) -> Iterator[None]:
+    """One OpenMP thread for a single query: FAISS splits work across queries, so more threads only
+    add start-up and spin-wait overhead (measured here: 0.5 ms vs 7 ms for one query on a 10k flat
+    index next to torch's own OpenMP pool)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def default_nlist(n: int) -> int:
     """sqrt(N) inverted lists (at least 39 training points each): the usual starting point,
     cheap to train on two cores even at 10^6 items."""
@@ -133,6 +147,7 @@ class FaissSearch:
             raise CIRError(f"unknown FAISS index '{index}' (choose from {', '.join(FAISS_INDEXES)})")
         self.index.add(data)
         self.dim = dim
+        self.faiss = faiss
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -145,7 +160,8 @@ class FaissSearch:
         if k < 1:
             return torch.empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
         fetch = min(k + (1 if exclude is not None else 0), n)
-        scores, indices = self.index.search(queries.numpy(), fetch)
+        with _single_thread(self.faiss) if queries.shape[0] == 1 else nullcontext():
+            scores, indices = self.index.search(queries.numpy(), fetch)
         scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
         scores[indices < 0] = float("-inf")
         if exclude is None:

@@ -18,13 +18,12 @@ from torch.utils.data import DataLoader
 from clip_cir import options as opt
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet, TripletDataset
-from clip_cir.errors import CIRError
 from clip_cir.evaluation import EncodeOptions, metrics_from_features, split_features
 from clip_cir.features import encode_images, encode_texts
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
-from clip_cir.training import (EpochSampler, Loop, Selection, add_training_args, check_training_args, fit,
-                               parse_with_resume, resume_state, seed_everything, start_run)
+from clip_cir.training import (EpochSampler, Loop, Selection, add_training_args, check_training_args,
+                               program_main, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 
@@ -40,9 +39,7 @@ def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentPar
                         help="Combiner projection size (default: 4x the CLIP embedding size; 2560 for RN50x4)")
     parser.add_argument("--hidden-dim", type=int, default=None,
                         help="Combiner hidden size (default: 8x the CLIP embedding size; 5120 for RN50x4)")
-    parser.add_argument("--transform", choices=("targetpad", "squarepad", "clip"), default="targetpad",
-                        help="image preprocessing (default: %(default)s)")
-    parser.add_argument("--target-ratio", type=float, default=1.25, help="targetpad ratio (default: %(default)s)")
+    opt.add_transform_args(parser)
     add_training_args(parser, epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, validation_frequency=3,
                       name="stage2")
     return parser
@@ -58,10 +55,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         log.info("--batch-size %d exceeds the %d training triplets; using %d", args.batch_size,
                  len(data.queries), len(data.queries))
         args.batch_size = len(data.queries)
+    seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
+    dim = clip.embed_dim  # the Combiner is built now, so its init never depends on cache hits
+    combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     accelerator, run_dir = start_run(args, "stage2")
-    seed_everything(args.seed)
     device = accelerator.device
     clip.model.to(device).eval().requires_grad_(False)
     cache = opt.feature_cache(args)
@@ -80,8 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     val_features = [split_features(clip, split, encode) for split in val_splits]
     clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
 
-    dim = clip.embed_dim
-    combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim).to(device)
+    combiner = combiner.to(device)
     sampler = EpochSampler(len(data.queries), args.seed)
     loader = DataLoader(TripletDataset(data, args.seed), batch_size=args.batch_size, sampler=sampler,
                         num_workers=0, drop_last=True)
@@ -101,22 +99,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def saved_modules(epoch: int, metrics: dict) -> dict:
         meta = {"kind": "combiner", "stage": "stage2", **combiner.dims, "clip_model_name": clip.model_name,
-                "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 4) for k, v in metrics.items()}}
+                "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         return {"combiner": (combiner, meta)}
 
     loop = Loop(model=prepared, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
                 validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
                 selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
-    start_epoch = resume_state(accelerator, run_dir, loop) if args.resume else 0
-    metrics = fit(accelerator, run_dir, loop, args.epochs, args.validation_frequency, start_epoch, progress)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        log.info("done: best score %.2f; best Combiner: %s", loop.selection.best.get("score", float("nan")),
-                 run_dir.path / "best" / "combiner.safetensors")
-    return metrics
+    return train(accelerator, run_dir, loop, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
-    opt.setup_logging()
-    parser = build_parser(prog)
-    opt.run_main(lambda: run(parse_with_resume(parser, argv)), prog)
+    program_main(build_parser(prog), run, argv, prog)

@@ -360,3 +360,29 @@ def start_run(args: argparse.Namespace, prefix: str):
     log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     return accelerator, run
+
+
+def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    """What a CLIP checkpoint records so it loads without a model name (`load_clip`)."""
+    return {"kind": "clip", "stage": stage, "model_name": clip.model_name, "model_config": clip.config,
+            "source": clip.source, **extra, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
+
+
+def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress: bool) -> dict[str, float]:
+    """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
+    start_epoch = resume_state(accelerator, run, loop) if args.resume else 0
+    metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, start_epoch, progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        best = ", ".join(f"{k} {v:.4g}" for k, v in loop.selection.best.items())
+        log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(loop.selection.keys[0]))
+    return metrics
+
+
+def program_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object],
+                 argv: list[str] | None, prog: str) -> None:
+    """Entry point of a training program: logging, --resume config, one-line errors."""
+    from clip_cir.options import run_main, setup_logging
+
+    setup_logging()
+    run_main(lambda: run(parse_with_resume(parser, argv)), prog)

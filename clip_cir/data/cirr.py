@@ -50,6 +50,9 @@ def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
             raise CIRError(f"{path}: entry {i} has no list 'img_set.members'")
         names = [entry["reference"], *img_set["members"]] + ([entry["target_hard"]] if has_targets else [])
         for name in names:
+            if not isinstance(name, str):
+                raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) has an image name that is not "
+                               f"a string: {name!r}")
             if name not in gallery:
                 raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) names image '{name}', "
                                f"which is not in {split_file.name}")
@@ -57,8 +60,8 @@ def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
         if not isinstance(caption, str):
             raise CIRError(f"{path}: entry {i} field 'caption' should be a string")
         soft = entry.get("target_soft")
-        if has_targets and not isinstance(soft, dict):
-            raise CIRError(f"{path}: entry {i} field 'target_soft' should be an object")
+        if has_targets and not (isinstance(soft, dict) and all(isinstance(v, (int, float)) for v in soft.values())):
+            raise CIRError(f"{path}: entry {i} field 'target_soft' should be an object of numbers")
         queries.append(Query(
             qid=str(entry["pairid"]),
             reference=entry["reference"],

@@ -73,6 +73,8 @@ def _load_category(base: Path, category: str, split: str, images: dict[str, Path
         if not (isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)):
             raise CIRError(f"{cap_path}: entry {i} field 'captions' should be a list of two strings")
         for key in ("candidate", "target") if has_targets else ("candidate",):
+            if not isinstance(entry[key], str):
+                raise CIRError(f"{cap_path}: entry {i} field '{key}' should be an image name (a string)")
             if entry[key] not in gallery:
                 raise CIRError(f"{cap_path}: entry {i} names image '{entry[key]}' ({key}), "
                                f"which is not in {split_path.name}")

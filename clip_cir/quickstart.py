@@ -1,0 +1,171 @@
+"""`clip-cir quickstart`: the whole method on synthetic data, on a CPU, in a few minutes.
+
+synthetic data -> pretrain a tiny CLIP -> zero-shot evaluation -> stage 1 -> evaluation ->
+stage 2 -> evaluation -> CIRR submission files -> plots, ending with a results table. Every
+step goes through the same public entry point a user runs by hand (`clip-cir synth`,
+`clip-cir pretrain`, `stage1/finetune.py`, `stage2/train_combiner.py`, `clip-cir eval`,
+`clip-cir submit-cirr`, `clip-cir report`), and every number is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from clip_cir import options as opt
+from clip_cir.checkpoints import write_json, write_text
+
+log = logging.getLogger("clip_cir")
+MODEL = "cir-tiny-vit"
+COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
+           ("recall_subset_at1", "Rs@1"), ("recall_subset_at2", "Rs@2"), ("recall_subset_at3", "Rs@3")]
+
+
+def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].strip() + " " +
+                                     "Defaults take about five minutes on 2 CPU cores.")
+    parser.add_argument("--workdir", type=Path, default=Path("quickstart"),
+                        help="where data, runs, submissions and plots go (default: %(default)s); runs/ inside "
+                             "is replaced on every call, the data is reused when its settings match")
+    parser.add_argument("--train", type=int, default=5000, help="synthetic training queries (default: %(default)s)")
+    parser.add_argument("--val", type=int, default=1000, help="synthetic validation queries (default: %(default)s)")
+    parser.add_argument("--test", type=int, default=500, help="synthetic test queries (default: %(default)s)")
+    parser.add_argument("--pretrain-epochs", type=int, default=2, help="(default: %(default)s)")
+    parser.add_argument("--stage1-epochs", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--stage2-epochs", type=int, default=20, help="(default: %(default)s)")
+    parser.add_argument("--encoder", choices=("text", "image", "both"), default="both",
+                        help="stage-1 towers to train (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=1, help="data loading workers (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--no-report", action="store_true", help="skip the plots")
+    return parser
+
+
+class Steps:
+    """Numbered, timed step headers, so a newcomer sees where the five minutes go."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, title: str) -> None:
+        self.done += 1
+        print(f"\n[{self.done}/{self.total}] {title}  (t={time.perf_counter() - self.started:.0f}s)", flush=True)
+
+
+def _cirr_caption_csv(data: Path) -> Path:
+    """The per-image captions of the CIRR layout only (the quickstart evaluates CIRR)."""
+    source, target = data / "pretrain_captions.csv", data / "pretrain_captions_cirr.csv"
+    with open(source, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    with open(target, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, delimiter="\t").writerows([rows[0]] + [r for r in rows[1:] if r[0].startswith("cirr_dataset/")])
+    return target
+
+
+def _synth(args: argparse.Namespace, data: Path) -> None:
+    from clip_cir import synth
+
+    info = data / "synth_info.json"
+    wanted = {"n_train": args.train, "n_val": args.val, "n_test": args.test, "size": 64, "seed": args.seed}
+    if info.is_file():
+        saved = json.loads(info.read_text()).get("args", {})
+        if all(saved.get(k) == v for k, v in wanted.items()):
+            print(f"reusing synthetic data in {data}")
+            return
+    synth.generate(data, **wanted, overwrite=True)
+
+
+def _eval(data: Path, out: Path, extra: list[str]) -> dict[str, float]:
+    from clip_cir.cli import main as cli_main
+
+    cli_main(["eval", "--dataset", "cirr", "--data-root", str(data), "--num-workers", "0", "--output", str(out),
+              *extra])
+    return json.loads(out.read_text())
+
+
+def results_table(rows: dict[str, dict[str, float]]) -> str:
+    """Markdown table of the CIRR val recalls, one row per method."""
+    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from clip_cir import finetune, pretrain, train_combiner
+    from clip_cir.cli import main as cli_main
+
+    opt.check_positive(args, ["train", "val", "test", "pretrain_epochs", "stage1_epochs", "stage2_epochs"])
+    work = args.workdir
+    data, runs, evals, subs = work / "data", work / "runs", work / "eval", work / "submission"
+    if runs.exists():
+        shutil.rmtree(runs)
+    for folder in (evals, subs):
+        folder.mkdir(parents=True, exist_ok=True)
+    workers = ["--num-workers", str(args.num_workers), "--no-progress"]
+    train_size = ["--seed", str(args.seed), "--output-dir", str(runs)]
+    step = Steps(10 if not args.no_report else 9)
+
+    step(f"synthetic data (CIRR and FashionIQ layouts) -> {data}")
+    _synth(args, data)
+    step("pretrain the tiny CLIP on per-image captions (the method starts from a pretrained CLIP)")
+    pretrain.main(["--train-data", str(_cirr_caption_csv(data)), "--model", MODEL, "--epochs",
+                   str(args.pretrain_epochs), "--batch-size", "128", "--lr", "3e-4",
+                   "--experiment-name", "pretrain", *train_size, *workers])
+    rows: dict[str, dict[str, float]] = {}
+    step("baselines: untrained CLIP, image only, zero-shot element-wise sum")
+    rows["untrained CLIP, sum"] = _eval(data, evals / "untrained.json", ["--model", MODEL])
+    rows["image only (pretrained CLIP)"] = _eval(data, evals / "image_only.json",
+                                                 ["--pretrained", str(runs / "pretrain"), "--combining", "image"])
+    rows["zero-shot sum (pretrained CLIP)"] = _eval(data, evals / "zero_shot.json",
+                                                    ["--pretrained", str(runs / "pretrain")])
+    step(f"stage 1: fine-tune CLIP ({args.encoder} encoder{'s' if args.encoder == 'both' else ''})")
+    finetune.main(["--dataset", "cirr", "--data-root", str(data), "--pretrained", str(runs / "pretrain"),
+                   "--encoder", args.encoder, "--epochs", str(args.stage1_epochs), "--batch-size", "128",
+                   "--lr", "1e-4", "--experiment-name", "stage1", *train_size, *workers],
+                  prog="stage1/finetune.py")
+    step("evaluate stage 1 + element-wise sum")
+    rows["stage 1 + sum"] = _eval(data, evals / "stage1.json", ["--pretrained", str(runs / "stage1")])
+    step("stage 2: train the Combiner on the frozen stage-1 CLIP")
+    train_combiner.main(["--dataset", "cirr", "--data-root", str(data), "--pretrained", str(runs / "stage1"),
+                         "--epochs", str(args.stage2_epochs), "--batch-size", "512", "--lr", "5e-4",
+                         "--validation-frequency", "5", "--experiment-name", "stage2", *train_size, *workers],
+                        prog="stage2/train_combiner.py")
+    step("evaluate stage 1 + Combiner")
+    rows["stage 1 + Combiner"] = _eval(data, evals / "stage2.json",
+                                       ["--pretrained", str(runs / "stage1"), "--combiner", str(runs / "stage2")])
+    step("CIRR test-server submission files for the synthetic test1 split")
+    cli_main(["submit-cirr", "--data-root", str(data), "--pretrained", str(runs / "stage1"), "--combiner",
+              str(runs / "stage2"), "--name", "quickstart", "--output-dir", str(subs), "--num-workers", "0"])
+    plots: list[Path] = []
+    if not args.no_report:
+        step("plots of the runs")
+        from clip_cir import report
+
+        for name in ("stage1", "stage2"):
+            plots += report.make_report(runs / name)
+    step("results")
+    table = results_table(rows)
+    write_json(work / "results.json", rows)
+    write_text(work / "results.md", table + "\n")
+    print("CIRR-layout synthetic val split, recalls in % (R@K: whole gallery, reference removed; "
+          "Rs@K: within the query's 6-image set)\n")
+    print(table)
+    print(f"\nruns:        {', '.join(str(runs / n) for n in ('pretrain', 'stage1', 'stage2'))}")
+    print(f"submission:  {subs}/recall_submission_quickstart.json, {subs}/recall_subset_submission_quickstart.json")
+    if plots:
+        print(f"plots:       {', '.join(str(p) for p in plots)}")
+    print(f"table:       {work / 'results.md'}")
+    return rows
+
+
+def main(argv: list[str] | None = None, prog: str = "clip-cir quickstart") -> None:
+    opt.setup_logging()
+    parser = build_parser(prog)
+    opt.run_main(lambda: run(parser.parse_args(argv)), prog)

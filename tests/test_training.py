@@ -1,0 +1,187 @@
+"""Stage 1, stage 2 and pretraining mechanics: feature reuse, DDP equivalence, resume after
+SIGKILL, run-directory contents and offline tracking. Learning itself is in test_learning.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage1_args(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    return ["--dataset", "cirr", "--data-root", str(data), "--model", "cir-tiny-vit", "--batch-size", "16",
+            "--lr", "1e-4", "--output-dir", str(runs), "--experiment-name", name, "--num-workers", "0",
+            "--no-progress", *extra]
+
+
+def stage2_args(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    return ["--dataset", "cirr", "--data-root", str(data), "--model", "cir-tiny-vit", "--batch-size", "32",
+            "--lr", "1e-3", "--output-dir", str(runs), "--experiment-name", name, "--no-progress", *extra]
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_path):
+    from clip_cir import finetune
+
+    finetune.main(stage1_args(synth_root, tmp_path, "text", "--encoder", "text", "--epochs", "3"))
+    run = tmp_path / "text"
+    train = pd.read_csv(run / "train_metrics.csv")
+    assert list(train["epoch"]) == [1, 2, 3]
+    # Cumulative counts: everything is encoded by the end of epoch 1 (training images up front,
+    # the val gallery at the first validation); later epochs and validations encode captions only.
+    images = list(train["clip_images_encoded"])
+    assert images[0] > 0 and images[1] == images[0] and images[2] == images[0]
+    texts = list(train["clip_texts_encoded"])
+    assert texts[2] > texts[1] > texts[0] > 0  # the text tower trains: captions are re-encoded
+    val = pd.read_csv(run / "validation_metrics.csv")
+    assert list(val["epoch"]) == [1, 2, 3]
+    config = json.loads((run / "config.json").read_text())
+    assert config["encoder"] == "text" and config["epochs"] == 3
+    # The image tower really is frozen, and the text tower really trained.
+    from clip_cir.models import load_clip
+    from clip_cir.training import seed_everything
+
+    seed_everything(0)  # the run's --seed: its random init is reproducible
+    start = load_clip("cir-tiny-vit").model.state_dict()
+    trained = read_weights(run / "last" / "clip.safetensors")
+    assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith("visual."))
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("transformer."))
+    meta = json.loads((run / "best" / "clip.json").read_text())
+    assert meta["model_name"] == "cir-tiny-vit" and meta["encoder"] == "text"
+    assert meta["metrics"]["score"] == pytest.approx(val["score"].max(), abs=1e-3)
+
+
+def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
+    from clip_cir import train_combiner
+
+    train_combiner.main(stage2_args(synth_root, tmp_path, "comb", "--epochs", "4", "--validation-frequency", "2"))
+    train = pd.read_csv(tmp_path / "comb" / "train_metrics.csv")
+    assert train["clip_images_encoded"].nunique() == 1 and train["clip_texts_encoded"].nunique() == 1
+    run = tmp_path / "comb"
+    for folder in ("best", "best_harmonic_mean", "best_geometric_mean", "last"):
+        assert (run / folder / "combiner.safetensors").is_file(), folder
+    meta = json.loads((run / "best" / "combiner.json").read_text())
+    assert (meta["clip_feature_dim"], meta["projection_dim"], meta["hidden_dim"]) == (128, 512, 1024)
+    # A second run on the same CLIP finds every feature in the cache.
+    from clip_cir import features
+
+    before = dict(features.encode_counts)
+    train_combiner.main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
+    assert features.encode_counts["image"] == before.get("image", 0)
+    assert features.encode_counts["text"] == before.get("text", 0)
+
+
+def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    if processes == 1:
+        cmd = [sys.executable, str(REPO / "stage1" / "finetune.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "stage1" / "finetune.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp_path):
+    """DDP with the gathered-with-gradient loss: 2 x 8 per process == 1 x 16."""
+    common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5"]
+    _launch(stage1_args(synth_root, tmp_path, "one", *common), processes=1)
+    _launch(stage1_args(synth_root, tmp_path, "two", *common), processes=2)
+    one = pd.read_csv(tmp_path / "one" / "train_metrics.csv")
+    two = pd.read_csv(tmp_path / "two" / "train_metrics.csv")
+    assert one["steps"].item() == two["steps"].item() == 120 // 16
+    assert two["train_loss"].item() == pytest.approx(one["train_loss"].item(), rel=1e-4)
+    w1 = read_weights(tmp_path / "one" / "last" / "clip.safetensors")
+    w2 = read_weights(tmp_path / "two" / "last" / "clip.safetensors")
+    from clip_cir.models import load_clip
+    from clip_cir.training import seed_everything
+
+    seed_everything(0)
+    start = load_clip("cir-tiny-vit").model.state_dict()
+    moved = [k for k in w1 if not torch.equal(w1[k], start[k])]
+    assert any(k.startswith("visual.") for k in moved) and any(k.startswith("transformer.") for k in moved)
+    for key in w1:
+        assert torch.allclose(w1[key], w2[key], atol=2e-5, rtol=1e-4), key
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):
+    args = ["--encoder", "text", "--epochs", "3", "--batch-size", "8", "--seed", "3"]
+    _launch(stage1_args(synth_root, tmp_path, "straight", *args), processes=1)
+
+    cmd = [sys.executable, str(REPO / "stage1" / "finetune.py"), *stage1_args(synth_root, tmp_path, "killed", *args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = tmp_path / "killed" / "last" / "training_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # in epoch 2: epoch 1's state has just been saved
+    proc.wait()
+    train = pd.read_csv(tmp_path / "killed" / "train_metrics.csv")
+    assert list(train["epoch"]) == [1], "the kill should land before epoch 2 ends"
+
+    from clip_cir import finetune
+
+    finetune.main(["--resume", str(tmp_path / "killed"), "--no-progress"])
+    straight = read_weights(tmp_path / "straight" / "last" / "clip.safetensors")
+    resumed = read_weights(tmp_path / "killed" / "last" / "clip.safetensors")
+    for key in straight:
+        assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+    a = pd.read_csv(tmp_path / "straight" / "train_metrics.csv")
+    b = pd.read_csv(tmp_path / "killed" / "train_metrics.csv")
+    assert list(b["epoch"]) == [1, 2, 3]
+    assert list(b["train_loss"]) == pytest.approx(list(a["train_loss"]), rel=1e-5)
+
+
+def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_path, monkeypatch):
+    from clip_cir import train_combiner
+
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    monkeypatch.setenv("COMET_CONFIG", str(tmp_path / "no_comet_config"))
+    train_combiner.main(stage2_args(synth_root, tmp_path, "tracked", "--epochs", "2", "--tracker", "comet_ml"))
+    run = tmp_path / "tracked"
+    archives = list((run / "comet").glob("*.zip"))
+    assert len(archives) == 1, list((run / "comet").iterdir()) if (run / "comet").exists() else "no comet dir"
+    import zipfile
+
+    with zipfile.ZipFile(archives[0]) as archive:
+        assert archive.namelist()  # a real, readable archive
+    assert len(pd.read_csv(run / "train_metrics.csv")) == 2
+    assert len(pd.read_csv(run / "validation_metrics.csv")) >= 1
+
+
+def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsys):
+    from clip_cir import finetune
+
+    cases = [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--batch-size", "1000"], "larger than the 120 training triplets"),
+        (["--model", "no-such-model"], "unknown open_clip model 'no-such-model'"),
+        (["--pretrained", str(tmp_path / "missing.pt")], "missing.pt: checkpoint not found"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            finetune.main(stage1_args(synth_root, tmp_path, "bad", "--epochs", "1", *extra))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        finetune.main(["--resume", str(tmp_path / "nothing-here")])
+    assert "config.json: not found" in capsys.readouterr().err
