@@ -4,8 +4,8 @@
   subprocesses inherit it too): the user's feature cache is never read or written.
 - ``synth_root``: one small synthetic dataset (both layouts) generated once per session; READ ONLY.
 - ``data_copy``: a private, writable copy of (part of) it, for tests that corrupt files.
-- ``tiny_clip`` / ``tiny_checkpoint``: a deterministic tiny CLIP and its published-format
-  checkpoint, for tests that need fixed weights across several commands.
+- ``make_tiny_clip`` / ``tiny_clip`` / ``tiny_checkpoint``: deterministic tiny CLIPs and a
+  published-format checkpoint, for tests that need fixed weights across several commands.
 - ``cli``: run ``clip-cir`` in-process and get exit code, stdout and stderr back.
 """
 
@@ -66,19 +66,28 @@ def data_copy(synth_root, tmp_path):
     return copy
 
 
-def make_tiny_clip(name: str = "cir-tiny-vit", seed: int = 0):
-    """A randomly initialised open_clip tiny model, deterministic for ``seed``, in eval mode."""
+def _make_tiny_clip(name: str = "cir-tiny-vit", seed: int = 0):
     import open_clip
     import torch
+
+    import clip_cir.models  # noqa: F401 - registers the tiny configs with open_clip
 
     torch.manual_seed(seed)
     return open_clip.create_model(name).eval()
 
 
 @pytest.fixture(scope="session")
+def make_tiny_clip():
+    """Factory ``make_tiny_clip(name="cir-tiny-vit", seed=0)``: a fresh randomly initialised
+    open_clip tiny model (``cir-tiny-vit`` or ``cir-tiny-rn``), deterministic for ``seed``, in
+    eval mode. Its ``state_dict()`` is an OpenAI-format CLIP state dict."""
+    return _make_tiny_clip
+
+
+@pytest.fixture(scope="session")
 def tiny_clip():
     """The ``cir-tiny-vit`` open_clip model with seed-0 weights (session-wide; do not modify)."""
-    return make_tiny_clip("cir-tiny-vit", 0)
+    return _make_tiny_clip("cir-tiny-vit", 0)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,123 @@
+"""Feature extraction and the on-disk feature cache (keyed by weights, preprocessing, inputs)."""
+
+import json
+
+import pytest
+import torch
+
+from clip_cir.data import load_splits
+from clip_cir.data.io import load_image
+from clip_cir.features import FeatureCache, encode_counts, encode_images, encode_texts
+from clip_cir.models import load_clip
+from clip_cir.transforms import build_transform
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_clip(None, str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def val_paths(synth_root):
+    return list(load_splits("cirr", synth_root, "val")[0].gallery.values())[:16]
+
+
+def test_features_equal_a_direct_forward_pass(loaded, tiny_clip, val_paths):
+    transform = build_transform("targetpad", 64)
+    features = encode_images(loaded, val_paths, transform, batch_size=8, progress=False)
+    batch = torch.stack([transform(load_image(p)) for p in val_paths])
+    with torch.no_grad():
+        expected = tiny_clip.encode_image(batch)
+    assert features.shape == (16, 128) and features.dtype == torch.float32
+    assert torch.allclose(features, expected, atol=1e-5)
+    texts = ["make the red circle blue", "remove the star"]
+    with torch.no_grad():
+        expected_text = tiny_clip.encode_text(loaded.tokenizer(texts))
+    assert torch.allclose(encode_texts(loaded, texts, progress=False), expected_text, atol=1e-5)
+
+
+def test_cache_hits_and_misses(loaded, make_tiny_clip, val_paths, tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    targetpad = build_transform("targetpad", 64)
+
+    def encoded(clip, paths, transform):
+        before = encode_counts["image"]
+        features = encode_images(clip, paths, transform, batch_size=8, cache=cache, progress=False)
+        return features, encode_counts["image"] - before
+
+    first, n = encoded(loaded, val_paths, targetpad)
+    assert n == 16 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    again, n = encoded(loaded, val_paths, targetpad)
+    assert n == 0 and torch.equal(again, first)
+    # A freshly loaded copy of the same weights hits the cache too.
+    assert encoded(load_clip(None, loaded.source), val_paths, targetpad)[1] == 0
+    # Different preprocessing, image list, or weights: encoded again.
+    assert encoded(loaded, val_paths, build_transform("squarepad", 64))[1] == 16
+    assert encoded(loaded, val_paths, build_transform("targetpad", 64, target_ratio=1.5))[1] == 16
+    assert encoded(loaded, val_paths[:-1], targetpad)[1] == 15
+    other = load_clip(None, loaded.source)
+    with torch.no_grad():
+        other.model.visual.conv1.weight.mul_(1.01)
+    changed, n = encoded(other, val_paths, targetpad)
+    assert n == 16 and not torch.allclose(changed, first)
+    # Changing only the text tower keeps image features cached.
+    text_only = load_clip(None, loaded.source)
+    with torch.no_grad():
+        text_only.model.token_embedding.weight.mul_(1.01)
+    assert encoded(text_only, val_paths, targetpad)[1] == 0
+    # No cache: always encoded.
+    before = encode_counts["image"]
+    encode_images(loaded, val_paths, targetpad, cache=FeatureCache(None), progress=False)
+    encode_images(loaded, val_paths, targetpad, cache=FeatureCache(None), progress=False)
+    assert encode_counts["image"] - before == 32
+
+
+def test_text_cache(loaded, tmp_path):
+    cache = FeatureCache(tmp_path)
+    texts = ["make the red circle blue", "remove the star", "add a square"]
+    before = encode_counts["text"]
+    first = encode_texts(loaded, texts, cache=cache, progress=False)
+    second = encode_texts(loaded, texts, cache=cache, progress=False)
+    assert encode_counts["text"] - before == 3 and torch.equal(first, second)
+    encode_texts(loaded, texts[::-1], cache=cache, progress=False)
+    assert encode_counts["text"] - before == 6
+
+
+def test_damaged_cache_entry_is_recomputed(loaded, val_paths, tmp_path, caplog):
+    cache = FeatureCache(tmp_path)
+    transform = build_transform("targetpad", 64)
+    first = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
+    (entry,) = tmp_path.glob("*.safetensors")
+    entry.write_bytes(b"garbage")
+    before = encode_counts["image"]
+    again = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
+    assert encode_counts["image"] - before == 8
+    assert torch.allclose(again, first) and "ignoring unreadable feature cache entry" in caplog.text
+
+
+def test_second_eval_encodes_no_image(cli, synth_root, tiny_checkpoint, make_tiny_clip, tmp_path):
+    cache = tmp_path / "cache"
+    base = ["eval", "--dataset", "fashioniq", "--data-root", synth_root, "--pretrained", tiny_checkpoint,
+            "--num-workers", "0", "--cache-dir", cache, "--fashioniq-categories", "dress"]
+    dress = load_splits("fashioniq", synth_root, "val", ["dress"])[0]
+    n_gallery, n_queries = len(dress.gallery), len(dress.queries)
+
+    def run(*extra):
+        before = dict(encode_counts)
+        result = cli(*base, *extra)
+        assert result.code == 0, result.err
+        return ({k: encode_counts[k] - before.get(k, 0) for k in ("image", "text")},
+                json.loads((tmp_path / "m.json").read_text()))
+
+    counts, first = run("--output", tmp_path / "m.json")
+    assert counts == {"image": n_gallery, "text": n_queries}
+    counts, second = run("--output", tmp_path / "m.json")
+    assert counts == {"image": 0, "text": 0}
+    assert second == first
+    counts, _ = run("--output", tmp_path / "m.json", "--transform", "squarepad")
+    assert counts == {"image": n_gallery, "text": 0}
+    other = tmp_path / "other.pt"
+    torch.save({"epoch": 1, "CLIP": make_tiny_clip("cir-tiny-vit", seed=7).state_dict()}, other)
+    before = encode_counts["image"]
+    assert cli(*base[:6], other, *base[7:]).code == 0
+    assert encode_counts["image"] - before == n_gallery
