@@ -26,7 +26,8 @@ def _encode_options(args: argparse.Namespace, clip, accelerator):
     cache = opt.feature_cache(args)
     return EncodeOptions(transform=opt.transform_for(clip, args.transform, args.target_ratio),
                          device=accelerator.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                         image_cache=cache, text_cache=cache, autocast=accelerator.autocast)
+                         image_cache=cache, text_cache=cache, autocast=accelerator.autocast,
+                         precision=accelerator.mixed_precision)
 
 
 def _combining(args: argparse.Namespace):
@@ -41,10 +42,13 @@ def _combining(args: argparse.Namespace):
     return element_wise_sum, "element-wise sum"
 
 
-def _prepare(args: argparse.Namespace, split: str | None = None):
+def _prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False):
     """Everything before encoding, validated before any work: data, model, combining function."""
     opt.check_positive(args, ["batch_size", "target_ratio"])
     splits = opt.load_data(args, split)
+    if need_targets and not all(s.has_targets for s in splits):
+        raise CIRError(f"{args.dataset} split '{splits[0].split}' has no targets to score "
+                       f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
     clip = opt.load_model(args)
     combine, combine_name = _combining(args)
     if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
@@ -63,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.evaluation import evaluate
     from clip_cir.metrics import format_metrics
 
-    splits, clip, combine, encode = _prepare(args)
+    splits, clip, combine, encode = _prepare(args, need_targets=True)
     metrics = evaluate(clip, splits, combine, encode)
     print(format_metrics(metrics, label=args.dataset))
     if args.output:

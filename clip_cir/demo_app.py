@@ -119,7 +119,7 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
     from werkzeug.exceptions import HTTPException
 
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
-    app.config.update(MAX_CONTENT_LENGTH=max_upload_bytes, JSON_SORT_KEYS=False)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.debug = False
     app.url_map.merge_slashes = False  # '/images//etc/passwd' is a 404, not a redirect
     info = {**engine.info(), "default_k": default_k, "max_k": MAX_K, "max_upload_bytes": max_upload_bytes}

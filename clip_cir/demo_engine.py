@@ -24,7 +24,7 @@ from clip_cir.combiner import CombiningFunction
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 from clip_cir.evaluation import EncodeOptions
-from clip_cir.features import encode_counts, encode_images, encode_texts
+from clip_cir.features import encode_counts, encode_images
 from clip_cir.models import LoadedCLIP
 from clip_cir.search import SearchIndex, build_index
 
@@ -111,7 +111,7 @@ class DemoEngine:
 
     @classmethod
     def from_splits(cls, clip: LoadedCLIP, combine: CombiningFunction, splits: Sequence[CIRSplit],
-                    encode: EncodeOptions, **kwargs) -> "DemoEngine":
+                    encode: EncodeOptions, **kwargs) -> DemoEngine:
         gallery = gallery_from_splits(clip, splits, encode)
         return cls(clip, combine, gallery, encode, dataset=splits[0].dataset, split=splits[0].split,
                    exclude_reference=splits[0].exclude_reference, **kwargs)
@@ -128,8 +128,13 @@ class DemoEngine:
 
     @torch.no_grad()
     def _text_features(self, caption: str) -> torch.Tensor:
-        return encode_texts(self.clip, [caption], device=self.encode.device, autocast=self.encode.autocast,
-                            progress=False)
+        # Not features.encode_texts: its cache key hashes the whole text tower on every call, which
+        # would cost more than the encoding itself for one caption.
+        tokens = self.clip.tokenizer([caption]).to(self.encode.device)
+        with (self.encode.autocast or nullcontext)():
+            features = self.clip.model.encode_text(tokens).float().cpu()
+        encode_counts["text"] += 1
+        return features
 
     @torch.no_grad()
     def _image_features(self, image: Image.Image) -> torch.Tensor:

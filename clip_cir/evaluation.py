@@ -6,7 +6,8 @@ gallery features: evaluating a split encodes each gallery image once and each ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -31,9 +32,9 @@ class SplitFeatures:
     text: torch.Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncodeOptions:
-    """How to run CLIP over a split (device, batching, caches); shared by every command."""
+    """How to run CLIP over images and captions (device, batching, caches); shared by every command."""
 
     transform: ImageTransform
     device: torch.device | str = "cpu"
@@ -42,20 +43,34 @@ class EncodeOptions:
     image_cache: FeatureCache | None = None
     text_cache: FeatureCache | None = None
     autocast: Callable | None = None
+    precision: str = "no"
+    """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
     progress: bool = True
+
+    def without_cache(self, images: bool, texts: bool) -> "EncodeOptions":
+        """The same options minus the caches of towers that train (their features change every step)."""
+        return replace(self, image_cache=None if images else self.image_cache,
+                       text_cache=None if texts else self.text_cache)
+
+
+def encode_image_files(clip: LoadedCLIP, paths: Sequence[Path], options: EncodeOptions, desc: str) -> torch.Tensor:
+    return encode_images(clip, paths, options.transform, device=options.device, batch_size=options.batch_size,
+                         num_workers=options.num_workers, cache=options.image_cache, autocast=options.autocast,
+                         precision=options.precision, desc=desc, progress=options.progress)
+
+
+def encode_captions(clip: LoadedCLIP, texts: Sequence[str], options: EncodeOptions, desc: str) -> torch.Tensor:
+    return encode_texts(clip, texts, device=options.device, batch_size=max(options.batch_size, 256),
+                        cache=options.text_cache, autocast=options.autocast, precision=options.precision,
+                        desc=desc, progress=options.progress)
 
 
 def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) -> SplitFeatures:
-    gallery = encode_images(clip, list(split.gallery.values()), options.transform, device=options.device,
-                            batch_size=options.batch_size, num_workers=options.num_workers,
-                            cache=options.image_cache, autocast=options.autocast,
-                            desc=f"{split.name} {split.split} gallery", progress=options.progress)
+    gallery = encode_image_files(clip, list(split.gallery.values()), options, f"{split.name} {split.split} gallery")
     index = {name: i for i, name in enumerate(split.gallery)}
     reference = gallery[torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)]
-    text = encode_texts(clip, [q.eval_caption for q in split.queries], device=options.device,
-                        batch_size=max(options.batch_size, 256), cache=options.text_cache,
-                        autocast=options.autocast, desc=f"{split.name} {split.split} captions",
-                        progress=options.progress)
+    text = encode_captions(clip, [q.eval_caption for q in split.queries], options,
+                         f"{split.name} {split.split} captions")
     return SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)
 
 

@@ -86,11 +86,11 @@ def _list_digest(items: Sequence[str]) -> str:
 @torch.no_grad()
 def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTransform, *,
                   device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
-                  cache: FeatureCache | None = None, autocast=None, desc: str = "image features",
-                  progress: bool = True) -> torch.Tensor:
+                  cache: FeatureCache | None = None, autocast=None, precision: str = "no",
+                  desc: str = "image features", progress: bool = True) -> torch.Tensor:
     """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible."""
     cache = cache or FeatureCache(None)
-    key = cache.key("image", tower_fingerprint(clip.model, "image"), transform.signature,
+    key = cache.key("image", tower_fingerprint(clip.model, "image"), transform.signature, precision,
                     _list_digest([str(p) for p in paths]))
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(paths):
@@ -113,11 +113,12 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
 
 @torch.no_grad()
 def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device | str = "cpu",
-                 batch_size: int = 256, cache: FeatureCache | None = None, autocast=None,
+                 batch_size: int = 256, cache: FeatureCache | None = None, autocast=None, precision: str = "no",
                  desc: str = "text features", progress: bool = True) -> torch.Tensor:
     """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible."""
     cache = cache or FeatureCache(None)
-    key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.model_name, _list_digest(list(texts)))
+    key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.model_name, precision,
+                    _list_digest(list(texts)))
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(texts):
         return cached

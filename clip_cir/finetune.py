@@ -19,9 +19,8 @@ from clip_cir import options as opt
 from clip_cir.composition import ClipEncoder, TrainingSet, TripletDataset
 from clip_cir.data.io import check_images_identify
 from clip_cir.errors import CIRError
-from clip_cir.evaluation import EncodeOptions, evaluate
+from clip_cir.evaluation import EncodeOptions, encode_captions, encode_image_files, evaluate
 from clip_cir.combiner import element_wise_sum
-from clip_cir.features import encode_images, encode_texts
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
 from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
@@ -74,15 +73,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     progress = not args.no_progress and accelerator.is_main_process
 
     # Frozen towers: their training features once, before any step.
+    encode = EncodeOptions(transform=transform, device=device, num_workers=args.num_workers, image_cache=cache,
+                           text_cache=cache, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
+                           progress=progress)
     image_features = text_features = text_offsets = None
     if not train_image:
-        image_features = encode_images(clip, data.image_paths, transform, device=device, batch_size=64,
-                                       num_workers=args.num_workers, cache=cache, autocast=accelerator.autocast,
-                                       desc="training image features", progress=progress).to(device)
+        image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
     if not train_text:
         texts, text_offsets = data.caption_table()
-        text_features = encode_texts(clip, texts, device=device, cache=cache, autocast=accelerator.autocast,
-                                     desc="training caption features", progress=progress).to(device)
+        text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
         text_offsets = text_offsets.to(device)
 
     dataset = TripletDataset(data, args.seed, transform if train_image else None)
@@ -111,12 +110,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         if not train_text:
             model.transformer.eval()
 
-    encode = EncodeOptions(transform=transform, device=device, batch_size=64, num_workers=args.num_workers,
-                           image_cache=None if train_image else cache, text_cache=None if train_text else cache,
-                           autocast=accelerator.autocast, progress=progress)
+    validation_encode = encode.without_cache(images=train_image, texts=train_text)
 
     def validate(epoch: int) -> dict[str, float]:
-        metrics = evaluate(clip, val_splits, element_wise_sum, encode)
+        metrics = evaluate(clip, val_splits, element_wise_sum, validation_encode)
         return {**metrics, **selection_scores(metrics)}
 
     def saved_modules(epoch: int, metrics: dict) -> dict:

@@ -105,7 +105,7 @@ def _single_thread(faiss) -> Iterator[None]:
 def default_nlist(n: int) -> int:
     """sqrt(N) inverted lists (at least 39 training points each): the usual starting point,
     cheap to train on two cores even at 10^6 items."""
-    return max(1, min(int(round(math.sqrt(n))), n // 39))
+    return max(1, min(round(math.sqrt(n)), n // 39))
 
 
 class FaissSearch:

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from clip_cir import options as opt
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet, TripletDataset
-from clip_cir.evaluation import EncodeOptions, metrics_from_features, split_features
-from clip_cir.features import encode_images, encode_texts
+from clip_cir.evaluation import (EncodeOptions, encode_captions, encode_image_files, metrics_from_features,
+                                 split_features)
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
 from clip_cir.training import (EpochSampler, Loop, Selection, add_training_args, check_training_args,
@@ -66,15 +66,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cache = opt.feature_cache(args)
     progress = not args.no_progress and accelerator.is_main_process
     encode = EncodeOptions(transform=transform, device=device, num_workers=args.num_workers, image_cache=cache,
-                           text_cache=cache, autocast=accelerator.autocast, progress=progress)
+                           text_cache=cache, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
+                           progress=progress)
 
     # Every CLIP feature, once.
-    image_features = encode_images(clip, data.image_paths, transform, device=device, num_workers=args.num_workers,
-                                   cache=cache, autocast=accelerator.autocast, desc="training image features",
-                                   progress=progress).to(device)
+    image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
     texts, offsets = data.caption_table()
-    text_features = encode_texts(clip, texts, device=device, cache=cache, autocast=accelerator.autocast,
-                                 desc="training caption features", progress=progress).to(device)
+    text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
     offsets = offsets.to(device)
     val_features = [split_features(clip, split, encode) for split in val_splits]
     clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner

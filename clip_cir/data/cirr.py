@@ -43,8 +43,12 @@ def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
     has_targets = split != "test1"
     fields = ["pairid", "reference", "caption", "img_set"] + (["target_hard", "target_soft"] if has_targets else [])
     queries = []
+    seen_pairids: set[str] = set()
     for i, entry in enumerate(entries):
         require_fields(path, entry, i, fields)
+        if str(entry["pairid"]) in seen_pairids:
+            raise CIRError(f"{path}: entry {i} repeats pairid {entry['pairid']}")
+        seen_pairids.add(str(entry["pairid"]))
         img_set = entry["img_set"]
         if not isinstance(img_set, dict) or not isinstance(img_set.get("members"), list):
             raise CIRError(f"{path}: entry {i} has no list 'img_set.members'")

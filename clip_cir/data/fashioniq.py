@@ -46,8 +46,10 @@ def index_images(images_dir: Path) -> dict[str, Path]:
     with os.scandir(images_dir) as entries:
         for entry in entries:
             stem, ext = os.path.splitext(entry.name)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                index.setdefault(stem, Path(entry.path))
+            ext = ext.lower()
+            # Both extensions for one name: the official release's .jpg wins, whatever the listing order.
+            if ext in IMAGE_EXTENSIONS and (stem not in index or ext == ".jpg"):
+                index[stem] = Path(entry.path)
     return index
 
 
