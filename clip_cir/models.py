@@ -25,13 +25,11 @@ import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
+from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
-TINY_MODEL = "cir-tiny-vit"
-DEFAULT_MODEL = "RN50x4"
-DEFAULT_PRETRAINED = "openai"
 OPENAI_STRIP_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 

@@ -11,12 +11,17 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from typing import TYPE_CHECKING
+
+from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED, TRANSFORMS
 from clip_cir.data import DATASETS, CIRSplit, load_splits
 from clip_cir.data.fashioniq import CATEGORIES
 from clip_cir.errors import CIRError
-from clip_cir.features import FeatureCache, default_cache_dir
-from clip_cir.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedCLIP, load_clip
-from clip_cir.transforms import TRANSFORMS, ImageTransform, build_transform
+
+if TYPE_CHECKING:  # torch and open_clip load only when a command needs them, not for --help
+    from clip_cir.features import FeatureCache
+    from clip_cir.models import LoadedCLIP
+    from clip_cir.transforms import ImageTransform
 
 
 def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "val", split: bool = True) -> None:
@@ -63,11 +68,15 @@ def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
 
 
-def feature_cache(args: argparse.Namespace) -> FeatureCache:
+def feature_cache(args: argparse.Namespace) -> "FeatureCache":
+    from clip_cir.features import FeatureCache, default_cache_dir
+
     return FeatureCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
 
 
-def transform_for(clip: LoadedCLIP, name: str, target_ratio: float) -> ImageTransform:
+def transform_for(clip: "LoadedCLIP", name: str, target_ratio: float) -> "ImageTransform":
+    from clip_cir.transforms import build_transform
+
     mean, std = clip.mean_std
     return build_transform(name, clip.input_size, mean, std, target_ratio, clip.clip_preprocess)
 
@@ -76,7 +85,9 @@ def load_data(args: argparse.Namespace, split: str | None = None) -> list[CIRSpl
     return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories)
 
 
-def load_model(args: argparse.Namespace) -> LoadedCLIP:
+def load_model(args: argparse.Namespace) -> "LoadedCLIP":
+    from clip_cir.models import load_clip
+
     return load_clip(args.model, args.pretrained)
 
 
@@ -98,6 +109,12 @@ def run_main(main: Callable[[], object], prog: str) -> None:
 
     Returns normally on success, so other commands (the quickstart) can call entry points in-process.
     """
+    import torch
+
+    # Denormal floats make CPU training several times slower as weights shrink. The flag is
+    # per thread and inherited by threads created later, so it is set before torch starts its
+    # worker threads (setting it later leaves them slow).
+    torch.set_flush_denormal(True)
     try:
         main()
     except CIRError as e:

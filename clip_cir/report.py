@@ -26,14 +26,20 @@ import json
 import logging
 import random
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:  # imported where used: `clip-cir` builds this command's parser on every start
     import pandas as pd
+
+    from clip_cir.combiner import CombiningFunction
+    from clip_cir.data import CIRSplit
+    from clip_cir.features import FeatureCache
+    from clip_cir.models import LoadedCLIP
 
 log = logging.getLogger("clip_cir")
 
@@ -104,14 +110,13 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame | None:
     return frame.sort_values("epoch").reset_index(drop=True)
 
 
-def run_kind(run_dir: Path, config: dict[str, Any], validation: pd.DataFrame | None) -> str:
-    """Which program made the run. config.json holds the resolved arguments, so each program's
-    own options identify it; the checkpoint and CSV columns decide for configs that lack them."""
-    if "projection_dim" in config or (run_dir / "best" / "combiner.safetensors").is_file():
-        return "stage2"
-    if "train_data" in config or (validation is not None and "val_loss" in validation.columns):
-        return "pretrain"
-    return "stage1"
+def run_kind(run_dir: Path, config: dict[str, Any]) -> str:
+    """Which program made the run, as its config.json records."""
+    kind = config.get("program")
+    if kind not in ("pretrain", "stage1", "stage2"):
+        raise CIRError(f"{run_dir / 'config.json'}: no 'program' of pretrain, stage1 or stage2 "
+                       f"(not a clip-cir training run?)")
+    return kind
 
 
 def read_run(run_dir: str | Path) -> Run:
@@ -123,7 +128,7 @@ def read_run(run_dir: str | Path) -> Run:
     if train is None and validation is None:
         raise CIRError(f"{run_dir}: no train_metrics.csv or validation_metrics.csv yet "
                        f"(the run has not finished an epoch)")
-    return Run(path=run_dir, config=config, kind=run_kind(run_dir, config, validation), train=train,
+    return Run(path=run_dir, config=config, kind=run_kind(run_dir, config), train=train,
                validation=validation)
 
 
@@ -279,7 +284,7 @@ def _config_value(run: Run, key: str) -> Any:
     return run.config[key]
 
 
-def load_retrieval_model(run: Run) -> tuple[Any, Callable, str]:
+def load_retrieval_model(run: Run) -> tuple[LoadedCLIP, CombiningFunction, str]:
     """(CLIP, combining function, description) exactly as the run's evaluation used them."""
     from clip_cir.combiner import element_wise_sum, load_combiner
     from clip_cir.models import load_clip
@@ -307,7 +312,7 @@ def has_checkpoint(run: Run) -> bool:
         return False
 
 
-def pick_queries(splits: Sequence[Any], n: int, seed: int) -> list[Any]:
+def pick_queries(splits: Sequence[CIRSplit], n: int, seed: int) -> list[CIRSplit]:
     """`n` queries drawn with `seed` across all splits (FashionIQ categories), as sub-splits that
     hold only those queries: encoding then costs the gallery (usually cached) and n captions."""
     pool = [(i, j) for i, split in enumerate(splits) for j in range(len(split.queries))]
@@ -320,7 +325,7 @@ def pick_queries(splits: Sequence[Any], n: int, seed: int) -> list[Any]:
     return subsplits
 
 
-def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: Any,
+def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: FeatureCache | None,
                        progress: bool = True) -> tuple[list[Example], str]:
     """Rank `n_queries` queries of `split` with the run's model; returns them and the model's description."""
     import torch
@@ -416,6 +421,7 @@ def retrieval_figure_size(n_rows: int) -> tuple[float, float]:
 def plot_retrieval(examples: Sequence[Example], path: Path, title: str) -> Path:
     """One row per query; the query ids go into the PNG's metadata so tools can tell what is shown."""
     fig = _new_figure(*retrieval_figure_size(len(examples)))
+    fig.get_layout_engine().set(h_pad=0.08)  # air between a row's caption and its image titles
     rows = fig.subfigures(len(examples), 1, squeeze=False)[:, 0]
     for subfig, example in zip(rows, examples):
         _draw_example(subfig, example)
@@ -428,7 +434,7 @@ def plot_retrieval(examples: Sequence[Example], path: Path, title: str) -> Path:
 
 
 def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_queries: int = 4, split: str = "val",
-                *, seed: int = 0, cache: Any = None, progress: bool = True) -> list[Path]:
+                *, seed: int = 0, cache: FeatureCache | None = None, progress: bool = True) -> list[Path]:
     """Write the run's figures into `output_dir` (default RUN_DIR/report) and return their paths.
 
     `n_queries=0` skips the retrieval figure; it is also skipped for pretraining runs (no

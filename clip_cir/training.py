@@ -81,6 +81,16 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
 
 
+def portable_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as JSON, with local paths made absolute so the config means the same from
+    any working directory (a later stage or report reads it)."""
+    def value(v: Any) -> Any:
+        if isinstance(v, Path) or (isinstance(v, str) and os.path.sep in v and os.path.exists(v)):
+            return str(Path(v).resolve())
+        return v
+    return {k: value(v) for k, v in vars(args).items()}
+
+
 def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """With --resume the saved config is the run's config; only --epochs may change."""
     args = parser.parse_args(argv)
@@ -93,7 +103,7 @@ def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -
     argv = list(sys.argv[1:] if argv is None else argv)
     epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in argv)
     for key, value in saved.items():
-        if key in ("resume", "run_dir") or (key == "epochs" and epochs_given):
+        if key in ("resume", "run_dir", "program") or (key == "epochs" and epochs_given):
             continue
         default = parser.get_default(key)
         setattr(args, key, Path(value) if isinstance(default, Path) and value is not None else value)
@@ -189,7 +199,7 @@ class Run:
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger().addHandler(handler)
             if not (path / "config.json").exists():
-                write_json(path / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+                write_json(path / "config.json", {"program": prefix, **portable_config(args)})
         return run
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
@@ -346,8 +356,6 @@ def start_run(args: argparse.Namespace, prefix: str):
     if args.batch_size % accelerator.num_processes:
         raise CIRError(f"--batch-size {args.batch_size} (global) must be divisible by the "
                        f"{accelerator.num_processes} processes")
-    if accelerator.device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals make early CPU steps several times slower
     if not getattr(args, "run_dir", None):
         name = [args.experiment_name or f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
         if accelerator.num_processes > 1:

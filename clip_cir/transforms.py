@@ -14,9 +14,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision import transforms as T
 
+from clip_cir.constants import TRANSFORMS
 from clip_cir.errors import CIRError
 
-TRANSFORMS = ("targetpad", "squarepad", "clip")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
