@@ -39,6 +39,7 @@ import argparse
 import ipaddress
 import logging
 import math
+import socket
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,14 +214,28 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
     return app
 
 
-def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> BaseWSGIServer:
-    """A threaded WSGI server (port 0 picks a free port: read `server.port`)."""
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before any slow work so a busy port fails at once."""
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    try:
+        return socket.create_server(get_sockaddr(host, port, family), family=family)
+    except (OSError, OverflowError, ValueError) as e:
+        reason = (getattr(e, "strerror", None) or str(e)).split(" (while attempting")[0]
+        raise CIRError(f"cannot listen on {host}:{port} ({reason})") from None
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000,
+                listening: socket.socket | None = None) -> BaseWSGIServer:
+    """A threaded WSGI server (port 0 picks a free port: read `server.port`).
+
+    We bind the socket ourselves: on a busy port werkzeug would print its own lines and exit.
+    """
     from werkzeug.serving import make_server as werkzeug_server
 
-    try:
-        return werkzeug_server(host, port, app, threaded=True)
-    except (OSError, OverflowError) as e:
-        raise CIRError(f"cannot listen on {host}:{port} ({e})") from None
+    with listening or listen(host, port) as sock:
+        return werkzeug_server(host, port, app, threaded=True, fd=sock.fileno())
 
 
 def _is_loopback(host: str) -> bool:
@@ -259,10 +274,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """Validate, load model and gallery features (from the cache when possible), then serve."""
-    from clip_cir.cli import _prepare
-    from clip_cir.demo_engine import DemoEngine
-
+    """Validate, claim the port, load model and gallery features (cached when possible), serve."""
     try:
         import flask  # noqa: F401
     except ImportError:
@@ -275,19 +287,14 @@ def run_demo(args: argparse.Namespace) -> None:
     if args.search == "faiss":
         from clip_cir.search import _import_faiss
         _import_faiss()
-    splits, clip, combine, encode = _prepare(args)
-    faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
-    combining = (f"Combiner ({args.combiner})" if args.combiner
-                 else "image only (caption ignored)" if getattr(args, "combining", "sum") == "image"
-                 else "element-wise sum")
-    engine = DemoEngine.from_splits(clip, combine, splits, encode, combining_name=combining,
-                                    backend=args.search, faiss_options=faiss_options)
-    app = create_app(engine, default_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
-    server = make_server(app, args.host, args.port)
+    listening = listen(args.host, args.port)
+    try:
+        server = make_server(_build_app(args), args.host, args.port, listening)
+    finally:
+        listening.close()  # the server holds its own copy; on an error, free the port now
     if not _is_loopback(args.host):
         log.warning("listening on %s: anyone who can reach this machine can use the demo", args.host)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    log.info("gallery: %d images | search: %s", len(engine.gallery), engine.index.description)
     print(f"clip-cir demo on http://{host}:{server.port}/  (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
@@ -295,6 +302,22 @@ def run_demo(args: argparse.Namespace) -> None:
         print("stopped")
     finally:
         server.server_close()
+
+
+def _build_app(args: argparse.Namespace) -> Flask:
+    """Data, model and combining function as every command validates them, then the gallery."""
+    from clip_cir.cli import _prepare
+    from clip_cir.demo_engine import DemoEngine
+
+    splits, clip, combine, encode = _prepare(args)
+    faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
+    combining = (f"Combiner ({args.combiner})" if args.combiner
+                 else "image only (caption ignored)" if getattr(args, "combining", "sum") == "image"
+                 else "element-wise sum")
+    engine = DemoEngine.from_splits(clip, combine, splits, encode, combining_name=combining,
+                                    backend=args.search, faiss_options=faiss_options)
+    log.info("gallery: %d images | search: %s", len(engine.gallery), engine.index.description)
+    return create_app(engine, default_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir demo") -> None:

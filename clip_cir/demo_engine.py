@@ -23,8 +23,8 @@ from PIL import Image
 from clip_cir.combiner import CombiningFunction
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
-from clip_cir.evaluation import EncodeOptions
-from clip_cir.features import encode_counts, encode_images
+from clip_cir.evaluation import EncodeOptions, encode_image_files
+from clip_cir.features import encode_counts
 from clip_cir.models import LoadedCLIP
 from clip_cir.search import SearchIndex, build_index
 
@@ -66,17 +66,16 @@ class Gallery:
 def gallery_from_splits(clip: LoadedCLIP, splits: Sequence[CIRSplit], encode: EncodeOptions) -> Gallery:
     """One gallery for all splits (FashionIQ: the union of the categories' galleries).
 
-    Each split's gallery is encoded with exactly the arguments evaluation uses, so both share
-    cache entries; an image listed by several categories is kept once.
+    Each split's gallery is encoded exactly as evaluation encodes it (same function, same cache
+    key), so a gallery `clip-cir eval` has seen starts without encoding; an image listed by
+    several categories is kept once.
     """
     names: list[str] = []
     paths: dict[str, Path] = {}
     parts = []
     for split in splits:
-        features = encode_images(clip, list(split.gallery.values()), encode.transform, device=encode.device,
-                                 batch_size=encode.batch_size, num_workers=encode.num_workers,
-                                 cache=encode.image_cache, autocast=encode.autocast,
-                                 desc=f"{split.name} {split.split} gallery", progress=encode.progress)
+        features = encode_image_files(clip, list(split.gallery.values()), encode,
+                                      f"{split.name} {split.split} gallery")
         keep = []
         for i, (name, path) in enumerate(split.gallery.items()):
             if name not in paths:
