@@ -4,3 +4,5 @@ DEFAULT_MODEL = "RN50x4"
 DEFAULT_PRETRAINED = "openai"
 TINY_MODEL = "cir-tiny-vit"
 TRANSFORMS = ("targetpad", "squarepad", "clip")
+SEARCH_BACKENDS = ("exact", "faiss")
+FAISS_INDEXES = ("flat", "ivf", "hnsw")

@@ -91,7 +91,7 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
     """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible."""
     cache = cache or FeatureCache(None)
     key = cache.key("image", tower_fingerprint(clip.model, "image"), transform.signature, precision,
-                    _list_digest([str(p) for p in paths]))
+                    _list_digest([str(p) for p in paths])) if cache.root is not None else ""
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(paths):
         log.info("%s: %d images from cache", desc, len(paths))
@@ -118,7 +118,7 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible."""
     cache = cache or FeatureCache(None)
     key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.model_name, precision,
-                    _list_digest(list(texts)))
+                    _list_digest(list(texts))) if cache.root is not None else ""
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(texts):
         return cached

@@ -22,11 +22,10 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
+from clip_cir.constants import FAISS_INDEXES, SEARCH_BACKENDS
 from clip_cir.errors import CIRError
 from clip_cir.ranking import rank_gallery
 
-BACKENDS = ("exact", "faiss")
-FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 
 class SearchIndex(Protocol):
@@ -181,4 +180,4 @@ def build_index(features: torch.Tensor, backend: str = "exact", **faiss_options)
         return ExactSearch(features)
     if backend == "faiss":
         return FaissSearch(features, **faiss_options)
-    raise CIRError(f"unknown search back-end '{backend}' (choose from {', '.join(BACKENDS)})")
+    raise CIRError(f"unknown search back-end '{backend}' (choose from {', '.join(SEARCH_BACKENDS)})")
