@@ -2,7 +2,6 @@
 open_clip state dicts, our safetensors, refusal of code-carrying pickles, clear errors."""
 
 import json
-from pathlib import Path
 
 import open_clip
 import pytest
