@@ -93,14 +93,18 @@ def portable_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """With --resume the saved config is the run's config; only --epochs may change."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--resume", type=Path)
+    if peek.parse_known_args(argv)[0].resume is None:
+        return parser.parse_args(argv)
+    for action in parser._actions:  # the saved config supplies the required options
+        action.required = False
     args = parser.parse_args(argv)
-    if args.resume is None:
-        return args
     config_path = Path(args.resume) / "config.json"
     if not config_path.is_file():
         raise CIRError(f"{config_path}: not found; --resume takes a run directory")
     saved = json.loads(config_path.read_text())
-    argv = list(sys.argv[1:] if argv is None else argv)
     epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in argv)
     for key, value in saved.items():
         if key in ("resume", "run_dir", "program") or (key == "epochs" and epochs_given):
