@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     def saved_modules(epoch: int, metrics: dict) -> dict:
         return {"clip": (model, clip_metadata(clip, "stage1", epoch, metrics, encoder=args.encoder))}
 
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, compute_loss=compute_loss,
                 validate=validate, saved_modules=saved_modules, train_mode=train_mode)
     return train(accelerator, run_dir, loop, args, progress)
 

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     def saved_modules(epoch: int, metrics: dict) -> dict:
         return {"clip": (model, clip_metadata(clip, "pretrain", epoch, metrics))}
 
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, sampler=sampler,
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader,
                 compute_loss=lambda b: contrastive_loss(b["image"], b["caption"], encoder),
                 validate=validate, saved_modules=saved_modules, train_mode=model.train)
     before = validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         return {"combiner": (combiner, meta)}
 
-    loop = Loop(model=prepared, optimizer=optimizer, loader=loader, sampler=sampler, compute_loss=compute_loss,
+    loop = Loop(model=prepared, optimizer=optimizer, loader=loader, compute_loss=compute_loss,
                 validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
                 selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
     return train(accelerator, run_dir, loop, args, progress)

@@ -274,7 +274,7 @@ class Loop:
     """The prepared (possibly DDP-wrapped) module whose forward the loss calls."""
     optimizer: torch.optim.Optimizer
     loader: Any
-    sampler: EpochSampler
+    """Prepared by Accelerate, over an `EpochSampler`."""
     compute_loss: Callable[[Any], torch.Tensor]
     validate: Callable[[int], dict[str, float]]
     saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]
@@ -307,7 +307,9 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        loop.sampler.set_epoch(epoch)
+        # Through the prepared loader: Accelerate otherwise re-sets the sampler's epoch from its own
+        # per-process counter, which restarts at 0 in a resumed run.
+        loop.loader.set_epoch(epoch)
         loop.train_mode()
         total, steps = torch.zeros((), device=accelerator.device), 0
         bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
