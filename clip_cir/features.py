@@ -101,7 +101,7 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
     was_training = clip.model.training
     clip.model.eval()
     chunks = []
-    for images in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
         with (autocast or nullcontext)():
             chunks.append(clip.model.encode_image(images.to(device)).float().cpu())
         encode_counts["image"] += len(images)
@@ -125,7 +125,7 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     was_training = clip.model.training
     clip.model.eval()
     chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=None if progress else True, leave=False):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(device)
         with (autocast or nullcontext)():
             chunks.append(clip.model.encode_text(tokens).float().cpu())

@@ -600,7 +600,7 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
         directory.mkdir(parents=True, exist_ok=True)
     jobs = writer.jobs
     if progress and tqdm is not None:
-        jobs = tqdm(jobs, desc="rendering shapes", unit="img")
+        jobs = tqdm(jobs, desc="rendering shapes", unit="img", disable=None)
     for job in jobs:
         _save(job)
     lines = ["filepath\ttitle"] + [f"{rel}\t{title}" for rel, title in writer.titles]

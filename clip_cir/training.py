@@ -313,7 +313,7 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
         loop.train_mode()
         total, steps = torch.zeros((), device=accelerator.device), 0
         bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
-                   disable=not (progress and accelerator.is_main_process))
+                   disable=None if progress and accelerator.is_main_process else True)
         for batch in bar:
             with accelerator.autocast():
                 loss = loop.compute_loss(batch)
