@@ -23,11 +23,9 @@ def _accelerator(args: argparse.Namespace):
 def _encode_options(args: argparse.Namespace, clip, accelerator):
     from clip_cir.evaluation import EncodeOptions
 
-    cache = opt.feature_cache(args)
-    return EncodeOptions(transform=opt.transform_for(clip, args.transform, args.target_ratio),
-                         device=accelerator.device, batch_size=args.batch_size, num_workers=args.num_workers,
-                         image_cache=cache, text_cache=cache, autocast=accelerator.autocast,
-                         precision=accelerator.mixed_precision)
+    return EncodeOptions.for_accelerator(accelerator, opt.transform_for(clip, args.transform, args.target_ratio),
+                                         opt.feature_cache(args), batch_size=args.batch_size,
+                                         num_workers=args.num_workers)
 
 
 def _combining(args: argparse.Namespace):

@@ -47,6 +47,16 @@ class EncodeOptions:
     """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
     progress: bool = True
 
+    @classmethod
+    def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
+                        batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> "EncodeOptions":
+        """Device and autocast from Accelerate. The precision in cache keys is the one autocast
+        really applies (Accelerate does not autocast fp16 on a CPU)."""
+        precision = accelerator.mixed_precision if accelerator.native_amp else "no"
+        return cls(transform=transform, device=accelerator.device, batch_size=batch_size, num_workers=num_workers,
+                   image_cache=cache, text_cache=cache, autocast=accelerator.autocast, precision=precision,
+                   progress=progress)
+
     def without_cache(self, images: bool, texts: bool) -> "EncodeOptions":
         """The same options minus the caches of towers that train (their features change every step)."""
         return replace(self, image_cache=None if images else self.image_cache,

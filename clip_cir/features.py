@@ -83,6 +83,18 @@ def _list_digest(items: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(items).encode(), digest_size=20).hexdigest()
 
 
+def _files_digest(paths: Sequence[Path]) -> str:
+    """Which files, by absolute path, size and modification time: a replaced image changes the key."""
+    entries = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            entries.append(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}")
+        except OSError:
+            entries.append(f"{os.path.abspath(path)}\tmissing")  # the encode itself reports it
+    return _list_digest(entries)
+
+
 @torch.no_grad()
 def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTransform, *,
                   device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
@@ -90,14 +102,16 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
                   desc: str = "image features", progress: bool = True) -> torch.Tensor:
     """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible."""
     cache = cache or FeatureCache(None)
-    key = cache.key("image", tower_fingerprint(clip.model, "image"), transform.signature, precision,
-                    _list_digest([str(p) for p in paths])) if cache.root is not None else ""
+    key = cache.key("image", tower_fingerprint(clip.model, "image"), clip.signature, transform.signature, precision,
+                    _files_digest(paths)) if cache.root is not None else ""
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(paths):
         log.info("%s: %d images from cache", desc, len(paths))
         return cached
+    # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
+    # that training draws from.
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        shuffle=False, pin_memory=str(device).startswith("cuda"))
+                        shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
     was_training = clip.model.training
     clip.model.eval()
     chunks = []
@@ -117,7 +131,7 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
                  desc: str = "text features", progress: bool = True) -> torch.Tensor:
     """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible."""
     cache = cache or FeatureCache(None)
-    key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.model_name, precision,
+    key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.signature, precision,
                     _list_digest(list(texts))) if cache.root is not None else ""
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(texts):

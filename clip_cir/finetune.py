@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     train_text, train_image = args.encoder in ("text", "both"), args.encoder in ("image", "both")
-    if train_image:
-        check_images_identify(data.image_paths)
+    check_images_identify(data.image_paths + [p for split in val_splits for p in split.gallery.values()])
     accelerator, run_dir = start_run(args, "stage1")
     cache = opt.feature_cache(args)
     device = accelerator.device
@@ -73,9 +72,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     progress = not args.no_progress and accelerator.is_main_process
 
     # Frozen towers: their training features once, before any step.
-    encode = EncodeOptions(transform=transform, device=device, num_workers=args.num_workers, image_cache=cache,
-                           text_cache=cache, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
-                           progress=progress)
+    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=args.num_workers,
+                                           progress=progress)
     image_features = text_features = text_offsets = None
     if not train_image:
         image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
@@ -90,6 +88,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                         drop_last=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
+    if train_image and accelerator.num_processes > 1:
+        # ResNet towers have BatchNorm: per-rank statistics would break "N x B/N trains like B".
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
     def compute_loss(batch: dict) -> torch.Tensor:
@@ -105,10 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def train_mode() -> None:
         model.train()
-        if not train_image:
-            model.visual.eval()
-        if not train_text:
-            model.transformer.eval()
+        for name, child in model.named_children():  # frozen towers stay in eval mode
+            if not (train_image if name == "visual" else train_text):
+                child.eval()
 
     validation_encode = encode.without_cache(images=train_image, texts=train_text)
 

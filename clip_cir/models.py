@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,12 @@ class LoadedCLIP:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1]) if isinstance(self.model.text_projection, torch.Tensor) \
-            else int(self.config["embed_dim"])
+        return int(self.config["embed_dim"])
+
+    @property
+    def signature(self) -> str:
+        """Architecture facts the weights do not carry (activation, pooling...): part of feature cache keys."""
+        return f"{type(self.model).__name__}:{json.dumps(self.config, sort_keys=True, default=str)}"
 
     @property
     def input_size(self) -> int:
@@ -213,7 +218,11 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
         config = meta.get("model_config")
         name = meta.get("model_name") or model_name
     else:
-        state_dict, config, name = _unwrap_checkpoint(read_torch_file(path), path), None, model_name
+        obj = read_torch_file(path)
+        state_dict, config, name = _unwrap_checkpoint(obj, path), None, model_name
+        if isinstance(obj, dict) and "CLIP" in obj:
+            # The published fine-tuned checkpoints are OpenAI CLIPs: QuickGELU, whatever the name says.
+            config = {**open_clip.get_model_config(name), "quick_gelu": True} if name else None
     if name is not None and name != "openai-inferred":
         check_model_name(name)
         quick_gelu = (config or {}).get("quick_gelu", False)
@@ -251,8 +260,11 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None) -> L
         if pretrained not in tags:
             raise CIRError(f"unknown pretrained tag '{pretrained}' for {model_name} and no such file "
                            f"(known tags: {', '.join(tags) or 'none'})")
+    # open_clip only warns when a tag's weights were trained with QuickGELU (OpenAI's) and the
+    # config says GELU; building the model with the activation its weights expect is our job.
+    quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained)
+        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise CIRError(f"could not load {model_name} weights '{pretrained}': {str(e).splitlines()[0][:300]} "
                        f"(downloading pretrained weights needs internet)") from None

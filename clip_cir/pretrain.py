@@ -34,19 +34,26 @@ def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str)
     """(image, caption) rows; relative image paths are relative to the CSV's folder."""
     if not path.is_file():
         raise CIRError(f"{path}: caption CSV not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        for key in (img_key, caption_key):
-            if key not in (reader.fieldnames or []):
-                raise CIRError(f"{path}: no column '{key}' (columns: {', '.join(reader.fieldnames or [])}; "
-                               f"check --csv-separator)")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            image = Path(row[img_key])
-            image = image if image.is_absolute() else path.parent / image
-            if not image.is_file():
-                raise CIRError(f"{path}: line {line}: image {image} not found")
-            rows.append((image, row[caption_key]))
+    if len(separator) != 1:
+        raise CIRError(f"--csv-separator must be one character, got {separator!r}")
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=separator)
+            for key in (img_key, caption_key):
+                if key not in (reader.fieldnames or []):
+                    raise CIRError(f"{path}: no column '{key}' (columns: {', '.join(reader.fieldnames or [])}; "
+                                   f"check --csv-separator)")
+            for line, row in enumerate(reader, start=2):
+                image, caption = row[img_key], row[caption_key]
+                if not image or not caption:
+                    raise CIRError(f"{path}: line {line}: empty '{img_key}' or '{caption_key}'")
+                image = Path(image) if Path(image).is_absolute() else path.parent / image
+                if not image.is_file():
+                    raise CIRError(f"{path}: line {line}: image {image} not found")
+                rows.append((image, caption))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise CIRError(f"{path}: not a readable CSV ({e})") from None
     if not rows:
         raise CIRError(f"{path}: no rows")
     return rows
@@ -116,16 +123,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
     loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
                                  world_size=accelerator.num_processes)
+    local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
-    def contrastive_loss(images, captions, forward) -> torch.Tensor:
+    def contrastive_loss(images, captions, forward, loss=loss_fn) -> torch.Tensor:
         image_features, text_features = forward(images=images.to(device), tokens=clip.tokenizer(captions).to(device))
         scale = model.logit_scale.exp().clamp(max=100)
-        return loss_fn(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
+        return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
         model.eval()
-        losses = [contrastive_loss(b["image"], b["caption"], ClipEncoder(model)).item() for b in val_loader]
+        losses = [contrastive_loss(b["image"], b["caption"], ClipEncoder(model), local_loss_fn).item()
+                  for b in val_loader]
         val_loss = sum(losses) / len(losses)
         return {"val_loss": val_loss, "score": -val_loss}
 

@@ -106,6 +106,8 @@ def read_submission(path: Path) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise CIRError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise CIRError(f"{path}: not a UTF-8 text file") from None
 
 
 def score_submission(submission: dict[str, Any], split: CIRSplit, source: str = "submission") -> dict[str, float]:

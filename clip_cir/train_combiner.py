@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from clip_cir import options as opt
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet, TripletDataset
+from clip_cir.data.io import check_images_identify
 from clip_cir.evaluation import (EncodeOptions, encode_captions, encode_image_files, metrics_from_features,
                                  split_features)
 from clip_cir.losses import batch_contrastive_loss
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                  len(data.queries), len(data.queries))
         args.batch_size = len(data.queries)
     seed_everything(args.seed)  # before building the model: a random init is part of the run
+    check_images_identify([p for split in [*train_splits, *val_splits] for p in split.gallery.values()])
     clip = opt.load_model(args)
     dim = clip.embed_dim  # the Combiner is built now, so its init never depends on cache hits
     combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
@@ -65,9 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     clip.model.to(device).eval().requires_grad_(False)
     cache = opt.feature_cache(args)
     progress = not args.no_progress and accelerator.is_main_process
-    encode = EncodeOptions(transform=transform, device=device, num_workers=args.num_workers, image_cache=cache,
-                           text_cache=cache, autocast=accelerator.autocast, precision=accelerator.mixed_precision,
-                           progress=progress)
+    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=args.num_workers,
+                                           progress=progress)
 
     # Every CLIP feature, once.
     image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Sampler
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from clip_cir import features
@@ -91,8 +92,12 @@ def portable_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: value(v) for k, v in vars(args).items()}
 
 
+RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache")
+"""What a resumed run may change: how long and how it runs, not what it trains."""
+
+
 def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """With --resume the saved config is the run's config; only --epochs may change."""
+    """With --resume the saved config is the run's config, but for `RESUME_OVERRIDABLE` options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--resume", type=Path)
@@ -104,13 +109,23 @@ def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -
     config_path = Path(args.resume) / "config.json"
     if not config_path.is_file():
         raise CIRError(f"{config_path}: not found; --resume takes a run directory")
-    saved = json.loads(config_path.read_text())
-    epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in argv)
+    try:
+        saved = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CIRError(f"{config_path}: malformed JSON ({e})") from None
+    given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+    types = {action.dest: action.type for action in parser._actions}
+    ignored = []
     for key, value in saved.items():
-        if key in ("resume", "run_dir", "program") or (key == "epochs" and epochs_given):
+        if key in ("resume", "run_dir", "program") or (key in RESUME_OVERRIDABLE and key in given):
             continue
-        default = parser.get_default(key)
-        setattr(args, key, Path(value) if isinstance(default, Path) and value is not None else value)
+        if getattr(args, key, value) != parser.get_default(key) and getattr(args, key, value) != value:
+            ignored.append(key)
+        if isinstance(value, str) and types.get(key) is Path:
+            value = Path(value)
+        setattr(args, key, value)
+    if ignored:
+        log.warning("--resume: the run's saved %s used instead of the command line's", ", ".join(ignored))
     args.run_dir = str(args.resume)
     return args
 
@@ -135,8 +150,8 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     out = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()  # this process's device
     return out
 
 
@@ -147,7 +162,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class EpochSampler(Sampler):
@@ -193,7 +208,7 @@ class Run:
             path = Path(args.run_dir)
         else:
             path = Path(args.output_dir) / args.experiment_name
-            if is_main and (path / "config.json").exists():
+            if is_main and last_checkpoint(path) is not None:
                 raise CIRError(f"{path}: a run with this name exists; use --resume {path} or another --experiment-name")
             args.run_dir = str(path)
         run = cls(path=path, is_main=is_main)
@@ -202,8 +217,12 @@ class Run:
             handler = logging.FileHandler(path / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger().addHandler(handler)
-            if not (path / "config.json").exists():
-                write_json(path / "config.json", {"program": prefix, **portable_config(args)})
+            # A new run (or one that failed before its first epoch) writes its config; a resumed
+            # run records only a raised --epochs.
+            config = {"program": prefix, **portable_config(args)}
+            if (path / "config.json").exists() and getattr(args, "resume", None):
+                config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
+            write_json(path / "config.json", config)
         return run
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
@@ -294,7 +313,13 @@ def resume_state(accelerator, run: Run, loop: Loop) -> int:
         weights, _ = read_safetensors(checkpoint / f"{name}.safetensors")
         module.load_state_dict(weights)
     loop.optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
+    if "scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    if len(rngs) != accelerator.num_processes:
+        log.warning("resuming with %d processes from a run saved with %d: random streams differ",
+                    accelerator.num_processes, len(rngs))
+    set_rng_state(rngs[min(accelerator.process_index, len(rngs) - 1)])
     loop.selection.best = dict(state["best"])
     run.truncate_csvs(state["epoch"])
     log.info("resuming %s after epoch %d", run.path, state["epoch"])
@@ -343,9 +368,12 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
         row["clip_texts_encoded"] = features.encode_counts["text"]
         run.append_csv("train_metrics.csv", row)
         accelerator.log({"train/loss": mean_loss}, step=epoch + 1)
+        rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
         if accelerator.is_main_process:
-            state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rng_state(),
+            state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rngs,
                      "best": dict(loop.selection.best)}
+            if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
+                state["scaler"] = accelerator.scaler.state_dict()
             save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
         accelerator.wait_for_everyone()
     return metrics
@@ -384,7 +412,13 @@ def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **
 
 def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress: bool) -> dict[str, float]:
     """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
-    start_epoch = resume_state(accelerator, run, loop) if args.resume else 0
+    if args.resume:
+        start_epoch = resume_state(accelerator, run, loop)
+    else:
+        # From here on the random stream (dropout) depends only on the seed and the rank: not on
+        # what loading, caching or encoding did before.
+        seed_everything(args.seed + accelerator.process_index)
+        start_epoch = 0
     metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, start_epoch, progress)
     accelerator.end_training()
     if accelerator.is_main_process:
