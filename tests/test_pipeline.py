@@ -52,7 +52,7 @@ def test_stage_runs_recorded_their_validation(quickstart):
     rows = json.loads((quickstart / "results.json").read_text())
     # The stage-1 checkpoint evaluated by `clip-cir eval` is the best one the run validated.
     assert rows["stage 1 + sum"]["recall_at10"] == pytest.approx(
-        s1.loc[s1["score"].idxmax(), "recall_at10"], abs=1e-6)
+        s1.loc[s1["score"].idxmax(), "recall_at10"], abs=1e-3)  # eval JSON has 4 decimals
     s2 = pd.read_csv(runs / "stage2" / "train_metrics.csv")
     assert s2["clip_images_encoded"].nunique() == 1  # stage 2 never runs CLIP during its epochs
 
