@@ -28,9 +28,12 @@ class TrainingSet:
 
     @classmethod
     def from_splits(cls, splits: Sequence[CIRSplit]) -> "TrainingSet":
+        """Only the images some triplet uses: the rest of a training split is never looked at."""
         images: dict[str, Path] = {}
         for split in splits:
-            images.update(split.gallery)
+            for query in split.queries:
+                for name in (query.reference, query.target):
+                    images.setdefault(name, split.gallery[name])
         return cls(queries=[q for s in splits for q in s.queries], image_names=list(images),
                    image_paths=list(images.values()))
 

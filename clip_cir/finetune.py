@@ -84,8 +84,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     dataset = TripletDataset(data, args.seed, transform if train_image else None)
     sampler = EpochSampler(len(dataset), args.seed)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                        drop_last=True)
+    # Without an image tower to feed, items are indices and captions: worker processes only cost time.
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                        num_workers=args.num_workers if train_image else 0, drop_last=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     if train_image and accelerator.num_processes > 1:

@@ -8,7 +8,8 @@ A run directory looks like:
     RUN/train_metrics.csv         one row per epoch (loss, time, CLIP encodes so far)
     RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
     RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
-    RUN/last/                     weights + optimizer + RNG state to resume from
+    RUN/last/                     weights + optimizer + RNG state to resume from (written at each
+                                  validation and after the last epoch)
     RUN/comet/                    offline comet_ml archive when tracking without an API key
 
 Resuming restores weights, optimizer, RNG and epoch from `last/`; batch order and caption
@@ -222,6 +223,9 @@ class Run:
             config = {"program": prefix, **portable_config(args)}
             if (path / "config.json").exists() and getattr(args, "resume", None):
                 config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
+            else:  # a fresh start (maybe after one that failed before its first checkpoint)
+                for name in ("train_metrics.csv", "validation_metrics.csv"):
+                    (path / name).unlink(missing_ok=True)
             write_json(path / "config.json", config)
         return run
 
@@ -368,13 +372,14 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
         row["clip_texts_encoded"] = features.encode_counts["text"]
         run.append_csv("train_metrics.csv", row)
         accelerator.log({"train/loss": mean_loss}, step=epoch + 1)
-        rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
-        if accelerator.is_main_process:
-            state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rngs,
-                     "best": dict(loop.selection.best)}
-            if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
-                state["scaler"] = accelerator.scaler.state_dict()
-            save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
+        if validate_now:  # `last/` goes with each validation: a Combiner epoch can cost less than its write
+            rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+            if accelerator.is_main_process:
+                state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rngs,
+                         "best": dict(loop.selection.best)}
+                if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
+                    state["scaler"] = accelerator.scaler.state_dict()
+                save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
         accelerator.wait_for_everyone()
     return metrics
 

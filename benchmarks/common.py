@@ -1,0 +1,399 @@
+"""Plumbing shared by the training benchmarks (`stage1.py`, `stage2.py`).
+
+Why a module: both benchmarks compare the real training programs against the published
+reference code's way of working (re-encode frozen images every batch) on the same model and
+data in one process, and both need the same throw-away workspace with a cold feature cache,
+the same quiet in-process runs, the same epoch timing rule and the same report. Nothing here
+re-implements the library: data, model, transforms, datasets, sampler and losses all come
+from `clip_cir`; this file only times them.
+
+Timing rule (the library's): an epoch's `seconds` run from before the first batch is asked of
+the DataLoader to after the last optimizer step (`train_metrics.csv`), so worker start-up and
+image decoding count, validation and checkpoint writes do not. The baselines here are timed
+the same way. The first epoch is a warm-up; "steady state" is the median of the others. With
+`--rounds R` the paths run R times, interleaved, and the medians pool every round's steady
+epochs: load from other processes on a shared machine then hits all paths alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator, Sequence
+
+import open_clip
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from clip_cir import features
+from clip_cir.composition import TrainingSet, TripletDataset
+from clip_cir.data import load_splits
+from clip_cir.models import LoadedCLIP, load_clip
+from clip_cir.options import transform_for
+from clip_cir.synth import generate
+from clip_cir.training import EpochSampler, seed_everything
+from clip_cir.transforms import ImageTransform
+
+SYNTH_SIZE = 64
+"""Short side of the synthetic images: the tiny CLIP's input size, as in DESIGN.md §9."""
+VAL_QUERIES = 50
+"""The programs always validate after their last epoch; a small val split keeps that short
+(validation is outside the epoch timings anyway)."""
+
+
+def status(message: str) -> None:
+    """One progress line on stderr: stdout stays the paste-able report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def workspace(prefix: str) -> Iterator[Path]:
+    """A temp dir for data, runs and a cold feature cache (`CLIP_CIR_CACHE`), removed at the end.
+
+    Cold on purpose: with a warm cache from an earlier run the reuse path would skip its one-off
+    feature extraction, and the benchmark would hide the cost it must report.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    previous = os.environ.get("CLIP_CIR_CACHE")
+    os.environ["CLIP_CIR_CACHE"] = str(root / "cache")
+    try:
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("CLIP_CIR_CACHE", None)
+        else:
+            os.environ["CLIP_CIR_CACHE"] = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Run library code with its prints, log lines and warnings captured (open_clip's "no
+    pretrained weights", the programs' per-epoch log lines); they are replayed on stderr only if
+    the code fails, so a broken run still explains itself.
+
+    The training programs install their own root-logger handlers (stderr and RUN/log.txt);
+    they are closed and the caller's logging restored afterwards, so one run's log file does
+    not keep receiving the next run's lines.
+    """
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    ours = logging.getLogger("clip_cir")
+    our_level = ours.level
+    try:
+        with warnings.catch_warnings(), redirect_stdout(buffer), redirect_stderr(buffer):
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        ours.setLevel(our_level)
+
+
+def make_synthetic_cirr(root: Path, n_train: int, seed: int) -> Path:
+    """Synthetic data in the CIRR layout (`clip_cir.synth`); returns the `--data-root`."""
+    data_root = root / "data"
+    with quiet():
+        generate(data_root, n_train=n_train, n_val=VAL_QUERIES, n_test=0, size=SYNTH_SIZE, seed=seed,
+                 progress=False)
+    return data_root
+
+
+@dataclass
+class Call:
+    """One timed call: what it was given (paths, texts, a checkpoint folder) and its duration."""
+
+    given: object
+    seconds: float
+
+
+def _timed(fn: Callable, calls: list[Call], given: Callable[[tuple, dict], object]) -> Callable:
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            calls.append(Call(given(args, kwargs), time.perf_counter() - started))
+
+    return wrapper
+
+
+@contextmanager
+def timed_feature_extraction() -> Iterator[dict[str, list[Call]]]:
+    """Time every call of the library's two CLIP feature primitives, `clip_cir.features.
+    encode_images` and `encode_texts`, made while the context is open; yields {"images": [...],
+    "texts": [...]} with each call's input list.
+
+    This is how a real run's one-off extraction is measured inside that run (rather than by a
+    second, separate extraction). The primitives are replaced wherever a loaded `clip_cir`
+    module holds them, so the timing survives refactors of which module calls them; import the
+    program before entering. `training_extraction` then picks the calls on the training set.
+    """
+    calls: dict[str, list[Call]] = {"images": [], "texts": []}
+    patched: list[tuple[ModuleType, str, Callable]] = []
+    for kind, name, arg in (("images", "encode_images", "paths"), ("texts", "encode_texts", "texts")):
+        original = getattr(features, name)
+        wrapper = _timed(original, calls[kind], lambda a, k, arg=arg: list(a[1] if len(a) > 1 else k.get(arg, [])))
+        for module in [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "clip_cir" and m is not None]:
+            for attr, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, attr, wrapper)
+                    patched.append((module, attr, original))
+    try:
+        yield calls
+    finally:
+        for module, attr, original in patched:
+            setattr(module, attr, original)
+
+
+def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program: str, texts: bool) -> float:
+    """Seconds spent encoding the training set's images (and, with `texts`, all its caption
+    forms); validation galleries and captions are other inputs and are not counted. An error
+    if the training images were never encoded: the benchmark no longer sees the extraction."""
+    images = {str(p) for p in data.image_paths}
+    captions = data.caption_table()[0]
+    image_calls = [c for c in calls["images"] if {str(p) for p in c.given} == images]
+    text_calls = [c for c in calls["texts"] if c.given == captions] if texts else []
+    if not image_calls or (texts and not text_calls):
+        raise RuntimeError(f"{program}: no call of clip_cir.features.encode_images/encode_texts on the training "
+                           f"set was seen; the benchmark's timing hook needs updating")
+    return sum(c.seconds for c in image_calls + text_calls)
+
+
+@contextmanager
+def timed_calls(module: ModuleType, name: str) -> Iterator[list[Call]]:
+    """Time calls of `module.name` (a function the module calls through its own global), each
+    with its first argument; yields an empty list if the module has no such function."""
+    calls: list[Call] = []
+    original = getattr(module, name, None)
+    if original is None:
+        yield calls
+        return
+    setattr(module, name, _timed(original, calls, lambda a, k: a[0] if a else None))
+    try:
+        yield calls
+    finally:
+        setattr(module, name, original)
+
+
+@dataclass
+class Epochs:
+    """Per-epoch timings and cumulative CLIP encode counts, as in `train_metrics.csv`."""
+
+    seconds: list[float]
+    steps: list[int]
+    batch_size: int
+    images_encoded: list[int] = field(default_factory=list)
+    """Cumulative images through CLIP at the end of each epoch (process-wide, as the CSV logs it)."""
+
+    @classmethod
+    def from_run(cls, run_dir: Path, batch_size: int) -> "Epochs":
+        frame = pd.read_csv(run_dir / "train_metrics.csv")
+        return cls(seconds=frame["seconds"].tolist(), steps=frame["steps"].astype(int).tolist(),
+                   batch_size=batch_size, images_encoded=frame["clip_images_encoded"].astype(int).tolist())
+
+    @classmethod
+    def pool(cls, runs: Sequence["Epochs"]) -> "Epochs":
+        """Several rounds of one path as one: the first round's warm-up epoch, then every
+        round's steady epochs (so `steady_seconds` is their median), the first round's counts."""
+        first = runs[0]
+        return cls(seconds=[first.seconds[0], *(s for run in runs for s in run.seconds[1:])],
+                   steps=[first.steps[0], *(s for run in runs for s in run.steps[1:])],
+                   batch_size=first.batch_size, images_encoded=first.images_encoded)
+
+    @property
+    def steady_seconds(self) -> float:
+        """Median over the epochs after the first (the first pays warm-up: allocator, caches)."""
+        return statistics.median(self.seconds[1:] or self.seconds)
+
+    @property
+    def triplets_per_epoch(self) -> int:
+        return self.steps[-1] * self.batch_size  # drop_last: every step is a full batch
+
+    @property
+    def triplets_per_second(self) -> float:
+        return self.triplets_per_epoch / self.steady_seconds
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images through CLIP during epoch 2. The programs validate only after the last epoch
+        here (which adds gallery encodes to that row) and epoch 1's row of a reuse run includes
+        the one-off extraction, so epoch 2 of >= 3 is the clean one."""
+        return self.images_encoded[1] - self.images_encoded[0]
+
+
+def image_triplet_loader(data: TrainingSet, transform: ImageTransform, batch_size: int, num_workers: int,
+                         seed: int) -> tuple[DataLoader, EpochSampler]:
+    """The DataLoader the library itself builds when an image tower trains (stage 1 `--encoder
+    both`): preprocessed reference and target images from worker processes, in the same
+    (seed, epoch) order. The baselines load images through it every batch, as the published
+    code does, so their data pipeline is the library's and only the CLIP work differs."""
+    dataset = TripletDataset(data, seed, transform)
+    sampler = EpochSampler(len(dataset), seed)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
+    return loader, sampler
+
+
+def time_epochs(loader: DataLoader, sampler: EpochSampler, step: Callable[[dict], int], epochs: int,
+                batch_size: int) -> Epochs:
+    """Run a baseline's epochs with the library loop's timing rule. `step(batch)` trains on
+    one batch and returns how many images it put through CLIP."""
+    result = Epochs(seconds=[], steps=[], batch_size=batch_size)
+    encoded = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        steps = 0
+        for batch in loader:
+            encoded += step(batch)
+            steps += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        result.seconds.append(time.perf_counter() - started)
+        result.steps.append(steps)
+        result.images_encoded.append(encoded)
+    return result
+
+
+def baseline_device() -> torch.device:
+    """Where Accelerate puts a single-process run (the real paths), so baselines match it.
+    On CPU, flush denormals as the programs' `start_run` does: without it early steps are
+    several times slower and the comparison would depend on which path ran first."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    return device
+
+
+def load_training_set(data_root: Path) -> TrainingSet:
+    """The CIRR training triplets exactly as the programs read them."""
+    return TrainingSet.from_splits(load_splits("cirr", data_root, "train"))
+
+
+def load_model(model_name: str, seed: int) -> tuple[LoadedCLIP, ImageTransform]:
+    """The programs' model and preprocessing: `load_clip` seeded like their `seed_everything`,
+    targetpad 1.25 (their default)."""
+    seed_everything(seed)
+    with quiet():
+        clip = load_clip(model_name)
+    return clip, transform_for(clip, "targetpad", 1.25)
+
+
+def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: int, rounds: int) -> None:
+    """The size options both training benchmarks share."""
+    parser.add_argument("--train", type=int, default=train,
+                        help="synthetic CIRR training triplets (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help="epochs per path and round, at least 3: epoch 1 is warm-up (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128, help="triplets per step (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="DataLoader workers, as the programs' option (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help="run every path this many times, interleaved, and pool their epochs: steadier "
+                             "ratios on a busy machine (default: %(default)s)")
+    parser.add_argument("--model", default="cir-tiny-vit",
+                        help="open_clip model, random init (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="data and model seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every path (default: torch's own choice, what the "
+                             "programs get). On a machine shared with other work, 1 avoids threads waiting "
+                             "on each other and gives much steadier numbers")
+
+
+def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Validate the shared options and apply --threads (process-wide: the real programs run
+    in this process, so every path gets the same setting)."""
+    if args.epochs < 3 or args.rounds < 1 or args.num_workers < 0 or not 0 < args.batch_size <= args.train:
+        parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0 and 0 < --batch-size <= --train")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+
+
+def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: argparse.Namespace) -> list[str]:
+    """Options of a real training program run: the benchmark's sizes, validation only after
+    the last epoch, no progress bars, and its own cache folder (cold for every round)."""
+    return ["--dataset", "cirr", "--data-root", str(data_root), "--model", args.model, "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
+            "--validation-frequency", str(args.epochs), "--seed", str(args.seed), "--cache-dir", str(cache_dir),
+            "--output-dir", str(runs), "--experiment-name", name, "--no-progress"]
+
+
+def describe_setup(data: TrainingSet, args: argparse.Namespace, model_note: str = "") -> str:
+    """The data / model / timing-rule line printed above each table."""
+    rounds = f" x {args.rounds} interleaved rounds" if args.rounds > 1 else ""
+    return (f"data: synthetic CIRR, {len(data.queries):,} training triplets over {len(data.image_paths):,} images of "
+            f"{SYNTH_SIZE} px; model {args.model} (random init){model_note}; batch {args.batch_size}, "
+            f"{args.num_workers} DataLoader workers, {args.epochs} epochs per path{rounds}; s/epoch = median of "
+            f"epochs 2..{args.epochs}{' of every round' if args.rounds > 1 else ''}")
+
+
+def describe_one_off(data: TrainingSet, what: str, seconds: float, args: argparse.Namespace) -> str:
+    """The reuse path's one-off extraction line. It says how many of the encoded training-split
+    images any triplet uses: the programs encode the whole split."""
+    used = len({q.reference for q in data.queries} | {q.target for q in data.queries})
+    return (f"{what} of the {len(data.image_paths):,} training-split images ({used:,} of them in a triplet) in "
+            f"{'a median ' if args.rounds > 1 else ''}{duration(seconds)} (cached on disk: a second run on the "
+            f"same CLIP skips it)")
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def header(title: str, argv: Sequence[str]) -> str:
+    """Command line and machine facts: ratios are only comparable on the same machine, and a
+    busy machine (shared cores) shows in the load average."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return "\n".join([
+        f"# {title}",
+        f"command: {shlex.join([Path(sys.executable).name, *argv])}",
+        f"machine: {os.cpu_count()} cores ({usable} usable), {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"open_clip {open_clip.__version__}, device {device}",
+        f"load average (1/5/15 min) at start: {load_average()}",
+    ])
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """Seconds for short times, minutes/hours for projected schedules."""
+    if seconds < 120:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
