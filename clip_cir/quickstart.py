@@ -32,7 +32,7 @@ def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("quickstart"),
                         help="where data, runs, submissions and plots go (default: %(default)s); runs/ inside "
                              "is replaced on every call, the data is reused when its settings match")
-    parser.add_argument("--train", type=int, default=5000, help="synthetic training queries (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=4000, help="synthetic training queries (default: %(default)s)")
     parser.add_argument("--val", type=int, default=1000, help="synthetic validation queries (default: %(default)s)")
     parser.add_argument("--test", type=int, default=500, help="synthetic test queries (default: %(default)s)")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="(default: %(default)s)")
