@@ -87,7 +87,8 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) ->
 @torch.no_grad()
 def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
     """Normalised query vectors; `combine` runs on the device its parameters live on."""
-    device = next(iter(getattr(combine, "parameters", lambda: iter(()))()), torch.empty(0)).device
+    params = list(combine.parameters()) if isinstance(combine, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
     parts = [combine(features.reference[i:i + batch_size].to(device), features.text[i:i + batch_size].to(device))
              .float().cpu() for i in range(0, len(features.reference), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, features.gallery.shape[1])

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from clip_cir import options as opt
 from clip_cir.checkpoints import write_json, write_text
+from clip_cir.constants import TINY_MODEL
 
 log = logging.getLogger("clip_cir")
-MODEL = "cir-tiny-vit"
+MODEL = TINY_MODEL
 COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
            ("recall_subset_at1", "Rs@1"), ("recall_subset_at2", "Rs@2"), ("recall_subset_at3", "Rs@3")]
 

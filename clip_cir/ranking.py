@@ -7,7 +7,6 @@ instead of sorting the whole gallery for each query.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -76,7 +75,3 @@ def rank_split(split: CIRSplit, query_features: torch.Tensor, gallery_features: 
     candidates = subset_candidates(split, gallery_index)
     subset = rank_subsets(query_features, gallery_features, candidates) if candidates is not None else None
     return Ranking(indices=indices, scores=scores, subset_indices=subset)
-
-
-def names_of(indices: Sequence[int], names: Sequence[str]) -> list[str]:
-    return [names[i] for i in indices if i >= 0]

@@ -28,10 +28,10 @@ def comet_api_key_configured() -> bool:
         return False
 
 
-def tracker_setup(tracker: str, run_dir: Path, experiment_name: str) -> tuple[str | None, dict[str, Any]]:
-    """`log_with` and `init_kwargs` for `Accelerator` / `init_trackers`."""
+def tracker_setup(tracker: str, run_dir: Path, experiment_name: str) -> dict[str, Any]:
+    """`init_kwargs` for `Accelerator.init_trackers`."""
     if tracker == "none":
-        return None, {}
+        return {}
     if tracker != "comet_ml":
         raise CIRError(f"unknown tracker '{tracker}' (choose from {', '.join(TRACKERS)})")
     try:
@@ -46,7 +46,7 @@ def tracker_setup(tracker: str, run_dir: Path, experiment_name: str) -> tuple[st
     if not online:
         log.info("comet_ml: no API key configured; logging an offline experiment to %s "
                  "(upload it later with `comet upload`)", offline_dir)
-    return "comet_ml", {"comet_ml": {"online": online, "experiment_config": config}}
+    return {"comet_ml": {"online": online, "experiment_config": config}}
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -402,8 +402,8 @@ def start_run(args: argparse.Namespace, prefix: str):
         args.experiment_name = name[0]
     run = Run.create(args, prefix, accelerator.is_main_process)
     if args.tracker != "none":
-        _, init_kwargs = tracker_setup(args.tracker, run.path, run.path.name)
-        accelerator.init_trackers("clip-cir", flat_config(vars(args)), init_kwargs=init_kwargs)
+        accelerator.init_trackers("clip-cir", flat_config(vars(args)),
+                                  init_kwargs=tracker_setup(args.tracker, run.path, run.path.name))
     log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     return accelerator, run
