@@ -43,7 +43,12 @@ def _combining(args: argparse.Namespace):
 def _prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False):
     """Everything before encoding, validated before any work: data, model, combining function."""
     opt.check_positive(args, ["batch_size", "target_ratio"])
-    splits = opt.load_data(args, split)
+    images = opt.image_check(args)
+    splits = opt.load_data(args, split, images)
+    args.skipped_images = len(images.skipped)
+    if images.skipped:
+        log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
+                    "queries are incomplete)", images.summary())
     if need_targets and not all(s.has_targets for s in splits):
         raise CIRError(f"{args.dataset} split '{splits[0].split}' has no targets to score "
                        f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
@@ -69,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics = evaluate(clip, splits, combine, encode)
     print(format_metrics(metrics, label=args.dataset))
     if args.output:
-        write_json(args.output, {k: round(v, 4) for k, v in metrics.items()})
+        extra = {"skipped_images": args.skipped_images, "comparable_with_published": False} if args.skipped_images else {}
+        write_json(args.output, {**{k: round(v, 4) for k, v in metrics.items()}, **extra})
         log.info("metrics written to %s", args.output)
 
 
@@ -172,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_model_args(p)
     _add_combining_args(p)
     opt.add_encode_args(p)
+    opt.add_skip_missing_arg(p, training=False)
     p.add_argument("--output", type=Path, help="write the metrics as JSON here")
     p.set_defaults(func=cmd_eval)
 
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_model_args(p)
     _add_combining_args(p)
     opt.add_encode_args(p)
+    opt.add_skip_missing_arg(p, training=False)
     p.add_argument("--top-k", type=int, default=50, help="results per query (default: %(default)s)")
     p.add_argument("--output", type=Path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_rank)

@@ -36,6 +36,7 @@ reloader); request bodies are capped at the upload limit; a bad request is a 4xx
 from __future__ import annotations
 
 import argparse
+import os
 import ipaddress
 import logging
 import math
@@ -209,7 +210,8 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
         path = engine.gallery.paths.get(name)  # a lookup: user input never becomes a path
         if path is None:
             raise ClientError("not found", 404)
-        return send_file(path, max_age=3600)
+        # Absolute: Flask resolves a relative path against the app's package folder, not the working directory.
+        return send_file(os.path.abspath(path), max_age=3600)
 
     return app
 
@@ -255,6 +257,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_model_args(parser)
     _add_combining_args(parser)
     opt.add_encode_args(parser)
+    opt.add_skip_missing_arg(parser, training=False)
     group = parser.add_argument_group("demo server")
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes "

@@ -57,6 +57,11 @@ class EncodeOptions:
                    image_cache=cache, text_cache=cache, autocast=accelerator.autocast, precision=precision,
                    progress=progress)
 
+    def full_precision(self) -> "EncodeOptions":
+        """The same options in float32: validation (as in the published code) and `clip-cir eval`
+        by default, so the numbers that select a checkpoint are the ones eval reports for it."""
+        return replace(self, autocast=None, precision="no")
+
     def without_cache(self, images: bool, texts: bool) -> "EncodeOptions":
         """The same options minus the caches of towers that train (their features change every step)."""
         return replace(self, image_cache=None if images else self.image_cache,

@@ -9,12 +9,12 @@ Features are stored raw (un-normalised): the method sums raw image and text feat
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 
 encode_counts: Counter = Counter()
 """How many images and texts went through CLIP in this process (tests and logs read it)."""
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside, and afterwards each submodule's own mode back: `train(was_training)` on
+    the whole model would put a frozen tower back in train mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def default_cache_dir() -> Path:
@@ -112,14 +125,12 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
     # that training draws from.
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
                         shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
-    was_training = clip.model.training
-    clip.model.eval()
     chunks = []
-    for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
-        with (autocast or nullcontext)():
-            chunks.append(clip.model.encode_image(images.to(device)).float().cpu())
-        encode_counts["image"] += len(images)
-    clip.model.train(was_training)
+    with eval_mode(clip.model):
+        for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
+            with (autocast or nullcontext)():
+                chunks.append(clip.model.encode_image(images.to(device)).float().cpu())
+            encode_counts["image"] += len(images)
     features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
     cache.save(key, features)
     return features
@@ -136,15 +147,14 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     cached = cache.load(key)
     if cached is not None and cached.shape[0] == len(texts):
         return cached
-    was_training = clip.model.training
-    clip.model.eval()
     chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=None if progress else True, leave=False):
-        tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(device)
-        with (autocast or nullcontext)():
-            chunks.append(clip.model.encode_text(tokens).float().cpu())
-        encode_counts["text"] += tokens.shape[0]
-    clip.model.train(was_training)
+    with eval_mode(clip.model):
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=None if progress else True,
+                          leave=False):
+            tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(device)
+            with (autocast or nullcontext)():
+                chunks.append(clip.model.encode_text(tokens).float().cpu())
+            encode_counts["text"] += tokens.shape[0]
     features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
     cache.save(key, features)
     return features

@@ -17,14 +17,13 @@ from torch.utils.data import DataLoader
 
 from clip_cir import options as opt
 from clip_cir.composition import ClipEncoder, TrainingSet, TripletDataset
-from clip_cir.data.io import check_images_identify
 from clip_cir.errors import CIRError
 from clip_cir.evaluation import EncodeOptions, encode_captions, encode_image_files, evaluate
 from clip_cir.combiner import element_wise_sum
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
 from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
-                               program_main, seed_everything, start_run, train)
+                               program_main, report_skipped_images, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 ENCODERS = ("text", "image", "both")
@@ -51,8 +50,9 @@ def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
-    train_splits = opt.load_data(args, "train")
-    val_splits = opt.load_data(args, "val")
+    images = opt.image_check(args, training=True)
+    train_splits = opt.load_data(args, "train", images)
+    val_splits = opt.load_data(args, "val", images)
     data = TrainingSet.from_splits(train_splits)
     if len(data.queries) < args.batch_size:
         raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(data.queries)} training triplets")
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     train_text, train_image = args.encoder in ("text", "both"), args.encoder in ("image", "both")
-    check_images_identify(data.image_paths + [p for split in val_splits for p in split.gallery.values()])
     accelerator, run_dir = start_run(args, "stage1")
+    report_skipped_images(run_dir, images)
     cache = opt.feature_cache(args)
     device = accelerator.device
     model = clip.model.to(device)
@@ -89,9 +89,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                         num_workers=args.num_workers if train_image else 0, drop_last=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
-    if train_image and accelerator.num_processes > 1:
-        # ResNet towers have BatchNorm: per-rank statistics would break "N x B/N trains like B".
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
     def compute_loss(batch: dict) -> torch.Tensor:
@@ -106,12 +103,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         return batch_contrastive_loss(element_wise_sum(reference, text), F.normalize(target, dim=-1))
 
     def train_mode() -> None:
-        model.train()
-        for name, child in model.named_children():  # frozen towers stay in eval mode
-            if not (train_image if name == "visual" else train_text):
-                child.eval()
+        # As the published code: the whole CLIP stays in eval mode while its parameters train, so a
+        # ResNet tower's BatchNorm keeps its pretrained running statistics (and normalises with them,
+        # the same on every rank: nothing to synchronise under DDP) and no dropout is active.
+        model.eval()
 
-    validation_encode = encode.without_cache(images=train_image, texts=train_text)
+    validation_encode = encode.full_precision().without_cache(images=train_image, texts=train_text)
 
     def validate(epoch: int) -> dict[str, float]:
         metrics = evaluate(clip, val_splits, element_wise_sum, validation_encode)

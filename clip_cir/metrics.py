@@ -33,8 +33,13 @@ def soft_recall_at_k(ranked_names: Sequence[Sequence[str]], target_soft: Sequenc
     return 100.0 * sum(credits) / len(credits)
 
 
+AVG_KEY = "recall_avg"
+"""CIRR's headline number, (R@5 + Recall_subset@1) / 2 (the published code's `mean(R@5+R_s@1)`)."""
+
+
 def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
-    """All metrics the split supports: recall_at{k}, recall_subset_at{k}, and `soft_` ones."""
+    """All metrics the split supports: recall_at{k}, recall_subset_at{k}, `soft_` ones and, with
+    an image-set ranking, CIRR's `recall_avg`."""
     names = list(split.gallery)
     index = {name: i for i, name in enumerate(names)}
     targets = torch.tensor([index[q.target] for q in split.queries], dtype=torch.long)
@@ -51,12 +56,14 @@ def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
             ranked_names = [[names[i] for i in row if i >= 0] for row in ranked.tolist()]
             for k in ks:
                 metrics[f"soft_{prefix}_at{k}"] = soft_recall_at_k(ranked_names, soft, k)
+    if "recall_at5" in metrics and "recall_subset_at1" in metrics:
+        metrics[AVG_KEY] = (metrics["recall_at5"] + metrics["recall_subset_at1"]) / 2
     return metrics
 
 
 def primary_keys(metrics: Mapping[str, float]) -> list[str]:
     """The recalls of the method's protocol (not the soft or averaged ones)."""
-    return [k for k in metrics if k.startswith("recall")]
+    return [k for k in metrics if k.startswith("recall") and k != AVG_KEY]
 
 
 def combine_benchmarks(per_split: Sequence[tuple[CIRSplit, dict[str, float]]]) -> dict[str, float]:
@@ -102,7 +109,9 @@ def selection_scores(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def _parse_key(key: str) -> tuple[str, bool, str, int] | None:
-    """`dress_soft_recall_subset_at3` -> ("dress", True, "recall_subset", 3)."""
+    """`dress_soft_recall_subset_at3` -> ("dress", True, "recall_subset", 3); `recall_avg` -> ("", False, "avg", 0)."""
+    if key.endswith(AVG_KEY):
+        return key[: -len(AVG_KEY)].rstrip("_"), False, "avg", 0
     head, sep, k = key.rpartition("_at")
     if not sep or not k.isdigit():
         return None
@@ -125,10 +134,11 @@ def format_metrics(metrics: Mapping[str, float], label: str = "") -> str:
         rows.setdefault((bench, soft), {})[(metric, k)] = value
         if (metric, k) not in columns:
             columns.append((metric, k))
-    columns.sort(key=lambda c: (c[0] != "recall", c[1]))
+    columns.sort(key=lambda c: (c[0] != "recall", c[0] == "avg", c[1]))
     names = {(b, s): (b or label or "all") + (" (soft)" if s else "") for b, s in rows}
     width = max([len(n) for n in names.values()] + [8])
-    header = " " * width + "".join(f"{('R' if m == 'recall' else 'Rs') + '@' + str(k):>8}" for m, k in columns)
+    titles = {"recall": "R@{}", "recall_subset": "Rs@{}", "avg": "Avg"}
+    header = " " * width + "".join(f"{titles[m].format(k):>8}" for m, k in columns)
     lines = [header]
     for row, values in rows.items():
         cells = "".join(f"{values[c]:8.2f}" if c in values else " " * 8 for c in columns)

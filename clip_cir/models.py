@@ -17,10 +17,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import open_clip
 import torch
@@ -69,6 +71,25 @@ class LoadedCLIP:
 
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
+
+
+class _NoRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """open_clip's factory warns "No pretrained weights loaded ... Model initialized randomly"
+    whenever it builds a model without a tag, also just before we load a checkpoint into it.
+    We say ourselves what was loaded (`LoadedCLIP.describe`, and a line for a real random init)."""
+    quiet = _NoRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _close_matches(name: str, choices: list[str]) -> str:
@@ -226,7 +247,8 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
     if name is not None and name != "openai-inferred":
         check_model_name(name)
         quick_gelu = (config or {}).get("quick_gelu", False)
-        model = open_clip.create_model(name, force_quick_gelu=quick_gelu)
+        with _quiet_random_init():
+            model = open_clip.create_model(name, force_quick_gelu=quick_gelu)
         config = config or open_clip.get_model_config(name)
     else:
         if config is None:
@@ -264,10 +286,13 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None) -> L
     # config says GELU; building the model with the activation its weights expect is our job.
     quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+        with _quiet_random_init():
+            model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise CIRError(f"could not load {model_name} weights '{pretrained}': {str(e).splitlines()[0][:300]} "
                        f"(downloading pretrained weights needs internet)") from None
+    if pretrained is None:
+        logging.getLogger("clip_cir").info("%s: random initialisation (no pretrained weights)", model_name)
     return _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
 
 

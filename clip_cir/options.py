@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED, TRANSFORMS
 from clip_cir.data import DATASETS, CIRSplit, load_splits
+from clip_cir.data.images import EVALUATION_HINT, SKIP_FLAG, SUBMISSION_HINT, TRAINING_HINT, ImageCheck
 from clip_cir.data.fashioniq import CATEGORIES
 from clip_cir.errors import CIRError
 
@@ -81,8 +82,25 @@ def transform_for(clip: "LoadedCLIP", name: str, target_ratio: float) -> "ImageT
     return build_transform(name, clip.input_size, mean, std, target_ratio, clip.clip_preprocess)
 
 
-def load_data(args: argparse.Namespace, split: str | None = None) -> list[CIRSplit]:
-    return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories)
+def add_skip_missing_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, training: bool) -> None:
+    parser.add_argument(SKIP_FLAG, action="store_true",
+                        help="leave out listed images that are missing or unreadable, and the triplets that use "
+                             "them (counted, listed in RUN_DIR/skipped_images.txt)" if training else
+                        "rank without listed images that are missing or unreadable and without the queries that "
+                        "use them; the numbers are then NOT comparable with published ones")
+
+
+def image_check(args: argparse.Namespace, training: bool = False) -> ImageCheck:
+    """What readers do with absent or unreadable images, from the command's options. Training
+    programs open every image's header up front, so a corrupt file stops them before the first step."""
+    skip = bool(getattr(args, "skip_missing_images", False))
+    hint = TRAINING_HINT if training else EVALUATION_HINT if hasattr(args, "skip_missing_images") else SUBMISSION_HINT
+    return ImageCheck(skip=skip, readable=training or skip, hint=hint)
+
+
+def load_data(args: argparse.Namespace, split: str | None = None, images: ImageCheck | None = None) -> list[CIRSplit]:
+    return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories,
+                       images or image_check(args))
 
 
 def load_model(args: argparse.Namespace) -> "LoadedCLIP":

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from clip_cir import options as opt
 from clip_cir.composition import ClipEncoder
-from clip_cir.data.io import check_images_identify, load_image
+from clip_cir.data.io import load_image
 from clip_cir.errors import CIRError
 from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
-                               program_main, seed_everything, start_run, train)
+                               program_main, report_skipped_images, seed_everything, start_run, train)
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
@@ -48,10 +48,7 @@ def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str)
                 image, caption = row[img_key], row[caption_key]
                 if not image or not caption:
                     raise CIRError(f"{path}: line {line}: empty '{img_key}' or '{caption_key}'")
-                image = Path(image) if Path(image).is_absolute() else path.parent / image
-                if not image.is_file():
-                    raise CIRError(f"{path}: line {line}: image {image} not found")
-                rows.append((image, caption))
+                rows.append((Path(image) if Path(image).is_absolute() else path.parent / image, caption))
     except (csv.Error, UnicodeDecodeError) as e:
         raise CIRError(f"{path}: not a readable CSV ({e})") from None
     if not rows:
@@ -97,18 +94,25 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if not 0 < args.val_fraction < 1:
         raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    images = opt.image_check(args, training=True)
+    usable = images.locate({str(image): [image] for image, _ in rows}, args.train_data)
+    kept = [(image, caption) for image, caption in rows if str(image) in usable]
+    images.total_queries["captions"], images.dropped_queries["captions"] = len(rows), len(rows) - len(kept)
+    rows = kept
+    if not rows:
+        raise CIRError(f"{args.train_data}: no row has a usable image")
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(rows), generator=generator).tolist()
     n_val = max(1, int(len(rows) * args.val_fraction))
     val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
     if len(train_rows) < args.batch_size:
         raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows")
-    check_images_identify(p for p, _ in rows)
     seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     args.dataset = "captions"
     accelerator, run_dir = start_run(args, "pretrain")
+    report_skipped_images(run_dir, images)
     device = accelerator.device
     model = clip.model.to(device)
     progress = not args.no_progress and accelerator.is_main_process

@@ -18,13 +18,12 @@ from torch.utils.data import DataLoader
 from clip_cir import options as opt
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet, TripletDataset
-from clip_cir.data.io import check_images_identify
 from clip_cir.evaluation import (EncodeOptions, encode_captions, encode_image_files, metrics_from_features,
                                  split_features)
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
-from clip_cir.training import (EpochSampler, Loop, Selection, add_training_args, check_training_args,
-                               program_main, seed_everything, start_run, train)
+from clip_cir.training import (EpochSampler, Float32Forward, Loop, Selection, add_training_args, check_training_args,
+                               program_main, report_skipped_images, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 
@@ -49,20 +48,21 @@ def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentPar
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
     opt.check_positive(args, ["projection_dim", "hidden_dim"])
-    train_splits = opt.load_data(args, "train")
-    val_splits = opt.load_data(args, "val")
+    images = opt.image_check(args, training=True)
+    train_splits = opt.load_data(args, "train", images)
+    val_splits = opt.load_data(args, "val", images)
     data = TrainingSet.from_splits(train_splits)
     if len(data.queries) < args.batch_size:
         log.info("--batch-size %d exceeds the %d training triplets; using %d", args.batch_size,
                  len(data.queries), len(data.queries))
         args.batch_size = len(data.queries)
     seed_everything(args.seed)  # before building the model: a random init is part of the run
-    check_images_identify([p for split in [*train_splits, *val_splits] for p in split.gallery.values()])
     clip = opt.load_model(args)
     dim = clip.embed_dim  # the Combiner is built now, so its init never depends on cache hits
     combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
     accelerator, run_dir = start_run(args, "stage2")
+    report_skipped_images(run_dir, images)
     device = accelerator.device
     clip.model.to(device).eval().requires_grad_(False)
     cache = opt.feature_cache(args)
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     texts, offsets = data.caption_table()
     text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
     offsets = offsets.to(device)
-    val_features = [split_features(clip, split, encode) for split in val_splits]
+    val_features = [split_features(clip, split, encode.full_precision()) for split in val_splits]
     clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
 
     combiner = combiner.to(device)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def validate(epoch: int) -> dict[str, float]:
         combiner.eval()
-        metrics = metrics_from_features(val_features, combiner)
+        metrics = metrics_from_features(val_features, Float32Forward(combiner))
         return {**metrics, **selection_scores(metrics)}
 
     def saved_modules(epoch: int, metrics: dict) -> dict:

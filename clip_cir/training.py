@@ -42,7 +42,9 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from clip_cir import features
-from clip_cir.checkpoints import load_torch_state, read_safetensors, save_torch_state, save_weights, write_json
+from clip_cir.checkpoints import (load_torch_state, read_safetensors, save_torch_state, save_weights, write_json,
+                                  write_text)
+from clip_cir.data.images import ImageCheck
 from clip_cir.errors import CIRError
 from clip_cir.tracking import TRACKERS, flat_config, tracker_setup
 
@@ -65,6 +67,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                        help="autocast precision (default: what `accelerate launch`/config says, else no)")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    from clip_cir.options import add_skip_missing_arg
+
+    add_skip_missing_arg(group, training=True)
     run = parser.add_argument_group("run directory and tracking")
     run.add_argument("--output-dir", type=Path, default=Path("runs"),
                      help="runs are created under this folder (default: %(default)s)")
@@ -289,6 +294,19 @@ class Selection:
         return "best" if key == "score" else f"best_{key}"
 
 
+class Float32Forward(nn.Module):
+    """A prepared module's own forward, without the autocast wrapper `accelerator.prepare` puts
+    on it: validation and checkpoint selection run in float32, as the published code's do, and
+    agree with `clip-cir eval` of the saved checkpoint."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+
 @dataclass
 class Loop:
     """Everything the shared loop needs from a stage."""
@@ -407,6 +425,20 @@ def start_run(args: argparse.Namespace, prefix: str):
     log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     return accelerator, run
+
+
+def report_skipped_images(run: Run, images: ImageCheck) -> None:
+    """With --skip-missing-images: RUN/skipped_images.txt and one line in the log."""
+    if not images.skipped:
+        return
+    path = run.path / "skipped_images.txt"
+    if run.is_main:
+        write_text(path, "\n".join(images.report_lines()) + "\n")
+        log.warning("%s; listed in %s", images.summary(), path)
+        changed = images.changed_evaluation()
+        if changed:
+            log.warning("validation of %s runs without the skipped images: its numbers are not comparable "
+                        "with published ones", ", ".join(changed))
 
 
 def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **extra: Any) -> dict[str, Any]:

@@ -71,13 +71,16 @@ def test_end_to_end_synth_eval_submit_score(cli, tmp_path, tiny_clip, tiny_check
     assert list(metrics) == ["recall_at1", "recall_at5", "recall_at10", "recall_at50",
                              "soft_recall_at1", "soft_recall_at5", "soft_recall_at10", "soft_recall_at50",
                              "recall_subset_at1", "recall_subset_at2", "recall_subset_at3",
-                             "soft_recall_subset_at1", "soft_recall_subset_at2", "soft_recall_subset_at3"]
+                             "soft_recall_subset_at1", "soft_recall_subset_at2", "soft_recall_subset_at3",
+                             "recall_avg"]
     val = load_splits("cirr", root, "val")[0]
     tokenizer = __import__("open_clip").get_tokenizer("cir-tiny-vit")
     expected = _independent_recalls(tiny_clip, tokenizer, val)
     for key in CIRR_KEYS:
         assert metrics[key] == pytest.approx(expected[key], abs=1e-3), key
     assert 0 < metrics["recall_at50"] < 100  # a score that can tell a broken ranking apart
+    assert metrics["recall_avg"] == pytest.approx((expected["recall_at5"] + expected["recall_subset_at1"]) / 2,
+                                                  abs=1e-3)
     table = result.out.splitlines()
     assert table[1].split()[0] == "cirr" and table[1].split()[1] == f"{metrics['recall_at1']:.2f}"
 

@@ -431,27 +431,45 @@ def test_cli_lists_demo(cli):
     assert result.code == 0 and "--host HOST" in result.out and "127.0.0.1" in result.out
 
 
-def test_demo_app_script_serves_on_localhost(synth_root, tmp_path):
-    """`python demo/app.py` end to end: binds 127.0.0.1 by default, answers the API, stops cleanly."""
-    env = {**os.environ, "CLIP_CIR_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+def _start_demo_script(synth_root: Path, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python demo/app.py` as a user runs it after the quickstart: from its own working directory,
+    with a RELATIVE --data-root (Flask resolves relative file paths against its package folder)."""
+    env = {**os.environ, "CLIP_CIR_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo" / "app.py"), "--dataset", "fashioniq", "--data-root", str(synth_root),
-         "--fashioniq-categories", "dress", "--model", "cir-tiny-vit", "--num-workers", "0", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [sys.executable, str(ROOT / "demo" / "app.py"), "--data-root", os.path.relpath(synth_root, cwd),
+         "--model", "cir-tiny-vit", "--num-workers", "0", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    line = ""
+    deadline = time.monotonic() + 120
+    while "demo on http://" not in line and time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+    if "demo on http://127.0.0.1:" not in line:
+        process.terminate()
+        raise AssertionError(process.stderr.read() if process.poll() is not None else line)
+    return process, line.split("demo on ")[1].split()[0].rstrip("/")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_demo_app_script_serves_on_localhost(synth_root, tmp_path):
+    """`python demo/app.py` end to end: binds 127.0.0.1 by default, answers the API, serves the
+    gallery's image files with a relative data root, stops cleanly."""
+    assert not os.path.isabs(os.path.relpath(synth_root, tmp_path))
+    process, url = _start_demo_script(synth_root, tmp_path, "--dataset", "fashioniq", "--fashioniq-categories", "dress")
     try:
-        line = ""
-        deadline = time.monotonic() + 120
-        while "demo on http://" not in line and time.monotonic() < deadline and process.poll() is None:
-            line = process.stdout.readline()
-        assert "demo on http://127.0.0.1:" in line, process.stderr.read() if process.poll() is not None else line
-        url = line.split("demo on ")[1].split()[0]
-        info = json.load(urllib.request.urlopen(url + "api/info", timeout=30))
+        info = json.load(urllib.request.urlopen(url + "/api/info", timeout=30))
         dress = load_splits("fashioniq", synth_root, "val", ["dress"])[0]
         assert info["model"] == "cir-tiny-vit (random-init)" and info["gallery_size"] == len(dress.gallery)
         assert info["dataset"] == "fashioniq" and info["exclude_reference"] is False
+        name, path = next(iter(dress.gallery.items()))
+        body = urllib.request.urlopen(f"{url}/images/{name}", timeout=30).read()
+        assert body == path.read_bytes()
+        assert Image.open(io.BytesIO(body)).size == Image.open(path).size
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _stop(process)
 
 
 def test_demo_app_main_error_names_the_script(synth_root, tmp_path, capsys):
@@ -547,7 +565,16 @@ def _artifact_dir() -> Path:
     return path
 
 
-def test_browser_end_to_end(browser, live_server, engine, query):
+@pytest.fixture
+def demo_script(synth_root, tmp_path):
+    """The CIRR val demo as a separate `python demo/app.py`, started from another working directory
+    with a relative --data-root (its URL)."""
+    process, url = _start_demo_script(synth_root, tmp_path, "--dataset", "cirr")
+    yield url
+    _stop(process)
+
+
+def test_browser_end_to_end(browser, demo_script, engine, query):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -566,15 +593,27 @@ def test_browser_end_to_end(browser, live_server, engine, query):
                    and d.find_element(By.ID, "results").get_attribute("data-state") == "done")
         return [(item["name"], float(item["score"])) for item in listed("#results li[data-name]")]
 
+    def images_decoded(selector: str) -> int:
+        """How many images under `selector` the browser really decoded (a 500 or 404 leaves
+        naturalWidth at 0); waits until every one has finished loading."""
+        script = ("const images = [...document.querySelectorAll(arguments[0])];"
+                  "images.forEach(img => { img.loading = 'eager'; });"  # lazy ones below the fold too
+                  "return images.every(img => img.complete) ? images.map(img => img.naturalWidth) : null")
+        widths = wait.until(lambda d: d.execute_script(script, selector))
+        assert widths and all(width > 0 for width in widths), (selector, widths)
+        return len(widths)
+
     def same_as_api(shown: list[tuple[str, float]], api: list[dict]) -> None:
         assert [name for name, _ in shown] == [hit["name"] for hit in api]
         assert all(abs(score - hit["score"]) < 1e-6 for (_, score), hit in zip(shown, api))
 
+    live_server = demo_script
     browser.get(live_server + "/")
     wait.until(lambda d: d.find_element(By.ID, "info-model").text == engine.clip.describe())
     assert find(By.ID, "info-combining").text == "element-wise sum"
     wait.until(lambda d: d.find_element(By.ID, "gallery").get_attribute("data-state") == "done")
     assert len(listed("#gallery li[data-name]")) == 48
+    assert images_decoded("#gallery img") == 48
 
     # Pick the reference through the name filter, type the caption, search.
     find(By.ID, "filter").send_keys(reference)
@@ -588,6 +627,7 @@ def test_browser_end_to_end(browser, live_server, engine, query):
     find(By.ID, "search-button").click()
     shown = results_of_turn(1)
     assert len(shown) == 8
+    assert images_decoded("#results img") >= 8
     same_as_api(shown, _api_search(live_server, reference, caption, 8))
 
     # Multi-turn: click the best result, refine with a new caption.

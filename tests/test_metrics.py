@@ -113,6 +113,8 @@ def test_split_metrics_by_hand():
         # subsets: q0 g3 g1 ..., q1 g7 first
         "recall_subset_at1": 50.0, "recall_subset_at2": 100.0, "recall_subset_at3": 100.0,
         "soft_recall_subset_at1": 0.0, "soft_recall_subset_at2": 75.0, "soft_recall_subset_at3": 75.0,
+        # CIRR's Avg: (R@5 + Rs@1) / 2
+        "recall_avg": (100.0 + 50.0) / 2,
     }
     assert m.keys() == expected.keys()
     for key, value in expected.items():
@@ -125,9 +127,15 @@ def test_cirr_metric_keys_exactly_as_issue():
     # With 10 images, R@10 and R@50 cover the whole gallery minus the reference: 100.
     features = SplitFeatures(split, gallery=gallery, reference=gallery[[0, 6]], text=queries - gallery[[0, 6]])
     m = metrics_from_features([features], lambda i, t: i + t)
-    assert sorted(m) == sorted(CIRR_KEYS + [f"soft_{k}" for k in CIRR_KEYS])
+    assert sorted(m) == sorted(CIRR_KEYS + [f"soft_{k}" for k in CIRR_KEYS] + ["recall_avg"])
     assert m["recall_at1"] == 0.0 and m["recall_at5"] == 100.0 and m["recall_at50"] == 100.0
     assert m["recall_subset_at1"] == 0.0 and m["recall_subset_at3"] == 100.0
+    assert m["recall_avg"] == 50.0  # (100 + 0) / 2
+    # The Avg is reported, not selected on: checkpoint selection averages the seven recalls only.
+    from clip_cir.metrics import selection_scores
+    assert selection_scores(m)["score"] == sum(m[k] for k in CIRR_KEYS) / len(CIRR_KEYS)
+    table = format_metrics(m, label="cirr").splitlines()
+    assert table[0].split()[-1] == "Avg" and table[1].split()[-1] == "50.00"
 
 
 def test_fashioniq_keys_and_averages():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from clip_cir.data.io import check_files_exist, read_json, require_fields, require_type
+from clip_cir.data.images import ImageCheck
+from clip_cir.data.io import read_json, require_fields, require_type
 from clip_cir.data.types import CIRSplit, Query
 from clip_cir.errors import CIRError
 
+log = logging.getLogger("clip_cir")
 SPLITS = ("train", "val", "test1")
 RECALL_KS = (1, 5, 10, 50)
 SUBSET_KS = (1, 2, 3)
@@ -20,24 +23,39 @@ def cirr_dir(data_root: Path) -> Path:
     return base
 
 
-def load_cirr_gallery(data_root: Path, split: str) -> tuple[Path, dict[str, Path]]:
+def image_candidates(base: Path, rel: str) -> list[Path]:
+    """Where an image may be: the split file's path (`./train/34/<name>.png`) and, for NLVR2
+    copies without the numbered sub-folders, the flat `train/<name>.png`."""
+    listed = base / rel
+    parts = Path(rel).parts  # "./train/34/x.png" -> ("train", "34", "x.png")
+    if len(parts) == 3 and parts[0] == "train":
+        return [listed, base / "train" / parts[-1]]
+    return [listed]
+
+
+def load_cirr_gallery(data_root: Path, split: str, images: ImageCheck) -> tuple[Path, dict[str, Path]]:
     base = cirr_dir(data_root)
     path = base / "cirr" / "image_splits" / f"split.rc2.{split}.json"
     mapping = require_type(path, read_json(path, "CIRR image split file"), dict, "the top level")
-    gallery: dict[str, Path] = {}
+    candidates: dict[str, list[Path]] = {}
     for name, rel in mapping.items():
         if not isinstance(rel, str):
             raise CIRError(f"{path}: the path of image '{name}' should be a string")
-        gallery[name] = base / rel
-    check_files_exist(gallery, path)
+        candidates[name] = image_candidates(base, rel)
+    gallery = images.locate(candidates, path)
+    flat = sum(1 for name, found in gallery.items() if found != candidates[name][0])
+    if flat:
+        log.info("CIRR %s: %d of %d images found in the flat NLVR2 layout (train/<name>.png) rather than at the "
+                 "path %s lists; using them", split, flat, len(gallery), path.name)
     return path, gallery
 
 
-def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
+def load_cirr(data_root: Path, split: str, images: ImageCheck | None = None) -> list[CIRSplit]:
     """All queries of one CIRR split, ranked against that split's whole image set."""
     if split not in SPLITS:
         raise CIRError(f"unknown CIRR split '{split}' (choose from {', '.join(SPLITS)})")
-    split_file, gallery = load_cirr_gallery(data_root, split)
+    images = images or ImageCheck()
+    split_file, gallery = load_cirr_gallery(data_root, split, images)
     path = cirr_dir(data_root) / "cirr" / "captions" / f"cap.rc2.{split}.json"
     entries = require_type(path, read_json(path, "CIRR caption file"), list, "the top level")
     has_targets = split != "test1"
@@ -57,7 +75,7 @@ def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
             if not isinstance(name, str):
                 raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) has an image name that is not "
                                f"a string: {name!r}")
-            if name not in gallery:
+            if name not in gallery and not images.is_skipped(name):
                 raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) names image '{name}', "
                                f"which is not in {split_file.name}")
         caption = entry["caption"]
@@ -76,5 +94,5 @@ def load_cirr(data_root: Path, split: str) -> list[CIRSplit]:
             target_soft={k: float(v) for k, v in soft.items()} if soft is not None else None,
             members=tuple(img_set["members"]),
         ))
-    return [CIRSplit(dataset="cirr", name="cirr", split=split, queries=queries, gallery=gallery,
-                     exclude_reference=True, recall_ks=RECALL_KS, subset_ks=SUBSET_KS)]
+    return [images.drop_queries(CIRSplit(dataset="cirr", name="cirr", split=split, queries=queries, gallery=gallery,
+                                         exclude_reference=True, recall_ks=RECALL_KS, subset_ks=SUBSET_KS))]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.io import read_json, require_fields, require_type
 from clip_cir.data.types import CIRSplit, Query
 from clip_cir.errors import CIRError
@@ -53,33 +54,40 @@ def index_images(images_dir: Path) -> dict[str, Path]:
     return index
 
 
-def _load_category(base: Path, category: str, split: str, images: dict[str, Path]) -> CIRSplit:
+def _candidates(images_dir: Path, name: str, index: dict[str, Path]) -> list[Path]:
+    return [index[name]] if name in index else [images_dir / f"{name}{ext}" for ext in IMAGE_EXTENSIONS]
+
+
+def _load_category(base: Path, category: str, split: str, index: dict[str, Path], images: ImageCheck) -> CIRSplit:
     split_path = base / "image_splits" / f"split.{category}.{split}.json"
     names = require_type(split_path, read_json(split_path, "FashionIQ image split file"), list, "the top level")
-    gallery: dict[str, Path] = {}
     for name in names:
         if not isinstance(name, str):
             raise CIRError(f"{split_path}: image names should be strings, got {name!r}")
-        if name not in images:
-            raise CIRError(f"{base / 'images' / name}.jpg: image '{name}' listed in {split_path.name} "
-                           f"is missing on disk (looked for .jpg and .png)")
-        gallery[name] = images[name]
     cap_path = base / "captions" / f"cap.{category}.{split}.json"
     entries = require_type(cap_path, read_json(cap_path, "FashionIQ caption file"), list, "the top level")
     has_targets = split != "test"
     fields = ["candidate", "captions"] + (["target"] if has_targets else [])
-    queries = []
+    listed = set(names)
+    by_name = {name: _candidates(base / "images", name, index) for name in names}
     for i, entry in enumerate(entries):
         require_fields(cap_path, entry, i, fields)
+        for key in ("candidate", "target") if has_targets else ("candidate",):
+            name = entry[key]
+            if not isinstance(name, str):
+                raise CIRError(f"{cap_path}: entry {i} field '{key}' should be an image name (a string)")
+            # Training loads images by name, as the published code does: a triplet may use an image
+            # the split file does not list. Evaluation galleries are exactly the split file.
+            if name not in listed and split != "train":
+                raise CIRError(f"{cap_path}: entry {i} names image '{name}' ({key}), "
+                               f"which is not in {split_path.name}")
+            by_name.setdefault(name, _candidates(base / "images", name, index))
+    gallery = images.locate(by_name, split_path)
+    queries = []
+    for i, entry in enumerate(entries):
         captions = entry["captions"]
         if not (isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)):
             raise CIRError(f"{cap_path}: entry {i} field 'captions' should be a list of two strings")
-        for key in ("candidate", "target") if has_targets else ("candidate",):
-            if not isinstance(entry[key], str):
-                raise CIRError(f"{cap_path}: entry {i} field '{key}' should be an image name (a string)")
-            if entry[key] not in gallery:
-                raise CIRError(f"{cap_path}: entry {i} names image '{entry[key]}' ({key}), "
-                               f"which is not in {split_path.name}")
         queries.append(Query(
             qid=f"{category}/{i}",
             reference=entry["candidate"],
@@ -88,11 +96,12 @@ def _load_category(base: Path, category: str, split: str, images: dict[str, Path
             eval_caption=evaluation_caption(*captions),
             target=entry.get("target"),
         ))
-    return CIRSplit(dataset="fashioniq", name=category, split=split, queries=queries, gallery=gallery,
-                    exclude_reference=False, recall_ks=RECALL_KS)
+    return images.drop_queries(CIRSplit(dataset="fashioniq", name=category, split=split, queries=queries,
+                                        gallery=gallery, exclude_reference=False, recall_ks=RECALL_KS))
 
 
-def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None = None) -> list[CIRSplit]:
+def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None = None,
+                   images: ImageCheck | None = None) -> list[CIRSplit]:
     """One CIRSplit per category: the method's protocol ranks each category's queries against
     that category's whole split gallery, reference included."""
     if split not in SPLITS:
@@ -102,5 +111,6 @@ def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None
         if category not in CATEGORIES:
             raise CIRError(f"unknown FashionIQ category '{category}' (choose from {', '.join(CATEGORIES)})")
     base = fashioniq_dir(data_root)
-    images = index_images(base / "images")
-    return [_load_category(base, category, split, images) for category in categories]
+    index = index_images(base / "images")
+    images = images or ImageCheck()
+    return [_load_category(base, category, split, index, images) for category in categories]

@@ -41,13 +41,6 @@ def require_fields(path: Path, entry: Any, index: int, fields: Iterable[str]) ->
     return entry
 
 
-def check_files_exist(paths: dict[str, Path], listed_in: Path) -> None:
-    """Fail on the first image the annotations list but the disk does not have."""
-    for name, path in paths.items():
-        if not os.path.isfile(path):
-            raise CIRError(f"{path}: image '{name}' listed in {listed_in.name} is missing on disk")
-
-
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB; a corrupt or unreadable file is a CIRError."""
     try:
@@ -58,16 +51,3 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise CIRError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CIRError(f"{path}: corrupt or unreadable image ({e})") from None
-
-
-def check_images_identify(paths: Iterable[Path]) -> None:
-    """Cheap up-front check that every file is an image PIL recognises (header only), so a
-    garbage file stops a training run before the first step rather than in the middle."""
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.size
-        except FileNotFoundError:
-            raise CIRError(f"{path}: image file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise CIRError(f"{path}: corrupt or unreadable image ({e})") from None

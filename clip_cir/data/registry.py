@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from clip_cir.data import cirr, fashioniq
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 
@@ -16,14 +17,20 @@ def dataset_splits(dataset: str) -> tuple[str, ...]:
     return {"cirr": cirr.SPLITS, "fashioniq": fashioniq.SPLITS}[dataset]
 
 
-def load_splits(dataset: str, data_root: str | Path, split: str,
-                categories: Sequence[str] | None = None) -> list[CIRSplit]:
-    """Read one split of a dataset; FashionIQ gives one CIRSplit per category."""
+def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
+                images: ImageCheck | None = None) -> list[CIRSplit]:
+    """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
+
+    Image paths are absolute, so a split means the same files from any working directory (the
+    demo's web server and the feature cache rely on it). `images` says what to do with listed
+    images that are absent or unreadable (default: stop with one line naming the first).
+    """
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise CIRError(f"{data_root}: data root not found")
+    data_root = data_root.absolute()
     if dataset == "cirr":
-        return cirr.load_cirr(data_root, split)
+        return cirr.load_cirr(data_root, split, images)
     if dataset == "fashioniq":
-        return fashioniq.load_fashioniq(data_root, split, categories)
+        return fashioniq.load_fashioniq(data_root, split, categories, images)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")

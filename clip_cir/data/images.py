@@ -1,0 +1,154 @@
+"""Which listed images a reader may use: present and readable, or (with --skip-missing-images)
+left out together with the queries that need them.
+
+Real downloads are often incomplete (FashionIQ's image URLs are partly dead; NLVR2, where
+CIRR's images come from, is often partly downloaded). By default a missing or unreadable image
+stops the command with one line that names the file and the flag; with the flag, such images and
+every query whose reference or target is one of them are dropped, counted and reported. Both
+readers go through this one class, so CIRR and FashionIQ behave the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from clip_cir.data.types import CIRSplit
+from clip_cir.errors import CIRError
+
+log = logging.getLogger("clip_cir")
+
+SKIP_FLAG = "--skip-missing-images"
+TRAINING_HINT = f"pass {SKIP_FLAG} to train without the triplets that use them"
+EVALUATION_HINT = (f"pass {SKIP_FLAG} to evaluate without them (the numbers are then not comparable "
+                   f"with published ones)")
+SUBMISSION_HINT = "a submission ranks the whole split: complete the download (every listed image is needed)"
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why PIL cannot open this image's header (None if it can). Cheap: the pixels are not decoded."""
+    try:
+        with Image.open(path) as image:
+            image.size
+    except FileNotFoundError:
+        return "missing"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"unreadable ({e})"
+    return None
+
+
+@dataclass
+class SkippedImage:
+    name: str
+    path: Path
+    reason: str
+    """`missing`, or `unreadable (<PIL's message>)`."""
+    listed_in: str
+
+
+@dataclass
+class ImageCheck:
+    """What readers do with images that are listed but absent or unreadable.
+
+    `skip=False` (default): the first one is a `CIRError` naming it, how many others there are,
+    and `hint` (how to go on). `skip=True`: they are left out of the galleries, queries that need
+    them are dropped, and both are counted here. `readable=True` also opens each image's header,
+    so a corrupt file is caught before any work rather than in the middle of it.
+    """
+
+    skip: bool = False
+    readable: bool = False
+    hint: str = EVALUATION_HINT
+    skipped: dict[str, SkippedImage] = field(default_factory=dict)
+    dropped_queries: dict[str, int] = field(default_factory=dict)
+    """`<dataset>/<benchmark>/<split>` -> queries dropped there."""
+    total_queries: dict[str, int] = field(default_factory=dict)
+    pruned_galleries: dict[str, int] = field(default_factory=dict)
+    """`<dataset>/<benchmark>/<split>` -> gallery images left out there."""
+
+    def locate(self, candidates: Mapping[str, Sequence[Path]], listed_in: Path) -> dict[str, Path]:
+        """Name -> the first candidate file that exists (readable, if asked), in listing order.
+
+        Several candidates per name cover layouts that differ between copies of a dataset (CIRR's
+        NLVR2 images in numbered sub-folders or flat). Names with no usable file are errors, or
+        with `skip` are recorded and left out.
+        """
+        found: dict[str, Path] = {}
+        bad: list[SkippedImage] = []
+        for name, paths in candidates.items():
+            path = next((p for p in paths if os.path.isfile(p)), None)
+            if path is None:
+                also = f" (also looked for {', '.join(str(p) for p in paths[1:])})" if len(paths) > 1 else ""
+                bad.append(SkippedImage(name, paths[0], "missing" + also, listed_in.name))
+                continue
+            reason = unreadable_reason(path) if self.readable else None
+            if reason is not None:
+                bad.append(SkippedImage(name, path, reason, listed_in.name))
+                continue
+            found[name] = path
+        if bad and not self.skip:
+            first = bad[0]
+            what = "is missing on disk" if first.reason.startswith("missing") else f"is {first.reason}"
+            also = first.reason[len("missing"):] if first.reason.startswith("missing") else ""
+            others = f"; {len(bad) - 1} more of the {len(candidates)} images listed are missing or unreadable" \
+                if len(bad) > 1 else ""
+            raise CIRError(f"{first.path}: image '{first.name}' listed in {first.listed_in} {what}{also}{others}; "
+                           f"{self.hint}")
+        for item in bad:
+            self.skipped.setdefault(item.name, item)
+        return found
+
+    def is_skipped(self, name: str) -> bool:
+        return name in self.skipped
+
+    def drop_queries(self, split: CIRSplit) -> CIRSplit:
+        """The split without queries whose reference or target was skipped; CIRR image sets lose
+        their skipped members (they cannot be ranked)."""
+        key = f"{split.dataset}/{split.name}/{split.split}"
+        self.total_queries[key] = self.total_queries.get(key, 0) + len(split.queries)
+        if not self.skipped:
+            return split
+        queries = []
+        for query in split.queries:
+            if self.is_skipped(query.reference) or (query.target is not None and self.is_skipped(query.target)):
+                self.dropped_queries[key] = self.dropped_queries.get(key, 0) + 1
+                continue
+            if query.members is not None and any(self.is_skipped(m) for m in query.members):
+                query = dataclasses.replace(query, members=tuple(m for m in query.members if not self.is_skipped(m)))
+            queries.append(query)
+        gallery = {name: path for name, path in split.gallery.items() if not self.is_skipped(name)}
+        if len(gallery) < len(split.gallery):
+            self.pruned_galleries[key] = len(split.gallery) - len(gallery)
+        return dataclasses.replace(split, queries=queries, gallery=gallery)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_queries.values())
+
+    def changed_evaluation(self) -> list[str]:
+        """Evaluation splits (not train) whose gallery or queries lost something: their numbers
+        are not comparable with published ones."""
+        keys = {*self.pruned_galleries, *self.dropped_queries}
+        return sorted(k for k in keys if not k.endswith("/train"))
+
+    def summary(self) -> str:
+        """One line: what was left out, for the log."""
+        missing = sum(1 for s in self.skipped.values() if s.reason.startswith("missing"))
+        unreadable = len(self.skipped) - missing
+        where = ", ".join(f"{k} {v} of {self.total_queries.get(k, v)}" for k, v in self.dropped_queries.items())
+        return (f"{SKIP_FLAG}: left out {missing} missing and {unreadable} unreadable images and the "
+                f"{self.dropped} queries that use them" + (f" ({where})" if where else ""))
+
+    def report_lines(self) -> list[str]:
+        """`skipped_images.txt`: one tab-separated line per image left out."""
+        lines = ["# name\tpath\treason\tlisted in"]
+        lines += [f"{s.name}\t{s.path}\t{s.reason}\t{s.listed_in}" for s in self.skipped.values()]
+        lines += [f"# queries dropped in {k}: {v} of {self.total_queries.get(k, v)}"
+                  for k, v in self.dropped_queries.items()]
+        return lines

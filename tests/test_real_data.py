@@ -1,0 +1,299 @@
+"""What real downloads and real backbones meet and synthetic runs did not show (issue 9):
+frozen BatchNorm in stage 1, float32 validation, submission size at the real test1 scale,
+incomplete downloads, NLVR2's flat layout, honest log lines and CIRR's Avg."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from test_training import stage1_args, stage2_args
+
+
+def _read(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def _cirr_train_copy(synth_root: Path, tmp_path: Path) -> Path:
+    """A writable copy of the synthetic CIRR (all splits) to remove images from."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root / "cirr_dataset", root / "cirr_dataset")
+    return root
+
+
+# ---- 1. stage 1 keeps CLIP in eval mode: BatchNorm statistics stay the pretrained ones --------
+
+def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_path):
+    from clip_cir import finetune
+    from clip_cir.models import load_clip
+    from clip_cir.training import seed_everything
+
+    args = stage1_args(synth_root, tmp_path, "rn", "--encoder", "both", "--epochs", "1")
+    args[args.index("cir-tiny-vit")] = "cir-tiny-rn"
+    finetune.main(args)
+    seed_everything(0)  # the run's seed: the same random init
+    start = load_clip("cir-tiny-rn").model.state_dict()
+    trained = load_file(str(tmp_path / "rn" / "last" / "clip.safetensors"))
+    statistics = [k for k in start if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(statistics) >= 3 * 10  # the tiny ResNet tower really has BatchNorm layers
+    for key in statistics:
+        assert torch.equal(trained[key], start[key]), key
+    # ... while the tower's parameters (BatchNorm's affine ones included) did train.
+    assert not torch.equal(trained["visual.conv1.weight"], start["visual.conv1.weight"])
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("visual.") and "bn" in k
+               and k.endswith("weight"))
+
+
+# ---- 2. float32 validation; encoding restores each tower's own mode --------------------------
+
+def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, tmp_path, tiny_checkpoint, cli):
+    from clip_cir import train_combiner
+
+    args = stage2_args(synth_root, tmp_path, "bf16", "--epochs", "2", "--validation-frequency", "1",
+                       "--mixed-precision", "bf16", "--pretrained", str(tiny_checkpoint), "--cpu")
+    args[args.index("--model"):args.index("--model") + 2] = []
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # this process's Accelerator said "no" before
+    try:
+        train_combiner.main(args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    run = tmp_path / "bf16"
+    validation = pd.read_csv(run / "validation_metrics.csv").iloc[-1]
+    result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--pretrained", tiny_checkpoint,
+                 "--combiner", run / "last", "--num-workers", "0", "--output", tmp_path / "eval.json")
+    assert result.code == 0, result.err
+    evaluated = _read(tmp_path / "eval.json")
+    for key, value in evaluated.items():
+        assert validation[key] == pytest.approx(value, abs=6e-5), key
+    assert "recall_avg" in validation  # CIRR's Avg is in the validation CSV too
+
+
+def test_encoding_restores_each_towers_own_mode(tiny_checkpoint):
+    from clip_cir.features import encode_texts
+    from clip_cir.models import load_clip
+
+    clip = load_clip(None, str(tiny_checkpoint))
+    clip.model.train()
+    clip.model.visual.eval()  # a frozen tower while the text tower trains
+    encode_texts(clip, ["a red circle"], progress=False)
+    assert clip.model.training and clip.model.transformer.training
+    assert not clip.model.visual.training
+    assert not any(m.training for m in clip.model.visual.modules())
+
+
+# ---- 3. CIRR submissions at the real test1 scale -----------------------------------------------
+
+def _write_real_scale_test1(root: Path, queries: int = 4148, images: int = 2315) -> None:
+    """A CIRR-layout test1 split as large as the real one, with its naming scheme
+    (`test1-<set>-<k>-img<0|1>`, sets of 6): 4,148 queries over 2,315 images."""
+    base = root / "cirr_dataset"
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(png, format="PNG")
+    names = [f"test1-{1000 + i // 6}-{(i % 6) // 2}-img{i % 2}" for i in range(images)]
+    (base / "test1").mkdir(parents=True)
+    for name in names:
+        (base / "test1" / f"{name}.png").write_bytes(png.getvalue())
+    sets = [names[i:i + 6] for i in range(0, images - 5, 6)]
+    captions = []
+    for pairid in range(queries):
+        members = sets[pairid % len(sets)]
+        captions.append({"pairid": pairid, "reference": members[pairid % 6],
+                         "caption": "Remove all but one dog and add a woman hugging it.",
+                         "img_set": {"id": pairid % len(sets), "members": members,
+                                     "reference_rank": pairid % 6}})
+    (base / "cirr" / "captions").mkdir(parents=True)
+    (base / "cirr" / "image_splits").mkdir(parents=True)
+    (base / "cirr" / "captions" / "cap.rc2.test1.json").write_text(json.dumps(captions))
+    (base / "cirr" / "image_splits" / "split.rc2.test1.json").write_text(
+        json.dumps({name: f"./test1/{name}.png" for name in names}))
+
+
+def test_submission_files_fit_the_server_at_the_real_test1_scale(tmp_path):
+    from clip_cir.data import load_splits
+    from clip_cir.ranking import rank_split
+    from clip_cir.submission import MAX_BYTES, build_submissions, check_submission, read_submission, write_submissions
+
+    _write_real_scale_test1(tmp_path / "data")
+    split = load_splits("cirr", tmp_path / "data", "test1")[0]
+    assert (len(split.queries), len(split.gallery)) == (4148, 2315)
+    generator = torch.Generator().manual_seed(0)
+    gallery = torch.nn.functional.normalize(torch.randn(2315, 32, generator=generator), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(4148, 32, generator=generator), dim=-1)
+    submissions = build_submissions(split, rank_split(split, queries, gallery, 50))
+    assert MAX_BYTES == 5_000_000
+    # What the server would have refused: the same recall file indented.
+    assert len(json.dumps(submissions["recall"], indent=2).encode()) > MAX_BYTES
+    paths = write_submissions(submissions, split, tmp_path / "out", "real")
+    for path, metric in zip(paths, ("recall", "recall_subset")):
+        assert path.stat().st_size < 4_500_000, (path, path.stat().st_size)
+        assert b"\n" not in path.read_bytes()
+        submission = read_submission(path)
+        assert submission == submissions[metric]
+        assert check_submission(submission, split) == metric
+        assert len(submission) == 4148 + 2
+
+
+# ---- 4. incomplete downloads -------------------------------------------------------------------
+
+def _triplets_using(captions_file: Path, names: set[str]) -> int:
+    return sum(1 for e in _read(captions_file) if e["reference"] in names or e["target_hard"] in names)
+
+
+def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(synth_root, tmp_path, capsys):
+    from clip_cir import finetune
+
+    data = _cirr_train_copy(synth_root, tmp_path)
+    split_file = data / "cirr_dataset/cirr/image_splits/split.rc2.train.json"
+    listing = _read(split_file)
+    missing_name, corrupt_name = list(listing)[3], list(listing)[40]
+    missing = data / "cirr_dataset" / listing[missing_name]
+    corrupt = data / "cirr_dataset" / listing[corrupt_name]
+    missing.unlink()
+    corrupt.write_bytes(b"<html>404 not found</html>")  # what a dead download link leaves behind
+    common = ["--encoder", "text", "--epochs", "1", "--validation-frequency", "5"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(stage1_args(data, tmp_path / "runs", "strict", *common))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"stage1/finetune.py: error: {missing}: image '{missing_name}' listed in "
+                          f"split.rc2.train.json is missing on disk")
+    assert "1 more of the" in err and "--skip-missing-images" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "strict").exists()
+
+    finetune.main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
+    run = tmp_path / "runs" / "skip"
+    lines = (run / "skipped_images.txt").read_text().splitlines()
+    rows = [line.split("\t") for line in lines if not line.startswith("#")]
+    assert {(r[0], r[1]) for r in rows} == {(missing_name, str(missing)), (corrupt_name, str(corrupt))}
+    assert {r[0]: r[2].split(" ")[0] for r in rows} == {missing_name: "missing", corrupt_name: "unreadable"}
+    dropped = _triplets_using(data / "cirr_dataset/cirr/captions/cap.rc2.train.json", {missing_name, corrupt_name})
+    assert dropped > 0
+    assert f"# queries dropped in cirr/cirr/train: {dropped} of 120" in lines
+    log = (run / "log.txt").read_text()
+    assert (f"--skip-missing-images: left out 1 missing and 1 unreadable images and the {dropped} queries "
+            f"that use them") in log
+    steps = pd.read_csv(run / "train_metrics.csv")["steps"].item()
+    assert steps == (120 - dropped) // 16
+
+
+def test_eval_refuses_a_missing_gallery_image_unless_told_and_then_says_so(data_copy, tiny_checkpoint, cli, tmp_path):
+    root = data_copy("cirr")
+    listing = _read(root / "cirr_dataset/cirr/image_splits/split.rc2.val.json")
+    name = list(listing)[5]
+    (root / "cirr_dataset" / listing[name]).unlink()
+    model = ["--pretrained", tiny_checkpoint, "--num-workers", "0"]
+    result = cli("eval", "--dataset", "cirr", "--data-root", root, *model)
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "is missing on disk" in result.err and "--skip-missing-images" in result.err
+    assert "not comparable with published ones" in result.err
+
+    result = cli("eval", "--dataset", "cirr", "--data-root", root, *model, "--skip-missing-images",
+                 "--output", tmp_path / "m.json")
+    assert result.code == 0, result.err
+    assert "NOT comparable with published ones" in result.err
+    metrics = _read(tmp_path / "m.json")
+    assert metrics["skipped_images"] == 1 and metrics["comparable_with_published"] is False
+    # Submissions never skip: the flag does not exist there and the message says why.
+    result = cli("submit-cirr", "--data-root", root, "--split", "val", "--name", "x", "--output-dir",
+                 tmp_path / "sub", *model)
+    assert result.code == 2 and "complete the download" in result.err and not (tmp_path / "sub").exists()
+
+
+def test_skipped_queries_are_the_ones_that_need_the_missing_image(data_copy):
+    from clip_cir.data import load_splits
+    from clip_cir.data.images import ImageCheck
+
+    root = data_copy("cirr")
+    listing = _read(root / "cirr_dataset/cirr/image_splits/split.rc2.val.json")
+    name = list(listing)[0]
+    (root / "cirr_dataset" / listing[name]).unlink()
+    full = [e for e in _read(root / "cirr_dataset/cirr/captions/cap.rc2.val.json")]
+    check = ImageCheck(skip=True)
+    split = load_splits("cirr", root, "val", images=check)[0]
+    kept = {e["pairid"] for e in full if name not in (e["reference"], e["target_hard"])}
+    assert {int(q.qid) for q in split.queries} == kept and len(kept) < len(full)
+    assert name not in split.gallery and len(split.gallery) == len(listing) - 1
+    assert all(name not in q.members for q in split.queries)  # image sets lose the absent member
+    assert check.changed_evaluation() == ["cirr/cirr/val"]
+
+
+def test_fashioniq_training_uses_images_outside_the_split_file_but_val_does_not(data_copy):
+    from clip_cir.composition import TrainingSet
+    from clip_cir.data import load_splits
+
+    root = data_copy("fashioniq")
+    base = root / "fashionIQ_dataset"
+    listed = _read(base / "image_splits/split.dress.train.json")
+    captions = _read(base / "captions/cap.dress.train.json")
+    unlisted = captions[0]["target"]
+    (base / "image_splits/split.dress.train.json").write_text(json.dumps([n for n in listed if n != unlisted]))
+    train = load_splits("fashioniq", root, "train", ["dress"])[0]
+    assert len(train.queries) == len(captions)  # the published code loads training images by name
+    assert TrainingSet.from_splits([train]).image_names.count(unlisted) == 1
+    # An image in images/ that the val split does not list never joins the val gallery.
+    val_listed = _read(base / "image_splits/split.dress.val.json")
+    val = load_splits("fashioniq", root, "val", ["dress"])[0]
+    assert list(val.gallery) == val_listed and unlisted not in val.gallery
+
+
+# ---- 5. NLVR2's flat layout --------------------------------------------------------------------
+
+def test_cirr_train_images_in_the_flat_nlvr2_layout(synth_root, tmp_path, caplog):
+    from clip_cir.data import load_splits
+    from clip_cir.errors import CIRError
+
+    root = _cirr_train_copy(synth_root, tmp_path)
+    base = root / "cirr_dataset"
+    listing = _read(base / "cirr/image_splits/split.rc2.train.json")
+    assert all(Path(rel).parts[0] == "train" and len(Path(rel).parts) == 3 for rel in listing.values())
+    for rel in listing.values():  # flatten: train/<n>/<name>.png -> train/<name>.png
+        (base / rel).rename(base / "train" / Path(rel).name)
+    with caplog.at_level(logging.INFO, logger="clip_cir"):
+        split = load_splits("cirr", root, "train")[0]
+    assert len(split.gallery) == len(listing)
+    assert all(path == (base / "train" / Path(listing[name]).name).absolute() for name, path in split.gallery.items())
+    said = [r.getMessage() for r in caplog.records if "flat NLVR2 layout" in r.getMessage()]
+    assert len(said) == 1 and f"{len(listing)} of {len(listing)} images" in said[0]
+
+    name = next(iter(listing))
+    flat = base / "train" / Path(listing[name]).name
+    flat.unlink()
+    with pytest.raises(CIRError) as error:
+        load_splits("cirr", root, "train")
+    message = str(error.value)
+    assert message.startswith(f"{(base / listing[name]).absolute()}: image '{name}' listed in split.rc2.train.json "
+                              f"is missing on disk (also looked for {flat.absolute()})")
+
+
+# ---- 7. honest log lines -----------------------------------------------------------------------
+
+def test_loading_our_checkpoints_does_not_claim_a_random_init(synth_root, tmp_path, tiny_checkpoint, caplog):
+    from clip_cir.checkpoints import save_weights
+    from clip_cir.models import load_clip
+
+    loaded = load_clip(None, str(tiny_checkpoint))
+    ours = tmp_path / "clip.safetensors"
+    save_weights(ours, loaded.model.state_dict(), {"kind": "clip", "model_name": "cir-tiny-vit",
+                                                   "model_config": loaded.config})
+    with caplog.at_level(logging.INFO):
+        load_clip(None, str(ours))
+        load_clip("cir-tiny-vit", str(tiny_checkpoint))
+        load_clip(None, str(tiny_checkpoint))
+    assert not [r for r in caplog.records if "random" in r.getMessage().lower()], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_clip("cir-tiny-vit")  # a real random init says so, once, in our words
+    said = [r.getMessage() for r in caplog.records if r.name == "clip_cir" or r.levelno >= logging.WARNING]
+    assert said == ["cir-tiny-vit: random initialisation (no pretrained weights)"], said
