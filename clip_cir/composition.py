@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from clip_cir import features
 from clip_cir.data.io import load_image
 from clip_cir.data.types import CIRSplit, Query
+from clip_cir.models import encode_text
 from clip_cir.training import choice_for
 from clip_cir.transforms import ImageTransform
 
@@ -89,6 +90,6 @@ class ClipEncoder(nn.Module):
             image_features = self.clip.encode_image(images)
             features.encode_counts["image"] += images.shape[0]
         if tokens is not None:
-            text_features = self.clip.encode_text(tokens)
+            text_features = encode_text(self.clip, tokens)
             features.encode_counts["text"] += tokens.shape[0]
         return image_features, text_features

@@ -25,7 +25,7 @@ from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 from clip_cir.evaluation import EncodeOptions, encode_image_files
 from clip_cir.features import encode_counts
-from clip_cir.models import LoadedCLIP
+from clip_cir.models import encode_text, LoadedCLIP
 from clip_cir.search import SearchIndex, build_index
 
 MAX_CAPTION_CHARS = 1000
@@ -129,9 +129,9 @@ class DemoEngine:
     def _text_features(self, caption: str) -> torch.Tensor:
         # Not features.encode_texts: its cache key hashes the whole text tower on every call, which
         # would cost more than the encoding itself for one caption.
-        tokens = self.clip.tokenizer([caption]).to(self.encode.device)
+        tokens = self.clip.tokenize([caption]).to(self.encode.device)
         with (self.encode.autocast or nullcontext)():
-            features = self.clip.model.encode_text(tokens).float().cpu()
+            features = encode_text(self.clip.model, tokens).float().cpu()
         encode_counts["text"] += 1
         return features
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from clip_cir.checkpoints import atomic_write
 from clip_cir.data.io import load_image
-from clip_cir.models import LoadedCLIP, tower_fingerprint
+from clip_cir.models import LoadedCLIP, encode_text, tower_fingerprint
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,9 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     with eval_mode(clip.model):
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=None if progress else True,
                           leave=False):
-            tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(device)
+            tokens = clip.tokenize(texts[start:start + batch_size]).to(device)
             with (autocast or nullcontext)():
-                chunks.append(clip.model.encode_text(tokens).float().cpu())
+                chunks.append(encode_text(clip.model, tokens).float().cpu())
             encode_counts["text"] += tokens.shape[0]
     features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
     cache.save(key, features)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
     def compute_loss(batch: dict) -> torch.Tensor:
-        tokens = clip.tokenizer(batch["caption"]).to(device) if train_text else None
+        tokens = clip.tokenize(batch["caption"]).to(device) if train_text else None
         images = torch.cat([batch["reference_image"], batch["target_image"]]) if train_image else None
         encoded_images, encoded_text = encoder(images=images, tokens=tokens)
         if train_image:

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
     def contrastive_loss(images, captions, forward, loss=loss_fn) -> torch.Tensor:
-        image_features, text_features = forward(images=images.to(device), tokens=clip.tokenizer(captions).to(device))
+        image_features, text_features = forward(images=images.to(device), tokens=clip.tokenize(captions).to(device))
         scale = model.logit_scale.exp().clamp(max=100)
         return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
 

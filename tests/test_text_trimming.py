@@ -1,0 +1,79 @@
+"""Exact text trimming: a batch of token ids cut after its longest caption's EOT token gives the
+same features as the full context length, for every causal EOT-pooling CLIP text tower; other
+towers are detected and keep the full length."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from clip_cir.models import can_trim_text, encode_text, load_clip, trim_tokens
+
+CAPTIONS = ["is red", "has a small blue triangle on the left instead of the big green circle",
+            "Same shirt but with long sleeves and a darker colour, no logo on the chest.", "x"]
+
+
+def _full_and_trimmed(model: torch.nn.Module, tokenizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    tokens = tokenizer(CAPTIONS)
+    trimmed = trim_tokens(model, tokens)
+    with torch.no_grad():
+        return model.encode_text(tokens), encode_text(model, trimmed), tokens.shape[1], trimmed.shape[1]
+
+
+@pytest.mark.parametrize("name", ["cir-tiny-vit", "cir-tiny-rn", "RN50x4", "ViT-B-32"])
+def test_trimmed_text_features_equal_full_length(name):
+    torch.manual_seed(0)
+    import clip_cir.models  # noqa: F401 - registers the tiny configs
+
+    model = open_clip.create_model(name).eval()
+    full, trimmed, full_length, trimmed_length = _full_and_trimmed(model, open_clip.get_tokenizer(name))
+    longest = max(len(open_clip.get_tokenizer(name).encode(c)) if hasattr(open_clip.get_tokenizer(name), "encode")
+                  else 0 for c in CAPTIONS)
+    assert can_trim_text(model)
+    assert trimmed_length < full_length and trimmed_length == longest + 2  # SOT + tokens + EOT
+    assert full.shape == trimmed.shape
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+    # Every caption's own feature is unchanged, not only the longest one's.
+    assert (trimmed - full).abs().max() <= 1e-5
+
+
+def test_gradients_through_trimmed_text_equal_full_length():
+    clip = load_clip("cir-tiny-vit")
+    tokens = clip.tokenizer(CAPTIONS)
+    grads = []
+    for batch in (tokens, trim_tokens(clip.model, tokens)):
+        clip.model.zero_grad()
+        encode_text(clip.model, batch).pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in clip.model.named_parameters()
+                      if p.grad is not None and not n.startswith("visual.")})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for key in grads[0]:
+        # The same sums over fewer (all-zero) terms: equal up to float rounding, relative to the gradient's size.
+        scale = grads[0][key].abs().max()
+        assert (grads[1][key] - grads[0][key]).abs().max() <= 1e-5 * scale, key
+
+
+def test_a_tower_without_causal_eot_pooling_keeps_the_full_length():
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(32, vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+                 text_cfg={"context_length": 32, "width": 32, "heads": 2, "layers": 1,
+                           "no_causal_mask": True, "pool_type": "last"}).eval()
+    tokenizer = open_clip.SimpleTokenizer(context_length=32)
+    assert not can_trim_text(model)
+    tokens = tokenizer(CAPTIONS)
+    assert trim_tokens(model, tokens).shape == tokens.shape
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text(model, tokens), model.encode_text(tokens), atol=0, rtol=0)
+
+
+def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
+    from clip_cir.features import encode_texts
+
+    clip = load_clip(None, str(tiny_checkpoint))
+    assert clip.tokenize(CAPTIONS).shape[1] < clip.tokenizer(CAPTIONS).shape[1]
+    with torch.no_grad():
+        full = clip.model.encode_text(clip.tokenizer(CAPTIONS))
+    torch.testing.assert_close(encode_texts(clip, CAPTIONS, progress=False), full, atol=1e-5, rtol=1e-5)
