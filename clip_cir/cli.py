@@ -118,7 +118,10 @@ def cmd_score_cirr(args: argparse.Namespace) -> None:
     from clip_cir.metrics import format_metrics
     from clip_cir.submission import read_submission, score_submission
 
-    split = load_splits("cirr", args.data_root, args.split)[0]
+    from clip_cir.data.images import ImageCheck
+
+    # Scoring reads annotations only: the images need not be on disk.
+    split = load_splits("cirr", args.data_root, args.split, images=ImageCheck(require_files=False))[0]
     scores = score_submission(read_submission(args.submission), split, source=str(args.submission))
     print(format_metrics(scores, label="cirr"))
     if args.output:

@@ -95,7 +95,7 @@ def image_check(args: argparse.Namespace, training: bool = False) -> ImageCheck:
     programs open every image's header up front, so a corrupt file stops them before the first step."""
     skip = bool(getattr(args, "skip_missing_images", False))
     hint = TRAINING_HINT if training else EVALUATION_HINT if hasattr(args, "skip_missing_images") else SUBMISSION_HINT
-    return ImageCheck(skip=skip, readable=training or skip, hint=hint)
+    return ImageCheck(skip=skip, readable=training or skip, hint=hint, used_only=("train",) if training else ())
 
 
 def load_data(args: argparse.Namespace, split: str | None = None, images: ImageCheck | None = None) -> list[CIRSplit]:

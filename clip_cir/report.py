@@ -334,8 +334,11 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     from clip_cir.evaluation import EncodeOptions, rank_features, split_features
     from clip_cir.options import transform_for
 
+    from clip_cir.data.images import EVALUATION_HINT, ImageCheck
+
+    skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data
     splits = load_splits(_config_value(run, "dataset"), Path(_config_value(run, "data_root")), split,
-                         run.config.get("fashioniq_categories"))
+                         run.config.get("fashioniq_categories"), ImageCheck(skip=skip, readable=skip, hint=EVALUATION_HINT))
     clip, combine, description = load_retrieval_model(run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip.model.to(device)

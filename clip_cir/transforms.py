@@ -65,14 +65,51 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class ImageTransform:
-    """A callable PIL image -> tensor with a stable `signature` for cache keys."""
+    """A callable PIL image -> normalised tensor with a stable `signature` for cache keys.
+
+    When the preprocessing ends in ToTensor + Normalize (ours and open_clip's do), it is also
+    split in two: `pixels` (PIL -> uint8 CHW tensor: padding, resizing, cropping) and `normalize`
+    (uint8 batch -> float, on whatever device the batch is on). The uint8 pixels are what the
+    pixel cache stores and what data loaders ship (4x fewer bytes than float32), and
+    `normalize(pixels(image))` is bit-identical to `transform(image)`.
+    """
 
     def __init__(self, fn: Callable[[Image.Image], torch.Tensor], signature: str):
         self.fn = fn
         self.signature = signature
+        self.geometry: Callable[[Image.Image], Image.Image] | None = None
+        self.mean = self.std = None
+        steps = list(fn.transforms) if isinstance(fn, T.Compose) else []
+        if len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize):
+            self.geometry = T.Compose(steps[:-2] + [_to_rgb])
+            self.mean, self.std = tuple(steps[-1].mean), tuple(steps[-1].std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.fn(image)
+
+    @property
+    def splits(self) -> bool:
+        return self.geometry is not None
+
+    @property
+    def pixel_signature(self) -> str:
+        """What determines the uint8 pixels (not the normalisation): the pixel cache's key."""
+        return self.signature.split("|mean")[0]
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """uint8 [3, H, W] when the transform splits, else the full (float) transform."""
+        if self.geometry is None:
+            return self.fn(image)
+        return TF.pil_to_tensor(self.geometry(image))
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> the model's input, exactly as ToTensor + Normalize compute it; float
+        batches (a transform that does not split) pass through."""
+        if batch.dtype != torch.uint8:
+            return batch
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+        return batch.to(torch.float32).div(255).sub(mean).div(std)
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.signature})"

@@ -156,7 +156,9 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     data = _cirr_train_copy(synth_root, tmp_path)
     split_file = data / "cirr_dataset/cirr/image_splits/split.rc2.train.json"
     listing = _read(split_file)
-    missing_name, corrupt_name = list(listing)[3], list(listing)[40]
+    triplets = _read(data / "cirr_dataset/cirr/captions/cap.rc2.train.json")
+    missing_name = triplets[0]["reference"]
+    corrupt_name = next(e["target_hard"] for e in triplets[10:] if missing_name not in (e["reference"], e["target_hard"]))
     missing = data / "cirr_dataset" / listing[missing_name]
     corrupt = data / "cirr_dataset" / listing[corrupt_name]
     missing.unlink()
@@ -186,6 +188,34 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
             f"that use them") in log
     steps = pd.read_csv(run / "train_metrics.csv")["steps"].item()
     assert steps == (120 - dropped) // 16
+
+
+def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_checked(synth_root, tmp_path):
+    """A val image no query uses as reference or target still changes the validation numbers
+    (it is a distractor and an image-set member); a training image no triplet uses is never read."""
+    from clip_cir import finetune
+
+    data = _cirr_train_copy(synth_root, tmp_path)
+    base = data / "cirr_dataset"
+    val = _read(base / "cirr/captions/cap.rc2.val.json")
+    needed = {e[k] for e in val for k in ("reference", "target_hard")}
+    val_listing = _read(base / "cirr/image_splits/split.rc2.val.json")
+    distractor = next(n for n in val_listing if n not in needed)
+    (base / val_listing[distractor]).unlink()
+    train = _read(base / "cirr/captions/cap.rc2.train.json")
+    used = {e[k] for e in train for k in ("reference", "target_hard")}
+    train_listing = _read(base / "cirr/image_splits/split.rc2.train.json")
+    unused = next(n for n in train_listing if n not in used)
+    (base / train_listing[unused]).write_bytes(b"not an image")
+    finetune.main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
+                              "--skip-missing-images"))
+    run = tmp_path / "runs" / "gaps"
+    rows = [line.split("\t")[0] for line in (run / "skipped_images.txt").read_text().splitlines()
+            if not line.startswith("#")]
+    assert rows == [distractor]
+    log = (run / "log.txt").read_text()
+    assert "validation of cirr/cirr/val runs without the skipped images: its numbers are not comparable" in log
+    assert "and the 0 queries that use them" in log
 
 
 def test_eval_refuses_a_missing_gallery_image_unless_told_and_then_says_so(data_copy, tiny_checkpoint, cli, tmp_path):

@@ -33,7 +33,10 @@ def image_candidates(base: Path, rel: str) -> list[Path]:
     return [listed]
 
 
-def load_cirr_gallery(data_root: Path, split: str, images: ImageCheck) -> tuple[Path, dict[str, Path]]:
+def load_cirr_gallery(data_root: Path, split: str, images: ImageCheck,
+                      used: set[str]) -> tuple[Path, dict[str, Path], set[str], int]:
+    """The split file's images that exist, the names it lists and how many were looked for;
+    `used` are the names the split's queries need (training galleries may be limited to them)."""
     base = cirr_dir(data_root)
     path = base / "cirr" / "image_splits" / f"split.rc2.{split}.json"
     mapping = require_type(path, read_json(path, "CIRR image split file"), dict, "the top level")
@@ -42,12 +45,13 @@ def load_cirr_gallery(data_root: Path, split: str, images: ImageCheck) -> tuple[
         if not isinstance(rel, str):
             raise CIRError(f"{path}: the path of image '{name}' should be a string")
         candidates[name] = image_candidates(base, rel)
+    candidates = images.gallery_candidates(split, candidates, used)
     gallery = images.locate(candidates, path)
     flat = sum(1 for name, found in gallery.items() if found != candidates[name][0])
     if flat:
         log.info("CIRR %s: %d of %d images found in the flat NLVR2 layout (train/<name>.png) rather than at the "
                  "path %s lists; using them", split, flat, len(gallery), path.name)
-    return path, gallery
+    return path, gallery, set(mapping), len(candidates)
 
 
 def load_cirr(data_root: Path, split: str, images: ImageCheck | None = None) -> list[CIRSplit]:
@@ -55,9 +59,11 @@ def load_cirr(data_root: Path, split: str, images: ImageCheck | None = None) -> 
     if split not in SPLITS:
         raise CIRError(f"unknown CIRR split '{split}' (choose from {', '.join(SPLITS)})")
     images = images or ImageCheck()
-    split_file, gallery = load_cirr_gallery(data_root, split, images)
     path = cirr_dir(data_root) / "cirr" / "captions" / f"cap.rc2.{split}.json"
     entries = require_type(path, read_json(path, "CIRR caption file"), list, "the top level")
+    used = {e[k] for e in entries if isinstance(e, dict) for k in ("reference", "target_hard")
+            if isinstance(e.get(k), str)}
+    split_file, gallery, split_names, listed = load_cirr_gallery(data_root, split, images, used)
     has_targets = split != "test1"
     fields = ["pairid", "reference", "caption", "img_set"] + (["target_hard", "target_soft"] if has_targets else [])
     queries = []
@@ -75,7 +81,7 @@ def load_cirr(data_root: Path, split: str, images: ImageCheck | None = None) -> 
             if not isinstance(name, str):
                 raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) has an image name that is not "
                                f"a string: {name!r}")
-            if name not in gallery and not images.is_skipped(name):
+            if name not in split_names:
                 raise CIRError(f"{path}: entry {i} (pairid {entry['pairid']}) names image '{name}', "
                                f"which is not in {split_file.name}")
         caption = entry["caption"]
@@ -95,4 +101,4 @@ def load_cirr(data_root: Path, split: str, images: ImageCheck | None = None) -> 
             members=tuple(img_set["members"]),
         ))
     return [images.drop_queries(CIRSplit(dataset="cirr", name="cirr", split=split, queries=queries, gallery=gallery,
-                                         exclude_reference=True, recall_ks=RECALL_KS, subset_ks=SUBSET_KS))]
+                                         exclude_reference=True, recall_ks=RECALL_KS, subset_ks=SUBSET_KS), listed)]

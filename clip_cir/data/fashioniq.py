@@ -70,6 +70,7 @@ def _load_category(base: Path, category: str, split: str, index: dict[str, Path]
     fields = ["candidate", "captions"] + (["target"] if has_targets else [])
     listed = set(names)
     by_name = {name: _candidates(base / "images", name, index) for name in names}
+    by_caption: dict[str, list[Path]] = {}  # training images the split file does not list
     for i, entry in enumerate(entries):
         require_fields(cap_path, entry, i, fields)
         for key in ("candidate", "target") if has_targets else ("candidate",):
@@ -81,8 +82,12 @@ def _load_category(base: Path, category: str, split: str, index: dict[str, Path]
             if name not in listed and split != "train":
                 raise CIRError(f"{cap_path}: entry {i} names image '{name}' ({key}), "
                                f"which is not in {split_path.name}")
-            by_name.setdefault(name, _candidates(base / "images", name, index))
-    gallery = images.locate(by_name, split_path)
+            if name not in listed:
+                by_caption.setdefault(name, _candidates(base / "images", name, index))
+    used = {e[k] for e in entries for k in ("candidate", "target") if isinstance(e.get(k), str)}
+    by_name = images.gallery_candidates(split, by_name, used)
+    gallery = {**images.locate(by_name, split_path), **images.locate(by_caption, cap_path)}
+    looked_for = len(by_name) + len(by_caption)
     queries = []
     for i, entry in enumerate(entries):
         captions = entry["captions"]
@@ -97,7 +102,8 @@ def _load_category(base: Path, category: str, split: str, index: dict[str, Path]
             target=entry.get("target"),
         ))
     return images.drop_queries(CIRSplit(dataset="fashioniq", name=category, split=split, queries=queries,
-                                        gallery=gallery, exclude_reference=False, recall_ks=RECALL_KS))
+                                        gallery=gallery, exclude_reference=False, recall_ks=RECALL_KS),
+                               looked_for)
 
 
 def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None = None,

@@ -65,6 +65,11 @@ class ImageCheck:
     skip: bool = False
     readable: bool = False
     hint: str = EVALUATION_HINT
+    used_only: tuple[str, ...] = ()
+    """Splits (e.g. `("train",)` for training) whose galleries hold only the images a query uses:
+    an image no triplet needs is neither checked nor reported."""
+    require_files: bool = True
+    """False for commands that only read annotations (scoring a submission file)."""
     skipped: dict[str, SkippedImage] = field(default_factory=dict)
     dropped_queries: dict[str, int] = field(default_factory=dict)
     """`<dataset>/<benchmark>/<split>` -> queries dropped there."""
@@ -81,6 +86,8 @@ class ImageCheck:
         """
         found: dict[str, Path] = {}
         bad: list[SkippedImage] = []
+        if not self.require_files:
+            return {name: paths[0] for name, paths in candidates.items()}
         for name, paths in candidates.items():
             path = next((p for p in paths if os.path.isfile(p)), None)
             if path is None:
@@ -107,11 +114,18 @@ class ImageCheck:
     def is_skipped(self, name: str) -> bool:
         return name in self.skipped
 
-    def drop_queries(self, split: CIRSplit) -> CIRSplit:
+    def gallery_candidates(self, split: str, candidates: dict[str, list[Path]],
+                           used: set[str]) -> dict[str, list[Path]]:
+        return {n: c for n, c in candidates.items() if n in used} if split in self.used_only else candidates
+
+    def drop_queries(self, split: CIRSplit, listed: int) -> CIRSplit:
         """The split without queries whose reference or target was skipped; CIRR image sets lose
-        their skipped members (they cannot be ranked)."""
+        their skipped members (they cannot be ranked). `listed`: how many images the reader
+        looked for (the gallery already lacks the skipped ones)."""
         key = f"{split.dataset}/{split.name}/{split.split}"
         self.total_queries[key] = self.total_queries.get(key, 0) + len(split.queries)
+        if len(split.gallery) < listed:
+            self.pruned_galleries[key] = listed - len(split.gallery)
         if not self.skipped:
             return split
         queries = []
@@ -122,10 +136,7 @@ class ImageCheck:
             if query.members is not None and any(self.is_skipped(m) for m in query.members):
                 query = dataclasses.replace(query, members=tuple(m for m in query.members if not self.is_skipped(m)))
             queries.append(query)
-        gallery = {name: path for name, path in split.gallery.items() if not self.is_skipped(name)}
-        if len(gallery) < len(split.gallery):
-            self.pruned_galleries[key] = len(split.gallery) - len(gallery)
-        return dataclasses.replace(split, queries=queries, gallery=gallery)
+        return dataclasses.replace(split, queries=queries)
 
     @property
     def dropped(self) -> int:
