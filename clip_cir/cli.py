@@ -25,7 +25,8 @@ def _encode_options(args: argparse.Namespace, clip, accelerator):
 
     return EncodeOptions.for_accelerator(accelerator, opt.transform_for(clip, args.transform, args.target_ratio),
                                          opt.feature_cache(args), batch_size=args.batch_size,
-                                         num_workers=args.num_workers)
+                                         num_workers=opt.num_workers(args, accelerator.device.type == "cuda"),
+                                         pixel_cache=opt.pixel_cache(args, repeated=False))
 
 
 def _combining(args: argparse.Namespace):

@@ -15,6 +15,7 @@ from clip_cir import features
 from clip_cir.data.io import load_image
 from clip_cir.data.types import CIRSplit, Query
 from clip_cir.models import encode_text
+from clip_cir.pixels import PixelArray
 from clip_cir.training import choice_for
 from clip_cir.transforms import ImageTransform
 
@@ -53,11 +54,13 @@ class TrainingSet:
 
 
 class TripletDataset(Dataset):
-    """Item `(epoch, i)` -> query i with the caption form drawn for that epoch, and the
-    preprocessed reference/target images only when an image tower trains."""
+    """Item `(epoch, i)` -> query i with the caption form drawn for that epoch, and the uint8
+    reference/target pixels only when an image tower trains (from the pixel cache when there is
+    one; the training step normalises them on its device)."""
 
-    def __init__(self, data: TrainingSet, seed: int, transform: ImageTransform | None = None):
-        self.data, self.seed, self.transform = data, seed, transform
+    def __init__(self, data: TrainingSet, seed: int, transform: ImageTransform | None = None,
+                 pixels: PixelArray | None = None):
+        self.data, self.seed, self.transform, self.pixels = data, seed, transform, pixels
         self.index = data.image_index
 
     def __len__(self) -> int:
@@ -71,9 +74,13 @@ class TripletDataset(Dataset):
         out = {"query": i, "form": form, "caption": query.train_captions[form],
                "reference": reference, "target": target}
         if self.transform is not None:
-            out["reference_image"] = self.transform(load_image(self.data.image_paths[reference]))
-            out["target_image"] = self.transform(load_image(self.data.image_paths[target]))
+            out["reference_image"], out["target_image"] = self.image(reference), self.image(target)
         return out
+
+    def image(self, index: int) -> torch.Tensor:
+        if self.pixels is not None:
+            return self.pixels[index]
+        return self.transform.pixels(load_image(self.data.image_paths[index]))
 
 
 class ClipEncoder(nn.Module):

@@ -18,6 +18,7 @@ from clip_cir.errors import CIRError
 from clip_cir.features import FeatureCache, encode_images, encode_texts
 from clip_cir.metrics import combine_benchmarks, split_metrics
 from clip_cir.models import LoadedCLIP
+from clip_cir.pixels import PixelCache
 from clip_cir.ranking import Ranking, rank_split
 from clip_cir.transforms import ImageTransform
 
@@ -42,6 +43,8 @@ class EncodeOptions:
     num_workers: int = 0
     image_cache: FeatureCache | None = None
     text_cache: FeatureCache | None = None
+    pixel_cache: PixelCache | None = None
+    """Where uint8 pixels are read from instead of decoding (None: decode)."""
     autocast: Callable | None = None
     precision: str = "no"
     """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
@@ -49,12 +52,13 @@ class EncodeOptions:
 
     @classmethod
     def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
-                        batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> "EncodeOptions":
+                        batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                        pixel_cache: PixelCache | None = None) -> "EncodeOptions":
         """Device and autocast from Accelerate. The precision in cache keys is the one autocast
         really applies (Accelerate does not autocast fp16 on a CPU)."""
         precision = accelerator.mixed_precision if accelerator.native_amp else "no"
         return cls(transform=transform, device=accelerator.device, batch_size=batch_size, num_workers=num_workers,
-                   image_cache=cache, text_cache=cache, autocast=accelerator.autocast, precision=precision,
+                   image_cache=cache, text_cache=cache, pixel_cache=pixel_cache, autocast=accelerator.autocast, precision=precision,
                    progress=progress)
 
     def full_precision(self) -> "EncodeOptions":
@@ -71,6 +75,7 @@ class EncodeOptions:
 def encode_image_files(clip: LoadedCLIP, paths: Sequence[Path], options: EncodeOptions, desc: str) -> torch.Tensor:
     return encode_images(clip, paths, options.transform, device=options.device, batch_size=options.batch_size,
                          num_workers=options.num_workers, cache=options.image_cache, autocast=options.autocast,
+                         pixel_cache=options.pixel_cache,
                          precision=options.precision, desc=desc, progress=options.progress)
 
 

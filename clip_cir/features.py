@@ -18,12 +18,12 @@ from typing import Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from clip_cir.checkpoints import atomic_write
-from clip_cir.data.io import load_image
 from clip_cir.models import LoadedCLIP, encode_text, tower_fingerprint
+from clip_cir.pixels import PixelCache, pixel_source
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,6 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIP_CIR_CACHE", Path.home() / ".cache" / "clip_cir")) / "features"
-
-
-class ImageFiles(Dataset):
-    """Preprocessed images in a fixed order; an unreadable image stops the run with its path."""
-
-    def __init__(self, paths: Sequence[Path], transform: ImageTransform):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index]))
 
 
 class FeatureCache:
@@ -112,7 +98,8 @@ def _files_digest(paths: Sequence[Path]) -> str:
 def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTransform, *,
                   device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
                   cache: FeatureCache | None = None, autocast=None, precision: str = "no",
-                  desc: str = "image features", progress: bool = True) -> torch.Tensor:
+                  desc: str = "image features", progress: bool = True,
+                  pixel_cache: PixelCache | None = None) -> torch.Tensor:
     """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible."""
     cache = cache or FeatureCache(None)
     key = cache.key("image", tower_fingerprint(clip.model, "image"), clip.signature, transform.signature, precision,
@@ -123,13 +110,16 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
         return cached
     # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
     # that training draws from.
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
+    pixels = pixel_cache.get(paths, transform, num_workers=num_workers, progress=progress,
+                             desc=f"{desc} (pixels)") if pixel_cache is not None else None
+    loader = DataLoader(pixel_source(paths, transform, pixels), batch_size=batch_size,
+                        num_workers=0 if pixels is not None else num_workers,
                         shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
     chunks = []
     with eval_mode(clip.model):
         for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
             with (autocast or nullcontext)():
-                chunks.append(clip.model.encode_image(images.to(device)).float().cpu())
+                chunks.append(clip.model.encode_image(transform.normalize(images.to(device))).float().cpu())
             encode_counts["image"] += len(images)
     features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
     cache.save(key, features)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +73,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     progress = not args.no_progress and accelerator.is_main_process
 
     # Frozen towers: their training features once, before any step.
-    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=args.num_workers,
-                                           progress=progress)
+    workers = opt.num_workers(args, accelerator.device.type == "cuda", accelerator.num_processes)
+    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=workers, progress=progress,
+                                           pixel_cache=opt.pixel_cache(args, repeated=False))
     image_features = text_features = text_offsets = None
     if not train_image:
         image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
@@ -82,18 +84,26 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
         text_offsets = text_offsets.to(device)
 
-    dataset = TripletDataset(data, args.seed, transform if train_image else None)
+    pixels = None
+    if train_image:  # every epoch needs the training images again: decode them once
+        training_pixels = opt.pixel_cache(args, repeated=True)
+        if training_pixels is not None:
+            with accelerator.main_process_first():  # one process writes, the others read
+                pixels = training_pixels.get(data.image_paths, transform, num_workers=workers, progress=progress,
+                                             desc="training images (pixels)")
+    dataset = TripletDataset(data, args.seed, transform if train_image else None, pixels)
     sampler = EpochSampler(len(dataset), args.seed)
-    # Without an image tower to feed, items are indices and captions: worker processes only cost time.
+    # Without an image tower to feed, items are indices and captions; with the pixel cache, a
+    # memory-map read: worker processes would only cost time.
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.num_workers if train_image else 0, drop_last=True)
+                        num_workers=workers if train_image and pixels is None else 0, drop_last=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
     def compute_loss(batch: dict) -> torch.Tensor:
         tokens = clip.tokenize(batch["caption"]).to(device) if train_text else None
-        images = torch.cat([batch["reference_image"], batch["target_image"]]) if train_image else None
+        images = transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]])) if train_image else None
         encoded_images, encoded_text = encoder(images=images, tokens=tokens)
         if train_image:
             reference, target = encoded_images.chunk(2)
@@ -109,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         model.eval()
 
     validation_encode = encode.full_precision().without_cache(images=train_image, texts=train_text)
+    if train_image:  # the gallery is encoded again at every validation
+        validation_encode = replace(validation_encode, pixel_cache=opt.pixel_cache(args, repeated=True))
 
     def validate(epoch: int) -> dict[str, float]:
         metrics = evaluate(clip, val_splits, element_wise_sum, validation_encode)

@@ -25,6 +25,7 @@ from clip_cir.data.io import load_image
 from clip_cir.errors import CIRError
 from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
                                program_main, report_skipped_images, seed_everything, start_run, train)
+from clip_cir.pixels import PixelArray
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
@@ -57,8 +58,10 @@ def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str)
 
 
 class CaptionedImages(Dataset):
-    def __init__(self, rows: list[tuple[Path, str]], transform: ImageTransform):
-        self.rows, self.transform = rows, transform
+    """Item `(epoch, i)` -> row i's uint8 pixels (pixel cache or decoded) and caption."""
+
+    def __init__(self, rows: list[tuple[Path, str]], transform: ImageTransform, pixels: PixelArray | None = None):
+        self.rows, self.transform, self.pixels = rows, transform, pixels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -66,7 +69,8 @@ class CaptionedImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict:
         _, i = item
         path, caption = self.rows[i]
-        return {"image": self.transform(load_image(path)), "caption": caption}
+        image = self.pixels[i] if self.pixels is not None else self.transform.pixels(load_image(path))
+        return {"image": image, "caption": caption}
 
 
 def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
@@ -116,12 +120,22 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     device = accelerator.device
     model = clip.model.to(device)
     progress = not args.no_progress and accelerator.is_main_process
+    workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
+    cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise
+    pixels = {}
+    for name, part in (("train", train_rows), ("held-out", val_rows)):
+        pixels[name] = None
+        if cache is not None:
+            with accelerator.main_process_first():
+                pixels[name] = cache.get([p for p, _ in part], transform, num_workers=workers, progress=progress,
+                                         desc=f"{name} images (pixels)")
     sampler = EpochSampler(len(train_rows), args.seed)
-    loader = DataLoader(CaptionedImages(train_rows, transform), batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.num_workers, drop_last=True)
-    val_loader = DataLoader(CaptionedImages(val_rows, transform), batch_size=min(args.batch_size, len(val_rows)),
+    loader = DataLoader(CaptionedImages(train_rows, transform, pixels["train"]), batch_size=args.batch_size,
+                        sampler=sampler, num_workers=0 if pixels["train"] else workers, drop_last=True)
+    val_loader = DataLoader(CaptionedImages(val_rows, transform, pixels["held-out"]),
+                            batch_size=min(args.batch_size, len(val_rows)),
                             sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
-                            num_workers=args.num_workers)
+                            num_workers=0 if pixels["held-out"] else workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
                                   weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
@@ -130,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
     def contrastive_loss(images, captions, forward, loss=loss_fn) -> torch.Tensor:
-        image_features, text_features = forward(images=images.to(device), tokens=clip.tokenize(captions).to(device))
+        image_features, text_features = forward(images=transform.normalize(images.to(device)),
+                                                tokens=clip.tokenize(captions).to(device))
         scale = model.logit_scale.exp().clamp(max=100)
         return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
 

@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     clip.model.to(device).eval().requires_grad_(False)
     cache = opt.feature_cache(args)
     progress = not args.no_progress and accelerator.is_main_process
-    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=args.num_workers,
-                                           progress=progress)
+    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, progress=progress,
+                                           num_workers=opt.num_workers(args, device.type == "cuda",
+                                                                       accelerator.num_processes),
+                                           pixel_cache=opt.pixel_cache(args, repeated=False))
 
     # Every CLIP feature, once.
     image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)

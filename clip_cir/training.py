@@ -63,12 +63,12 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     group.add_argument("--validation-frequency", type=int, default=validation_frequency,
                        help="validate every N epochs, and always after the last (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    group.add_argument("--num-workers", type=int, default=2, help="data loading workers (default: %(default)s)")
+    from clip_cir.options import add_num_workers_arg, add_pixel_cache_args, add_skip_missing_arg
+
+    add_num_workers_arg(group)
     group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                        help="autocast precision (default: what `accelerate launch`/config says, else no)")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
-    from clip_cir.options import add_skip_missing_arg
-
     add_skip_missing_arg(group, training=True)
     run = parser.add_argument_group("run directory and tracking")
     run.add_argument("--output-dir", type=Path, default=Path("runs"),
@@ -86,6 +86,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="feature cache (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    add_pixel_cache_args(cache)
 
 
 def portable_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,7 +99,8 @@ def portable_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: value(v) for k, v in vars(args).items()}
 
 
-RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache")
+RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache", "pixel_cache",
+                      "pixel_cache_dir")
 """What a resumed run may change: how long and how it runs, not what it trains."""
 
 
@@ -140,7 +142,7 @@ def check_training_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "lr", "validation_frequency"):
         if getattr(args, name) <= 0:
             raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.weight_decay < 0 or args.num_workers < 0:
+    if args.weight_decay < 0 or (args.num_workers is not None and args.num_workers < 0):
         raise CIRError("--weight-decay and --num-workers must not be negative")
 
 
