@@ -13,16 +13,15 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from clip_cir import options as opt
 from clip_cir.combiner import Combiner
-from clip_cir.composition import TrainingSet, TripletDataset
+from clip_cir.composition import FeatureBatches, TrainingSet
 from clip_cir.evaluation import (EncodeOptions, encode_captions, encode_image_files, metrics_from_features,
                                  split_features)
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
-from clip_cir.training import (EpochSampler, Float32Forward, Loop, Selection, add_training_args, check_training_args,
+from clip_cir.training import (Float32Forward, Loop, Selection, add_training_args, check_training_args,
                                program_main, report_skipped_images, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
@@ -81,11 +80,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
 
     combiner = combiner.to(device)
-    sampler = EpochSampler(len(data.queries), args.seed)
-    loader = DataLoader(TripletDataset(data, args.seed), batch_size=args.batch_size, sampler=sampler,
-                        num_workers=0, drop_last=True)
+    batches = FeatureBatches(data, args.batch_size, args.seed, device, accelerator.process_index,
+                             accelerator.num_processes)
     optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    prepared, optimizer, loader = accelerator.prepare(combiner, optimizer, loader)
+    prepared, optimizer = accelerator.prepare(combiner, optimizer)
 
     def compute_loss(batch: dict) -> torch.Tensor:
         reference = image_features[batch["reference"]]
@@ -103,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         return {"combiner": (combiner, meta)}
 
-    loop = Loop(model=prepared, optimizer=optimizer, loader=loader, compute_loss=compute_loss,
+    loop = Loop(model=prepared, optimizer=optimizer, loader=batches, compute_loss=compute_loss,
                 validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
                 selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
     return train(accelerator, run_dir, loop, args, progress)

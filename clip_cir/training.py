@@ -317,7 +317,8 @@ class Loop:
     """The prepared (possibly DDP-wrapped) module whose forward the loss calls."""
     optimizer: torch.optim.Optimizer
     loader: Any
-    """Prepared by Accelerate, over an `EpochSampler`."""
+    """Iterable of batches with `set_epoch(epoch)`: a DataLoader prepared by Accelerate over an
+    `EpochSampler`, or stage 2's `FeatureBatches`."""
     compute_loss: Callable[[Any], torch.Tensor]
     validate: Callable[[int], dict[str, float]]
     saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]

@@ -1,0 +1,72 @@
+"""Stage 2's tensor batches: a permutation per (seed, epoch), caption forms drawn uniformly,
+ranks taking disjoint slices of each global batch, and exact resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from clip_cir.composition import FeatureBatches, TrainingSet
+from clip_cir.data import load_splits
+from test_training import stage2_args
+
+
+def _data(synth_root) -> TrainingSet:
+    return TrainingSet.from_splits(load_splits("fashioniq", synth_root, "train"))
+
+
+def test_an_epoch_is_a_permutation_with_uniform_caption_forms(synth_root):
+    data = _data(synth_root)
+    index = data.image_index
+    batches = FeatureBatches(data, batch_size=16, seed=3)
+    seen, forms = [], Counter()
+    for epoch in range(40):
+        batches.set_epoch(epoch)
+        rows = list(batches)
+        assert len(rows) == len(data.queries) // 16
+        queries = torch.cat([b["query"] for b in rows]).tolist()
+        assert len(set(queries)) == len(queries) == 16 * len(rows)  # no query twice in an epoch
+        for b in rows:
+            for q, f, r, t in zip(b["query"].tolist(), b["form"].tolist(), b["reference"].tolist(), b["target"].tolist()):
+                assert 0 <= f < len(data.queries[q].train_captions) == 4
+                assert (r, t) == (index[data.queries[q].reference], index[data.queries[q].target])
+                forms[f] += 1
+        seen.append(queries)
+    assert seen[0] != seen[1]  # a new order each epoch...
+    batches.set_epoch(1)
+    assert torch.cat([b["query"] for b in batches]).tolist() == seen[1]  # ...and the same one again for (seed, epoch)
+    total = sum(forms.values())
+    assert all(abs(forms[f] / total - 0.25) < 0.03 for f in range(4)), forms
+
+
+def test_two_ranks_split_every_global_batch(synth_root):
+    data = _data(synth_root)
+    one = list(FeatureBatches(data, batch_size=16, seed=0))
+    ranks = [list(FeatureBatches(data, 16, 0, process_index=r, num_processes=2)) for r in range(2)]
+    for whole, first, second in zip(one, *ranks):
+        for key in whole:
+            assert torch.equal(torch.cat([first[key], second[key]]), whole[key]), key
+
+
+def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path):
+    from clip_cir import train_combiner
+
+    common = ["--validation-frequency", "2"]  # FashionIQ: four caption forms to draw from
+    args = stage2_args(synth_root, tmp_path, "straight", "--epochs", "4", *common)
+    args[args.index("--dataset") + 1] = "fashioniq"
+    train_combiner.main(args)
+    args = stage2_args(synth_root, tmp_path, "resumed", "--epochs", "2", *common)
+    args[args.index("--dataset") + 1] = "fashioniq"
+    train_combiner.main(args)
+    train_combiner.main(["--resume", str(tmp_path / "resumed"), "--epochs", "4", "--no-progress"])
+    straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    a = pd.read_csv(tmp_path / "straight" / "train_metrics.csv")
+    b = pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")
+    assert list(b["epoch"]) == [1, 2, 3, 4] and list(a["train_loss"]) == list(b["train_loss"])
