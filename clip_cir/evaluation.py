@@ -49,6 +49,8 @@ class EncodeOptions:
     precision: str = "no"
     """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
     progress: bool = True
+    sharded: bool = False
+    """Every DDP rank encodes the same inputs here: split the work (see features.Shard)."""
 
     @classmethod
     def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
@@ -58,13 +60,18 @@ class EncodeOptions:
         really applies (Accelerate does not autocast fp16 on a CPU)."""
         precision = accelerator.mixed_precision if accelerator.native_amp else "no"
         return cls(transform=transform, device=accelerator.device, batch_size=batch_size, num_workers=num_workers,
-                   image_cache=cache, text_cache=cache, pixel_cache=pixel_cache, autocast=accelerator.autocast, precision=precision,
+                   image_cache=cache, text_cache=cache, pixel_cache=pixel_cache,
+                   sharded=accelerator.num_processes > 1, autocast=accelerator.autocast, precision=precision,
                    progress=progress)
 
     def full_precision(self) -> "EncodeOptions":
         """The same options in float32: validation (as in the published code) and `clip-cir eval`
         by default, so the numbers that select a checkpoint are the ones eval reports for it."""
         return replace(self, autocast=None, precision="no")
+
+    def on_this_process(self) -> "EncodeOptions":
+        """For work only the main process does (validation): no collective sharding."""
+        return replace(self, sharded=False)
 
     def without_cache(self, images: bool, texts: bool) -> "EncodeOptions":
         """The same options minus the caches of towers that train (their features change every step)."""
@@ -75,14 +82,14 @@ class EncodeOptions:
 def encode_image_files(clip: LoadedCLIP, paths: Sequence[Path], options: EncodeOptions, desc: str) -> torch.Tensor:
     return encode_images(clip, paths, options.transform, device=options.device, batch_size=options.batch_size,
                          num_workers=options.num_workers, cache=options.image_cache, autocast=options.autocast,
-                         pixel_cache=options.pixel_cache,
+                         pixel_cache=options.pixel_cache, sharded=options.sharded,
                          precision=options.precision, desc=desc, progress=options.progress)
 
 
 def encode_captions(clip: LoadedCLIP, texts: Sequence[str], options: EncodeOptions, desc: str) -> torch.Tensor:
     return encode_texts(clip, texts, device=options.device, batch_size=max(options.batch_size, 256),
                         cache=options.text_cache, autocast=options.autocast, precision=options.precision,
-                        desc=desc, progress=options.progress)
+                        desc=desc, progress=options.progress, sharded=options.sharded)
 
 
 def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) -> SplitFeatures:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from clip_cir.checkpoints import atomic_write
 from clip_cir.models import LoadedCLIP, encode_text, tower_fingerprint
-from clip_cir.pixels import PixelCache, pixel_source
+from clip_cir.pixels import PixelCache, files_digest, pixel_source
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,50 @@ def _list_digest(items: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(items).encode(), digest_size=20).hexdigest()
 
 
-def _files_digest(paths: Sequence[Path]) -> str:
-    """Which files, by absolute path, size and modification time: a replaced image changes the key."""
-    entries = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            entries.append(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}")
-        except OSError:
-            entries.append(f"{os.path.abspath(path)}\tmissing")  # the encode itself reports it
-    return _list_digest(entries)
+class Shard:
+    """This process's share of a frozen-feature extraction under DDP.
+
+    Every rank would otherwise encode every image, so N GPUs would extract no faster than one:
+    rank r encodes the r-th contiguous 1/N of the inputs, and the rows are gathered back in
+    order. Only where every rank makes the same call (the extraction before training), never in
+    main-process-only work such as validation.
+    """
+
+    def __init__(self, n: int, enabled: bool, device: torch.device | str):
+        import torch.distributed as dist
+
+        self.n, self.device = n, torch.device(device)
+        on = enabled and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.world = dist.get_world_size() if on else 1
+        self.rank = dist.get_rank() if on else 0
+        self.per = -(-n // self.world)
+        self.start, self.stop = min(self.rank * self.per, n), min((self.rank + 1) * self.per, n)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def all_hit(self, hit: bool) -> bool:
+        """True only if every rank found the features in the cache (else all encode)."""
+        if not self.active:
+            return hit
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(hit)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def gather(self, local: torch.Tensor, dim: int) -> torch.Tensor:
+        """Every rank's rows, in input order (float32, CPU)."""
+        if not self.active:
+            return local
+        import torch.distributed as dist
+
+        padded = torch.zeros(self.per, dim, dtype=torch.float32, device=self.device)
+        padded[: len(local)] = local.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat(parts)[: self.n].cpu()
 
 
 @torch.no_grad()
@@ -99,20 +133,23 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
                   device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
                   cache: FeatureCache | None = None, autocast=None, precision: str = "no",
                   desc: str = "image features", progress: bool = True,
-                  pixel_cache: PixelCache | None = None) -> torch.Tensor:
-    """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible."""
+                  pixel_cache: PixelCache | None = None, sharded: bool = False) -> torch.Tensor:
+    """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible.
+    `sharded`: every DDP rank calls this, each encodes 1/N and all get every row."""
     cache = cache or FeatureCache(None)
     key = cache.key("image", tower_fingerprint(clip.model, "image"), clip.signature, transform.signature, precision,
-                    _files_digest(paths)) if cache.root is not None else ""
+                    files_digest(paths)) if cache.root is not None else ""
+    shard = Shard(len(paths), sharded, device)
     cached = cache.load(key)
-    if cached is not None and cached.shape[0] == len(paths):
+    if shard.all_hit(cached is not None and cached.shape[0] == len(paths)):
         log.info("%s: %d images from cache", desc, len(paths))
         return cached
+    mine = list(paths)[shard.start:shard.stop]
+    pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress, desc=f"{desc} (pixels)",
+                             is_writer=not shard.active) if pixel_cache is not None else None
     # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
     # that training draws from.
-    pixels = pixel_cache.get(paths, transform, num_workers=num_workers, progress=progress,
-                             desc=f"{desc} (pixels)") if pixel_cache is not None else None
-    loader = DataLoader(pixel_source(paths, transform, pixels), batch_size=batch_size,
+    loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,
                         num_workers=0 if pixels is not None else num_workers,
                         shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
     chunks = []
@@ -121,30 +158,35 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
             with (autocast or nullcontext)():
                 chunks.append(clip.model.encode_image(transform.normalize(images.to(device))).float().cpu())
             encode_counts["image"] += len(images)
-    features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
-    cache.save(key, features)
+    features = shard.gather(torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim), clip.embed_dim)
+    if shard.rank == 0:
+        cache.save(key, features)
     return features
 
 
 @torch.no_grad()
 def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device | str = "cpu",
                  batch_size: int = 256, cache: FeatureCache | None = None, autocast=None, precision: str = "no",
-                 desc: str = "text features", progress: bool = True) -> torch.Tensor:
-    """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible."""
+                 desc: str = "text features", progress: bool = True, sharded: bool = False) -> torch.Tensor:
+    """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible (`sharded`: as
+    for `encode_images`)."""
     cache = cache or FeatureCache(None)
     key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.signature, precision,
                     _list_digest(list(texts))) if cache.root is not None else ""
+    shard = Shard(len(texts), sharded, device)
     cached = cache.load(key)
-    if cached is not None and cached.shape[0] == len(texts):
+    if shard.all_hit(cached is not None and cached.shape[0] == len(texts)):
         return cached
+    mine = list(texts)[shard.start:shard.stop]
     chunks = []
     with eval_mode(clip.model):
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=None if progress else True,
+        for start in tqdm(range(0, len(mine), batch_size), desc=desc, unit="batch", disable=None if progress else True,
                           leave=False):
-            tokens = clip.tokenize(texts[start:start + batch_size]).to(device)
+            tokens = clip.tokenize(mine[start:start + batch_size]).to(device)
             with (autocast or nullcontext)():
                 chunks.append(encode_text(clip.model, tokens).float().cpu())
             encode_counts["text"] += tokens.shape[0]
-    features = torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
-    cache.save(key, features)
+    features = shard.gather(torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim), clip.embed_dim)
+    if shard.rank == 0:
+        cache.save(key, features)
     return features

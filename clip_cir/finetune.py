@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         # the same on every rank: nothing to synchronise under DDP) and no dropout is active.
         model.eval()
 
-    validation_encode = encode.full_precision().without_cache(images=train_image, texts=train_text)
+    validation_encode = encode.full_precision().on_this_process().without_cache(images=train_image, texts=train_text)
     if train_image:  # the gallery is encoded again at every validation
         validation_encode = replace(validation_encode, pixel_cache=opt.pixel_cache(args, repeated=True))
 

@@ -86,16 +86,21 @@ def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
 
 
 def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    if processes == 1:
-        cmd = [sys.executable, str(REPO / "stage1" / "finetune.py"), *args]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "stage1" / "finetune.py"), *args]
+    cmd = [sys.executable, *ddp_launcher(processes), str(REPO / "stage1" / "finetune.py"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"processes: {processes} |" in result.stderr, "the run did not have the processes it was launched with"
     return result
+
+
+def ddp_launcher(processes: int) -> list[str]:
+    """How to start N CPU processes of DDP. `accelerate launch --cpu --num_processes N` starts ONE
+    process on a machine without GPUs (it needs mpirun for more); torchrun starts N, and the
+    programs' --cpu makes Accelerate join them over gloo."""
+    if processes == 1:
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
 
 
 def _with_model(args: list[str], model: str) -> list[str]:
@@ -108,8 +113,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     """DDP with the gathered-with-gradient loss: 2 x 8 per process == 1 x 16. The ResNet tower has
     BatchNorm: CLIP stays in eval mode, so each rank normalises with the same running statistics."""
     common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5"]
-    _launch(_with_model(stage1_args(synth_root, tmp_path, "one", *common), "cir-tiny-rn"), processes=1)
-    _launch(_with_model(stage1_args(synth_root, tmp_path, "two", *common), "cir-tiny-rn"), processes=2)
+    _launch(_with_model(stage1_args(synth_root, tmp_path, "one", *common, "--cpu"), "cir-tiny-rn"), processes=1)
+    _launch(_with_model(stage1_args(synth_root, tmp_path, "two", *common, "--cpu"), "cir-tiny-rn"), processes=2)
     one = pd.read_csv(tmp_path / "one" / "train_metrics.csv")
     two = pd.read_csv(tmp_path / "two" / "train_metrics.csv")
     assert one["steps"].item() == two["steps"].item() == 120 // 16
@@ -124,8 +129,15 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     moved = [k for k in w1 if not torch.equal(w1[k], start[k])]
     assert not any(k.endswith(("running_mean", "running_var")) for k in moved)
     assert any(k.startswith("visual.") for k in moved) and any(k.startswith("transformer.") for k in moved)
-    for key in w1:
-        assert torch.allclose(w1[key], w2[key], atol=2e-5, rtol=1e-4), key
+    # Two processes reduce in another order; Adam turns float noise in near-zero gradients into
+    # steps of up to lr, so compare the updates, not the weights: within 5% for every tensor and
+    # 1% overall (a rank that lost the other's negatives, or half the gradient, is far off).
+    # Attention key biases have a zero gradient in exact arithmetic (softmax ignores a shift shared by
+    # all logits): their "updates" are pure noise, left out.
+    gaps = {k: ((w1[k] - w2[k]).norm() / (w1[k] - start[k]).norm()).item() for k in moved if "k_proj.bias" not in k}
+    assert max(gaps.values()) < 0.05, max(gaps.items(), key=lambda kv: kv[1])
+    total = sum((w1[k] - w2[k]).norm() ** 2 for k in moved) / sum((w1[k] - start[k]).norm() ** 2 for k in moved)
+    assert total.sqrt().item() < 0.01
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):

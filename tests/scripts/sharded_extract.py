@@ -1,0 +1,33 @@
+"""Run under `python -m torch.distributed.run --standalone --nproc_per_node N`: extract a split's frozen features the way the
+training programs do (EncodeOptions.for_accelerator), and write what this rank encoded.
+
+usage: sharded_extract.py DATA_ROOT CHECKPOINT OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+from clip_cir.data import load_splits
+from clip_cir.evaluation import EncodeOptions, split_features
+from clip_cir.features import FeatureCache, encode_counts
+from clip_cir.models import load_clip
+from clip_cir.options import transform_for
+
+data_root, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+accelerator = Accelerator(cpu=True)  # under torchrun: joins the other CPU processes over gloo
+clip = load_clip(None, checkpoint)
+split = load_splits("cirr", data_root, "val")[0]
+encode = EncodeOptions.for_accelerator(accelerator, transform_for(clip, "targetpad", 1.25),
+                                       FeatureCache(out / "cache"), progress=False)
+features = split_features(clip, split, encode)
+rank = accelerator.process_index
+save_file({"gallery": features.gallery.contiguous(), "text": features.text.contiguous()},
+          str(out / f"rank{rank}.safetensors"))
+(out / f"rank{rank}.json").write_text(json.dumps(dict(encode_counts)))
+accelerator.wait_for_everyone()
+again = split_features(clip, split, encode)  # now from the cache, on every rank
+(out / f"rank{rank}_again.json").write_text(json.dumps(dict(encode_counts)))

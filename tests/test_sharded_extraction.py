@@ -1,0 +1,44 @@
+"""Frozen-feature extraction under DDP: each rank encodes about half, and every rank ends with
+the same features one process computes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_checkpoint, tmp_path):
+    from clip_cir.data import load_splits
+    from clip_cir.evaluation import EncodeOptions, split_features
+    from clip_cir.models import load_clip
+    from clip_cir.options import transform_for
+
+    from test_training import ddp_launcher
+
+    cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
+           str(synth_root), str(tiny_checkpoint), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    clip = load_clip(None, str(tiny_checkpoint))
+    split = load_splits("cirr", synth_root, "val")[0]
+    one = split_features(clip, split, EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), progress=False))
+    images, texts = len(split.gallery), len(split.queries)
+    counts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [c["image"] for c in counts] == [-(-images // 2), images - -(-images // 2)]
+    assert [c["text"] for c in counts] == [-(-texts // 2), texts - -(-texts // 2)]
+    for rank in range(2):
+        got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        torch.testing.assert_close(got["gallery"], one.gallery, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["text"], one.text, atol=1e-5, rtol=1e-5)
+        # The second extraction found rank 0's cache file: nobody encoded anything more.
+        assert json.loads((tmp_path / f"rank{rank}_again.json").read_text()) == counts[rank]
