@@ -45,8 +45,9 @@ def _prepare(args: argparse.Namespace, split: str | None = None, need_targets: b
     opt.check_positive(args, ["batch_size", "target_ratio"])
     splits = opt.load_data(args, split)
     if need_targets and not all(s.has_targets for s in splits):
-        raise CIRError(f"{args.dataset} split '{splits[0].split}' has no targets to score "
-                       f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
+        from clip_cir.evaluation import no_targets_message
+
+        raise CIRError(no_targets_message(splits[0]))
     clip = opt.load_model(args)
     combine, combine_name = _combining(args)
     if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
@@ -65,8 +66,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.evaluation import evaluate
     from clip_cir.metrics import format_metrics
 
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args, need_targets=True)
-    metrics = evaluate(clip, splits, combine, encode)
+    metrics = evaluate(clip, splits, combine, encode, index_factory)
     print(format_metrics(metrics, label=args.dataset))
     if args.output:
         write_json(args.output, {k: round(v, 4) for k, v in metrics.items()})
@@ -78,10 +80,12 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from clip_cir.evaluation import rank_features, split_features
 
     opt.check_positive(args, ["top_k"])
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args)
     queries = []
     for split in splits:
-        ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k)
+        ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k,
+                                index_factory=index_factory)
         names = list(split.gallery)
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
@@ -115,6 +119,35 @@ def cmd_score_cirr(args: argparse.Namespace) -> None:
     split = load_splits("cirr", args.data_root, args.split)[0]
     scores = score_submission(read_submission(args.submission), split, source=str(args.submission))
     print(format_metrics(scores, label="cirr"))
+    if args.output:
+        from clip_cir.checkpoints import write_json
+        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+
+
+def cmd_submit_circo(args: argparse.Namespace) -> None:
+    from clip_cir.evaluation import rank_features, split_features
+    from clip_cir.submission import CIRCO_LENGTH, build_circo_submission, write_circo_submission
+
+    if args.split not in ("test", "val"):
+        raise CIRError(f"--split must be test or val for a CIRCO submission, got '{args.split}'")
+    args.dataset = "circo"
+    index_factory = opt.search_index_factory(args)
+    splits, clip, combine, encode = _prepare(args)
+    split = splits[0]
+    ranking = rank_features(split_features(clip, split, encode), combine, k=CIRCO_LENGTH, index_factory=index_factory)
+    path = Path(args.output_dir) / f"circo_{split.split}_submission_{args.name}.json"
+    print(write_circo_submission(build_circo_submission(split, ranking), split, path))
+
+
+def cmd_score_circo(args: argparse.Namespace) -> None:
+    from clip_cir.data import load_splits
+    from clip_cir.metrics import format_metrics
+    from clip_cir.submission import read_submission, score_circo_submission
+
+    split = load_splits("circo", args.data_root, args.split)[0]
+    submission = read_submission(args.submission, word="query id", max_bytes=None)
+    scores = score_circo_submission(submission, split, source=str(args.submission))
+    print(format_metrics(scores, label="circo"))
     if args.output:
         from clip_cir.checkpoints import write_json
         write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
@@ -167,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="validation recalls of a CLIP (+ Combiner)",
                        description="Rank each query's whole split gallery and report the method's recalls "
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
-                                   "R@10/50 per category and averages).")
+                                   "R@10/50 per category and averages; CIRCO: mAP@5/10/25/50, R@5/10/25/50 and "
+                                   "mAP@10 per semantic aspect).")
     opt.add_data_args(p)
     opt.add_model_args(p)
     _add_combining_args(p)
     opt.add_encode_args(p)
+    opt.add_search_args(p.add_argument_group("search"))
     p.add_argument("--output", type=Path, help="write the metrics as JSON here")
     p.set_defaults(func=cmd_eval)
 
@@ -180,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_model_args(p)
     _add_combining_args(p)
     opt.add_encode_args(p)
+    opt.add_search_args(p.add_argument_group("search"))
     p.add_argument("--top-k", type=int, default=50, help="results per query (default: %(default)s)")
     p.add_argument("--output", type=Path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_rank)
@@ -204,6 +240,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
     p.add_argument("--output", type=Path, help="write the scores as JSON here")
     p.set_defaults(func=cmd_score_cirr)
+
+    p = sub.add_parser("submit-circo", help="CIRCO test-server submission file",
+                       description="Write circo_SPLIT_submission_NAME.json: {query id: top-50 COCO image ids}, "
+                                   "checked against the server's rules first (every query once, 50 distinct "
+                                   "gallery ids, compact JSON). The reference is not removed from its ranking "
+                                   "(the CIRCO protocol). --split val writes the same format for val, to score "
+                                   "offline with `clip-cir score-circo`.")
+    p.add_argument("--data-root", type=Path, required=True, help="folder containing CIRCO/")
+    p.add_argument("--split", default="test", help="test (default) or val")
+    p.add_argument("--name", required=True, help="name used in the file name")
+    p.add_argument("--output-dir", type=Path, required=True, help="folder to write the file in")
+    opt.add_circo_args(p.add_argument_group("data"))
+    p.set_defaults(fashioniq_categories=None)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    opt.add_search_args(p.add_argument_group("search"))
+    p.set_defaults(func=cmd_submit_circo)
+
+    p = sub.add_parser("score-circo", help="score a CIRCO submission file against val ground truth")
+    p.add_argument("--data-root", type=Path, required=True, help="folder containing CIRCO/")
+    p.add_argument("--submission", type=Path, required=True, help="JSON {query id: [50 image ids]}")
+    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
+    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    p.set_defaults(func=cmd_score_circo)
 
     from clip_cir.report import add_report_args
 

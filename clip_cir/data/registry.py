@@ -5,20 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from clip_cir.data import cirr, fashioniq
+from clip_cir.data import circo, cirr, fashioniq
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 
-DATASETS = ("cirr", "fashioniq")
+DATASETS = ("cirr", "fashioniq", "circo")
 
 
 def dataset_splits(dataset: str) -> tuple[str, ...]:
-    return {"cirr": cirr.SPLITS, "fashioniq": fashioniq.SPLITS}[dataset]
+    return {"cirr": cirr.SPLITS, "fashioniq": fashioniq.SPLITS, "circo": circo.SPLITS}[dataset]
 
 
-def load_splits(dataset: str, data_root: str | Path, split: str,
-                categories: Sequence[str] | None = None) -> list[CIRSplit]:
-    """Read one split of a dataset; FashionIQ gives one CIRSplit per category."""
+def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
+                circo_query_text: str = "caption") -> list[CIRSplit]:
+    """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
+
+    `categories` applies to FashionIQ only and `circo_query_text` (see circo.QUERY_TEXTS) to
+    CIRCO only: each reader takes the options that mean something for its benchmark."""
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise CIRError(f"{data_root}: data root not found")
@@ -26,4 +29,6 @@ def load_splits(dataset: str, data_root: str | Path, split: str,
         return cirr.load_cirr(data_root, split)
     if dataset == "fashioniq":
         return fashioniq.load_fashioniq(data_root, split, categories)
+    if dataset == "circo":
+        return circo.load_circo(data_root, split, circo_query_text)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
