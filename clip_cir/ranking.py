@@ -57,12 +57,13 @@ def rank_gallery(query_features: torch.Tensor, gallery_features: torch.Tensor, k
                 hit = (rows >= 0) & (local >= 0) & (local < block.shape[1])
                 block[torch.arange(len(rows), device=block.device)[hit], local[hit]] = float("-inf")
             top = block.topk(min(k, block.shape[1]), dim=1)
+            if g_start == 0:
+                best_scores, best_indices = top.values, top.indices
+                continue
             scores = torch.cat([best_scores, top.values], dim=1)
             indices = torch.cat([best_indices, top.indices + g_start], dim=1)
-            if scores.shape[1] > k:
-                merged = scores.topk(k, dim=1)
-                scores, indices = merged.values, indices.gather(1, merged.indices)
-            best_scores, best_indices = scores, indices
+            merged = scores.topk(min(k, scores.shape[1]), dim=1)  # also orders blocks smaller than k
+            best_scores, best_indices = merged.values, indices.gather(1, merged.indices)
         all_scores.append(best_scores)
         all_indices.append(best_indices)
     if not all_scores:
