@@ -159,7 +159,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     opt.check_positive(args, ["train", "val", "test", "size"])
     try:
         summary = synth.generate(args.root, n_train=args.train, n_val=args.val, n_test=args.test,
-                                 size=args.size, seed=args.seed, overwrite=args.overwrite)
+                                 size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
+                                 circo_distractors=args.circo_distractors)
     except ValueError as e:
         raise CIRError(str(e)) from None
     print(json.dumps(summary, indent=2, default=str))
@@ -182,13 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR and FashionIQ layouts",
-                       description="Render a deterministic 2-D shapes world (CSS-like) and write it in both "
+    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts",
+                       description="Render a deterministic 2-D shapes world (CSS-like) and write it in the three "
                                    "published layouts, plus per-image captions for pretraining.")
     p.add_argument("--root", type=Path, required=True, help="output folder (becomes a --data-root)")
     p.add_argument("--train", type=int, default=3000, help="training queries (default: %(default)s)")
     p.add_argument("--val", type=int, default=600, help="validation queries (default: %(default)s)")
     p.add_argument("--test", type=int, default=600, help="test queries (default: %(default)s)")
+    p.add_argument("--circo", type=int, default=100,
+                   help="CIRCO queries in each of val and test, with 1-8 ground truths each; 0 writes no CIRCO "
+                        "folder (default: %(default)s)")
+    p.add_argument("--circo-distractors", type=int, default=None,
+                   help="unrelated scenes added to the CIRCO gallery (default: 5 per CIRCO query)")
     p.add_argument("--size", type=int, default=64, help="short image side in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset under --root")
