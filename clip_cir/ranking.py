@@ -57,6 +57,7 @@ def rank_gallery(query_features: torch.Tensor, gallery_features: torch.Tensor, k
                 hit = (rows >= 0) & (local >= 0) & (local < block.shape[1])
                 block[torch.arange(len(rows), device=block.device)[hit], local[hit]] = float("-inf")
             top = block.topk(min(k, block.shape[1]), dim=1)
+            del block  # freed before the next block is allocated: one block in memory, not two
             if g_start == 0:
                 best_scores, best_indices = top.values, top.indices
                 continue
