@@ -97,60 +97,61 @@ def cmd_rank(args: argparse.Namespace) -> None:
     print(f"rankings of {len(queries)} queries written to {args.output}")
 
 
-def cmd_submit_cirr(args: argparse.Namespace) -> None:
+def _submission_ranking(args: argparse.Namespace, dataset: str, test_split: str, k: int):
+    """What submit-cirr and submit-circo share: check the split, then data, model and the top-k
+    ranking of every query (reference removed or not as the dataset's protocol says)."""
     from clip_cir.evaluation import rank_features, split_features
-    from clip_cir.submission import RECALL_LENGTH, build_submissions, write_submissions
 
-    if args.split not in ("test1", "val"):
-        raise CIRError(f"--split must be test1 or val for a CIRR submission, got '{args.split}'")
-    args.dataset = "cirr"
+    if args.split not in (test_split, "val"):
+        raise CIRError(f"--split must be {test_split} or val for a {dataset.upper()} submission, got '{args.split}'")
+    args.dataset = dataset
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args)
     split = splits[0]
-    ranking = rank_features(split_features(clip, split, encode), combine, k=RECALL_LENGTH)
+    return split, rank_features(split_features(clip, split, encode), combine, k=k, index_factory=index_factory)
+
+
+def _score_file(args: argparse.Namespace, dataset: str, score) -> None:
+    """What score-cirr and score-circo share: `score(split)` against the split's ground truth,
+    printed as a table and optionally written as JSON."""
+    from clip_cir.data import load_splits
+    from clip_cir.metrics import format_metrics
+
+    scores = score(load_splits(dataset, args.data_root, args.split)[0])
+    print(format_metrics(scores, label=dataset))
+    if args.output:
+        from clip_cir.checkpoints import write_json
+        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+
+
+def cmd_submit_cirr(args: argparse.Namespace) -> None:
+    from clip_cir.submission import RECALL_LENGTH, build_submissions, write_submissions
+
+    split, ranking = _submission_ranking(args, "cirr", "test1", RECALL_LENGTH)
     for path in write_submissions(build_submissions(split, ranking), split, args.output_dir, args.name):
         print(path)
 
 
 def cmd_score_cirr(args: argparse.Namespace) -> None:
-    from clip_cir.data import load_splits
-    from clip_cir.metrics import format_metrics
     from clip_cir.submission import read_submission, score_submission
 
-    split = load_splits("cirr", args.data_root, args.split)[0]
-    scores = score_submission(read_submission(args.submission), split, source=str(args.submission))
-    print(format_metrics(scores, label="cirr"))
-    if args.output:
-        from clip_cir.checkpoints import write_json
-        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+    _score_file(args, "cirr", lambda split: score_submission(read_submission(args.submission), split,
+                                                             source=str(args.submission)))
 
 
 def cmd_submit_circo(args: argparse.Namespace) -> None:
-    from clip_cir.evaluation import rank_features, split_features
     from clip_cir.submission import CIRCO_LENGTH, build_circo_submission, write_circo_submission
 
-    if args.split not in ("test", "val"):
-        raise CIRError(f"--split must be test or val for a CIRCO submission, got '{args.split}'")
-    args.dataset = "circo"
-    index_factory = opt.search_index_factory(args)
-    splits, clip, combine, encode = _prepare(args)
-    split = splits[0]
-    ranking = rank_features(split_features(clip, split, encode), combine, k=CIRCO_LENGTH, index_factory=index_factory)
+    split, ranking = _submission_ranking(args, "circo", "test", CIRCO_LENGTH)
     path = Path(args.output_dir) / f"circo_{split.split}_submission_{args.name}.json"
     print(write_circo_submission(build_circo_submission(split, ranking), split, path))
 
 
 def cmd_score_circo(args: argparse.Namespace) -> None:
-    from clip_cir.data import load_splits
-    from clip_cir.metrics import format_metrics
     from clip_cir.submission import read_submission, score_circo_submission
 
-    split = load_splits("circo", args.data_root, args.split)[0]
-    submission = read_submission(args.submission, word="query id", max_bytes=None)
-    scores = score_circo_submission(submission, split, source=str(args.submission))
-    print(format_metrics(scores, label="circo"))
-    if args.output:
-        from clip_cir.checkpoints import write_json
-        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+    _score_file(args, "circo", lambda split: score_circo_submission(
+        read_submission(args.submission, word="query id", max_bytes=None), split, source=str(args.submission)))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -226,50 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_rank)
 
-    p = sub.add_parser("submit-cirr", help="CIRR test-server submission files",
-                       description="Write recall_submission_NAME.json and recall_subset_submission_NAME.json, "
-                                   "checked against the server's rules first. --split val writes the same "
-                                   "files for val, to score offline with `clip-cir score-cirr`.")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
-    p.add_argument("--split", default="test1", help="test1 (default) or val")
-    p.add_argument("--name", required=True, help="name used in the file names")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder to write the two files in")
-    p.set_defaults(fashioniq_categories=None)
-    opt.add_model_args(p)
-    _add_combining_args(p)
-    opt.add_encode_args(p)
+    p = _add_submit_parser(sub, "cirr", "test1", "files", "Write recall_submission_NAME.json and "
+                           "recall_subset_submission_NAME.json, checked against the server's rules first. --split "
+                           "val writes the same files for val, to score offline with `clip-cir score-cirr`.")
     p.set_defaults(func=cmd_submit_cirr)
-
-    p = sub.add_parser("score-cirr", help="score a CIRR submission file against val ground truth")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
-    p.add_argument("--submission", type=Path, required=True, help="recall_ or recall_subset_submission JSON")
-    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
-    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    p = _add_score_parser(sub, "cirr", "recall_ or recall_subset_submission JSON")
     p.set_defaults(func=cmd_score_cirr)
 
-    p = sub.add_parser("submit-circo", help="CIRCO test-server submission file",
-                       description="Write circo_SPLIT_submission_NAME.json: {query id: top-50 COCO image ids}, "
-                                   "checked against the server's rules first (every query once, 50 distinct "
-                                   "gallery ids, compact JSON). The reference is not removed from its ranking "
-                                   "(the CIRCO protocol). --split val writes the same format for val, to score "
-                                   "offline with `clip-cir score-circo`.")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing CIRCO/")
-    p.add_argument("--split", default="test", help="test (default) or val")
-    p.add_argument("--name", required=True, help="name used in the file name")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder to write the file in")
+    p = _add_submit_parser(sub, "circo", "test", "file", "Write circo_SPLIT_submission_NAME.json: {query id: "
+                           "top-50 COCO image ids}, checked against the server's rules first (every query once, 50 "
+                           "distinct gallery ids; compact JSON). The reference is not removed from its ranking (the "
+                           "CIRCO protocol). --split val writes the same format for val, to score offline with "
+                           "`clip-cir score-circo`.")
     opt.add_circo_args(p.add_argument_group("data"))
-    p.set_defaults(fashioniq_categories=None)
-    opt.add_model_args(p)
-    _add_combining_args(p)
-    opt.add_encode_args(p)
-    opt.add_search_args(p.add_argument_group("search"))
     p.set_defaults(func=cmd_submit_circo)
-
-    p = sub.add_parser("score-circo", help="score a CIRCO submission file against val ground truth")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing CIRCO/")
-    p.add_argument("--submission", type=Path, required=True, help="JSON {query id: [50 image ids]}")
-    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
-    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    p = _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
     p.set_defaults(func=cmd_score_circo)
 
     from clip_cir.report import add_report_args
@@ -287,6 +259,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+DATA_FOLDERS = {"cirr": "cirr_dataset/", "circo": "CIRCO/"}
+
+
+def _add_submit_parser(sub, dataset: str, test_split: str, files: str, description: str) -> argparse.ArgumentParser:
+    """submit-DATASET: the options every test-server submission command takes."""
+    p = sub.add_parser(f"submit-{dataset}", help=f"{dataset.upper()} test-server submission {files}",
+                       description=description)
+    p.add_argument("--data-root", type=Path, required=True, help=f"folder containing {DATA_FOLDERS[dataset]}")
+    p.add_argument("--split", default=test_split, help=f"{test_split} (default) or val")
+    p.add_argument("--name", required=True, help="name that goes into the output file name(s)")
+    p.add_argument("--output-dir", type=Path, required=True, help=f"folder to write the {files} in")
+    p.set_defaults(fashioniq_categories=None)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    opt.add_search_args(p.add_argument_group("search"))
+    return p
+
+
+def _add_score_parser(sub, dataset: str, submission_help: str) -> argparse.ArgumentParser:
+    """score-DATASET: score a submission file offline against a split with ground truth."""
+    p = sub.add_parser(f"score-{dataset}", help=f"score a {dataset.upper()} submission file against val ground truth")
+    p.add_argument("--data-root", type=Path, required=True, help=f"folder containing {DATA_FOLDERS[dataset]}")
+    p.add_argument("--submission", type=Path, required=True, help=submission_help)
+    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
+    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    return p
 
 
 def _add_combining_args(parser: argparse.ArgumentParser) -> None:

@@ -447,69 +447,32 @@ def _ids(cases):
     return [c.__name__.lstrip("_") for c in cases]
 
 
-@pytest.mark.parametrize("case", CIRR_CASES, ids=_ids(CIRR_CASES))
-def test_cirr_eval_bad_input(case, cli, data_copy, tmp_path, synth_root):
+EVAL_CASES = ([("cirr", c) for c in CIRR_CASES] + [("fashioniq", c) for c in FIQ_CASES]
+              + [("circo", c) for c in CIRCO_CASES])
+
+
+@pytest.mark.parametrize("dataset, case", EVAL_CASES, ids=[f"{d}-{c.__name__.lstrip('_')}" for d, c in EVAL_CASES])
+def test_eval_bad_input(dataset, case, cli, data_copy, tmp_path, synth_root):
     root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
     out = tmp_path / "out"
-    result = cli("eval", "--dataset", "cirr", "--data-root", root, *MODEL, *FAST, "--output", out / "metrics.json",
+    result = cli("eval", "--dataset", dataset, "--data-root", root, *MODEL, *FAST, "--output", out / "metrics.json",
                  *extra)
     assert_clean_failure(result, *fragments)
     assert_no_outputs(out)
 
 
-@pytest.mark.parametrize("case", FIQ_CASES, ids=_ids(FIQ_CASES))
-def test_fashioniq_eval_bad_input(case, cli, data_copy, tmp_path, synth_root):
-    root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
-    out = tmp_path / "out"
-    result = cli("eval", "--dataset", "fashioniq", "--data-root", root, *MODEL, *FAST,
-                 "--output", out / "metrics.json", *extra)
-    assert_clean_failure(result, *fragments)
-    assert_no_outputs(out)
+SUBMIT_CASES = [("cirr", c) for c in (_missing_root, _missing_split_file, _malformed_json, _member_not_in_split,
+                                      _image_missing_on_disk, _garbage_image, _unknown_model, _unreadable_checkpoint)]
+SUBMIT_CASES += [("circo", c) for c in (_circo_missing_gallery_file, _circo_gallery_id_without_file,
+                                        _circo_malformed_json)]
 
 
-@pytest.mark.parametrize("case", CIRCO_CASES, ids=_ids(CIRCO_CASES))
-def test_circo_eval_bad_input(case, cli, data_copy, tmp_path, synth_root):
-    root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
-    out = tmp_path / "out"
-    result = cli("eval", "--dataset", "circo", "--data-root", root, *MODEL, *FAST, "--output", out / "metrics.json",
-                 *extra)
-    assert_clean_failure(result, *fragments)
-    assert_no_outputs(out)
-
-
-@pytest.mark.parametrize("case", [_circo_missing_gallery_file, _circo_gallery_id_without_file],
-                         ids=["missing_gallery_file", "gallery_id_without_file"])
-def test_submit_circo_bad_input_writes_no_submission(case, cli, data_copy, tmp_path, synth_root):
+@pytest.mark.parametrize("dataset, case", SUBMIT_CASES,
+                         ids=[f"{d}-{c.__name__.lstrip('_')}" for d, c in SUBMIT_CASES])
+def test_submit_bad_input_writes_no_submission(dataset, case, cli, data_copy, tmp_path, synth_root):
     root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
     out = tmp_path / "submissions"
-    result = cli("submit-circo", "--data-root", root, "--name", "bad", "--output-dir", out, *MODEL, *FAST, *extra)
-    assert_clean_failure(result, *fragments)
-    assert_no_outputs(out)
-
-
-def test_submit_circo_rejects_other_splits(cli, synth_root, tmp_path):
-    result = cli("submit-circo", "--data-root", synth_root, "--split", "train", "--name", "x",
-                 "--output-dir", tmp_path / "out", *MODEL)
-    assert_clean_failure(result, "--split must be test or val for a CIRCO submission, got 'train'")
-    assert_no_outputs(tmp_path / "out")
-
-
-def test_circo_eval_on_test_split_has_no_targets(cli, synth_root, tmp_path):
-    result = cli("eval", "--dataset", "circo", "--data-root", synth_root, "--split", "test", *MODEL, *FAST,
-                 "--output", tmp_path / "out" / "m.json")
-    assert_clean_failure(result, "circo split 'test' has no targets to score", "submit-circo")
-    assert_no_outputs(tmp_path / "out")
-
-
-SUBMIT_CASES = [_missing_root, _missing_split_file, _malformed_json, _member_not_in_split, _image_missing_on_disk,
-                _garbage_image, _unknown_model, _unreadable_checkpoint]
-
-
-@pytest.mark.parametrize("case", SUBMIT_CASES, ids=_ids(SUBMIT_CASES))
-def test_submit_cirr_bad_input_writes_no_submission(case, cli, data_copy, tmp_path, synth_root):
-    root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
-    out = tmp_path / "submissions"
-    result = cli("submit-cirr", "--data-root", root, "--split", "val", "--name", "bad", "--output-dir", out,
+    result = cli(f"submit-{dataset}", "--data-root", root, "--split", "val", "--name", "bad", "--output-dir", out,
                  *MODEL, *FAST, *extra)
     assert_clean_failure(result, *fragments)
     assert_no_outputs(out)
@@ -535,17 +498,19 @@ def test_unknown_dataset(cli, synth_root, tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
-def test_submit_cirr_rejects_train_split(cli, synth_root, tmp_path):
-    result = cli("submit-cirr", "--data-root", synth_root, "--split", "train", "--name", "x",
+@pytest.mark.parametrize("dataset, test_split", [("cirr", "test1"), ("circo", "test")])
+def test_submit_rejects_train_split(dataset, test_split, cli, synth_root, tmp_path):
+    result = cli(f"submit-{dataset}", "--data-root", synth_root, "--split", "train", "--name", "x",
                  "--output-dir", tmp_path / "out", *MODEL)
-    assert_clean_failure(result, "--split must be test1 or val for a CIRR submission, got 'train'")
+    assert_clean_failure(result, f"--split must be {test_split} or val for a {dataset.upper()} submission, got 'train'")
     assert_no_outputs(tmp_path / "out")
 
 
-def test_eval_on_test_split_has_no_targets(cli, synth_root, tmp_path):
-    result = cli("eval", "--dataset", "fashioniq", "--data-root", synth_root, "--split", "test",
-                 "--fashioniq-categories", "dress", *MODEL, *FAST, "--output", tmp_path / "out" / "m.json")
-    assert_clean_failure(result, "split 'test' has no targets to score", "clip-cir rank")
+@pytest.mark.parametrize("dataset, extra", [("fashioniq", ["--fashioniq-categories", "dress"]), ("circo", [])])
+def test_eval_on_test_split_has_no_targets(dataset, extra, cli, synth_root, tmp_path):
+    result = cli("eval", "--dataset", dataset, "--data-root", synth_root, "--split", "test", *extra, *MODEL, *FAST,
+                 "--output", tmp_path / "out" / "m.json")
+    assert_clean_failure(result, f"{dataset} split 'test' has no targets to score", "clip-cir rank", "submit-circo")
     assert_no_outputs(tmp_path / "out")
 
 
