@@ -20,6 +20,7 @@ from clip_cir.data.fashioniq import CATEGORIES
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:  # torch and open_clip load only when a command needs them, not for --help
+    from clip_cir.evaluation import IndexFactory
     from clip_cir.features import FeatureCache
     from clip_cir.models import LoadedCLIP
     from clip_cir.transforms import ImageTransform
@@ -56,7 +57,7 @@ def add_search_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         help="IVF lists scanned per query: more is slower and closer to exact (default: nlist/8)")
 
 
-def search_index_factory(args: argparse.Namespace):
+def search_index_factory(args: argparse.Namespace) -> "IndexFactory | None":
     """`None` for exact search (evaluation's own chunked top-k), else a function that builds the
     chosen FAISS index over normalised gallery features. FAISS is imported here, so a missing
     faiss-cpu stops the command before any work."""
