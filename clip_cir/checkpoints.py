@@ -44,8 +44,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike, data: Any, compact: bool = False) -> None:
+    """Atomically; indented for people to read, or `compact` (no white space) for servers with size limits."""
+    text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=2, sort_keys=False)
+    write_text(path, text + "\n")
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

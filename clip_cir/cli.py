@@ -51,8 +51,9 @@ def _prepare(args: argparse.Namespace, split: str | None = None, need_targets: b
         log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
                     "queries are incomplete)", images.summary())
     if need_targets and not all(s.has_targets for s in splits):
-        raise CIRError(f"{args.dataset} split '{splits[0].split}' has no targets to score "
-                       f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
+        from clip_cir.evaluation import no_targets_message
+
+        raise CIRError(no_targets_message(splits[0]))
     clip = opt.load_model(args)
     combine, combine_name = _combining(args)
     if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
@@ -71,8 +72,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.evaluation import evaluate
     from clip_cir.metrics import format_metrics
 
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args, need_targets=True)
-    metrics = evaluate(clip, splits, combine, encode)
+    metrics = evaluate(clip, splits, combine, encode, index_factory)
     print(format_metrics(metrics, label=args.dataset))
     if args.output:
         extra = {"skipped_images": args.skipped_images, "comparable_with_published": False} if args.skipped_images else {}
@@ -85,10 +87,12 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from clip_cir.evaluation import rank_features, split_features
 
     opt.check_positive(args, ["top_k"])
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args)
     queries = []
     for split in splits:
-        ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k)
+        ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k,
+                                index_factory=index_factory)
         names = list(split.gallery)
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
@@ -100,34 +104,64 @@ def cmd_rank(args: argparse.Namespace) -> None:
     print(f"rankings of {len(queries)} queries written to {args.output}")
 
 
-def cmd_submit_cirr(args: argparse.Namespace) -> None:
+def _submission_ranking(args: argparse.Namespace, dataset: str, test_split: str, k: int):
+    """What submit-cirr and submit-circo share: check the split, then data, model and the top-k
+    ranking of every query (reference removed or not as the dataset's protocol says)."""
     from clip_cir.evaluation import rank_features, split_features
-    from clip_cir.submission import RECALL_LENGTH, build_submissions, write_submissions
 
-    if args.split not in ("test1", "val"):
-        raise CIRError(f"--split must be test1 or val for a CIRR submission, got '{args.split}'")
-    args.dataset = "cirr"
+    if args.split not in (test_split, "val"):
+        raise CIRError(f"--split must be {test_split} or val for a {dataset.upper()} submission, got '{args.split}'")
+    args.dataset = dataset
+    index_factory = opt.search_index_factory(args)
     splits, clip, combine, encode = _prepare(args)
     split = splits[0]
-    ranking = rank_features(split_features(clip, split, encode), combine, k=RECALL_LENGTH)
+    return split, rank_features(split_features(clip, split, encode), combine, k=k, index_factory=index_factory)
+
+
+def _score_file(args: argparse.Namespace, dataset: str, score) -> None:
+    """What score-cirr and score-circo share: `score(split)` against the split's ground truth,
+    printed as a table and optionally written as JSON."""
+    from clip_cir.data import load_splits
+    from clip_cir.metrics import format_metrics
+
+    from clip_cir.data.images import ImageCheck
+
+    # Scoring reads annotations only: the images need not be on disk.
+    scores = score(load_splits(dataset, args.data_root, args.split, images=ImageCheck(require_files=False))[0])
+    print(format_metrics(scores, label=dataset))
+    if args.output:
+        from clip_cir.checkpoints import write_json
+        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+
+
+def cmd_submit_cirr(args: argparse.Namespace) -> None:
+    from clip_cir.submission import RECALL_LENGTH, build_submissions, write_submissions
+
+    split, ranking = _submission_ranking(args, "cirr", "test1", RECALL_LENGTH)
     for path in write_submissions(build_submissions(split, ranking), split, args.output_dir, args.name):
         print(path)
 
 
 def cmd_score_cirr(args: argparse.Namespace) -> None:
-    from clip_cir.data import load_splits
-    from clip_cir.metrics import format_metrics
     from clip_cir.submission import read_submission, score_submission
 
-    from clip_cir.data.images import ImageCheck
+    _score_file(args, "cirr", lambda split: score_submission(read_submission(args.submission), split,
+                                                             source=str(args.submission)))
 
-    # Scoring reads annotations only: the images need not be on disk.
-    split = load_splits("cirr", args.data_root, args.split, images=ImageCheck(require_files=False))[0]
-    scores = score_submission(read_submission(args.submission), split, source=str(args.submission))
-    print(format_metrics(scores, label="cirr"))
-    if args.output:
-        from clip_cir.checkpoints import write_json
-        write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
+
+def cmd_submit_circo(args: argparse.Namespace) -> None:
+    from clip_cir.submission import CIRCO_LENGTH, build_circo_submission, write_circo_submission
+
+    split, ranking = _submission_ranking(args, "circo", "test", CIRCO_LENGTH)
+    path = Path(args.output_dir) / f"circo_{split.split}_submission_{args.name}.json"
+    print(write_circo_submission(build_circo_submission(split, ranking), split, path))
+
+
+def cmd_score_circo(args: argparse.Namespace) -> None:
+    from clip_cir.submission import read_submission, score_circo_submission
+
+    _score_file(args, "circo", lambda split: score_circo_submission(
+        read_submission(args.submission, word="query id", max_bytes=None), split, source=str(args.submission)))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -136,7 +170,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     opt.check_positive(args, ["train", "val", "test", "size"])
     try:
         summary = synth.generate(args.root, n_train=args.train, n_val=args.val, n_test=args.test,
-                                 size=args.size, seed=args.seed, overwrite=args.overwrite)
+                                 size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
+                                 circo_distractors=args.circo_distractors)
     except ValueError as e:
         raise CIRError(str(e)) from None
     print(json.dumps(summary, indent=2, default=str))
@@ -159,13 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR and FashionIQ layouts",
-                       description="Render a deterministic 2-D shapes world (CSS-like) and write it in both "
+    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts",
+                       description="Render a deterministic 2-D shapes world (CSS-like) and write it in the three "
                                    "published layouts, plus per-image captions for pretraining.")
     p.add_argument("--root", type=Path, required=True, help="output folder (becomes a --data-root)")
     p.add_argument("--train", type=int, default=3000, help="training queries (default: %(default)s)")
     p.add_argument("--val", type=int, default=600, help="validation queries (default: %(default)s)")
     p.add_argument("--test", type=int, default=600, help="test queries (default: %(default)s)")
+    p.add_argument("--circo", type=int, default=100,
+                   help="CIRCO queries in each of val and test, with 1-8 ground truths each; 0 writes no CIRCO "
+                        "folder (default: %(default)s)")
+    p.add_argument("--circo-distractors", type=int, default=None,
+                   help="unrelated scenes added to the CIRCO gallery (default: 5 per CIRCO query)")
     p.add_argument("--size", type=int, default=64, help="short image side in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset under --root")
@@ -177,12 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="validation recalls of a CLIP (+ Combiner)",
                        description="Rank each query's whole split gallery and report the method's recalls "
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
-                                   "R@10/50 per category and averages).")
+                                   "R@10/50 per category and averages; CIRCO: mAP@5/10/25/50, R@5/10/25/50 and "
+                                   "mAP@10 per semantic aspect).")
     opt.add_data_args(p)
     opt.add_model_args(p)
     _add_combining_args(p)
     opt.add_encode_args(p)
     opt.add_skip_missing_arg(p, training=False)
+    opt.add_search_args(p.add_argument_group("search"))
     p.add_argument("--output", type=Path, help="write the metrics as JSON here")
     p.set_defaults(func=cmd_eval)
 
@@ -192,30 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_combining_args(p)
     opt.add_encode_args(p)
     opt.add_skip_missing_arg(p, training=False)
+    opt.add_search_args(p.add_argument_group("search"))
     p.add_argument("--top-k", type=int, default=50, help="results per query (default: %(default)s)")
     p.add_argument("--output", type=Path, required=True, help="JSON file to write")
     p.set_defaults(func=cmd_rank)
 
-    p = sub.add_parser("submit-cirr", help="CIRR test-server submission files",
-                       description="Write recall_submission_NAME.json and recall_subset_submission_NAME.json, "
-                                   "checked against the server's rules first. --split val writes the same "
-                                   "files for val, to score offline with `clip-cir score-cirr`.")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
-    p.add_argument("--split", default="test1", help="test1 (default) or val")
-    p.add_argument("--name", required=True, help="name used in the file names")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder to write the two files in")
-    p.set_defaults(fashioniq_categories=None)
-    opt.add_model_args(p)
-    _add_combining_args(p)
-    opt.add_encode_args(p)
+    p = _add_submit_parser(sub, "cirr", "test1", "files", "Write recall_submission_NAME.json and "
+                           "recall_subset_submission_NAME.json, checked against the server's rules first. --split "
+                           "val writes the same files for val, to score offline with `clip-cir score-cirr`.")
     p.set_defaults(func=cmd_submit_cirr)
-
-    p = sub.add_parser("score-cirr", help="score a CIRR submission file against val ground truth")
-    p.add_argument("--data-root", type=Path, required=True, help="folder containing cirr_dataset/")
-    p.add_argument("--submission", type=Path, required=True, help="recall_ or recall_subset_submission JSON")
-    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
-    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    p = _add_score_parser(sub, "cirr", "recall_ or recall_subset_submission JSON")
     p.set_defaults(func=cmd_score_cirr)
+
+    p = _add_submit_parser(sub, "circo", "test", "file", "Write circo_SPLIT_submission_NAME.json: {query id: "
+                           "top-50 COCO image ids}, checked against the server's rules first (every query once, 50 "
+                           "distinct gallery ids; compact JSON). The reference is not removed from its ranking (the "
+                           "CIRCO protocol). --split val writes the same format for val, to score offline with "
+                           "`clip-cir score-circo`.")
+    opt.add_circo_args(p.add_argument_group("data"))
+    p.set_defaults(func=cmd_submit_circo)
+    p = _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
+    p.set_defaults(func=cmd_score_circo)
 
     from clip_cir.report import add_report_args
 
@@ -232,6 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(p)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+DATA_FOLDERS = {"cirr": "cirr_dataset/", "circo": "CIRCO/"}
+
+
+def _add_submit_parser(sub, dataset: str, test_split: str, files: str, description: str) -> argparse.ArgumentParser:
+    """submit-DATASET: the options every test-server submission command takes."""
+    p = sub.add_parser(f"submit-{dataset}", help=f"{dataset.upper()} test-server submission {files}",
+                       description=description)
+    p.add_argument("--data-root", type=Path, required=True, help=f"folder containing {DATA_FOLDERS[dataset]}")
+    p.add_argument("--split", default=test_split, help=f"{test_split} (default) or val")
+    p.add_argument("--name", required=True, help="name that goes into the output file name(s)")
+    p.add_argument("--output-dir", type=Path, required=True, help=f"folder to write the {files} in")
+    p.set_defaults(fashioniq_categories=None)
+    opt.add_model_args(p)
+    _add_combining_args(p)
+    opt.add_encode_args(p)
+    opt.add_search_args(p.add_argument_group("search"))
+    return p
+
+
+def _add_score_parser(sub, dataset: str, submission_help: str) -> argparse.ArgumentParser:
+    """score-DATASET: score a submission file offline against a split with ground truth."""
+    p = sub.add_parser(f"score-{dataset}", help=f"score a {dataset.upper()} submission file against val ground truth")
+    p.add_argument("--data-root", type=Path, required=True, help=f"folder containing {DATA_FOLDERS[dataset]}")
+    p.add_argument("--submission", type=Path, required=True, help=submission_help)
+    p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
+    p.add_argument("--output", type=Path, help="write the scores as JSON here")
+    return p
 
 
 def _add_combining_args(parser: argparse.ArgumentParser) -> None:

@@ -49,7 +49,6 @@ from PIL import Image, UnidentifiedImageError
 
 from clip_cir import options as opt
 from clip_cir.errors import CIRError
-from clip_cir.constants import FAISS_INDEXES, SEARCH_BACKENDS
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -265,13 +264,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
     group.add_argument("--top-k", type=int, default=10, help=f"results shown per query, 1..{MAX_K} "
                                                               f"(default: %(default)s)")
-    group.add_argument("--search", choices=SEARCH_BACKENDS, default="exact",
-                       help="nearest-neighbour back-end: exact torch search, or FAISS for galleries of "
-                            "10^5 images and more (needs faiss-cpu) (default: %(default)s)")
-    group.add_argument("--faiss-index", choices=FAISS_INDEXES, default="ivf",
-                       help="FAISS index type with --search faiss (default: %(default)s)")
-    group.add_argument("--faiss-nprobe", type=int, default=None,
-                       help="IVF lists scanned per query: more is slower and closer to exact (default: nlist/8)")
+    opt.add_search_args(group)
     group.add_argument("--max-upload-mb", type=float, default=10.0,
                        help="largest accepted upload (default: %(default)s)")
 

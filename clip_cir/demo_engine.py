@@ -82,10 +82,10 @@ def gallery_from_splits(clip: LoadedCLIP, splits: Sequence[CIRSplit], encode: En
                 keep.append(i)
                 names.append(name)
                 paths[name] = path
-        parts.append(features[keep])
+        parts.append(features if len(keep) == len(features) else features[keep])  # no copy of a 123k gallery
     if not names:
         raise CIRError("the gallery is empty: the split lists no images")
-    return Gallery(names=names, paths=paths, features=torch.cat(parts))
+    return Gallery(names=names, paths=paths, features=parts[0] if len(parts) == 1 else torch.cat(parts))
 
 
 class DemoEngine:

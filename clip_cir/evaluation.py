@@ -19,7 +19,7 @@ from clip_cir.features import FeatureCache, encode_images, encode_texts
 from clip_cir.metrics import combine_benchmarks, split_metrics
 from clip_cir.models import LoadedCLIP
 from clip_cir.pixels import PixelCache
-from clip_cir.ranking import Ranking, rank_split
+from clip_cir.ranking import GallerySearch, Ranking, rank_split
 from clip_cir.transforms import ImageTransform
 
 
@@ -111,26 +111,40 @@ def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_s
     return torch.cat(parts) if parts else torch.empty(0, features.gallery.shape[1])
 
 
-def rank_features(features: SplitFeatures, combine: CombiningFunction, k: int = 50) -> Ranking:
+IndexFactory = Callable[[torch.Tensor], GallerySearch]
+"""Builds a search index over normalised gallery features (`options.search_index_factory`)."""
+
+
+def rank_features(features: SplitFeatures, combine: CombiningFunction, k: int = 50,
+                  index_factory: IndexFactory | None = None) -> Ranking:
+    """Rank one split: exact chunked top-k by default, or through the index `index_factory` builds."""
     queries = predict_queries(features, combine)
-    return rank_split(features.split, queries, torch.nn.functional.normalize(features.gallery, dim=-1), k)
+    gallery = torch.nn.functional.normalize(features.gallery, dim=-1)
+    index = index_factory(gallery) if index_factory is not None else None
+    return rank_split(features.split, queries, gallery, k, index)
 
 
-def metrics_from_features(all_features: Sequence[SplitFeatures], combine: CombiningFunction) -> dict[str, float]:
+def no_targets_message(split: CIRSplit) -> str:
+    """What to do instead of scoring a split without ground truth (a test split)."""
+    return (f"{split.dataset} split '{split.split}' has no targets to score (use `clip-cir rank`, or "
+            f"`clip-cir submit-cirr` / `submit-circo` to write a test-server file)")
+
+
+def metrics_from_features(all_features: Sequence[SplitFeatures], combine: CombiningFunction,
+                          index_factory: IndexFactory | None = None) -> dict[str, float]:
     """The dataset's metric dictionary (see metrics.combine_benchmarks for the key names)."""
     per_split = []
     for features in all_features:
         if not features.split.has_targets:
-            raise CIRError(f"{features.split.dataset} split '{features.split.split}' has no targets to score "
-                           f"(use `clip-cir rank` or `clip-cir submit-cirr` for test splits)")
-        ranking = rank_features(features, combine, k=max(features.split.recall_ks))
+            raise CIRError(no_targets_message(features.split))
+        ranking = rank_features(features, combine, k=features.split.rank_depth, index_factory=index_factory)
         per_split.append((features.split, split_metrics(features.split, ranking)))
     return combine_benchmarks(per_split)
 
 
 def evaluate(clip: LoadedCLIP, splits: Sequence[CIRSplit], combine: CombiningFunction,
-             options: EncodeOptions) -> dict[str, float]:
-    return metrics_from_features([split_features(clip, s, options) for s in splits], combine)
+             options: EncodeOptions, index_factory: IndexFactory | None = None) -> dict[str, float]:
+    return metrics_from_features([split_features(clip, s, options) for s in splits], combine, index_factory)
 
 
 def image_only(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

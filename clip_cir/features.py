@@ -152,13 +152,18 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
     loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,
                         num_workers=0 if pixels is not None else num_workers,
                         shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
-    chunks = []
+    # Filled in place: a list of batches plus their concatenation would hold a large gallery
+    # (CIRCO: 123k x 640 floats, 315 MB) twice at the end.
+    local = torch.empty(len(mine), clip.embed_dim)
+    filled = 0
     with eval_mode(clip.model):
         for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
             with (autocast or nullcontext)():
-                chunks.append(clip.model.encode_image(transform.normalize(images.to(device))).float().cpu())
+                batch = clip.model.encode_image(transform.normalize(images.to(device))).float().cpu()
+            local[filled:filled + len(batch)] = batch
+            filled += len(batch)
             encode_counts["image"] += len(images)
-    features = shard.gather(torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim), clip.embed_dim)
+    features = shard.gather(local, clip.embed_dim)
     if shard.rank == 0:
         cache.save(key, features)
     return features

@@ -13,13 +13,15 @@ from typing import Callable, Sequence
 
 from typing import TYPE_CHECKING
 
-from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED, TRANSFORMS
+from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED, FAISS_INDEXES, SEARCH_BACKENDS, TRANSFORMS
 from clip_cir.data import DATASETS, CIRSplit, load_splits
 from clip_cir.data.images import EVALUATION_HINT, SKIP_FLAG, SUBMISSION_HINT, TRAINING_HINT, ImageCheck
+from clip_cir.data.circo import QUERY_TEXTS
 from clip_cir.data.fashioniq import CATEGORIES
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:  # torch and open_clip load only when a command needs them, not for --help
+    from clip_cir.evaluation import IndexFactory
     from clip_cir.features import FeatureCache
     from clip_cir.models import LoadedCLIP
     from clip_cir.pixels import PixelCache
@@ -30,12 +32,44 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=DATASETS, required=True, help="benchmark layout to read")
     group.add_argument("--data-root", type=Path, required=True,
-                       help="folder containing cirr_dataset/ or fashionIQ_dataset/ (published layouts)")
+                       help="folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)")
     if split:
         group.add_argument("--split", default=split_default,
-                           help="cirr: train, val, test1; fashioniq: train, val, test (default: %(default)s)")
+                           help="cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
+                                "(default: %(default)s)")
     group.add_argument("--fashioniq-categories", nargs="+", default=list(CATEGORIES), metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
+    add_circo_args(group)
+
+
+def add_circo_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--circo-query-text", choices=QUERY_TEXTS, default="caption",
+                        help="CIRCO query text: the relative caption alone, or 'a photo of {shared concept} that "
+                             "{relative caption}' (default: %(default)s)")
+
+
+def add_search_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Which nearest-neighbour back-end ranks the gallery (the demo and every ranking command)."""
+    parser.add_argument("--search", choices=SEARCH_BACKENDS, default="exact",
+                        help="nearest-neighbour back-end: exact torch search (chunked over queries and gallery), "
+                             "or FAISS for galleries of 10^5 images and more (needs faiss-cpu) (default: %(default)s)")
+    parser.add_argument("--faiss-index", choices=FAISS_INDEXES, default="ivf",
+                        help="FAISS index type with --search faiss; 'flat' is exact (default: %(default)s)")
+    parser.add_argument("--faiss-nprobe", type=int, default=None,
+                        help="IVF lists scanned per query: more is slower and closer to exact (default: nlist/8)")
+
+
+def search_index_factory(args: argparse.Namespace) -> "IndexFactory | None":
+    """`None` for exact search (evaluation's own chunked top-k), else a function that builds the
+    chosen FAISS index over normalised gallery features. FAISS is imported here, so a missing
+    faiss-cpu stops the command before any work."""
+    if getattr(args, "search", "exact") == "exact":
+        return None
+    from clip_cir.search import _import_faiss, build_index
+
+    check_positive(args, ["faiss_nprobe"])
+    _import_faiss()
+    return lambda gallery: build_index(gallery, args.search, index=args.faiss_index, nprobe=args.faiss_nprobe)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +176,7 @@ def image_check(args: argparse.Namespace, training: bool = False) -> ImageCheck:
 
 def load_data(args: argparse.Namespace, split: str | None = None, images: ImageCheck | None = None) -> list[CIRSplit]:
     return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories,
-                       images or image_check(args))
+                       images or image_check(args), getattr(args, "circo_query_text", "caption"))
 
 
 def load_model(args: argparse.Namespace) -> "LoadedCLIP":

@@ -1,10 +1,11 @@
 """`clip-cir quickstart`: the whole method on synthetic data, on a CPU, in a few minutes.
 
 synthetic data -> pretrain a tiny CLIP -> zero-shot evaluation -> stage 1 -> evaluation ->
-stage 2 -> evaluation -> CIRR submission files -> plots, ending with a results table. Every
-step goes through the same public entry point a user runs by hand (`clip-cir synth`,
-`clip-cir pretrain`, `stage1/finetune.py`, `stage2/train_combiner.py`, `clip-cir eval`,
-`clip-cir submit-cirr`, `clip-cir report`), and every number is measured in this run.
+stage 2 -> evaluation -> the CIRR-trained model on a CIRCO-layout world (zero-shot transfer,
+mAP@K) -> CIRR submission files -> plots, ending with results tables. Every step goes through
+the same public entry point a user runs by hand (`clip-cir synth`, `clip-cir pretrain`,
+`stage1/finetune.py`, `stage2/train_combiner.py`, `clip-cir eval`, `clip-cir submit-cirr`,
+`clip-cir report`), and every number is measured in this run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MODEL = TINY_MODEL
 COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
            ("recall_subset_at1", "Rs@1"), ("recall_subset_at2", "Rs@2"), ("recall_subset_at3", "Rs@3"),
            ("recall_avg", "Avg")]
+CIRCO_COLUMNS = [(f"map_at{k}", f"mAP@{k}") for k in (5, 10, 25, 50)] + [(f"recall_at{k}", f"R@{k}")
+                                                                          for k in (5, 10, 25, 50)]
 
 
 def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
@@ -37,6 +40,9 @@ def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
     parser.add_argument("--train", type=int, default=4000, help="synthetic training queries (default: %(default)s)")
     parser.add_argument("--val", type=int, default=1000, help="synthetic validation queries (default: %(default)s)")
     parser.add_argument("--test", type=int, default=500, help="synthetic test queries (default: %(default)s)")
+    parser.add_argument("--circo", type=int, default=50,
+                        help="queries in each CIRCO-layout split the CIRR-trained model is also evaluated on, "
+                             "zero-shot; 0 skips it (default: %(default)s)")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="(default: %(default)s)")
     parser.add_argument("--stage1-epochs", type=int, default=3, help="(default: %(default)s)")
     parser.add_argument("--stage2-epochs", type=int, default=20, help="(default: %(default)s)")
@@ -73,7 +79,8 @@ def _synth(args: argparse.Namespace, data: Path) -> None:
     from clip_cir import synth
 
     info = data / "synth_info.json"
-    wanted = {"n_train": args.train, "n_val": args.val, "n_test": args.test, "size": 64, "seed": args.seed}
+    wanted = {"n_train": args.train, "n_val": args.val, "n_test": args.test, "size": 64, "seed": args.seed,
+              "n_circo": args.circo, "circo_distractors": 5 * args.circo}
     if info.is_file():
         saved = json.loads(info.read_text()).get("args", {})
         if all(saved.get(k) == v for k, v in wanted.items()):
@@ -82,20 +89,20 @@ def _synth(args: argparse.Namespace, data: Path) -> None:
     synth.generate(data, **wanted, overwrite=True)
 
 
-def _eval(data: Path, out: Path, extra: list[str]) -> dict[str, float]:
+def _eval(data: Path, out: Path, extra: list[str], dataset: str = "cirr") -> dict[str, float]:
     from clip_cir.cli import main as cli_main
 
-    cli_main(["eval", "--dataset", "cirr", "--data-root", str(data), "--num-workers", "0", "--output", str(out),
+    cli_main(["eval", "--dataset", dataset, "--data-root", str(data), "--num-workers", "0", "--output", str(out),
               *extra])
     return json.loads(out.read_text())
 
 
-def results_table(rows: dict[str, dict[str, float]]) -> str:
-    """Markdown table of the CIRR val recalls, one row per method."""
-    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+def results_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    """Markdown table of val metrics (CIRR recalls by default), one row per method."""
+    lines = ["| method | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for name, metrics in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key, _ in columns) + " |")
     return "\n".join(lines)
 
 
@@ -112,9 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         folder.mkdir(parents=True, exist_ok=True)
     workers = ["--num-workers", str(args.num_workers), "--no-progress"]
     train_size = ["--seed", str(args.seed), "--output-dir", str(runs)]
-    step = Steps(10 if not args.no_report else 9)
+    step = Steps(9 + (not args.no_report) + (args.circo > 0))
 
-    step(f"synthetic data (CIRR and FashionIQ layouts) -> {data}")
+    step(f"synthetic data (CIRR, FashionIQ{' and CIRCO' if args.circo else ''} layouts) -> {data}")
     _synth(args, data)
     step("pretrain the tiny CLIP on per-image captions (the method starts from a pretrained CLIP)")
     pretrain.main(["--train-data", str(_cirr_caption_csv(data)), "--model", MODEL, "--epochs",
@@ -142,6 +149,13 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     step("evaluate stage 1 + Combiner")
     rows["stage 1 + Combiner"] = _eval(data, evals / "stage2.json",
                                        ["--pretrained", str(runs / "stage1"), "--combiner", str(runs / "stage2")])
+    circo_rows: dict[str, dict[str, float]] = {}
+    if args.circo:
+        step("zero-shot transfer: the CIRR-trained model on the CIRCO-layout world (several ground truths, mAP@K)")
+        stage1 = ["--pretrained", str(runs / "stage1")]
+        circo_rows["stage 1 + sum"] = _eval(data, evals / "circo_stage1.json", stage1, "circo")
+        circo_rows["stage 1 + Combiner"] = _eval(data, evals / "circo_stage2.json",
+                                                 [*stage1, "--combiner", str(runs / "stage2")], "circo")
     step("CIRR test-server submission files for the synthetic test1 split")
     cli_main(["submit-cirr", "--data-root", str(data), "--pretrained", str(runs / "stage1"), "--combiner",
               str(runs / "stage2"), "--name", "quickstart", "--output-dir", str(subs), "--num-workers", "0"])
@@ -155,10 +169,19 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     step("results")
     table = results_table(rows)
     write_json(work / "results.json", rows)
-    write_text(work / "results.md", table + "\n")
+    if circo_rows:
+        write_json(work / "results_circo.json", circo_rows)
     print("CIRR-layout synthetic val split, recalls in % (R@K: whole gallery, reference removed; "
           "Rs@K: within the query's 6-image set; Avg = (R@5 + Rs@1) / 2, CIRR's headline number)\n")
     print(table)
+    if circo_rows:
+        circo_table = results_table(circo_rows, CIRCO_COLUMNS)
+        table += "\n\nCIRCO-layout synthetic val split, zero-shot (trained on CIRR only):\n\n" + circo_table
+        print(f"\nCIRCO-layout synthetic val split ({args.circo} queries, several ground truths each), the "
+              f"CIRR-trained model zero-shot; in % (mAP@K over all ground truths, R@K of the target; reference "
+              f"not removed, as in CIRCO)\n")
+        print(circo_table)
+    write_text(work / "results.md", table + "\n")
     print(f"\nruns:        {', '.join(str(runs / n) for n in ('pretrain', 'stage1', 'stage2'))}")
     print(f"submission:  {subs}/recall_submission_quickstart.json, {subs}/recall_subset_submission_quickstart.json")
     if plots:

@@ -1,4 +1,4 @@
-"""Deterministic synthetic "shapes world" data in the real CIRR and FashionIQ layouts.
+"""Deterministic synthetic "shapes world" data in the real CIRR, FashionIQ and CIRCO layouts.
 
 Real CIR data sets are large and cannot be fetched on every machine, so the toolkit's
 loaders, trainers and evaluators are exercised on a small 2-D world in the spirit of the CSS
@@ -557,9 +557,95 @@ def _plan_fashioniq(writer: _Writer, seed: int, counts: dict[str, int]) -> dict:
     return summary
 
 
+CIRCO_BACKGROUND = CIRR_BACKGROUND
+CIRCO_VARIANTS = 3  # the target's edit plus two other single edits of the reference (hard negatives)
+CIRCO_MAX_GROUND_TRUTHS = 8  # 1..8 renders of the target scene per query: 4.5 on average (real CIRCO: 4.53)
+CIRCO_MAX_ID = 581_929  # COCO 2017 ids stay below this
+# The CIRCO semantic aspect each kind of edit exercises (the real annotations' vocabulary).
+CIRCO_ASPECTS = {
+    "colour": "compare_change", "shape": "compare_change", "bigger": "comparative_statement",
+    "smaller": "comparative_statement", "add": "addition", "remove": "negation", "move": "spatial_relations_background",
+}
+
+
+def _shared_concept(scene: Scene, edit: Edit) -> str:
+    """What reference and target have in common: an object the edit leaves alone (else the edited
+    object as it was), described fully, as CIRCO's `shared_concept` ("a teddy bear")."""
+    kept = [o for o in scene if o != edit.before]
+    obj = kept[0] if kept else edit.before
+    return f"{_full(obj)} {_loc(obj.cell)}"
+
+
+def _plan_circo(writer: _Writer, seed: int, n_queries: int, n_distractors: int) -> dict:
+    """CIRCO's layout: one COCO-style gallery for val and test, several ground truths per query.
+
+    A query is a reference scene and one edit. Its ground truths are 1..8 separate images of the
+    edited scene (different placement jitter and aspect ratio: other photos that satisfy the
+    same edit), the first being `target_img_id`. Distractors: the reference itself (CIRCO does
+    not remove it), two other single edits of the reference, and `n_distractors` unrelated scenes.
+    Image ids are random COCO-like integers; files are `<12-digit id>.jpg`.
+    """
+    base = Path("CIRCO")
+    rng = random.Random(f"{seed}:circo")
+    used: set[Scene] = set()
+    taken: set[int] = set()
+    images: list[dict] = []
+
+    def add_image(scene: Scene) -> int:
+        while True:
+            image_id = rng.randrange(1, CIRCO_MAX_ID)
+            if image_id not in taken:
+                taken.add(image_id)
+                break
+        file_name = f"{image_id:012d}.jpg"
+        writer.image(rng, f"{base}/COCO2017_unlabeled/unlabeled2017/{file_name}", scene, CIRCO_BACKGROUND,
+                     pretrain=False)
+        job = writer.jobs[-1]
+        images.append({"license": 0, "file_name": file_name, "coco_url": "", "height": job.height,
+                       "width": job.width, "date_captured": "", "flickr_url": "", "id": image_id})
+        return image_id
+
+    summary: dict[str, dict] = {}
+    for split in ("val", "test"):
+        annotations = []
+        n_ground_truths = 0
+        for qid in range(n_queries):
+            group = _make_group(rng, CIRCO_VARIANTS, used)
+            reference, target, *others = group.scenes
+            edit = group.edits[0]
+            reference_id = add_image(reference)
+            gts = [add_image(target) for _ in range(rng.randint(1, CIRCO_MAX_GROUND_TRUTHS))]
+            for scene in others:
+                add_image(scene)
+            n_ground_truths += len(gts)
+            caption = cirr_caption(rng, reference, edit).rstrip(".")
+            entry = {"reference_img_id": reference_id, "target_img_id": gts[0],
+                     "relative_caption": caption[0].lower() + caption[1:],
+                     "shared_concept": _shared_concept(reference, edit), "gt_img_ids": gts, "id": qid,
+                     "semantic_aspects": [CIRCO_ASPECTS[edit.kind]]}
+            if split == "test":
+                entry = {k: entry[k] for k in ("reference_img_id", "relative_caption", "shared_concept", "id")}
+            annotations.append(entry)
+        _write_json(writer.root / base / "annotations" / f"{split}.json", annotations)
+        summary[split] = {"queries": n_queries, "ground_truths": n_ground_truths}
+    for _ in range(n_distractors):
+        scene = _random_scene(rng)
+        while scene in used:
+            scene = _random_scene(rng)
+        used.add(scene)
+        add_image(scene)
+    rng.shuffle(images)  # COCO's file lists no particular order
+    info = {"description": "synthetic shapes world in the COCO 2017 unlabeled layout (clip_cir.synth)",
+            "version": "1.0", "year": 2017}
+    _write_json(writer.root / base / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json",
+                {"info": info, "licenses": [], "images": images})
+    summary["gallery"] = len(images)
+    return summary
+
+
 def _check_root(root: Path, overwrite: bool) -> None:
     """Refuse to mix generated data into an existing data set unless asked to replace it."""
-    for folder in ("cirr_dataset", "fashionIQ_dataset"):
+    for folder in ("cirr_dataset", "fashionIQ_dataset", "CIRCO"):
         path = root / folder
         if path.is_dir() and any(path.iterdir()):
             if not overwrite:
@@ -569,16 +655,22 @@ def _check_root(root: Path, overwrite: bool) -> None:
 
 
 def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_test: int = 600,
-             size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
-    """Write the shapes world under ``root`` in CIRR and FashionIQ layouts.
+             size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False,
+             n_circo: int = 0, circo_distractors: int | None = None) -> dict:
+    """Write the shapes world under ``root`` in CIRR and FashionIQ layouts, and CIRCO's if asked.
 
     ``n_*`` are query counts per split (FashionIQ splits them across its three categories);
-    ``size`` is the short side of every image. Also writes ``pretrain_captions.csv`` (one
+    ``size`` is the short side of every image. ``n_circo`` queries go in each of CIRCO's val
+    and test splits (0: no CIRCO folder), over one gallery that also holds ``circo_distractors``
+    unrelated scenes (default 5 per query); CIRCO is sized apart so that callers who need only
+    CIRR and FashionIQ pay nothing for it. Also writes ``pretrain_captions.csv`` (one
     descriptive title per train image, for contrastive CLIP pretraining, which the method
     assumes) and ``synth_info.json``. Returns the summary stored in ``synth_info.json``
     plus ``root``.
     """
-    if min(n_train, n_val, n_test) < 0:
+    if circo_distractors is None:
+        circo_distractors = 5 * n_circo
+    if min(n_train, n_val, n_test, n_circo, circo_distractors) < 0:
         raise ValueError("query counts must be >= 0")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
@@ -589,9 +681,11 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
     fiq_counts = {"train": n_train, "val": n_val, "test": n_test}
     info = {
         "generator": "clip_cir.synth",
-        "args": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed},
+        "args": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
+                 "n_circo": n_circo, "circo_distractors": circo_distractors},
         "cirr": _plan_cirr(writer, seed, cirr_counts),
         "fashioniq": _plan_fashioniq(writer, seed, fiq_counts),
+        **({"circo": _plan_circo(writer, seed, n_circo, circo_distractors)} if n_circo else {}),
         "pretrain_captions": "pretrain_captions.csv",
         "pretrain_rows": len(writer.titles),
         "images": len(writer.jobs),

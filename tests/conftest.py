@@ -23,7 +23,7 @@ import pytest
 _CACHE_ROOT = tempfile.mkdtemp(prefix="clip_cir_test_cache_")
 os.environ["CLIP_CIR_CACHE"] = _CACHE_ROOT
 
-SYNTH_ARGS = dict(n_train=120, n_val=60, n_test=60, size=64, seed=0)
+SYNTH_ARGS = dict(n_train=120, n_val=60, n_test=60, size=64, seed=0, n_circo=20, circo_distractors=60)
 """Arguments `synth_root` was generated with (tests may rely on the resulting counts)."""
 
 
@@ -33,11 +33,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    """Data root of a synthetic dataset in both real layouts (``cirr_dataset/`` and
-    ``fashionIQ_dataset/``), generated once per session with ``SYNTH_ARGS``: CIRR train/val/test1
-    = 120/60/60 queries (360/180/180 images); FashionIQ 40/20/20 queries per category;
-    64-px images, some non-square; FashionIQ mixes .jpg and .png. Shared by every test:
-    never write into it (use ``data_copy`` instead)."""
+    """Data root of a synthetic dataset in the three real layouts (``cirr_dataset/``,
+    ``fashionIQ_dataset/`` and ``CIRCO/``), generated once per session with ``SYNTH_ARGS``: CIRR
+    train/val/test1 = 120/60/60 queries (360/180/180 images); FashionIQ 40/20/20 queries per
+    category; CIRCO val/test = 20/20 queries with 1-8 ground truths each over one gallery (with
+    60 unrelated distractors); 64-px images, some non-square; FashionIQ mixes .jpg and .png.
+    Shared by every test: never write into it (use ``data_copy`` instead)."""
     from clip_cir.synth import generate
 
     root = tmp_path_factory.mktemp("synth_root")
@@ -48,11 +49,14 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def data_copy(synth_root, tmp_path):
     """Factory ``data_copy(dataset=None) -> Path``: a writable copy of ``synth_root`` under the
-    test's tmp_path, to corrupt freely. ``dataset="cirr"`` or ``"fashioniq"`` copies only that
-    dataset's folder (and for CIRR only its val and test1 splits, what the error tests use);
-    ``None`` copies both whole."""
+    test's tmp_path, to corrupt freely. ``dataset="cirr"``, ``"fashioniq"`` or ``"circo"`` copies
+    only that dataset's folder (and for CIRR only its val and test1 splits, what the error tests
+    use); ``None`` copies CIRR and FashionIQ whole."""
     def copy(dataset: str | None = None) -> Path:
         root = tmp_path / "data"
+        if dataset == "circo":
+            shutil.copytree(synth_root / "CIRCO", root / "CIRCO")
+            return root
         if dataset in (None, "fashioniq"):
             shutil.copytree(synth_root / "fashionIQ_dataset", root / "fashionIQ_dataset")
         if dataset is None:

@@ -304,6 +304,126 @@ def _fiq_unknown_split(copy, tmp, synth_root):
     return synth_root, ["--split", "test1"], ["unknown FashionIQ split 'test1' (choose from train, val, test)"]
 
 
+# CIRCO
+
+def _circo_file(root: Path, split: str = "val") -> Path:
+    return root / "CIRCO" / "annotations" / f"{split}.json"
+
+
+def _circo_gallery_file(root: Path) -> Path:
+    return root / "CIRCO" / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json"
+
+
+def _circo_no_folder(copy, tmp):
+    root = copy("cirr")
+    return root, [], [str(root / "CIRCO"), "CIRCO folder not found (--data-root must contain CIRCO/)"]
+
+
+def _circo_missing_annotation_file(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    path.unlink()
+    return root, [], [str(path), "CIRCO annotation file not found"]
+
+
+def _circo_missing_gallery_file(copy, tmp):
+    root = copy("circo")
+    path = _circo_gallery_file(root)
+    path.unlink()
+    return root, [], [str(path), "COCO unlabeled image list not found"]
+
+
+def _circo_malformed_json(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    path.write_text(path.read_text()[:300])
+    return root, [], [str(path), "malformed JSON"]
+
+
+def _circo_malformed_gallery_json(copy, tmp):
+    root = copy("circo")
+    path = _circo_gallery_file(root)
+    path.write_text('{"images": [{"id": 7, "file_name": ')
+    return root, [], [str(path), "malformed JSON"]
+
+
+def _circo_missing_field(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[2].pop("gt_img_ids"))
+    return root, [], [str(path), "entry 2 has no field 'gt_img_ids'"]
+
+
+def _circo_missing_concept(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[4].pop("shared_concept"))
+    return root, [], [str(path), "entry 4 has no field 'shared_concept'"]
+
+
+def _circo_gallery_no_images(copy, tmp):
+    root = copy("circo")
+    path = _circo_gallery_file(root)
+    _edit(path, lambda d: d.pop("images"))
+    return root, [], [str(path), "no field 'images'"]
+
+
+def _circo_gallery_entry_without_file_name(copy, tmp):
+    root = copy("circo")
+    path = _circo_gallery_file(root)
+    _edit(path, lambda d: d["images"][5].pop("file_name"))
+    return root, [], [str(path), "entry 5 has no field 'file_name'"]
+
+
+def _circo_gallery_id_without_file(copy, tmp):
+    root = copy("circo")
+    entry = json.loads(_circo_gallery_file(root).read_text())["images"][3]
+    image = root / "CIRCO" / "COCO2017_unlabeled" / "unlabeled2017" / entry["file_name"]
+    image.unlink()
+    return root, [], [str(image), f"image '{entry['id']}' listed in image_info_unlabeled2017.json is missing on disk"]
+
+
+def _circo_gt_not_in_gallery(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[1]["gt_img_ids"].append(999_999_999))
+    return root, [], [str(path), "entry 1 (id 1) names image id 999999999 (gt_img_ids), which is not in "
+                                 "image_info_unlabeled2017.json"]
+
+
+def _circo_reference_not_an_id(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[0].update(reference_img_id="000000000042.jpg"))
+    return root, [], [str(path), "entry 0 (id 0) field 'reference_img_id' should hold integer image ids, "
+                                 "got '000000000042.jpg'"]
+
+
+def _circo_target_not_first(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[3].update(target_img_id=d[3]["reference_img_id"]))
+    return root, [], [str(path), "entry 3 (id 3) target_img_id", "is not the first of gt_img_ids"]
+
+
+def _circo_repeated_query_id(copy, tmp):
+    root = copy("circo")
+    path = _circo_file(root)
+    _edit(path, lambda d: d[6].update(id=2))
+    return root, [], [str(path), "entry 6 repeats query id 2"]
+
+
+def _circo_unknown_split(copy, tmp, synth_root):
+    return synth_root, ["--split", "test1"], ["unknown CIRCO split 'test1' (choose from val, test)"]
+
+
+CIRCO_CASES = [_missing_root, _circo_no_folder, _circo_missing_annotation_file, _circo_missing_gallery_file,
+               _circo_malformed_json, _circo_malformed_gallery_json, _circo_missing_field, _circo_missing_concept,
+               _circo_gallery_no_images, _circo_gallery_entry_without_file_name, _circo_gallery_id_without_file,
+               _circo_gt_not_in_gallery, _circo_reference_not_an_id, _circo_target_not_first,
+               _circo_repeated_query_id, _circo_unknown_split, _unknown_model]
+
+
 CIRR_CASES = [_missing_root, _no_cirr_folder, _missing_split_file, _missing_caption_file, _malformed_json,
               _wrong_top_level, _missing_field, _missing_target, _missing_members, _target_not_in_split,
               _member_not_in_split, _soft_not_numbers, _reference_not_a_name, _image_missing_on_disk,
@@ -327,35 +447,32 @@ def _ids(cases):
     return [c.__name__.lstrip("_") for c in cases]
 
 
-@pytest.mark.parametrize("case", CIRR_CASES, ids=_ids(CIRR_CASES))
-def test_cirr_eval_bad_input(case, cli, data_copy, tmp_path, synth_root):
+EVAL_CASES = ([("cirr", c) for c in CIRR_CASES] + [("fashioniq", c) for c in FIQ_CASES]
+              + [("circo", c) for c in CIRCO_CASES])
+
+
+@pytest.mark.parametrize("dataset, case", EVAL_CASES, ids=[f"{d}-{c.__name__.lstrip('_')}" for d, c in EVAL_CASES])
+def test_eval_bad_input(dataset, case, cli, data_copy, tmp_path, synth_root):
     root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
     out = tmp_path / "out"
-    result = cli("eval", "--dataset", "cirr", "--data-root", root, *MODEL, *FAST, "--output", out / "metrics.json",
+    result = cli("eval", "--dataset", dataset, "--data-root", root, *MODEL, *FAST, "--output", out / "metrics.json",
                  *extra)
     assert_clean_failure(result, *fragments)
     assert_no_outputs(out)
 
 
-@pytest.mark.parametrize("case", FIQ_CASES, ids=_ids(FIQ_CASES))
-def test_fashioniq_eval_bad_input(case, cli, data_copy, tmp_path, synth_root):
-    root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
-    out = tmp_path / "out"
-    result = cli("eval", "--dataset", "fashioniq", "--data-root", root, *MODEL, *FAST,
-                 "--output", out / "metrics.json", *extra)
-    assert_clean_failure(result, *fragments)
-    assert_no_outputs(out)
+SUBMIT_CASES = [("cirr", c) for c in (_missing_root, _missing_split_file, _malformed_json, _member_not_in_split,
+                                      _image_missing_on_disk, _garbage_image, _unknown_model, _unreadable_checkpoint)]
+SUBMIT_CASES += [("circo", c) for c in (_circo_missing_gallery_file, _circo_gallery_id_without_file,
+                                        _circo_malformed_json)]
 
 
-SUBMIT_CASES = [_missing_root, _missing_split_file, _malformed_json, _member_not_in_split, _image_missing_on_disk,
-                _garbage_image, _unknown_model, _unreadable_checkpoint]
-
-
-@pytest.mark.parametrize("case", SUBMIT_CASES, ids=_ids(SUBMIT_CASES))
-def test_submit_cirr_bad_input_writes_no_submission(case, cli, data_copy, tmp_path, synth_root):
+@pytest.mark.parametrize("dataset, case", SUBMIT_CASES,
+                         ids=[f"{d}-{c.__name__.lstrip('_')}" for d, c in SUBMIT_CASES])
+def test_submit_bad_input_writes_no_submission(dataset, case, cli, data_copy, tmp_path, synth_root):
     root, extra, fragments = _prepare(case, data_copy, tmp_path, synth_root)
     out = tmp_path / "submissions"
-    result = cli("submit-cirr", "--data-root", root, "--split", "val", "--name", "bad", "--output-dir", out,
+    result = cli(f"submit-{dataset}", "--data-root", root, "--split", "val", "--name", "bad", "--output-dir", out,
                  *MODEL, *FAST, *extra)
     assert_clean_failure(result, *fragments)
     assert_no_outputs(out)
@@ -377,20 +494,23 @@ def test_unknown_dataset(cli, synth_root, tmp_path):
     last = result.err.rstrip().splitlines()[-1]
     assert last.startswith("clip-cir eval: error:")
     assert "--dataset" in last and "invalid choice: 'coco'" in last and "cirr" in last and "fashioniq" in last
+    assert "circo" in last
     assert not (tmp_path / "m.json").exists()
 
 
-def test_submit_cirr_rejects_train_split(cli, synth_root, tmp_path):
-    result = cli("submit-cirr", "--data-root", synth_root, "--split", "train", "--name", "x",
+@pytest.mark.parametrize("dataset, test_split", [("cirr", "test1"), ("circo", "test")])
+def test_submit_rejects_train_split(dataset, test_split, cli, synth_root, tmp_path):
+    result = cli(f"submit-{dataset}", "--data-root", synth_root, "--split", "train", "--name", "x",
                  "--output-dir", tmp_path / "out", *MODEL)
-    assert_clean_failure(result, "--split must be test1 or val for a CIRR submission, got 'train'")
+    assert_clean_failure(result, f"--split must be {test_split} or val for a {dataset.upper()} submission, got 'train'")
     assert_no_outputs(tmp_path / "out")
 
 
-def test_eval_on_test_split_has_no_targets(cli, synth_root, tmp_path):
-    result = cli("eval", "--dataset", "fashioniq", "--data-root", synth_root, "--split", "test",
-                 "--fashioniq-categories", "dress", *MODEL, *FAST, "--output", tmp_path / "out" / "m.json")
-    assert_clean_failure(result, "split 'test' has no targets to score", "clip-cir rank")
+@pytest.mark.parametrize("dataset, extra", [("fashioniq", ["--fashioniq-categories", "dress"]), ("circo", [])])
+def test_eval_on_test_split_has_no_targets(dataset, extra, cli, synth_root, tmp_path):
+    result = cli("eval", "--dataset", dataset, "--data-root", synth_root, "--split", "test", *extra, *MODEL, *FAST,
+                 "--output", tmp_path / "out" / "m.json")
+    assert_clean_failure(result, f"{dataset} split 'test' has no targets to score", "clip-cir rank", "submit-circo")
     assert_no_outputs(tmp_path / "out")
 
 

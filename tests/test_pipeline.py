@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 QUICK = ["--train", "1500", "--val", "300", "--test", "60", "--pretrain-epochs", "3", "--stage1-epochs", "3",
-         "--stage2-epochs", "20", "--num-workers", "0"]
+         "--stage2-epochs", "20", "--num-workers", "0", "--circo", "20"]
 MARGIN = 3.0  # percentage points of Recall@10
 
 
@@ -40,6 +40,19 @@ def test_results_are_ordered_as_the_method_predicts(quickstart):
     table = (quickstart / "results.md").read_text()
     for name, metrics in rows.items():
         assert f"| {name} | {metrics['recall_at1']:.2f} |" in table
+
+
+def test_circo_zero_shot_rows(quickstart):
+    """The CIRR-trained model is also scored, zero-shot, on the CIRCO-layout world: one row per
+    combining function in results_circo.json and results.md, mAP@K in [0, 100], R@K (the target
+    alone) non-decreasing in K."""
+    rows = json.loads((quickstart / "results_circo.json").read_text())
+    assert list(rows) == ["stage 1 + sum", "stage 1 + Combiner"]
+    table = (quickstart / "results.md").read_text()
+    for name, metrics in rows.items():
+        recalls = [metrics[f"recall_at{k}"] for k in (5, 10, 25, 50)]
+        assert recalls == sorted(recalls) and all(0 <= metrics[f"map_at{k}"] <= 100 for k in (5, 10, 25, 50))
+        assert f"| {name} | {metrics['map_at5']:.2f} |" in table
 
 
 def test_stage_runs_recorded_their_validation(quickstart):

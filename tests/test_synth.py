@@ -1,4 +1,4 @@
-"""Tests for the synthetic shapes world: files are read back in the real CIRR/FashionIQ layouts."""
+"""Tests for the synthetic shapes world: files are read back in the real CIRR/FashionIQ/CIRCO layouts."""
 
 import csv
 import hashlib
@@ -12,7 +12,7 @@ from PIL import Image
 from clip_cir.synth import Edit, Obj, _referent, generate
 
 SIZE = 48
-N = dict(n_train=60, n_val=30, n_test=30)
+N = dict(n_train=60, n_val=30, n_test=30, n_circo=12, circo_distractors=30)
 CIRR_SPLITS = ("train", "val", "test1")
 FIQ_CATEGORIES = ("dress", "shirt", "toptee")
 FIQ_SPLITS = ("train", "val", "test")
@@ -173,10 +173,52 @@ def test_pretrain_csv_lists_train_images(world):
     assert not any("/dev/" in p or "/test1/" in p for p in paths)
 
 
+CIRCO_VAL_KEYS = ["reference_img_id", "target_img_id", "relative_caption", "shared_concept", "gt_img_ids", "id",
+                  "semantic_aspects"]
+CIRCO_TEST_KEYS = ["reference_img_id", "relative_caption", "shared_concept", "id"]
+
+
+def test_circo_layout(world):
+    base = world / "CIRCO"
+    info = _load(base / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json")
+    images = info["images"]
+    ids = [image["id"] for image in images]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) and 0 < i < 581_930 for i in ids)
+    folder = base / "COCO2017_unlabeled" / "unlabeled2017"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i:012d}.jpg" for i in ids)
+    for image in images[:5]:
+        assert image["file_name"] == f"{image['id']:012d}.jpg"
+        with Image.open(folder / image["file_name"]) as im:
+            assert (im.width, im.height) == (image["width"], image["height"]) and im.format == "JPEG"
+    val, test = _load(base / "annotations" / "val.json"), _load(base / "annotations" / "test.json")
+    assert [list(e) for e in val] == [CIRCO_VAL_KEYS] * 12 and [list(e) for e in test] == [CIRCO_TEST_KEYS] * 12
+    assert [e["id"] for e in val] == [e["id"] for e in test] == list(range(12))
+    known = set(ids)
+    used = set()
+    for entry in val:
+        gts = entry["gt_img_ids"]
+        assert entry["target_img_id"] == gts[0] and len(set(gts)) == len(gts) and set(gts) <= known
+        assert entry["reference_img_id"] in known and entry["reference_img_id"] not in gts
+        assert entry["semantic_aspects"] and entry["relative_caption"] and entry["shared_concept"]
+        used |= {entry["reference_img_id"], *gts}
+    n_gts = [len(e["gt_img_ids"]) for e in val]
+    assert max(n_gts) > 1 and sum(n_gts) / len(n_gts) > 2  # several ground truths per query
+    # Distractors: far more gallery images than val references and ground truths.
+    assert len(ids) >= len(used) + 30 + 12 * 4
+    # Ground truths of one query are renders of one scene: the same drawing, other placements.
+    assert len({(folder / f"{g:012d}.jpg").read_bytes() for g in val[0]["gt_img_ids"]}) == len(val[0]["gt_img_ids"])
+
+
+def test_circo_is_optional(tmp_path):
+    summary = generate(tmp_path, n_train=2, n_val=2, n_test=2, size=SIZE, progress=False)
+    assert "circo" not in summary and not (tmp_path / "CIRCO").exists()
+
+
 def test_synth_info(world):
     info = _load(world / "synth_info.json")
     assert info["args"] == {**N, "size": SIZE, "seed": 0}
     assert info["cirr"]["val"]["queries"] == 30
+    assert info["circo"]["val"]["queries"] == info["circo"]["test"]["queries"] == 12
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(world, tmp_path):

@@ -130,7 +130,10 @@ class ImageCheck:
             return split
         queries = []
         for query in split.queries:
-            if self.is_skipped(query.reference) or (query.target is not None and self.is_skipped(query.target)):
+            # CIRCO's other ground truths too: mAP needs every one of them in the gallery.
+            needed = (query.reference, *([query.target] if query.target is not None else []),
+                      *(query.ground_truths or ()))
+            if any(self.is_skipped(name) for name in needed):
                 self.dropped_queries[key] = self.dropped_queries.get(key, 0) + 1
                 continue
             if query.members is not None and any(self.is_skipped(m) for m in query.members):

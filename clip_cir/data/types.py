@@ -1,8 +1,9 @@
 """The dataset-agnostic representation of a CIR split.
 
-CIRR and FashionIQ differ only in how their files are laid out and in a few protocol details
-(is the reference removed from its own ranking? which caption forms?). Those differences are
-resolved here, as data, so training, features, ranking and metrics never branch on the dataset.
+CIRR, FashionIQ and CIRCO differ only in how their files are laid out and in a few protocol
+details (is the reference removed from its own ranking? which caption forms? one target or
+several ground truths? names or integer ids on the test server?). Those differences are resolved
+here, as data, so training, features, ranking and metrics never branch on the dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class Query:
     """One composed query: a reference image, a relative caption and (if known) its target."""
 
     qid: str
-    """Stable id: the CIRR pairid, or `<category>/<index>` for FashionIQ."""
+    """Stable id: the CIRR pairid, `<category>/<index>` for FashionIQ, the annotation's `id` for CIRCO."""
     reference: str
     captions: tuple[str, ...]
     """The raw caption(s) as written in the annotation file."""
@@ -29,6 +30,12 @@ class Query:
     target_soft: Mapping[str, float] | None = None
     members: tuple[str, ...] | None = None
     """CIRR's image set (6 names including the reference); None when the dataset has none."""
+    ground_truths: tuple[str, ...] | None = None
+    """Every correct gallery image, as the annotation lists them (CIRCO's `gt_img_ids`, target
+    first); None when only `target` is marked. Kept as listed, repeats included: mAP@K divides by
+    min(K, len(ground_truths)) exactly as the official evaluation does."""
+    aspects: tuple[str, ...] = ()
+    """Semantic aspects of the query (CIRCO's `semantic_aspects`): mAP@10 is also reported per aspect."""
 
 
 @dataclass
@@ -46,6 +53,16 @@ class CIRSplit:
     """Remove each query's reference image from its own ranking (CIRR protocol)."""
     recall_ks: tuple[int, ...]
     subset_ks: tuple[int, ...] = ()
+    map_ks: tuple[int, ...] = ()
+    """mAP@K cut-offs over `Query.ground_truths` (CIRCO: 5, 10, 25, 50); () when there are none."""
+    image_ids: Mapping[str, int] | None = None
+    """Gallery name -> the integer id a test server knows the image by (CIRCO's COCO ids);
+    None where images are known by their names (CIRR)."""
+
+    @property
+    def rank_depth(self) -> int:
+        """How much of each query's ranking the metrics look at: the largest K of any metric."""
+        return max(self.recall_ks + self.map_ks)
 
     @property
     def has_targets(self) -> bool:
