@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from clip_cir.checkpoints import read_safetensors_metadata, save_weights, write_dir, write_text
 from clip_cir.combiner import COMBINER_FILE, Combiner, load_combiner, resolve_combiner_checkpoint
 from clip_cir.errors import CIRError
-from clip_cir.hub import HUB_PREFIX, hub_repo_id, push_folder
+from clip_cir.hub import HUB_PREFIX, hub_repo_id, push_folder, push_token
 from clip_cir.metrics import format_metrics
 from clip_cir.models import LoadedCLIP, load_clip, resolve_clip_checkpoint
 
@@ -245,6 +245,7 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
     if push_to_hub is not None and "/" not in push_to_hub.removeprefix(HUB_PREFIX):
         raise CIRError(f"--push-to-hub needs ORG/NAME (your user name or an organisation), got '{push_to_hub}'")
     repo_id = push_to_hub.removeprefix(HUB_PREFIX) if push_to_hub else None
+    token = push_token(repo_id) if repo_id else None  # before any work: a push that cannot happen stops here
 
     clip = load_clip(model_name, pretrained)
     clip_from = provenance(pretrained, resolve_clip_checkpoint)
@@ -260,7 +261,7 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
     combiner_metadata = _combiner_metadata(combiner, combiner_from) if combiner is not None else {}
     write_dir(output_dir, lambda tmp: write_export(tmp, clip, combiner, card, combiner_metadata))
     log.info("exported %s%s to %s", clip.describe(), f" + Combiner {combiner_source}" if combiner else "", output_dir)
-    if repo_id is not None:
-        url = push_folder(output_dir, repo_id, private=private)
+    if repo_id is not None and token is not None:
+        url = push_folder(output_dir, repo_id, token, private=private)
         log.info("pushed to %s", url)
     return output_dir

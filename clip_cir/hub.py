@@ -94,13 +94,9 @@ def snapshot_revision(path: Path) -> str | None:
     return parts[-2] if len(parts) >= 3 and parts[-3] == "snapshots" else None
 
 
-def push_folder(folder: Path, repo_id: str, private: bool = False,
-                commit_message: str = "Upload model exported by clip-cir") -> str:
-    """Upload every file of `folder` to the model repository `repo_id` (created if missing).
-
-    Needs a token (`hf auth login` or HF_TOKEN) and the network; without either it stops with one
-    line before anything is sent. Returns the repository's URL.
-    """
+def push_token(repo_id: str) -> str:
+    """The token a push to `repo_id` will use, checked before any work: one line if there is none
+    (`hf auth login` or HF_TOKEN) or if offline mode forbids the upload."""
     hf = _huggingface_hub()
     token = hf.get_token()
     if not token:
@@ -108,10 +104,19 @@ def push_folder(folder: Path, repo_id: str, private: bool = False,
                        f"run `hf auth login` or set HF_TOKEN")
     if _offline():
         raise CIRError(f"cannot push to {HUB_PREFIX}{repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
+    return token
+
+
+def push_folder(folder: Path, repo_id: str, token: str, private: bool = False,
+                commit_message: str = "Upload model exported by clip-cir") -> str:
+    """Upload every file of `folder` to the model repository `repo_id` (created if missing) and
+    return its URL. Network and permission failures become one line; the folder stays as it is."""
+    hf = _huggingface_hub()
     try:
         url = hf.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
         hf.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message)
     except Exception as e:  # noqa: BLE001 - auth, HTTP and connection errors come in many types
         reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise CIRError(f"could not push to {HUB_PREFIX}{repo_id}: {reason}") from None
+        raise CIRError(f"could not push to {HUB_PREFIX}{repo_id}: {reason} (the exported folder {folder} is "
+                       f"complete: retry with `hf upload {repo_id} {folder} .`)") from None
     return str(url)
