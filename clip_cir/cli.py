@@ -127,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise CIRError("--pretrained is required: the CLIP to export (a run directory, checkpoint file, "
                        "tag with --model, or hf-hub:ORG/NAME)")
     folder = export_model(args.pretrained, args.output_dir, combiner_source=args.combiner, model_name=args.model,
-                          push_to_hub=args.push_to_hub, private=args.private, license=args.license,
+                          push_to_hub=args.push_to_hub, private=args.private, license_name=args.license,
                           overwrite=args.overwrite)
     print(folder)
 

@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from clip_cir.checkpoints import read_safetensors_metadata, save_weights, write_dir, write_text
 from clip_cir.combiner import COMBINER_FILE, Combiner, load_combiner, resolve_combiner_checkpoint
@@ -97,7 +97,7 @@ def _lineage(source: str, checkpoint: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def provenance(source: str, resolve) -> Provenance:
+def provenance(source: str, resolve: Callable[[Path], Path]) -> Provenance:
     """What the files of a local source say about it; tags and hub names say nothing more."""
     path = _local_path(source)
     if path is None:
@@ -125,6 +125,8 @@ def _base_model(clip: LoadedCLIP, clip_from: Provenance) -> str:
         first = clip_from.runs[-1]
         model = first.get("model") or clip_from.metadata.get("model_name") or clip.model_name
         pretrained = first.get("pretrained")
+        if hub_repo_id(pretrained):
+            return str(pretrained)
         return f"{model} ({_public(pretrained) if pretrained else 'random init'})"
     if clip_from.checkpoint is not None:
         return f"{clip.model_name}, weights from {clip_from.checkpoint.name}"
@@ -141,7 +143,7 @@ def _metrics_block(title: str, origin: Provenance) -> str:
 
 
 def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | None, combiner_from: Provenance | None,
-               title: str, repo_id: str | None, license: str) -> str:
+               title: str, repo_id: str | None, license_name: str) -> str:
     """README.md: open_clip's model card format, with what the runs recorded."""
     from open_clip.push_to_hf_hub import generate_readme
 
@@ -207,7 +209,7 @@ clip-cir demo --dataset {dataset or "cirr"} --data-root DATA --pretrained {name}
 ```
 
 Downloaded files live in the Hugging Face cache; with `HF_HUB_OFFLINE=1` they load without network."""
-    card = {"tags": ("clip", "open_clip", "clip-cir", "composed-image-retrieval"), "license": license,
+    card = {"tags": ("clip", "open_clip", "clip-cir", "composed-image-retrieval"), "license": license_name,
             "description": description, "details": details, "usage": usage, "citation": list(CITATIONS)}
     return generate_readme(card, title)
 
@@ -234,7 +236,7 @@ def write_export(folder: Path, clip: LoadedCLIP, combiner: Combiner | None, card
 
 
 def export_model(pretrained: str, output_dir: Path, combiner_source: str | None = None, model_name: str | None = None,
-                 push_to_hub: str | None = None, private: bool = False, license: str = "other",
+                 push_to_hub: str | None = None, private: bool = False, license_name: str = "other",
                  overwrite: bool = False) -> Path:
     """Load the sources exactly as every command does, write the folder atomically, push if asked."""
     output_dir = Path(output_dir)
@@ -257,7 +259,7 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
             raise CIRError(f"Combiner {combiner_source} expects {combiner.dims['clip_feature_dim']}-d CLIP features, "
                            f"but {clip.describe()} gives {clip.embed_dim}-d")
     title = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
-    card = model_card(clip, clip_from, combiner, combiner_from, title, repo_id, license)
+    card = model_card(clip, clip_from, combiner, combiner_from, title, repo_id, license_name)
     combiner_metadata = _combiner_metadata(combiner, combiner_from) if combiner is not None else {}
     write_dir(output_dir, lambda tmp: write_export(tmp, clip, combiner, card, combiner_metadata))
     log.info("exported %s%s to %s", clip.describe(), f" + Combiner {combiner_source}" if combiner else "", output_dir)

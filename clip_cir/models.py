@@ -245,15 +245,15 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
         if isinstance(obj, dict) and "CLIP" in obj:
             # The published fine-tuned checkpoints are OpenAI CLIPs: QuickGELU, whatever the name says.
             config = {**open_clip.get_model_config(name), "quick_gelu": True} if name else None
-    if name is not None and not (config and name not in open_clip.list_models()):
+    # A registered name rebuilds from open_clip's config; `openai-inferred` and names open_clip does
+    # not know (a model first loaded from the Hub) rebuild from the config saved with the weights.
+    if name is not None and name != "openai-inferred" and (config is None or name in open_clip.list_models()):
         check_model_name(name)
         quick_gelu = (config or {}).get("quick_gelu", False)
         with _weights_loaded_after():
             model = open_clip.create_model(name, force_quick_gelu=quick_gelu)
         config = config or open_clip.get_model_config(name)
     else:
-        # No registered name (`openai-inferred`, or a model first loaded from the Hub): the
-        # architecture is the saved config.
         if config is None:
             if not is_openai_state_dict(state_dict):
                 raise CIRError(f"{path}: cannot infer the architecture from these weights; pass --model NAME")
@@ -314,7 +314,7 @@ def load_hub_clip(repo_id: str) -> LoadedCLIP:
     """
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    from clip_cir.checkpoints import read_safetensors  # local: checkpoints imports this module
+    from clip_cir.checkpoints import read_safetensors
 
     name = f"{HUB_PREFIX}{repo_id}"
     config_path = hub_file(repo_id, HF_CONFIG_NAME)
