@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+
 from clip_cir.checkpoints import read_safetensors_metadata, save_weights, write_dir, write_text
 from clip_cir.combiner import COMBINER_FILE, Combiner, load_combiner, resolve_combiner_checkpoint
 from clip_cir.errors import CIRError
@@ -223,7 +225,6 @@ def _combiner_metadata(combiner: Combiner, origin: Provenance) -> dict[str, Any]
 def write_export(folder: Path, clip: LoadedCLIP, combiner: Combiner | None, card: str,
                  combiner_metadata: Mapping[str, Any]) -> None:
     """Fill `folder` with open_clip's hub layout (its own config writer and file names)."""
-    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file
 
@@ -239,11 +240,16 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
                  push_to_hub: str | None = None, private: bool = False, license_name: str = "other",
                  overwrite: bool = False) -> Path:
     """Load the sources exactly as every command does, write the folder atomically, push if asked."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise CIRError(f"--output-dir {output_dir} is a file")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise CIRError(f"--output-dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise CIRError(f"--output-dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
+        if not (output_dir / HF_CONFIG_NAME).is_file():
+            # --overwrite deletes the old folder: only ever one that an export wrote.
+            raise CIRError(f"--output-dir {output_dir} is not an exported model (no {HF_CONFIG_NAME}); "
+                           f"refusing to replace it")
     if push_to_hub is not None and "/" not in push_to_hub.removeprefix(HUB_PREFIX):
         raise CIRError(f"--push-to-hub needs ORG/NAME (your user name or an organisation), got '{push_to_hub}'")
     repo_id = push_to_hub.removeprefix(HUB_PREFIX) if push_to_hub else None

@@ -236,15 +236,20 @@ def test_a_bad_export_source_gets_one_clear_line(case, hub, tiny_checkpoint, pub
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.*"))
 
 
-def test_export_never_replaces_a_folder_unasked(hub, cli, tmp_path, published):
+def test_export_replaces_only_an_earlier_export_and_only_when_asked(hub, cli, tmp_path, published):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):  # --overwrite never deletes a folder an export did not write
+        result = cli("export", "--pretrained", published["clip"], "--output-dir", mine, *extra)
+        assert result.code == 2 and len(result.error_lines) == 1 and (mine / "keep.txt").exists()
+    assert "--overwrite" in cli("export", "--pretrained", published["clip"], "--output-dir", hub["runs"]["folder"]).err
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    result = cli("export", "--pretrained", published["clip"], "--output-dir", out)
-    assert result.code == 2 and "--overwrite" in result.error_lines[0] and (out / "keep.txt").exists()
+    shutil.copytree(hub["runs"]["folder"], out)
     assert cli("export", "--pretrained", published["clip"], "--output-dir", out, "--overwrite").code == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json",
-                                                     "open_clip_model.safetensors"]
+                                                     "open_clip_model.safetensors"]  # the old Combiner is gone
+    assert json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"] == 64
 
 
 @pytest.mark.parametrize("option", ["--pretrained", "--combiner"])
