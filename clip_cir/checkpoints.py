@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -61,16 +62,43 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and our metadata ({} for safetensors files written by other tools)."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CIRError(f"{path}: not a readable safetensors file ({e})") from None
+    return tensors, read_safetensors_metadata(path)
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Our metadata from the file's header alone, without reading the weights."""
     from safetensors import safe_open
 
     try:
-        tensors = load_file(str(path), device="cpu")
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CIRError(f"{path}: not a readable safetensors file ({e})") from None
-    meta = json.loads(header[META_KEY]) if META_KEY in header else {}
-    return tensors, meta
+    return json.loads(header[META_KEY]) if META_KEY in header else {}
+
+
+def write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Call `fill(tmp_dir)`, then swap the finished folder in for `path`: a kill leaves the old
+    folder or the new one, never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_torch_state(path: str | os.PathLike, state: dict[str, Any]) -> None:

@@ -164,6 +164,18 @@ def cmd_score_circo(args: argparse.Namespace) -> None:
         read_submission(args.submission, word="query id", max_bytes=None), split, source=str(args.submission)))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from clip_cir.export import export_model
+
+    if not args.pretrained:
+        raise CIRError("--pretrained is required: the CLIP to export (a run directory, checkpoint file, "
+                       "tag with --model, or hf-hub:ORG/NAME)")
+    folder = export_model(args.pretrained, args.output_dir, combiner_source=args.combiner, model_name=args.model,
+                          push_to_hub=args.push_to_hub, private=args.private, license_name=args.license,
+                          overwrite=args.overwrite)
+    print(folder)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from clip_cir import synth
 
@@ -256,6 +268,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
     p.set_defaults(func=cmd_score_circo)
 
+    p = sub.add_parser("export", help="write a CLIP (+ Combiner) as a Hugging Face Hub repository in open_clip's format",
+                       description="Write --output-dir in open_clip's hub layout (open_clip_config.json, "
+                                   "open_clip_model.safetensors), the Combiner beside it (combiner.safetensors + "
+                                   "combiner.json) and a model card (README.md) with the runs' settings and "
+                                   "validation metrics. Plain open_clip loads the CLIP with "
+                                   "create_model_and_transforms('hf-hub:ORG/NAME'); every clip-cir command loads "
+                                   "both with --pretrained/--combiner hf-hub:ORG/NAME.")
+    opt.add_model_args(p)
+    group = p.add_argument_group("export")
+    opt.add_combiner_arg(group)
+    group.add_argument("--output-dir", type=Path, required=True, help="folder to write (written atomically)")
+    group.add_argument("--overwrite", action="store_true", help="replace --output-dir if it is not empty")
+    group.add_argument("--license", default="other",
+                       help="license in the model card's metadata (default: %(default)s; the base model's "
+                            "and the datasets' terms apply)")
+    hub = p.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                     help="then upload the folder to this model repository (ORG/NAME; needs `hf auth login` or "
+                          "HF_TOKEN, and the network)")
+    hub.add_argument("--private", action="store_true", help="create the repository as private")
+    p.set_defaults(func=cmd_export)
+
     from clip_cir.report import add_report_args
 
     p = sub.add_parser("report", help="PNG plots of a run: training loss, validation recalls, retrieval examples",
@@ -307,9 +341,7 @@ def _add_combining_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--combining", choices=("sum", "image"), default="sum",
                        help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
                             "image: the reference image alone, caption ignored (a baseline)")
-    group.add_argument("--combiner", type=Path, default=None,
-                       help="a Combiner checkpoint: our .safetensors, a stage-2 run directory, or a published "
-                            "{'Combiner': ...} file")
+    opt.add_combiner_arg(group)
 
 
 TRAINING_PROGRAMS = {

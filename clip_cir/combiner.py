@@ -74,9 +74,13 @@ def combiner_from_state_dict(state_dict: dict[str, torch.Tensor], source: str) -
     return combiner.eval()
 
 
+COMBINER_FILE = "combiner.safetensors"
+"""The Combiner's file in a checkpoint folder and in an exported (Hub) model folder."""
+
+
 def resolve_combiner_checkpoint(path: Path) -> Path:
     if path.is_dir():
-        for candidate in ("best/combiner.safetensors", "last/combiner.safetensors", "combiner.safetensors"):
+        for candidate in (f"best/{COMBINER_FILE}", f"last/{COMBINER_FILE}", COMBINER_FILE):
             if (path / candidate).is_file():
                 return path / candidate
         raise CIRError(f"{path}: directory holds no Combiner checkpoint (best/combiner.safetensors)")
@@ -86,11 +90,14 @@ def resolve_combiner_checkpoint(path: Path) -> Path:
 
 
 def load_combiner(path: str | Path) -> Combiner:
-    """Our safetensors Combiner, a stage-2 run directory, or a published `{"Combiner": ...}` file."""
+    """Our safetensors Combiner, a stage-2 run directory, a published `{"Combiner": ...}` file, or
+    `hf-hub:ORG/NAME` (a repository written by `clip-cir export`, through the HF cache)."""
     from clip_cir.checkpoints import read_safetensors
+    from clip_cir.hub import hub_file, hub_repo_id
     from clip_cir.models import read_torch_file
 
-    path = resolve_combiner_checkpoint(Path(path))
+    repo_id = hub_repo_id(str(path))
+    path = hub_file(repo_id, COMBINER_FILE) if repo_id else resolve_combiner_checkpoint(Path(path))
     if path.suffix == ".safetensors":
         state_dict, _ = read_safetensors(path)
     else:

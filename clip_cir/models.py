@@ -5,7 +5,8 @@
 - an OpenAI-format state dict, or a published fine-tuned `{"epoch": n, "CLIP": state_dict}`,
   whose architecture is inferred from the weights (no model name needed),
 - our own checkpoints (safetensors + JSON metadata, or a run directory),
-- the tiny configs shipped in `clip_cir/model_configs` for CPU runs and tests.
+- the tiny configs shipped in `clip_cir/model_configs` for CPU runs and tests,
+- a Hugging Face Hub repository in open_clip's layout (`hf-hub:ORG/NAME`, through the HF cache).
 
 Weights are loaded in float32 whatever they were saved in (float16 upcasts exactly), so a
 float32 fine-tuned checkpoint never passes through float16; mixed precision is Accelerate's job.
@@ -30,6 +31,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
+from clip_cir.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -79,7 +81,8 @@ class LoadedCLIP:
 
 class _NoRandomInitWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded")
+        message = record.getMessage()
+        return not (message.startswith("No pretrained weights loaded") or "initialized randomly" in message)
 
 
 @contextmanager
@@ -108,7 +111,8 @@ def check_model_name(name: str) -> None:
 
 
 def _tokenizer_for(model: CLIP, name: str | None) -> Callable:
-    if name is not None:
+    """open_clip's tokenizer for a registered name; CLIP's own BPE for architectures from a config."""
+    if name is not None and name in open_clip.list_models():
         return open_clip.get_tokenizer(name)
     return open_clip.SimpleTokenizer(context_length=model.context_length)
 
@@ -133,10 +137,10 @@ def uses_quick_gelu(model: torch.nn.Module) -> bool:
     return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
 
 
-def _finish(model: CLIP, name: str, source: str, config: dict) -> LoadedCLIP:
+def _finish(model: CLIP, name: str, source: str, config: dict, tokenizer: Callable | None = None) -> LoadedCLIP:
     model = model.float().eval()
     config = {**config, "quick_gelu": uses_quick_gelu(model)}
-    return LoadedCLIP(model=model, tokenizer=_tokenizer_for(model, None if name == "openai-inferred" else name),
+    return LoadedCLIP(model=model, tokenizer=tokenizer or _tokenizer_for(model, name),
                       model_name=name, source=source, clip_preprocess=_preprocess_for(model), config=config)
 
 
@@ -248,7 +252,9 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
         if isinstance(obj, dict) and "CLIP" in obj:
             # The published fine-tuned checkpoints are OpenAI CLIPs: QuickGELU, whatever the name says.
             config = {**open_clip.get_model_config(name), "quick_gelu": True} if name else None
-    if name is not None and name != "openai-inferred":
+    # A registered name rebuilds from open_clip's config; `openai-inferred` and names open_clip does
+    # not know (a model first loaded from the Hub) rebuild from the config saved with the weights.
+    if name is not None and name != "openai-inferred" and (config is None or name in open_clip.list_models()):
         check_model_name(name)
         quick_gelu = (config or {}).get("quick_gelu", False)
         with _quiet_random_init():
@@ -270,8 +276,16 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
 def load_clip(model_name: str | None = None, pretrained: str | None = None) -> LoadedCLIP:
     """Load a CLIP from a name and/or a pretrained tag, checkpoint file or run directory.
 
-    With neither, the method's reference backbone (RN50x4, OpenAI weights) is used.
+    With neither, the method's reference backbone (RN50x4, OpenAI weights) is used. An
+    `hf-hub:ORG/NAME` in either argument is a Hub repository in open_clip's layout.
     """
+    repo_id = hub_repo_id(pretrained) or hub_repo_id(model_name)
+    if repo_id is not None:
+        other = model_name if hub_repo_id(pretrained) else pretrained
+        if other is not None and hub_repo_id(other) != repo_id:
+            logging.getLogger("clip_cir").warning("'%s' ignored: %s%s defines the architecture and the weights",
+                                                  other, HUB_PREFIX, repo_id)
+        return load_hub_clip(repo_id)
     if pretrained is not None and (os.path.sep in pretrained or Path(pretrained).exists()
                                    or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         path = Path(pretrained)
@@ -298,6 +312,41 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None) -> L
     if pretrained is None:
         logging.getLogger("clip_cir").info("%s: random initialisation (no pretrained weights)", model_name)
     return _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
+
+
+def load_hub_clip(repo_id: str) -> LoadedCLIP:
+    """A CLIP from a Hub repository in open_clip's layout, as plain open_clip builds it.
+
+    The architecture and preprocessing come from `open_clip_config.json` through open_clip's own
+    factory (any model class it knows); the weights are read by our safe readers and must fit
+    exactly — open_clip itself would fall back to random weights with only a warning. Files come
+    from huggingface_hub's cache, so a repository downloaded once works offline.
+    """
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    from clip_cir.checkpoints import read_safetensors
+
+    name = f"{HUB_PREFIX}{repo_id}"
+    config_path = hub_file(repo_id, HF_CONFIG_NAME)
+    weights_path = hub_file(repo_id, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))["model_cfg"]
+        folder = f"local-dir:{config_path.parent}"
+        with _quiet_random_init():
+            # pretrained_text=False: never fetch a text tower's base weights; ours come next.
+            model = open_clip.create_model(folder, load_weights=False, pretrained_text=False)
+        tokenizer = open_clip.get_tokenizer(folder)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise CIRError(f"{name}: {HF_CONFIG_NAME} does not describe an open_clip model ({type(e).__name__}: {reason})") \
+            from None
+    if weights_path.suffix == ".safetensors":
+        state_dict = read_safetensors(weights_path)[0]
+    else:
+        state_dict = _unwrap_checkpoint(read_torch_file(weights_path), weights_path)
+    _load_state(model, state_dict, name)
+    revision = snapshot_revision(weights_path)
+    return _finish(model, name, f"{name}@{revision}" if revision else name, config, tokenizer)
 
 
 def tower_fingerprint(model: torch.nn.Module, tower: str) -> str:

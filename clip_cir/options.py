@@ -80,8 +80,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             f"(default with neither: {DEFAULT_MODEL} with '{DEFAULT_PRETRAINED}' weights)")
     group.add_argument("--pretrained", default=None,
                        help="open_clip pretrained tag (e.g. openai), a checkpoint file (open_clip, OpenAI-format, "
-                            "published {'CLIP': ...}, our .safetensors) or a run directory; omit for random init "
-                            "with --model")
+                            "published {'CLIP': ...}, our .safetensors), a run directory, or a Hugging Face Hub "
+                            "repository in open_clip's format (hf-hub:ORG/NAME); omit for random init with --model")
+
+
+def add_combiner_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--combiner", default=None,
+                        help="a Combiner checkpoint: our .safetensors, a stage-2 run directory, a published "
+                             "{'Combiner': ...} file, or hf-hub:ORG/NAME (a repository written by clip-cir export)")
 
 
 def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,8 +41,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from clip_cir import features
-from clip_cir.checkpoints import (load_torch_state, read_safetensors, save_torch_state, save_weights, write_json,
-                                  write_text)
+from clip_cir.checkpoints import (load_torch_state, read_safetensors, save_torch_state, save_weights, write_dir,
+                                  write_json, write_text)
 from clip_cir.data.images import ImageCheck
 from clip_cir.errors import CIRError
 from clip_cir.tracking import TRACKERS, flat_config, tracker_setup
@@ -257,19 +256,12 @@ class Run:
 def save_checkpoint_dir(path: Path, modules: Mapping[str, tuple[nn.Module, dict]],
                         state: dict[str, Any] | None = None) -> None:
     """Write a whole checkpoint folder, then swap it in: a kill leaves the old one or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, (module, metadata) in modules.items():
-        save_weights(tmp / f"{name}.safetensors", module.state_dict(), metadata)
-    if state is not None:
-        save_torch_state(tmp / "training_state.pt", state)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(tmp: Path) -> None:
+        for name, (module, metadata) in modules.items():
+            save_weights(tmp / f"{name}.safetensors", module.state_dict(), metadata)
+        if state is not None:
+            save_torch_state(tmp / "training_state.pt", state)
+    write_dir(path, fill)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

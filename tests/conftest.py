@@ -6,7 +6,11 @@
 - ``data_copy``: a private, writable copy of (part of) it, for tests that corrupt files.
 - ``make_tiny_clip`` / ``tiny_clip`` / ``tiny_checkpoint``: deterministic tiny CLIPs and a
   published-format checkpoint, for tests that need fixed weights across several commands.
+- ``tiny_runs``: a real 1-epoch stage-1 run and a 2-epoch stage-2 run on it (session-wide).
 - ``cli``: run ``clip-cir`` in-process and get exit code, stdout and stderr back.
+- huggingface_hub (and open_clip through it) sees a session temp dir as its home and cache, no
+  token, and ``HF_HUB_OFFLINE=1`` (set at import, inherited by subprocesses): no test reads the
+  user's Hugging Face cache or token, or reaches the network.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import pytest
 # Before anything imports clip_cir: no test may touch ~/.cache/clip_cir.
 _CACHE_ROOT = tempfile.mkdtemp(prefix="clip_cir_test_cache_")
 os.environ["CLIP_CIR_CACHE"] = _CACHE_ROOT
+# Before anything imports huggingface_hub (it reads these once, at import).
+_HF_HOME = tempfile.mkdtemp(prefix="clip_cir_test_hf_")
+os.environ.update(HF_HOME=_HF_HOME, HF_HUB_CACHE=os.path.join(_HF_HOME, "hub"), HF_HUB_OFFLINE="1")
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_ENDPOINT"):
+    os.environ.pop(_var, None)
 
 SYNTH_ARGS = dict(n_train=120, n_val=60, n_test=60, size=64, seed=0, n_circo=20, circo_distractors=60)
 """Arguments `synth_root` was generated with (tests may rely on the resulting counts)."""
@@ -29,6 +38,7 @@ SYNTH_ARGS = dict(n_train=120, n_val=60, n_test=60, size=64, seed=0, n_circo=20,
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +113,22 @@ def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny_clip.pt"
     torch.save({"epoch": 0, "CLIP": tiny_clip.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(synth_root, tmp_path_factory) -> dict[str, Path]:
+    """A 1-epoch stage-1 CIRR run (``cir-tiny-vit``, text encoder) and a 2-epoch stage-2 run on its
+    CLIP, as users make them: ``{"stage1": RUN_DIR, "stage2": RUN_DIR}``. Shared: never write into them."""
+    from clip_cir.cli import main
+
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--dataset", "cirr", "--data-root", str(synth_root), "--output-dir", str(out),
+              "--num-workers", "0", "--no-progress"]
+    main(["finetune", *common, "--model", "cir-tiny-vit", "--epochs", "1", "--batch-size", "32", "--lr", "1e-4",
+          "--experiment-name", "s1"])
+    main(["train-combiner", *common, "--pretrained", str(out / "s1"), "--epochs", "2", "--batch-size", "64",
+          "--lr", "1e-3", "--experiment-name", "s2"])
+    return {"stage1": out / "s1", "stage2": out / "s2"}
 
 
 @dataclass

@@ -15,18 +15,8 @@ from clip_cir.errors import CIRError
 
 
 @pytest.fixture(scope="module")
-def runs(synth_root, tmp_path_factory) -> dict[str, Path]:
-    """A 1-epoch stage-1 CIRR run and a 2-epoch stage-2 run on its CLIP, as users make them."""
-    from clip_cir.cli import main
-
-    out = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "cirr", "--data-root", str(synth_root), "--output-dir", str(out),
-              "--num-workers", "0", "--no-progress"]
-    main(["finetune", *common, "--model", "cir-tiny-vit", "--epochs", "1", "--batch-size", "32", "--lr", "1e-4",
-          "--experiment-name", "s1"])
-    main(["train-combiner", *common, "--pretrained", str(out / "s1"), "--epochs", "2", "--batch-size", "64",
-          "--lr", "1e-3", "--experiment-name", "s2"])
-    return {"stage1": out / "s1", "stage2": out / "s2"}
+def runs(tiny_runs) -> dict[str, Path]:
+    return tiny_runs
 
 
 def check_png(path: Path, min_size: tuple[int, int] = (400, 300)) -> Image.Image:
