@@ -5,16 +5,17 @@ A run directory looks like:
 
     RUN/config.json               resolved arguments
     RUN/log.txt                   everything the run printed
-    RUN/train_metrics.csv         one row per epoch (loss, time, CLIP encodes so far)
+    RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
+    RUN/train_steps.csv           one row per optimizer step (learning rate, the main process's loss)
     RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
     RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
     RUN/last/                     weights + optimizer + RNG state to resume from (written at each
                                   validation and after the last epoch)
     RUN/comet/                    offline comet_ml archive when tracking without an API key
 
-Resuming restores weights, optimizer, RNG and epoch from `last/`; batch order and caption
-choices depend only on (seed, epoch), so a resumed run ends with the same weights as an
-uninterrupted one.
+Resuming restores weights, optimizer, RNG, epoch and step count from `last/`; batch order and
+caption choices depend only on (seed, epoch) and the learning rate only on the step count, so a
+resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -59,6 +60,12 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                        help="GLOBAL batch size, split across processes (default: %(default)s)")
     group.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
     group.add_argument("--weight-decay", type=float, default=weight_decay, help="weight decay (default: %(default)s)")
+    group.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default="const",
+                       help="learning-rate schedule over all optimizer steps, as open_clip's: 'const' keeps --lr, "
+                            "'cosine' decays it to 0 by the last step (default: %(default)s, as the published recipe)")
+    group.add_argument("--warmup", type=int, default=0, metavar="STEPS",
+                       help="linear warmup over the first STEPS optimizer steps, open_clip's (step + 1) / STEPS * "
+                            "--lr, before either schedule (default: %(default)s)")
     group.add_argument("--validation-frequency", type=int, default=validation_frequency,
                        help="validate every N epochs, and always after the last (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -141,8 +148,52 @@ def check_training_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "lr", "validation_frequency"):
         if getattr(args, name) <= 0:
             raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.weight_decay < 0 or (args.num_workers is not None and args.num_workers < 0):
-        raise CIRError("--weight-decay and --num-workers must not be negative")
+    if args.weight_decay < 0 or (args.num_workers is not None and args.num_workers < 0) or args.warmup < 0:
+        raise CIRError("--weight-decay, --num-workers and --warmup must not be negative")
+
+
+LR_SCHEDULERS = ("const", "cosine")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """open_clip's `const_lr` / `cosine_lr` (open_clip_train/scheduler.py): the learning rate is a
+    pure function of the optimizer-step count, set on every parameter group before each step.
+
+    Because it depends on nothing but the step, resuming needs only the step count, and a resumed
+    run sets exactly the learning rates an uninterrupted one does. `const` with no warmup sets
+    `base_lr` (the optimizer's own learning rate) every step: training is unchanged by it.
+    """
+
+    kind: str
+    base_lr: float
+    warmup: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:  # open_clip's _warmup_lr
+            return self.base_lr * (step + 1) / self.warmup
+        if self.kind == "const":
+            return self.base_lr
+        if self.kind == "cosine":  # step < total_steps, so the denominator is positive here
+            e, es = step - self.warmup, self.total_steps - self.warmup
+            return 0.5 * (1 + math.cos(math.pi * e / es)) * self.base_lr
+        raise ValueError(f"unknown learning-rate schedule {self.kind!r}")
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LRSchedule":
+        schedule = cls(kind=args.lr_scheduler, base_lr=args.lr, warmup=args.warmup,
+                       total_steps=args.epochs * steps_per_epoch)
+        if schedule.warmup >= schedule.total_steps and schedule.warmup:
+            log.warning("--warmup %d covers all %d optimizer steps: the learning rate never reaches --lr",
+                        schedule.warmup, schedule.total_steps)
+        return schedule
 
 
 def seed_everything(seed: int) -> None:
@@ -230,23 +281,26 @@ class Run:
             if (path / "config.json").exists() and getattr(args, "resume", None):
                 config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
             else:  # a fresh start (maybe after one that failed before its first checkpoint)
-                for name in ("train_metrics.csv", "validation_metrics.csv"):
+                for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
                     (path / name).unlink(missing_ok=True)
             write_json(path / "config.json", config)
         return run
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
-        if not self.is_main:
+        self.append_rows(name, [row])
+
+    def append_rows(self, name: str, rows: list[Mapping[str, Any]]) -> None:
+        if not self.is_main or not rows:
             return
         path = self.path / name
-        frame = pd.DataFrame([dict(row)])
+        frame = pd.DataFrame([dict(row) for row in rows])
         frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
     def truncate_csvs(self, last_epoch: int) -> None:
         """Drop rows of epochs after the resumed checkpoint: they will be run again."""
         if not self.is_main:
             return
-        for name in ("train_metrics.csv", "validation_metrics.csv"):
+        for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
             path = self.path / name
             if path.exists():
                 frame = pd.read_csv(path)
@@ -320,8 +374,10 @@ class Loop:
     selection: Selection = field(default_factory=Selection)
 
 
-def resume_state(accelerator, run: Run, loop: Loop) -> int:
-    """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at."""
+def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str, Any] | None]:
+    """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at,
+    the optimizer steps already taken (what the learning-rate schedule continues from) and the
+    schedule the run was saved with (None for states saved before schedules existed)."""
     checkpoint = last_checkpoint(run.path)
     if checkpoint is None:
         raise CIRError(f"{run.path}: no saved state to resume from (last/training_state.pt)")
@@ -338,15 +394,25 @@ def resume_state(accelerator, run: Run, loop: Loop) -> int:
                     accelerator.num_processes, len(rngs))
     set_rng_state(rngs[min(accelerator.process_index, len(rngs) - 1)])
     loop.selection.best = dict(state["best"])
-    run.truncate_csvs(state["epoch"])
-    log.info("resuming %s after epoch %d", run.path, state["epoch"])
-    return int(state["epoch"])
+    epoch = int(state["epoch"])
+    step = int(state.get("step", epoch * len(loop.loader)))  # states saved before schedules: every epoch full
+    if step != epoch * len(loop.loader):
+        log.warning("the run took %d optimizer steps in %d epochs, but an epoch now has %d: the training data "
+                    "changed; the learning-rate schedule continues from step %d", step, epoch, len(loop.loader),
+                    step)
+    run.truncate_csvs(epoch)
+    log.info("resuming %s after epoch %d (optimizer step %d)", run.path, epoch, step)
+    return epoch, step, state.get("lr_schedule")
 
 
-def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: int,
-        start_epoch: int = 0, progress: bool = True) -> dict[str, float]:
-    """The training loop shared by every stage. Returns the last validation metrics."""
+def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: int, schedule: LRSchedule,
+        start_epoch: int = 0, start_step: int = 0, progress: bool = True) -> dict[str, float]:
+    """The training loop shared by every stage. Returns the last validation metrics.
+
+    `schedule` sets the learning rate before every optimizer step from the number of steps taken
+    (`start_step` in a resumed run), as open_clip does."""
     metrics: dict[str, float] = {}
+    step = start_step
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         # Through the prepared loader: Accelerate otherwise re-sets the sampler's epoch from its own
@@ -354,9 +420,11 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
         loop.loader.set_epoch(epoch)
         loop.train_mode()
         total, steps = torch.zeros((), device=accelerator.device), 0
+        step_rows: list[dict[str, Any]] = []
         bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                    disable=None if progress and accelerator.is_main_process else True)
         for batch in bar:
+            lr = schedule.apply(loop.optimizer, step)
             with accelerator.autocast():
                 loss = loop.compute_loss(batch)
             accelerator.backward(loss)
@@ -364,13 +432,18 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
             loop.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
             steps += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            step += 1
+            loss_value = loss.item()
+            step_rows.append({"step": step, "epoch": epoch + 1, "lr": lr, "loss": loss_value})
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         mean_loss = accelerator.reduce(total, reduction="mean").item() / max(steps, 1)
+        # `lr`: the learning rate of the epoch's last step (every step's is in train_steps.csv).
         row = {"epoch": epoch + 1, "steps": steps, "train_loss": mean_loss,
                "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                "clip_images_encoded": features.encode_counts["image"],
                "clip_texts_encoded": features.encode_counts["text"]}
-        log.info("epoch %d/%d: loss %.4f (%d steps, %.1fs)", epoch + 1, epochs, mean_loss, steps, row["seconds"])
+        log.info("epoch %d/%d: loss %.4f (%d steps, lr %.3g, %.1fs)", epoch + 1, epochs, mean_loss, steps,
+                 row["lr"], row["seconds"])
         validate_now = (epoch + 1) % validation_frequency == 0 or epoch + 1 == epochs
         if validate_now and accelerator.is_main_process:
             metrics = loop.validate(epoch)
@@ -384,12 +457,13 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
         row["clip_images_encoded"] = features.encode_counts["image"]
         row["clip_texts_encoded"] = features.encode_counts["text"]
         run.append_csv("train_metrics.csv", row)
-        accelerator.log({"train/loss": mean_loss}, step=epoch + 1)
+        run.append_rows("train_steps.csv", step_rows)
+        accelerator.log({"train/loss": mean_loss, "train/lr": row["lr"]}, step=epoch + 1)
         if validate_now:  # `last/` goes with each validation: a Combiner epoch can cost less than its write
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             if accelerator.is_main_process:
-                state = {"epoch": epoch + 1, "optimizer": loop.optimizer.state_dict(), "rng": rngs,
-                         "best": dict(loop.selection.best)}
+                state = {"epoch": epoch + 1, "step": step, "lr_schedule": asdict(schedule),
+                         "optimizer": loop.optimizer.state_dict(), "rng": rngs, "best": dict(loop.selection.best)}
                 if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
                     state["scaler"] = accelerator.scaler.state_dict()
                 save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
@@ -444,14 +518,20 @@ def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **
 
 def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress: bool) -> dict[str, float]:
     """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
+    schedule = LRSchedule.from_args(args, steps_per_epoch=len(loop.loader))
     if args.resume:
-        start_epoch = resume_state(accelerator, run, loop)
+        start_epoch, start_step, saved = resume_state(accelerator, run, loop)
+        if schedule.kind == "cosine" and saved is not None and saved["total_steps"] != schedule.total_steps:
+            log.warning("--epochs %d moves the cosine schedule's end from step %d to %d: from step %d on the "
+                        "learning rates differ from those the run was started with", args.epochs,
+                        saved["total_steps"], schedule.total_steps, start_step)
     else:
         # From here on the random stream (dropout) depends only on the seed and the rank: not on
         # what loading, caching or encoding did before.
         seed_everything(args.seed + accelerator.process_index)
-        start_epoch = 0
-    metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, start_epoch, progress)
+        start_epoch = start_step = 0
+    metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, schedule, start_epoch,
+                  start_step, progress)
     accelerator.end_training()
     if accelerator.is_main_process:
         best = ", ".join(f"{k} {v:.4g}" for k, v in loop.selection.best.items())

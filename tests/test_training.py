@@ -140,8 +140,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     assert total.sqrt().item() < 0.01
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):
-    args = ["--encoder", "text", "--epochs", "3", "--batch-size", "8", "--seed", "3"]
+@pytest.mark.parametrize("schedule", [[], ["--lr-scheduler", "cosine", "--warmup", "20"]],
+                         ids=["const", "cosine-warmup"])
+def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path, schedule):
+    """15 steps an epoch: the cosine run is killed in epoch 2, inside its 20-step warmup, and must
+    continue the schedule from step 15, not restart it."""
+    args = ["--encoder", "text", "--epochs", "3", "--batch-size", "8", "--seed", "3", *schedule]
     _launch(stage1_args(synth_root, tmp_path, "straight", *args), processes=1)
 
     cmd = [sys.executable, str(REPO / "stage1" / "finetune.py"), *stage1_args(synth_root, tmp_path, "killed", *args)]
@@ -165,6 +169,38 @@ def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path):
     b = pd.read_csv(tmp_path / "killed" / "train_metrics.csv")
     assert list(b["epoch"]) == [1, 2, 3]
     assert list(b["train_loss"]) == pytest.approx(list(a["train_loss"]), rel=1e-5)
+    a_steps = pd.read_csv(tmp_path / "straight" / "train_steps.csv")
+    b_steps = pd.read_csv(tmp_path / "killed" / "train_steps.csv")
+    assert list(b_steps["step"]) == list(range(1, 46))  # epoch 2's rows from before the kill are gone
+    assert list(b_steps["lr"]) == list(a_steps["lr"])  # the very same learning rate at every step
+    # Warmup's last step (step + 1) / 20 * lr and cosine's first both set lr itself: 44 distinct values.
+    assert len(set(a_steps["lr"])) == (1 if not schedule else 44)
+
+
+def _open_clip_lrs(kind: str, base_lr: float, warmup: int, steps: int) -> list[float]:
+    """The learning rates open_clip's own scheduler sets at steps 0 .. steps-1."""
+    scheduler = pytest.importorskip("open_clip_train.scheduler")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    adjust = {"const": scheduler.const_lr, "cosine": scheduler.cosine_lr}[kind](optimizer, base_lr, warmup, steps)
+    return [adjust(step) for step in range(steps)]
+
+
+@pytest.mark.parametrize("kind", ["cosine", "const"])
+def test_learning_rate_per_step_follows_open_clip(synth_root, tmp_path, kind):
+    """120 triplets at batch 32: 3 steps an epoch, 12 in all, the first 5 warming up."""
+    from clip_cir import train_combiner
+
+    train_combiner.main(stage2_args(synth_root, tmp_path, kind, "--epochs", "4", "--validation-frequency", "4",
+                                    "--lr-scheduler", kind, "--warmup", "5"))
+    steps = pd.read_csv(tmp_path / kind / "train_steps.csv")
+    expected = _open_clip_lrs(kind, 1e-3, 5, 12)
+    assert list(steps["step"]) == list(range(1, 13)) and list(steps["epoch"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert list(steps["lr"]) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert expected[0] == pytest.approx(1e-3 / 5) and expected[5] == pytest.approx(1e-3)
+    epochs = pd.read_csv(tmp_path / kind / "train_metrics.csv")
+    assert list(epochs["lr"]) == pytest.approx(expected[2::3], rel=1e-12, abs=0)  # each epoch's last step
+    config = json.loads((tmp_path / kind / "config.json").read_text())
+    assert (config["lr_scheduler"], config["warmup"]) == (kind, 5)
 
 
 def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_path, monkeypatch):
