@@ -23,8 +23,8 @@ from clip_cir.evaluation import EncodeOptions, encode_captions, encode_image_fil
 from clip_cir.combiner import element_wise_sum
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
-from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
-                               program_main, report_skipped_images, seed_everything, start_run, train)
+from clip_cir.training import (EpochSampler, Loop, add_accum_arg, add_training_args, check_training_args,
+                               clip_metadata, program_main, report_skipped_images, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 ENCODERS = ("text", "image", "both")
@@ -46,6 +46,7 @@ def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
                              "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
     add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
                       name="stage1")
+    add_accum_arg(parser.add_argument_group("memory"))
     return parser
 
 
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                   betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
-    def compute_loss(batch: dict) -> torch.Tensor:
+    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
         tokens = clip.tokenize(batch["caption"]).to(device) if train_text else None
         images = transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]])) if train_image else None
         encoded_images, encoded_text = encoder(images=images, tokens=tokens)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         else:
             reference, target = image_features[batch["reference"]], image_features[batch["target"]]
         text = encoded_text if train_text else text_features[text_offsets[batch["query"]] + batch["form"]]
-        return batch_contrastive_loss(element_wise_sum(reference, text), F.normalize(target, dim=-1))
+        return element_wise_sum(reference, text), F.normalize(target, dim=-1)
 
     def train_mode() -> None:
         # As the published code: the whole CLIP stays in eval mode while its parameters train, so a
@@ -129,8 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     def saved_modules(epoch: int, metrics: dict) -> dict:
         return {"clip": (model, clip_metadata(clip, "stage1", epoch, metrics, encoder=args.encoder))}
 
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, compute_loss=compute_loss,
-                validate=validate, saved_modules=saved_modules, train_mode=train_mode)
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, forward=forward,
+                loss=lambda features: batch_contrastive_loss(*features), validate=validate,
+                saved_modules=saved_modules, train_mode=train_mode, accum_steps=args.accum_steps)
     return train(accelerator, run_dir, loop, args, progress)
 
 

@@ -23,12 +23,26 @@ from clip_cir import options as opt
 from clip_cir.composition import ClipEncoder
 from clip_cir.data.io import load_image
 from clip_cir.errors import CIRError
-from clip_cir.training import (EpochSampler, Loop, add_training_args, check_training_args, clip_metadata,
-                               program_main, report_skipped_images, seed_everything, start_run, train)
+from clip_cir.training import (EpochSampler, Loop, add_accum_arg, add_training_args, check_training_args,
+                               clip_metadata, program_main, report_skipped_images, seed_everything, start_run, train)
 from clip_cir.pixels import PixelArray
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
+
+
+class ImageCaptionEncoder(ClipEncoder):
+    """Normalised image and caption features plus the learnt temperature, one row per pair.
+
+    The temperature is a trained parameter: computed inside the (DDP-wrapped) forward, DDP sees it
+    used, and as per-example rows it travels through gradient accumulation like any feature
+    (the loss reads row 0, so its gradient enters once)."""
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image_features, text_features = super().forward(images=images, tokens=tokens)
+        scale = self.clip.logit_scale.exp().clamp(max=100)
+        return (F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1),
+                scale.expand(image_features.shape[0]))
 
 
 def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str) -> list[tuple[Path, str]]:
@@ -90,6 +104,7 @@ def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
     opt.add_transform_args(parser)
     add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
                       name="pretrain")
+    add_accum_arg(parser.add_argument_group("memory"))
     return parser
 
 
@@ -138,31 +153,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                             num_workers=0 if pixels["held-out"] else workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
                                   weight_decay=args.weight_decay)
-    encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
+    encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
     loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
                                  world_size=accelerator.num_processes)
     local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
-    def contrastive_loss(images, captions, forward, loss=loss_fn) -> torch.Tensor:
-        image_features, text_features = forward(images=transform.normalize(images.to(device)),
-                                                tokens=clip.tokenize(captions).to(device))
-        scale = model.logit_scale.exp().clamp(max=100)
-        return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), scale)
+    def forward(batch: dict, module=encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return module(images=transform.normalize(batch["image"].to(device)),
+                      tokens=clip.tokenize(batch["caption"]).to(device))
+
+    def contrastive_loss(features, loss=loss_fn) -> torch.Tensor:
+        image_features, text_features, scale = features
+        return loss(image_features, text_features, scale[0])
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
         model.eval()
-        losses = [contrastive_loss(b["image"], b["caption"], ClipEncoder(model), local_loss_fn).item()
-                  for b in val_loader]
+        local = ImageCaptionEncoder(model)
+        losses = [contrastive_loss(forward(b, local), local_loss_fn).item() for b in val_loader]
         val_loss = sum(losses) / len(losses)
         return {"val_loss": val_loss, "score": -val_loss}
 
     def saved_modules(epoch: int, metrics: dict) -> dict:
         return {"clip": (model, clip_metadata(clip, "pretrain", epoch, metrics))}
 
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader,
-                compute_loss=lambda b: contrastive_loss(b["image"], b["caption"], encoder),
-                validate=validate, saved_modules=saved_modules, train_mode=model.train)
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, forward=forward, loss=contrastive_loss,
+                validate=validate, saved_modules=saved_modules, train_mode=model.train, accum_steps=args.accum_steps)
     before = validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
     if before is not None:
         log.info("held-out contrastive loss before training: %.4f", before)

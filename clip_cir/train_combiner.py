@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     prepared, optimizer = accelerator.prepare(combiner, optimizer)
 
-    def compute_loss(batch: dict) -> torch.Tensor:
+    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combined query, normalised target) per triplet."""
         reference = image_features[batch["reference"]]
         text = text_features[offsets[batch["query"]] + batch["form"]]
-        target = F.normalize(image_features[batch["target"]], dim=-1)
-        return batch_contrastive_loss(prepared(reference, text), target)
+        return prepared(reference, text), F.normalize(image_features[batch["target"]], dim=-1)
 
     def validate(epoch: int) -> dict[str, float]:
         combiner.eval()
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         return {"combiner": (combiner, meta)}
 
-    loop = Loop(model=prepared, optimizer=optimizer, loader=batches, compute_loss=compute_loss,
+    loop = Loop(model=prepared, optimizer=optimizer, loader=batches, forward=forward,
+                loss=lambda features: batch_contrastive_loss(*features),
                 validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
                 selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
     return train(accelerator, run_dir, loop, args, progress)

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from clip_cir import features
+from clip_cir.accumulation import training_step
 from clip_cir.checkpoints import (load_torch_state, read_safetensors, save_torch_state, save_weights, write_dir,
                                   write_json, write_text)
 from clip_cir.data.images import ImageCheck
@@ -95,6 +96,25 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     add_pixel_cache_args(cache)
 
 
+def add_accum_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accum-steps", type=int, default=1, metavar="K",
+                        help="split each batch into K micro-batches: features of all K without gradients, the "
+                             "contrastive loss over the whole batch, then each micro-batch again with gradients. "
+                             "The gradient is the whole batch's; memory is a micro-batch's (open_clip's "
+                             "--accum-freq; default: %(default)s)")
+
+
+def check_accum_steps(args: argparse.Namespace, num_processes: int) -> None:
+    """Every process's share of the batch must split into K equal micro-batches."""
+    if args.accum_steps <= 0:
+        raise CIRError(f"--accum-steps must be positive, got {args.accum_steps}")
+    local = args.batch_size // num_processes
+    if args.batch_size % num_processes or local % args.accum_steps:
+        raise CIRError(f"--batch-size {args.batch_size} over {num_processes} process(es) does not split into "
+                       f"--accum-steps {args.accum_steps} equal micro-batches; pick a batch size divisible by "
+                       f"{num_processes * args.accum_steps}")
+
+
 def portable_config(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as JSON, with local paths made absolute so the config means the same from
     any working directory (a later stage or report reads it)."""
@@ -106,7 +126,7 @@ def portable_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache", "pixel_cache",
-                      "pixel_cache_dir")
+                      "pixel_cache_dir", "accum_steps")
 """What a resumed run may change: how long and how it runs, not what it trains."""
 
 
@@ -148,6 +168,8 @@ def check_training_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "lr", "validation_frequency"):
         if getattr(args, name) <= 0:
             raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if hasattr(args, "accum_steps"):
+        check_accum_steps(args, 1)  # before any work; start_run checks again with the process count
     if args.weight_decay < 0 or (args.num_workers is not None and args.num_workers < 0) or args.warmup < 0:
         raise CIRError("--weight-decay, --num-workers and --warmup must not be negative")
 
@@ -365,13 +387,22 @@ class Loop:
     loader: Any
     """Iterable of batches with `set_epoch(epoch)`: a DataLoader prepared by Accelerate over an
     `EpochSampler`, or stage 2's `FeatureBatches`."""
-    compute_loss: Callable[[Any], torch.Tensor]
+    forward: Callable[[Any], Sequence[torch.Tensor]]
+    """batch -> per-example features (the part with the trained parameters; see accumulation)."""
+    loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    """The whole local batch's features -> the loss."""
     validate: Callable[[int], dict[str, float]]
     saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]
     """(epoch, metrics) -> {name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
     train_mode: Callable[[], None]
     """Put trainable parts in train mode and frozen parts in eval mode."""
     selection: Selection = field(default_factory=Selection)
+    accum_steps: int = 1
+    """Micro-batches per optimizer step (exact large-batch contrastive training)."""
+
+    def compute_loss(self, batch: Any) -> torch.Tensor:
+        """The loss of one batch in one piece, without gradients' bookkeeping (tests, benchmarks)."""
+        return self.loss(self.forward(batch))
 
 
 def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str, Any] | None]:
@@ -425,9 +456,7 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
                    disable=None if progress and accelerator.is_main_process else True)
         for batch in bar:
             lr = schedule.apply(loop.optimizer, step)
-            with accelerator.autocast():
-                loss = loop.compute_loss(batch)
-            accelerator.backward(loss)
+            loss = training_step(accelerator, loop.model, loop.forward, loop.loss, batch, loop.accum_steps)
             loop.optimizer.step()
             loop.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
@@ -482,6 +511,8 @@ def start_run(args: argparse.Namespace, prefix: str):
     if args.batch_size % accelerator.num_processes:
         raise CIRError(f"--batch-size {args.batch_size} (global) must be divisible by the "
                        f"{accelerator.num_processes} processes")
+    if hasattr(args, "accum_steps"):
+        check_accum_steps(args, accelerator.num_processes)
     if not getattr(args, "run_dir", None):
         name = [args.experiment_name or f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
         if accelerator.num_processes > 1:
