@@ -9,62 +9,10 @@ import sys
 from pathlib import Path
 
 from clip_cir import options as opt
+from clip_cir.commands import add_combining_args, prepare
 from clip_cir.errors import CIRError
 
 log = logging.getLogger("clip_cir")
-
-
-def _accelerator(args: argparse.Namespace):
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
-
-
-def _encode_options(args: argparse.Namespace, clip, accelerator):
-    from clip_cir.evaluation import EncodeOptions
-
-    return EncodeOptions.for_accelerator(accelerator, opt.transform_for(clip, args.transform, args.target_ratio),
-                                         opt.feature_cache(args), batch_size=args.batch_size,
-                                         num_workers=opt.num_workers(args, accelerator.device.type == "cuda"),
-                                         pixel_cache=opt.pixel_cache(args, repeated=False))
-
-
-def _combining(args: argparse.Namespace):
-    """The element-wise sum, or a Combiner checkpoint (ours or published)."""
-    from clip_cir.combiner import element_wise_sum, load_combiner
-    from clip_cir.evaluation import image_only
-
-    if getattr(args, "combiner", None):
-        return load_combiner(args.combiner), f"combiner {args.combiner}"
-    if args.combining == "image":
-        return image_only, "image only (caption ignored)"
-    return element_wise_sum, "element-wise sum"
-
-
-def _prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False):
-    """Everything before encoding, validated before any work: data, model, combining function."""
-    opt.check_positive(args, ["batch_size", "target_ratio"])
-    images = opt.image_check(args)
-    splits = opt.load_data(args, split, images)
-    args.skipped_images = len(images.skipped)
-    if images.skipped:
-        log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
-                    "queries are incomplete)", images.summary())
-    if need_targets and not all(s.has_targets for s in splits):
-        from clip_cir.evaluation import no_targets_message
-
-        raise CIRError(no_targets_message(splits[0]))
-    clip = opt.load_model(args)
-    combine, combine_name = _combining(args)
-    if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
-        raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
-                       f"but {clip.describe()} gives {clip.embed_dim}-d")
-    accelerator = _accelerator(args)
-    if hasattr(combine, "to"):
-        combine = combine.to(accelerator.device)
-    clip.model.to(accelerator.device)
-    log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
-    return splits, clip, combine, _encode_options(args, clip, accelerator)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -73,7 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.metrics import format_metrics
 
     index_factory = opt.search_index_factory(args)
-    splits, clip, combine, encode = _prepare(args, need_targets=True)
+    splits, clip, combine, encode = prepare(args, need_targets=True)
     metrics = evaluate(clip, splits, combine, encode, index_factory)
     print(format_metrics(metrics, label=args.dataset))
     if args.output:
@@ -88,7 +36,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
     opt.check_positive(args, ["top_k"])
     index_factory = opt.search_index_factory(args)
-    splits, clip, combine, encode = _prepare(args)
+    splits, clip, combine, encode = prepare(args)
     queries = []
     for split in splits:
         ranking = rank_features(split_features(clip, split, encode), combine, k=args.top_k,
@@ -113,7 +61,7 @@ def _submission_ranking(args: argparse.Namespace, dataset: str, test_split: str,
         raise CIRError(f"--split must be {test_split} or val for a {dataset.upper()} submission, got '{args.split}'")
     args.dataset = dataset
     index_factory = opt.search_index_factory(args)
-    splits, clip, combine, encode = _prepare(args)
+    splits, clip, combine, encode = prepare(args)
     split = splits[0]
     return split, rank_features(split_features(clip, split, encode), combine, k=k, index_factory=index_factory)
 
@@ -233,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mAP@10 per semantic aspect).")
     opt.add_data_args(p)
     opt.add_model_args(p)
-    _add_combining_args(p)
+    add_combining_args(p)
     opt.add_encode_args(p)
     opt.add_skip_missing_arg(p, training=False)
     opt.add_search_args(p.add_argument_group("search"))
@@ -243,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
     opt.add_data_args(p)
     opt.add_model_args(p)
-    _add_combining_args(p)
+    add_combining_args(p)
     opt.add_encode_args(p)
     opt.add_skip_missing_arg(p, training=False)
     opt.add_search_args(p.add_argument_group("search"))
@@ -320,7 +268,7 @@ def _add_submit_parser(sub, dataset: str, test_split: str, files: str, descripti
     p.add_argument("--output-dir", type=Path, required=True, help=f"folder to write the {files} in")
     p.set_defaults(fashioniq_categories=None)
     opt.add_model_args(p)
-    _add_combining_args(p)
+    add_combining_args(p)
     opt.add_encode_args(p)
     opt.add_search_args(p.add_argument_group("search"))
     return p
@@ -334,14 +282,6 @@ def _add_score_parser(sub, dataset: str, submission_help: str) -> argparse.Argum
     p.add_argument("--split", default="val", help="split with ground truth (default: %(default)s)")
     p.add_argument("--output", type=Path, help="write the scores as JSON here")
     return p
-
-
-def _add_combining_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
-    group.add_argument("--combining", choices=("sum", "image"), default="sum",
-                       help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
-                            "image: the reference image alone, caption ignored (a baseline)")
-    opt.add_combiner_arg(group)
 
 
 TRAINING_PROGRAMS = {

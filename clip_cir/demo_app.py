@@ -250,11 +250,11 @@ def _is_loopback(host: str) -> bool:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `clip-cir demo` and `python demo/app.py` (one definition for both)."""
-    from clip_cir.cli import _add_combining_args  # local: cli imports this module to build its parser
+    from clip_cir.commands import add_combining_args
 
     opt.add_data_args(parser)
     opt.add_model_args(parser)
-    _add_combining_args(parser)
+    add_combining_args(parser)
     opt.add_encode_args(parser)
     opt.add_skip_missing_arg(parser, training=False)
     group = parser.add_argument_group("demo server")
@@ -302,10 +302,10 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def _build_app(args: argparse.Namespace) -> Flask:
     """Data, model and combining function as every command validates them, then the gallery."""
-    from clip_cir.cli import _prepare
+    from clip_cir.commands import prepare
     from clip_cir.demo_engine import DemoEngine
 
-    splits, clip, combine, encode = _prepare(args)
+    splits, clip, combine, encode = prepare(args)
     faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
     combining = (f"Combiner ({args.combiner})" if args.combiner
                  else "image only (caption ignored)" if getattr(args, "combining", "sum") == "image"
