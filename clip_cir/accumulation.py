@@ -11,9 +11,14 @@ batches) trains a different, weaker objective. open_clip's `--accum-freq` keeps 
    through it: d(loss)/d(params) = sum over micro-batches of (d loss/d features) . (d features/d params).
 
 Step 3 re-runs each micro-batch with the random state it had in step 1, so dropout draws the
-same masks. The feature gradients are kept in float32 and the re-forward goes through
-`accelerator.backward`, so fp16 loss scaling sees the same scaled gradients as in one piece.
-Under DDP the gradient all-reduce runs once, with the last micro-batch.
+same masks. Step 2 runs in float32 outside autocast (its gradient never meets the fp16 loss
+scaler, and fp16 logits would underflow), and the re-forwards go through `accelerator.backward`,
+so fp16 loss scaling (and its skipped steps on overflow) works as in one piece. Under DDP the
+gradient all-reduce runs once, with the last micro-batch. Train-mode BatchNorm statistics are
+restored after step 1, so the feature pass does not update them a second time.
+
+Unlike open_clip's `--accum-freq`, K splits `--batch-size` (it does not multiply it), and a learnt
+temperature gets its gradient once per step, not once per micro-batch.
 
 What the step needs from a stage: `forward(batch) -> tuple of per-example tensors` (rows are the
 batch's examples, in order; a tensor that must enter the loss once, like a learnt logit scale,
@@ -58,6 +63,14 @@ class RngSnapshot:
             torch.cuda.set_rng_state(self.cuda, self.device)
 
 
+def _batchnorm_statistics(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of every train-mode BatchNorm's running statistics: the feature pass must
+    not update them on top of the re-forward."""
+    return [(buffer, buffer.clone()) for module in model.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training
+            for buffer in module.buffers()]
+
+
 def training_step(accelerator, model: torch.nn.Module, forward: Callable[[Any], Features],
                   loss: Callable[[Features], torch.Tensor], batch: Any, accum_steps: int = 1) -> torch.Tensor:
     """Backpropagate one batch's loss (the optimizer step is the caller's); return the loss."""
@@ -69,13 +82,18 @@ def training_step(accelerator, model: torch.nn.Module, forward: Callable[[Any], 
 
     micro_batches = split_batch(batch, accum_steps)
     states, cached = [], []
+    statistics = _batchnorm_statistics(model)
     with torch.no_grad():
         for micro in micro_batches:
             states.append(RngSnapshot(accelerator.device))
             with accelerator.autocast():
                 cached.append([f.detach().float() for f in forward(micro)])
+    for buffer, saved in statistics:  # the re-forward updates them, once per micro-batch as in one piece
+        buffer.copy_(saved)
     leaves = [torch.cat(parts).requires_grad_() for parts in zip(*cached)]
-    with accelerator.autocast():
+    # In float32, outside autocast: this gradient does not pass through the fp16 loss scaler, and
+    # an fp16 logits matmul would underflow its ~1/B entries at large B.
+    with torch.autocast(accelerator.device.type, enabled=False):
         value = loss(leaves)
     grads = torch.autograd.grad(value, leaves, allow_unused=True)
     grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]

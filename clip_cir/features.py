@@ -14,7 +14,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from clip_cir.checkpoints import atomic_write
+from clip_cir.errors import CIRError
 from clip_cir.models import LoadedCLIP, encode_text, tower_fingerprint
 from clip_cir.pixels import PixelCache, files_digest, pixel_source
 from clip_cir.transforms import ImageTransform
@@ -115,6 +116,26 @@ class Shard:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    def collect(self, encode: Callable[[], torch.Tensor], dim: int) -> torch.Tensor:
+        """Run this rank's `encode`, then gather every rank's rows. A rank that fails (an image
+        only its share holds) tells the others, and all raise, instead of leaving them waiting
+        in the gather until the collective times out."""
+        if not self.active:
+            return encode()
+        import torch.distributed as dist
+
+        try:
+            local, error = encode(), None
+        except Exception as e:  # noqa: BLE001 -- re-raised below, on this rank and the others
+            local, error = torch.zeros(0, dim), e
+        failed = torch.tensor([int(error is not None)], device=self.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if error is not None:
+            raise error
+        if failed.item():
+            raise CIRError("another process failed while encoding its share of the features (see its error)")
+        return self.gather(local, dim)
+
     def gather(self, local: torch.Tensor, dim: int) -> torch.Tensor:
         """Every rank's rows, in input order (float32, CPU)."""
         if not self.active:
@@ -145,25 +166,29 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
         log.info("%s: %d images from cache", desc, len(paths))
         return cached
     mine = list(paths)[shard.start:shard.stop]
-    pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress, desc=f"{desc} (pixels)",
-                             is_writer=not shard.active) if pixel_cache is not None else None
-    # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
-    # that training draws from.
-    loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,
-                        num_workers=0 if pixels is not None else num_workers,
-                        shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
-    # Filled in place: a list of batches plus their concatenation would hold a large gallery
-    # (CIRCO: 123k x 640 floats, 315 MB) twice at the end.
-    local = torch.empty(len(mine), clip.embed_dim)
-    filled = 0
-    with eval_mode(clip.model):
-        for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
-            with (autocast or nullcontext)():
-                batch = clip.model.encode_image(transform.normalize(images.to(device))).float().cpu()
-            local[filled:filled + len(batch)] = batch
-            filled += len(batch)
-            encode_counts["image"] += len(images)
-    features = shard.gather(local, clip.embed_dim)
+
+    def encode_mine() -> torch.Tensor:
+        pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress,
+                                 desc=f"{desc} (pixels)", is_writer=not shard.active) if pixel_cache else None
+        # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
+        # that training draws from.
+        loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,
+                            num_workers=0 if pixels is not None else num_workers,
+                            shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
+        # Filled in place: a list of batches plus their concatenation would hold a large gallery
+        # (CIRCO: 123k x 640 floats, 315 MB) twice at the end.
+        local = torch.empty(len(mine), clip.embed_dim)
+        filled = 0
+        with eval_mode(clip.model):
+            for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
+                with (autocast or nullcontext)():
+                    batch = clip.model.encode_image(transform.normalize(images.to(device))).float().cpu()
+                local[filled:filled + len(batch)] = batch
+                filled += len(batch)
+                encode_counts["image"] += len(images)
+        return local
+
+    features = shard.collect(encode_mine, clip.embed_dim)
     if shard.rank == 0:
         cache.save(key, features)
     return features
@@ -183,15 +208,19 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     if shard.all_hit(cached is not None and cached.shape[0] == len(texts)):
         return cached
     mine = list(texts)[shard.start:shard.stop]
-    chunks = []
-    with eval_mode(clip.model):
-        for start in tqdm(range(0, len(mine), batch_size), desc=desc, unit="batch", disable=None if progress else True,
-                          leave=False):
-            tokens = clip.tokenize(mine[start:start + batch_size]).to(device)
-            with (autocast or nullcontext)():
-                chunks.append(encode_text(clip.model, tokens).float().cpu())
-            encode_counts["text"] += tokens.shape[0]
-    features = shard.gather(torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim), clip.embed_dim)
+
+    def encode_mine() -> torch.Tensor:
+        chunks = []
+        with eval_mode(clip.model):
+            for start in tqdm(range(0, len(mine), batch_size), desc=desc, unit="batch",
+                              disable=None if progress else True, leave=False):
+                tokens = clip.tokenize(mine[start:start + batch_size]).to(device)
+                with (autocast or nullcontext)():
+                    chunks.append(encode_text(clip.model, tokens).float().cpu())
+                encode_counts["text"] += tokens.shape[0]
+        return torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
+
+    features = shard.collect(encode_mine, clip.embed_dim)
     if shard.rank == 0:
         cache.save(key, features)
     return features

@@ -100,8 +100,9 @@ def add_accum_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accum-steps", type=int, default=1, metavar="K",
                         help="split each batch into K micro-batches: features of all K without gradients, the "
                              "contrastive loss over the whole batch, then each micro-batch again with gradients. "
-                             "The gradient is the whole batch's; memory is a micro-batch's (open_clip's "
-                             "--accum-freq; default: %(default)s)")
+                             "The gradient is the whole batch's; memory is a micro-batch's (like open_clip's "
+                             "--accum-freq, but K splits --batch-size rather than multiplying it; default: "
+                             "%(default)s)")
 
 
 def check_accum_steps(args: argparse.Namespace, num_processes: int) -> None:

@@ -42,3 +42,22 @@ def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_c
         torch.testing.assert_close(got["text"], one.text, atol=1e-5, rtol=1e-5)
         # The second extraction found rank 0's cache file: nobody encoded anything more.
         assert json.loads((tmp_path / f"rank{rank}_again.json").read_text()) == counts[rank]
+
+
+def test_a_rank_that_fails_stops_every_rank_with_its_reason(data_copy, tiny_checkpoint, tmp_path):
+    """An unreadable image in rank 1's share: rank 1 raises its one-line reason, rank 0 learns of it
+    and stops too, instead of waiting in the gather until the collective times out."""
+    from clip_cir.data import load_splits
+
+    from test_training import ddp_launcher
+
+    root = data_copy("cirr")
+    last = list(load_splits("cirr", root, "val")[0].gallery.values())[-1]
+    last.write_bytes(b"not an image")
+    cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
+           str(root), str(tiny_checkpoint), str(tmp_path / "out")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert last.name in result.stderr
+    assert "another process failed while encoding its share" in result.stderr
