@@ -259,6 +259,29 @@ def test_skipped_queries_are_the_ones_that_need_the_missing_image(data_copy):
     assert check.changed_evaluation() == ["cirr/cirr/val"]
 
 
+def test_circo_missing_ground_truth_stops_or_drops_every_query_that_needs_it(data_copy):
+    """CIRCO's 123k COCO images are often partly downloaded: a missing image that is only a
+    non-target ground truth still changes mAP, so its queries go too (with the flag), and
+    without the flag the error names it and the flag."""
+    from clip_cir.data import load_splits
+    from clip_cir.data.images import SKIP_FLAG, ImageCheck
+    from clip_cir.errors import CIRError
+
+    root = data_copy("circo")
+    entries = _read(root / "CIRCO/annotations/val.json")
+    extra = next(e for e in entries if len(e["gt_img_ids"]) > 1)["gt_img_ids"][-1]
+    gallery = _read(root / "CIRCO/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")["images"]
+    file_name = next(i["file_name"] for i in gallery if i["id"] == extra)
+    (root / "CIRCO/COCO2017_unlabeled/unlabeled2017" / file_name).unlink()
+    with pytest.raises(CIRError, match=f"{file_name}.*{SKIP_FLAG}"):
+        load_splits("circo", root, "val")
+    check = ImageCheck(skip=True)
+    split = load_splits("circo", root, "val", images=check)[0]
+    kept = {e["id"] for e in entries if extra not in (e["reference_img_id"], *e["gt_img_ids"])}
+    assert {int(q.qid) for q in split.queries} == kept and len(kept) < len(entries)
+    assert str(extra) not in split.gallery and check.changed_evaluation() == ["circo/circo/val"]
+
+
 def test_fashioniq_training_uses_images_outside_the_split_file_but_val_does_not(data_copy):
     from clip_cir.composition import TrainingSet
     from clip_cir.data import load_splits
