@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
-QUICK = ["--train", "1500", "--val", "300", "--test", "60", "--pretrain-epochs", "3", "--stage1-epochs", "3",
-         "--stage2-epochs", "20", "--num-workers", "0", "--circo", "20"]
-MARGIN = 3.0  # percentage points of Recall@10
+QUICK = ["--train", "1500", "--val", "300", "--test", "60", "--pretrain-epochs", "3", "--stage1-epochs", "8",
+         "--stage2-epochs", "30", "--num-workers", "0", "--circo", "20"]
+# Percentage points of Recall@10 (300 queries: steps of 0.33), each inside the smallest gap measured
+# over seeds 0, 1 and 2 of QUICK (gaps per seed in the comments; the README has the full-size run).
+MARGIN_ZERO_SHOT = 7.0  # zero-shot - untrained: 17.0, 14.3, 14.7
+MARGIN_STAGE1 = 20.0  # stage 1 - zero-shot: 43.0, 45.7, 45.0
+MARGIN_IMAGE = 3.0  # stage 1 - image only: 12.7, 6.0, 12.7
+MARGIN_COMBINER = 1.0  # Combiner - stage 1: 3.0, 3.0, 5.0
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +36,14 @@ def test_results_are_ordered_as_the_method_predicts(quickstart):
     rows = json.loads((quickstart / "results.json").read_text())
     r10 = {name: m["recall_at10"] for name, m in rows.items()}
     untrained = r10["untrained CLIP, sum"]
+    image_only = r10["image only (pretrained CLIP)"]
     zero_shot = r10["zero-shot sum (pretrained CLIP)"]
     stage1 = r10["stage 1 + sum"]
     combiner = r10["stage 1 + Combiner"]
-    assert zero_shot > untrained + MARGIN, r10       # pretraining gives the "pretrained CLIP"
-    assert stage1 > zero_shot + MARGIN, r10          # stage 1 learns (issue 3)
-    assert combiner > stage1 + MARGIN, r10           # the Combiner beats the sum of the same CLIP (issue 4)
+    assert zero_shot > untrained + MARGIN_ZERO_SHOT, r10  # pretraining gives the "pretrained CLIP"
+    assert stage1 > zero_shot + MARGIN_STAGE1, r10        # stage 1 learns (issue 3)
+    assert stage1 > image_only + MARGIN_IMAGE, r10        # ... and uses the caption: beats the reference alone
+    assert combiner > stage1 + MARGIN_COMBINER, r10       # the Combiner beats the sum of the same CLIP (issue 4)
     table = (quickstart / "results.md").read_text()
     for name, metrics in rows.items():
         assert f"| {name} | {metrics['recall_at1']:.2f} |" in table
