@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 from pathlib import Path
 
 import open_clip
@@ -29,6 +30,16 @@ from clip_cir.pixels import PixelArray
 from clip_cir.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
+
+
+def open_clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's training program: no weight decay on gains, biases, norms and the temperature."""
+    def exclude(name: str, param: torch.nn.Parameter) -> bool:
+        return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay}]
 
 
 class ImageCaptionEncoder(ClipEncoder):
@@ -151,8 +162,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                             batch_size=min(args.batch_size, len(val_rows)),
                             sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
                             num_workers=0 if pixels["held-out"] else workers)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(open_clip_param_groups(model, args.weight_decay), lr=args.lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
+    optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
     encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
     loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
                                  world_size=accelerator.num_processes)

@@ -138,3 +138,20 @@ def test_accum_steps_that_do_not_divide_the_batch_get_one_line(synth_root, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--accum-steps 3" in err[0] and "divisible by 3" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_pretrain_decays_only_what_open_clip_decays():
+    """open_clip's recipe: no weight decay on gains, biases, norms and the temperature."""
+    from clip_cir.models import load_clip
+    from clip_cir.pretrain import open_clip_param_groups
+
+    model = load_clip("cir-tiny-rn").model
+    plain, decayed = open_clip_param_groups(model, 0.1)
+    assert (plain["weight_decay"], decayed["weight_decay"]) == (0.0, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "logit_scale" in {names[id(p)] for p in plain["params"]}
+    assert all(p.ndim >= 2 and "bias" not in names[id(p)] for p in decayed["params"])
+    assert any(names[id(p)].startswith("visual.") and p.ndim == 4 for p in decayed["params"])  # conv kernels decay
+    assert all(p.ndim < 2 or "bn" in names[id(p)] or "ln" in names[id(p)] or "logit_scale" in names[id(p)]
+               for p in plain["params"])
+    assert len(plain["params"]) + len(decayed["params"]) == len(list(model.parameters()))
