@@ -53,8 +53,8 @@ def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
                         help="queries in each CIRCO-layout split the CIRR-trained model is also evaluated on, "
                              "zero-shot; 0 skips it (default: %(default)s)")
     parser.add_argument("--pretrain-epochs", type=int, default=3, help="(default: %(default)s)")
-    parser.add_argument("--stage1-epochs", type=int, default=10, help="(default: %(default)s)")
-    parser.add_argument("--stage2-epochs", type=int, default=45, help="(default: %(default)s)")
+    parser.add_argument("--stage1-epochs", type=int, default=8, help="(default: %(default)s)")
+    parser.add_argument("--stage2-epochs", type=int, default=30, help="(default: %(default)s)")
     parser.add_argument("--encoder", choices=("text", "image", "both"), default="text",
                         help="stage-1 towers to train (default: %(default)s: on this budget it beats 'both' at "
                              "equal time, see the README)")
