@@ -83,8 +83,8 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
 
     def step(batch: dict) -> int:
         with torch.no_grad():  # the frozen CLIP, every batch (images and captions, as published)
-            reference = model.encode_image(batch["reference_image"].to(device))
-            target = model.encode_image(batch["target_image"].to(device))
+            reference = model.encode_image(transform.normalize(batch["reference_image"].to(device)))
+            target = model.encode_image(transform.normalize(batch["target_image"].to(device)))
             text = model.encode_text(clip.tokenizer(batch["caption"]).to(device))
         loss = batch_contrastive_loss(combiner(reference, text), F.normalize(target, dim=-1))
         loss.backward()
