@@ -485,11 +485,11 @@ def render_photos(folder: Path, kind: str, count: int, seed: int) -> list[Path]:
 
 
 def loader_rate(source: "torch.utils.data.Dataset", transform: ImageTransform, *, batch_size: int, num_workers: int,
-                device: torch.device, repeats: int) -> float:
+                device: torch.device, repeats: int, normalize: bool = True) -> float:
     """Images per second through a DataLoader over uint8 `source` items (decoded files or the
-    pixel cache), each batch moved to `device` and normalised there, as training and extraction
-    do; the median of `repeats` full passes. Worker start-up counts: the library's loaders are
-    not persistent, so every epoch pays it."""
+    pixel cache), each batch moved to `device` and (with `normalize`) normalised there, as
+    training and extraction do; the median of `repeats` full passes. Worker start-up counts: the
+    library's loaders are not persistent, so every epoch pays it."""
     loader = DataLoader(source, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                         pin_memory=device.type == "cuda")
     rates = []
@@ -497,7 +497,9 @@ def loader_rate(source: "torch.utils.data.Dataset", transform: ImageTransform, *
         started = time.perf_counter()
         count = 0
         for batch in loader:
-            transform.normalize(batch.to(device, non_blocking=True))
+            batch = batch.to(device, non_blocking=True)
+            if normalize:
+                transform.normalize(batch)
             count += len(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
