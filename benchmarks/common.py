@@ -395,6 +395,17 @@ def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: 
             "--output-dir", str(runs), "--experiment-name", name, "--no-progress"]
 
 
+def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: argparse.Namespace,
+               options: Sequence[str]) -> Path:
+    """One run of the real stage-1 program (`clip_cir.finetune.main`, in this process, quiet)
+    with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
+    from clip_cir import finetune
+
+    with quiet():
+        finetune.main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
+    return root / "runs" / name
+
+
 def describe_setup(data: TrainingSet, args: argparse.Namespace, model_note: str = "") -> str:
     """The data / model / timing-rule line printed above each table."""
     rounds = f" x {args.rounds} interleaved rounds" if args.rounds > 1 else ""
@@ -523,14 +534,21 @@ def synthetic_triplets(triplets: int, images: int, forms: int, seed: int) -> Tra
     return TrainingSet(queries=queries, image_names=names, image_paths=[Path(n) for n in names])
 
 
-def fresh_accelerator(mixed_precision: str = "no", cpu: bool = False) -> "Accelerator":
-    """An Accelerator with this precision even if an earlier one in this process had another:
-    Accelerate keeps one process-wide state and refuses a change of precision otherwise (the
-    test suite resets it the same way)."""
-    from accelerate import Accelerator, DataLoaderConfiguration
+def reset_accelerator_state() -> None:
+    """Forget this process's Accelerate state, so that the next Accelerator (ours or a training
+    program's) may use another mixed precision: Accelerate keeps one process-wide state and
+    refuses a change otherwise (the test suite resets it the same way)."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def fresh_accelerator(mixed_precision: str = "no", cpu: bool = False) -> "Accelerator":
+    """An Accelerator with this precision even if an earlier one in this process had another
+    (`reset_accelerator_state`), configured as the training programs' `start_run` does."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    reset_accelerator_state()
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 

@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clip_cir import finetune
 from clip_cir.combiner import element_wise_sum
 from clip_cir.composition import TrainingSet
 from clip_cir.losses import batch_contrastive_loss
@@ -53,7 +52,7 @@ from clip_cir.models import encode_text
 from clip_cir.pixels import PixelCache
 from common import (Call, Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
                     duration, fresh_accelerator, header, load_average, load_model, load_training_set,
-                    make_synthetic_cirr, markdown_table, program_args, published_text_epochs, quiet, status,
+                    make_synthetic_cirr, markdown_table, published_text_epochs, stage1_run, status,
                     timed_calls, timed_feature_extraction, training_extraction, workspace)
 
 TRAINING_PIXELS = "training images (pixels)"
@@ -63,11 +62,8 @@ TRAINING_PIXELS = "training images (pixels)"
 def real_run(data_root: Path, root: Path, encoder: str, round_: int, args: argparse.Namespace,
              pixel_cache: str = "auto") -> Path:
     """One run of the real stage-1 program, validating only after its last epoch."""
-    name = f"stage1-{encoder}-pixels-{pixel_cache}-round{round_ + 1}"
-    with quiet():
-        finetune.main(["--encoder", encoder, "--pixel-cache", pixel_cache,
-                       *program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args)])
-    return root / "runs" / name
+    return stage1_run(data_root, root, f"stage1-{encoder}-pixels-{pixel_cache}-round{round_ + 1}",
+                      root / "cache" / f"round{round_ + 1}", args, ["--encoder", encoder, "--pixel-cache", pixel_cache])
 
 
 def pixel_cache_write(calls: list[Call]) -> float:
