@@ -47,7 +47,8 @@ def timed_eval(command: list[str]) -> tuple[float, int, int, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--val", type=int, default=1000,
-                        help="synthetic CIRR val queries, 3 gallery images each (default: %(default)s, the quickstart's)")
+                        help="synthetic CIRR val queries, 3 gallery images each (default: %(default)s, the "
+                             "quickstart's)")
     parser.add_argument("--model", default="cir-tiny-vit", help="open_clip model, random init (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="eval's --batch-size (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=None,

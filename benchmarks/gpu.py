@@ -172,9 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="open_clip models, random init (default: %(default)s)")
     parser.add_argument("--precisions", nargs="+", choices=("fp16", "bf16"), default=["fp16", "bf16"],
                         help="mixed precisions (default: %(default)s; a CPU runs bf16 only)")
-    parser.add_argument("--train", type=int, default=1024, help="stage-1 synthetic CIRR triplets (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=1024,
+                        help="stage-1 synthetic CIRR triplets (default: %(default)s)")
     parser.add_argument("--val", type=int, default=50,
-                        help="synthetic val queries (the programs validate after their last epoch) (default: %(default)s)")
+                        help="synthetic val queries: the programs validate after their last epoch "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="stage-1 batch (default: %(default)s, published)")
     parser.add_argument("--epochs", type=int, default=3, help="stage-1 epochs per run, epoch 1 is warm-up "
                                                               "(default: %(default)s)")
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                 clip, transform = load_model(name, args.seed)
             models[name] = (clip, transform)
         largest = max(clip.input_size for clip, _ in models.values())
-        status(f"generating {args.train} synthetic CIRR triplets at {largest} px and rendering {args.images} photos ...")
+        status(f"generating {args.train} synthetic CIRR triplets at {largest} px, rendering {args.images} photos ...")
         data_root = make_synthetic_cirr(root, args.train, args.seed, n_val=args.val, size=largest)
         photos = render_photos(root / "photos", "png", args.images, args.seed)
         for name, (clip, transform) in models.items():

@@ -141,8 +141,8 @@ def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixe
     table = markdown_table(
         ["stage 1", "CLIP work per step", "CLIP images / epoch", "s / epoch", "triplets/s", "speed-up"],
         [[label, work, f"{e.images_per_epoch:,}", f"{e.steady_seconds:.2f}", f"{e.triplets_per_second:.0f}",
-          f"{e.triplets_per_second / base.triplets_per_second:.2f}x" + ("" if e is base else f" over {names[id(base)]}")]
-         for label, work, e, base in rows])
+          f"{e.triplets_per_second / base.triplets_per_second:.2f}x"
+          + ("" if e is base else f" over {names[id(base)]}")] for label, work, e, base in rows])
     saved = b.steady_seconds - a.steady_seconds
     payback = (f"; each (a) epoch saves {saved:.2f} s over (b), so it is repaid within "
                f"{extraction_s / saved:.2f} epoch(s)" if saved > 0 else "")
