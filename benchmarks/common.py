@@ -154,24 +154,33 @@ def timed_feature_extraction() -> Iterator[dict[str, list[Call]]]:
 
     This is how a real run's one-off extraction is measured inside that run (rather than by a
     second, separate extraction). The primitives are replaced wherever a loaded `clip_cir`
-    module holds them, so the timing survives refactors of which module calls them; import the
-    program before entering. `training_extraction` then picks the calls on the training set.
+    module holds them, so the timing survives refactors of which module calls them. A module
+    first imported inside the context picks the replacement up from `clip_cir.features` itself;
+    on exit every `clip_cir` module holding a replacement gets the original back, so a later
+    context sees every call again. `training_extraction` then picks the calls on the training set.
     """
     calls: dict[str, list[Call]] = {"images": [], "texts": []}
-    patched: list[tuple[ModuleType, str, Callable]] = []
+    replaced: list[tuple[Callable, Callable]] = []  # (wrapper, the primitive it replaces)
+
+    def clip_cir_modules() -> list[ModuleType]:
+        return [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "clip_cir" and m is not None]
+
     for kind, name, arg in (("images", "encode_images", "paths"), ("texts", "encode_texts", "texts")):
         original = getattr(features, name)
         wrapper = _timed(original, calls[kind], lambda a, k, arg=arg: list(a[1] if len(a) > 1 else k.get(arg, [])))
-        for module in [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "clip_cir" and m is not None]:
+        replaced.append((wrapper, original))
+        for module in clip_cir_modules():
             for attr, value in list(vars(module).items()):
                 if value is original:
                     setattr(module, attr, wrapper)
-                    patched.append((module, attr, original))
     try:
         yield calls
     finally:
-        for module, attr, original in patched:
-            setattr(module, attr, original)
+        for module in clip_cir_modules():
+            for attr, value in list(vars(module).items()):
+                for wrapper, original in replaced:
+                    if value is wrapper:
+                        setattr(module, attr, original)
 
 
 def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program: str, texts: bool) -> float:
@@ -362,8 +371,10 @@ def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: i
     parser.add_argument("--epochs", type=int, default=epochs,
                         help="epochs per path and round, at least 3: epoch 1 is warm-up (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="triplets per step (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=2,
-                        help="DataLoader workers, as the programs' option (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers for every path (default: each path's own: the programs' automatic "
+                             "choice, none on a CPU-only machine and one per spare core with a GPU; every core for "
+                             "the published code's way, as it does)")
     parser.add_argument("--rounds", type=int, default=rounds,
                         help="run every path this many times, interleaved, and pool their epochs: steadier "
                              "ratios on a busy machine (default: %(default)s)")
@@ -379,7 +390,8 @@ def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: i
 def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Validate the shared options and apply --threads (process-wide: the real programs run
     in this process, so every path gets the same setting)."""
-    if args.epochs < 3 or args.rounds < 1 or args.num_workers < 0 or not 0 < args.batch_size <= args.train:
+    if (args.epochs < 3 or args.rounds < 1 or (args.num_workers is not None and args.num_workers < 0)
+            or not 0 < args.batch_size <= args.train):
         parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0 and 0 < --batch-size <= --train")
     if args.threads is not None:
         if args.threads < 1:
@@ -409,12 +421,28 @@ def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: ar
     return root / "runs" / name
 
 
+def published_workers(args: argparse.Namespace) -> int:
+    """The published code's DataLoader workers: every core (`multiprocessing.cpu_count()` there),
+    unless --num-workers sets one value for every path."""
+    return args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
+
+
+def describe_workers(args: argparse.Namespace) -> str:
+    if args.num_workers is not None:
+        return f"{args.num_workers} DataLoader workers"
+    from clip_cir.options import num_workers
+
+    automatic = num_workers(argparse.Namespace(num_workers=None), torch.cuda.is_available())
+    return (f"DataLoader workers: {automatic} in the programs (their automatic choice), {published_workers(args)} "
+            f"in the published way (every core)")
+
+
 def describe_setup(data: TrainingSet, args: argparse.Namespace, model_note: str = "") -> str:
     """The data / model / timing-rule line printed above each table."""
     rounds = f" x {args.rounds} interleaved rounds" if args.rounds > 1 else ""
     return (f"data: synthetic CIRR, {len(data.queries):,} training triplets over {len(data.image_paths):,} images of "
             f"{SYNTH_SIZE} px; model {args.model} (random init){model_note}; batch {args.batch_size}, "
-            f"{args.num_workers} DataLoader workers, {args.epochs} epochs per path{rounds}; s/epoch = median of "
+            f"{describe_workers(args)}, {args.epochs} epochs per path{rounds}; s/epoch = median of "
             f"epochs 2..{args.epochs}{' of every round' if args.rounds > 1 else ''}")
 
 

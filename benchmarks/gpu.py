@@ -47,8 +47,8 @@ from clip_cir.features import encode_images
 from clip_cir.options import num_workers as automatic_workers
 from clip_cir.pixels import DecodedPixels, PixelCache, PixelDataset
 from common import (Epochs, fresh_accelerator, header, load_average, load_model, loader_rate, make_synthetic_cirr,
-                    markdown_table, published_text_epochs, quiet, render_photos, reset_accelerator_state,
-                    stage1_run, stage2_epochs, status, synthetic_triplets, workspace)
+                    markdown_table, published_text_epochs, published_workers, quiet, render_photos,
+                    reset_accelerator_state, stage1_run, stage2_epochs, status, synthetic_triplets, workspace)
 
 ROWS = (
     ("text", "stage 1 `--encoder text`, clip-cir: features reused, text trimmed (triplets/s)"),
@@ -98,7 +98,7 @@ def stage1_rows(column: Column, data_root: Path, root: Path, args: argparse.Name
     status(f"{column.title}: stage 1 --encoder text, the published way ...")
     with quiet():
         published = published_text_epochs(fresh_accelerator(column.precision), data_root, column.model, args.seed,
-                                           args.batch_size, args.workers, args.epochs)
+                                           args.batch_size, published_workers(run_args), args.epochs)
     column.values["text_published"] = published.triplets_per_second
 
 

@@ -1,7 +1,7 @@
 """Stage-1 training throughput: feature reuse + text trimming (`--encoder text`) and the pixel
 cache (`--encoder both`), each against the way it was done before, in one run.
 
-    python benchmarks/stage1.py                                # defaults: ~3 minutes on 2 idle cores
+    python benchmarks/stage1.py                                # defaults: ~2 minutes on 2 idle cores
     python benchmarks/stage1.py --rounds 3                     # paths interleaved 3 times: steadier ratios
     python benchmarks/stage1.py --train 2000 --epochs 4 --batch-size 64 --num-workers 0
 
@@ -26,11 +26,17 @@ The speed-ups are (a) over (b) and (c) over (d). Triplets/s use the steady-state
 (median of epochs 2..N of `train_metrics.csv`, pooled over `--rounds` interleaved rounds; the
 baseline is timed by the same rule). One-off work before the first epoch, (a)'s image feature
 extraction and (c)'s pixel cache write, is timed inside the real runs and reported on its own
-lines, not spread over epochs. Below the table, the text tower's forward+backward alone, at the
-full context length and trimmed, on the same caption batches. Everything is written under a
-temp dir (with a cold `CLIP_CIR_CACHE`) that is removed at the end. Absolute numbers depend on
-the machine and on whatever else runs on it (see the load average); the ratios, measured in the
-same run, are the result.
+lines, not spread over epochs. Below the table, one `--encoder text` step's CLIP work piece by
+piece, for the tiny CLIP and (`--text-model`) a random-init RN50x4, whose 77-token context and
+288-px image tower the tiny CLIP's 32 tokens and 64 px do not show: the text tower's
+forward+backward at the full context length and trimmed, on the same caption batches, and the
+frozen image tower's forward on the step's images, which only the published way pays.
+Each path uses its own DataLoader workers unless `--num-workers` sets one value for all: the
+programs' automatic choice (none on a CPU-only machine) and every core for the published way,
+as the published code does. Everything is written under a temp dir (with a cold
+`CLIP_CIR_CACHE`) that is removed at the end. Absolute numbers depend on the machine and on
+whatever else runs on it (see the load average); the ratios, measured in the same run, are the
+result.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from clip_cir.models import encode_text
 from clip_cir.pixels import PixelCache
 from common import (Call, Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
                     duration, fresh_accelerator, header, load_average, load_model, load_training_set,
-                    make_synthetic_cirr, markdown_table, published_text_epochs, stage1_run, status,
+                    make_synthetic_cirr, markdown_table, published_text_epochs, published_workers, stage1_run, status,
                     timed_calls, timed_feature_extraction, training_extraction, workspace)
 
 TRAINING_PIXELS = "training images (pixels)"
@@ -77,34 +83,44 @@ def pixel_cache_write(calls: list[Call]) -> float:
 
 
 @dataclass
-class TextStep:
-    """The text tower's forward+backward on the same caption batches, full length and trimmed."""
+class StepWork:
+    """One step's CLIP work, piece by piece: the text tower's forward+backward on the same caption
+    batches at full length and trimmed, and the frozen image tower's no_grad forward on the
+    step's reference and target images (what the published way adds)."""
 
     model: str
     batch_size: int
     full_seconds: float
     trimmed_seconds: float
+    images_seconds: float
     context: int
     mean_trimmed: float
+    input_size: int
 
     def describe(self) -> str:
-        return (f"{self.model}, {self.batch_size} captions: {1000 * self.full_seconds:.0f} ms at the full "
-                f"{self.context} tokens, {1000 * self.trimmed_seconds:.0f} ms trimmed ({self.mean_trimmed:.1f} tokens "
-                f"on average): {self.full_seconds / self.trimmed_seconds:.2f}x")
+        published = self.images_seconds + self.full_seconds
+        return (f"{self.model}, batch {self.batch_size}: text {1000 * self.full_seconds:,.0f} ms at the full "
+                f"{self.context} tokens, {1000 * self.trimmed_seconds:,.0f} ms trimmed ({self.mean_trimmed:.1f} "
+                f"tokens on average): {self.full_seconds / self.trimmed_seconds:.2f}x; the published way adds the "
+                f"frozen image tower on {2 * self.batch_size} images at {self.input_size} px "
+                f"({1000 * self.images_seconds:,.0f} ms), so its CLIP work per step is "
+                f"{published / self.trimmed_seconds:.1f}x clip-cir's")
 
 
-def text_tower_step(model_name: str, captions: list[str], batch_size: int, seed: int, repeats: int = 5) -> TextStep:
+def step_work(model_name: str, captions: list[str], batch_size: int, seed: int, repeats: int = 5) -> StepWork:
     """Median seconds of one text forward+backward (the stage-1 loss on fixed image features, no
     optimizer step) over the first `repeats` batches of captions, at the full context length
     (`model.encode_text`, as published) and trimmed to the batch's longest caption
-    (`clip_cir.models.encode_text` on `LoadedCLIP.tokenize`, as `clip_cir.finetune`); the two
-    alternate batch by batch, after one warm-up batch each."""
+    (`clip_cir.models.encode_text` on `LoadedCLIP.tokenize`, as `clip_cir.finetune`), the two
+    alternating batch by batch after one warm-up batch each; then the faster of two no_grad
+    forwards of the image tower on 2 x `batch_size` random inputs (the faster: the first pays
+    warm-up, and a low figure for the published way's extra work can only understate the gain)."""
     clip, _ = load_model(model_name, seed)
     device = baseline_device()
     model = clip.model.to(device).eval()  # as the program's train_mode: eval mode, parameters trainable
     model.requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(2, batch_size, clip.embed_dim, generator=generator).to(device)
+    features = torch.randn(2, batch_size, clip.embed_dim, generator=generator).to(device)
     batches = [captions[i:i + batch_size] for i in range(0, len(captions) - batch_size + 1, batch_size)]
     batches = (batches * (repeats + 1))[:repeats + 1]
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -114,19 +130,27 @@ def text_tower_step(model_name: str, captions: list[str], batch_size: int, seed:
             tokens = (clip.tokenize(batch) if trimmed else clip.tokenizer(batch)).to(device)
             started = time.perf_counter()
             text = encode_text(model, tokens) if trimmed else model.encode_text(tokens)
-            loss = batch_contrastive_loss(element_wise_sum(images[0], text), F.normalize(images[1], dim=-1))
+            loss = batch_contrastive_loss(element_wise_sum(features[0], text), F.normalize(features[1], dim=-1))
             loss.backward()
             loss.item()
             if i:
                 times[trimmed].append(time.perf_counter() - started)
                 lengths += [tokens.shape[1]] if trimmed else []
             model.zero_grad(set_to_none=True)
-    return TextStep(model_name, batch_size, statistics.median(times[False]), statistics.median(times[True]),
-                    int(model.positional_embedding.shape[0]), statistics.mean(lengths))
+    pixels = torch.randn(2 * batch_size, 3, clip.input_size, clip.input_size, generator=generator).to(device)
+    image_times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        with torch.no_grad():
+            model.encode_image(pixels).sum().item()
+        image_times.append(time.perf_counter() - started)
+    return StepWork(model_name, batch_size, statistics.median(times[False]), statistics.median(times[True]),
+                    min(image_times), int(model.positional_embedding.shape[0]), statistics.mean(lengths),
+                    clip.input_size)
 
 
 def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixels_s: float,
-           text: list[TextStep], data: TrainingSet, args: argparse.Namespace) -> str:
+           text: list[StepWork], data: TrainingSet, args: argparse.Namespace) -> str:
     B = args.batch_size
     rows = [
         ("(a) `--encoder text`, image features reused, text trimmed (clip-cir)",
@@ -158,8 +182,8 @@ def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixe
         f"(c) one-off, before its first epoch: the pixel cache of the {len(data.image_paths):,} training images "
         f"written in {'a median ' if args.rounds > 1 else ''}{duration(pixels_s)} (kept on disk: a later run on the "
         f"same files and preprocessing skips it)",
-        "text tower alone (random init), forward+backward of one caption batch, median of 5, full context length vs "
-        "trimmed to the batch's longest caption:",
+        "CLIP work of one `--encoder text` step, piece by piece (random init; text forward+backward, median of 5 "
+        "batches, full context length vs trimmed to the batch's longest caption; no loader or optimizer):",
         *(f"- {step.describe()}" for step in text),
         f"load average (1/5/15 min) at end: {load_average()}",
     ])
@@ -169,12 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_benchmark_args(parser, train=800, epochs=3, rounds=2)
     parser.add_argument("--text-model", default="RN50x4",
-                        help="a second model whose text tower alone is timed full-length vs trimmed, random init: "
-                             "the tiny CLIP's context is 32 tokens, OpenAI-format CLIPs' 77; 'none' skips it "
-                             "(default: %(default)s)")
+                        help="a second model (random init) whose step work is timed piece by piece below the "
+                             "table: the tiny CLIP's text context is 32 tokens, OpenAI-format CLIPs' 77; 'none' "
+                             "skips it (default: %(default)s)")
     parser.add_argument("--text-batch-size", type=int, default=8,
-                        help="captions per batch for --text-model (default: %(default)s; a CPU pays ~2 s per "
-                             "full-length RN50x4 batch of 8)")
+                        help="captions per batch for --text-model (default: %(default)s; on a CPU an RN50x4 batch "
+                             "of 8 costs ~1.5 s of full-length text and ~7 s of images)")
     args = parser.parse_args(argv)
     configure(parser, args)
 
@@ -194,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             status(f"round {round_ + 1}/{args.rounds}: (b) --encoder text, images re-encoded every step, full-length "
                    f"text (published code's way) ...")
             b.append(published_text_epochs(fresh_accelerator(), data_root, args.model, args.seed, args.batch_size,
-                                           args.num_workers, args.epochs))
+                                           published_workers(args), args.epochs))
             status(f"round {round_ + 1}/{args.rounds}: (c) --encoder both, pixel cache (clip_cir.finetune) ...")
             with timed_calls(PixelCache, "get", given=lambda a_, k: k.get("desc")) as gets:
                 run_c = real_run(data_root, root, "both", round_, args)
@@ -207,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         text = []
         for model_name, batch_size in [(args.model, args.batch_size)] + ([(args.text_model, args.text_batch_size)]
                                                                         if args.text_model != "none" else []):
-            status(f"text tower alone ({model_name}): full length vs trimmed ...")
-            text.append(text_tower_step(model_name, captions, batch_size, args.seed))
+            status(f"one step's CLIP work ({model_name}): text full length vs trimmed, images ...")
+            text.append(step_work(model_name, captions, batch_size, args.seed))
         print(report(Epochs.pool(a), Epochs.pool(b), Epochs.pool(c), Epochs.pool(d), statistics.median(extraction),
                      statistics.median(pixels), text, data, args))
 

@@ -41,9 +41,9 @@ from clip_cir import train_combiner, training
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet
 from clip_cir.losses import batch_contrastive_loss
-from common import (Epochs, add_benchmark_args, baseline_device, configure, describe_one_off,
-                    describe_setup, duration, header, image_triplet_loader, load_average, load_model,
-                    load_training_set, make_synthetic_cirr, markdown_table, program_args, quiet, status, time_epochs,
+from common import (Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
+                    duration, header, image_triplet_loader, load_average, load_model, load_training_set,
+                    make_synthetic_cirr, markdown_table, program_args, published_workers, quiet, status, time_epochs,
                     timed_calls, timed_feature_extraction, training_extraction, workspace)
 
 SCHEDULE = 300
@@ -79,7 +79,7 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
     combiner = Combiner(dim, defaults.projection_dim or 4 * dim, defaults.hidden_dim or 8 * dim).to(device).train()
     optimizer = torch.optim.Adam(combiner.parameters(), lr=defaults.lr, weight_decay=defaults.weight_decay)
     loader, sampler = image_triplet_loader(load_training_set(data_root), transform, args.batch_size,
-                                           args.num_workers, args.seed)
+                                           published_workers(args), args.seed)
 
     def step(batch: dict) -> int:
         with torch.no_grad():  # the frozen CLIP, every batch (images and captions, as published)
