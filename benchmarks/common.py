@@ -119,7 +119,8 @@ def quiet() -> Iterator[None]:
         ours.setLevel(our_level)
 
 
-def make_synthetic_cirr(root: Path, n_train: int, seed: int, n_val: int = VAL_QUERIES, size: int = SYNTH_SIZE) -> Path:
+def make_synthetic_cirr(root: Path, n_train: int, seed: int, n_val: int = VAL_QUERIES,
+                        size: int = SYNTH_SIZE) -> Path:
     """Synthetic data in the CIRR layout (`clip_cir.synth`); returns the `--data-root`."""
     data_root = root / "data"
     with quiet():
@@ -380,6 +381,9 @@ def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: i
                              "ratios on a busy machine (default: %(default)s)")
     parser.add_argument("--model", default="cir-tiny-vit",
                         help="open_clip model, random init (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
+                        help="short side of the synthetic images in px (default: %(default)s, the tiny CLIP's input; "
+                             "larger files cost more to decode, as the real datasets' 375-600 px ones do)")
     parser.add_argument("--seed", type=int, default=0, help="data and model seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for every path (default: torch's own choice, what the "
@@ -391,8 +395,9 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     """Validate the shared options and apply --threads (process-wide: the real programs run
     in this process, so every path gets the same setting)."""
     if (args.epochs < 3 or args.rounds < 1 or (args.num_workers is not None and args.num_workers < 0)
-            or not 0 < args.batch_size <= args.train):
-        parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0 and 0 < --batch-size <= --train")
+            or not 0 < args.batch_size <= args.train or args.image_size < 16):
+        parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0, 0 < --batch-size <= --train and "
+                     "--image-size >= 16")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be at least 1")
@@ -441,7 +446,7 @@ def describe_setup(data: TrainingSet, args: argparse.Namespace, model_note: str 
     """The data / model / timing-rule line printed above each table."""
     rounds = f" x {args.rounds} interleaved rounds" if args.rounds > 1 else ""
     return (f"data: synthetic CIRR, {len(data.queries):,} training triplets over {len(data.image_paths):,} images of "
-            f"{SYNTH_SIZE} px; model {args.model} (random init){model_note}; batch {args.batch_size}, "
+            f"{args.image_size} px; model {args.model} (random init){model_note}; batch {args.batch_size}, "
             f"{describe_workers(args)}, {args.epochs} epochs per path{rounds}; s/epoch = median of "
             f"epochs 2..{args.epochs}{' of every round' if args.rounds > 1 else ''}")
 

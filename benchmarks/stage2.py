@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                  sys.argv if argv is None else ["benchmarks/stage2.py", *argv]), flush=True)
     with workspace("clip_cir_bench_stage2_") as root:
         status(f"generating {args.train} synthetic CIRR triplets ...")
-        data_root = make_synthetic_cirr(root, args.train, args.seed)
+        data_root = make_synthetic_cirr(root, args.train, args.seed, size=args.image_size)
         data = load_training_set(data_root)
         reuse, baseline, extraction, checkpoints = [], [], [], []
         for round_ in range(args.rounds):
