@@ -22,7 +22,6 @@ import io
 import sys
 import time
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import torch
 
