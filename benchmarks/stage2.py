@@ -41,9 +41,9 @@ from clip_cir import train_combiner, training
 from clip_cir.combiner import Combiner
 from clip_cir.composition import TrainingSet
 from clip_cir.losses import batch_contrastive_loss
-from common import (Epochs, add_benchmark_args, baseline_device, configure, describe_one_off,
-                    describe_setup, duration, header, image_triplet_loader, load_average, load_model,
-                    load_training_set, make_synthetic_cirr, markdown_table, program_args, quiet, status, time_epochs,
+from common import (Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
+                    duration, header, image_triplet_loader, load_average, load_model, load_training_set,
+                    make_synthetic_cirr, markdown_table, program_args, published_workers, quiet, status, time_epochs,
                     timed_calls, timed_feature_extraction, training_extraction, workspace)
 
 SCHEDULE = 300
@@ -79,12 +79,12 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
     combiner = Combiner(dim, defaults.projection_dim or 4 * dim, defaults.hidden_dim or 8 * dim).to(device).train()
     optimizer = torch.optim.Adam(combiner.parameters(), lr=defaults.lr, weight_decay=defaults.weight_decay)
     loader, sampler = image_triplet_loader(load_training_set(data_root), transform, args.batch_size,
-                                           args.num_workers, args.seed)
+                                           published_workers(args), args.seed)
 
     def step(batch: dict) -> int:
         with torch.no_grad():  # the frozen CLIP, every batch (images and captions, as published)
-            reference = model.encode_image(batch["reference_image"].to(device))
-            target = model.encode_image(batch["target_image"].to(device))
+            reference = model.encode_image(transform.normalize(batch["reference_image"].to(device)))
+            target = model.encode_image(transform.normalize(batch["target_image"].to(device)))
             text = model.encode_text(clip.tokenizer(batch["caption"]).to(device))
         loss = batch_contrastive_loss(combiner(reference, text), F.normalize(target, dim=-1))
         loss.backward()
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                  sys.argv if argv is None else ["benchmarks/stage2.py", *argv]), flush=True)
     with workspace("clip_cir_bench_stage2_") as root:
         status(f"generating {args.train} synthetic CIRR triplets ...")
-        data_root = make_synthetic_cirr(root, args.train, args.seed)
+        data_root = make_synthetic_cirr(root, args.train, args.seed, size=args.image_size)
         data = load_training_set(data_root)
         reuse, baseline, extraction, checkpoints = [], [], [], []
         for round_ in range(args.rounds):

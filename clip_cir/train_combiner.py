@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,20 @@ def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentPar
     add_training_args(parser, epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, validation_frequency=3,
                       name="stage2")
     return parser
+
+
+def feature_forward(combiner: torch.nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
+                    offsets: torch.Tensor) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
+    """Stage 2's forward on a batch of indices into precomputed CLIP features: (the Combiner's
+    query from the reference image and the drawn caption form, the normalised target); the loss
+    is `batch_contrastive_loss` of the pair. A function of its own so that benchmarks time
+    exactly this step."""
+    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        reference = image_features[batch["reference"]]
+        text = text_features[offsets[batch["query"]] + batch["form"]]
+        return combiner(reference, text), F.normalize(image_features[batch["target"]], dim=-1)
+
+    return forward
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -85,11 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     prepared, optimizer = accelerator.prepare(combiner, optimizer)
 
-    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(combined query, normalised target) per triplet."""
-        reference = image_features[batch["reference"]]
-        text = text_features[offsets[batch["query"]] + batch["form"]]
-        return prepared(reference, text), F.normalize(image_features[batch["target"]], dim=-1)
+    forward = feature_forward(prepared, image_features, text_features, offsets)
 
     def validate(epoch: int) -> dict[str, float]:
         combiner.eval()
