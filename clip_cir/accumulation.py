@@ -88,7 +88,7 @@ def training_step(accelerator, model: torch.nn.Module, forward: Callable[[Any], 
             states.append(RngSnapshot(accelerator.device))
             with accelerator.autocast():
                 cached.append([f.detach().float() for f in forward(micro)])
-    for buffer, saved in statistics:  # the re-forward updates them, once per micro-batch as in one piece
+    for buffer, saved in statistics:  # only the re-forwards below update them
         buffer.copy_(saved)
     leaves = [torch.cat(parts).requires_grad_() for parts in zip(*cached)]
     # In float32, outside autocast: this gradient does not pass through the fp16 loss scaler, and

@@ -168,8 +168,9 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
     mine = list(paths)[shard.start:shard.stop]
 
     def encode_mine() -> torch.Tensor:
+        # Keyed by the files: each DDP rank's share is its own cache file (written atomically).
         pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress,
-                                 desc=f"{desc} (pixels)", is_writer=not shard.active) if pixel_cache else None
+                                 desc=f"{desc} (pixels)") if pixel_cache else None
         # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
         # that training draws from.
         loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,

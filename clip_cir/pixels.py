@@ -114,7 +114,7 @@ class PixelCache:
         return self.root / f"{key.hexdigest()}.npy"
 
     def get(self, paths: Sequence[Path], transform: ImageTransform, *, num_workers: int = 0,
-            progress: bool = True, desc: str = "pixel cache", is_writer: bool = True) -> PixelArray | None:
+            progress: bool = True, desc: str = "pixel cache") -> PixelArray | None:
         """The cached pixels of `paths`, writing them first if needed; None when there is no cache
         (off, a transform that does not split, or too little disk: then images are decoded)."""
         if self.root is None or not transform.splits or not paths:
@@ -128,8 +128,6 @@ class PixelCache:
                     return cached
             except (OSError, ValueError) as e:
                 log.warning("ignoring unreadable pixel cache %s (%s)", path, e)
-        if not is_writer:
-            return None
         shape = tuple(transform.pixels(load_image(paths[0])).shape)
         size = len(paths) * int(np.prod(shape))
         self.root.mkdir(parents=True, exist_ok=True)

@@ -401,10 +401,6 @@ class Loop:
     accum_steps: int = 1
     """Micro-batches per optimizer step (exact large-batch contrastive training)."""
 
-    def compute_loss(self, batch: Any) -> torch.Tensor:
-        """The loss of one batch in one piece, without gradients' bookkeeping (tests, benchmarks)."""
-        return self.loss(self.forward(batch))
-
 
 def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str, Any] | None]:
     """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at,
