@@ -24,7 +24,8 @@ from clip_cir.combiner import element_wise_sum
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
 from clip_cir.training import (EpochSampler, Loop, add_accum_arg, add_training_args, check_training_args,
-                               clip_metadata, program_main, report_skipped_images, seed_everything, start_run, train)
+                               clip_metadata, make_optimizer, program_main, report_skipped_images, seed_everything,
+                               start_run, train)
 
 log = logging.getLogger("clip_cir")
 ENCODERS = ("text", "image", "both")
@@ -98,8 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     # memory-map read: worker processes would only cost time.
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                         num_workers=workers if train_image and pixels is None else 0, drop_last=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                  betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                               betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
     def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

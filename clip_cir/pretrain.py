@@ -25,7 +25,8 @@ from clip_cir.composition import ClipEncoder
 from clip_cir.data.io import load_image
 from clip_cir.errors import CIRError
 from clip_cir.training import (EpochSampler, Loop, add_accum_arg, add_training_args, check_training_args,
-                               clip_metadata, program_main, report_skipped_images, seed_everything, start_run, train)
+                               clip_metadata, make_optimizer, program_main, report_skipped_images, seed_everything,
+                               start_run, train)
 from clip_cir.pixels import PixelArray
 from clip_cir.transforms import ImageTransform
 
@@ -162,8 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                             batch_size=min(args.batch_size, len(val_rows)),
                             sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
                             num_workers=0 if pixels["held-out"] else workers)
-    optimizer = torch.optim.AdamW(open_clip_param_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(0.9, 0.98), eps=1e-6)
+    optimizer = make_optimizer(torch.optim.AdamW, open_clip_param_groups(model, args.weight_decay), lr=args.lr,
+                               betas=(0.9, 0.98), eps=1e-6)
     # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
     optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
     encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)

@@ -23,7 +23,7 @@ from clip_cir.evaluation import (EncodeOptions, encode_captions, encode_image_fi
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.metrics import selection_scores
 from clip_cir.training import (Float32Forward, Loop, Selection, add_training_args, check_training_args,
-                               program_main, report_skipped_images, seed_everything, start_run, train)
+                               make_optimizer, program_main, report_skipped_images, seed_everything, start_run, train)
 
 log = logging.getLogger("clip_cir")
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     combiner = combiner.to(device)
     batches = FeatureBatches(data, args.batch_size, args.seed, device, accelerator.process_index,
                              accelerator.num_processes)
-    optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     prepared, optimizer = accelerator.prepare(combiner, optimizer)
 
     forward = feature_forward(prepared, image_features, text_features, offsets)

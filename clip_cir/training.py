@@ -219,6 +219,33 @@ class LRSchedule:
         return schedule
 
 
+KERNEL_FLAGS = ("fused", "foreach")
+
+
+def make_optimizer(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """`cls(params, **kwargs)` with torch's fused kernel where the parameters' device and dtype
+    have one (Adam and AdamW on CUDA, and on CPU from torch 2.4), else torch's default.
+
+    The same update, computed in one kernel over all parameters instead of a loop of small
+    per-tensor ops: on a CPU that loop over a CLIP text tower (its 49,408-row token embedding
+    included) took as long as the step's forward and backward together.
+    """
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kwargs)
+    except RuntimeError as error:  # e.g. "`fused=True` requires all the params to be ... of supported devices"
+        log.debug("no fused %s here (%s): torch's default implementation", cls.__name__, error)
+        return cls(params, **kwargs)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)`, keeping this optimizer's kernel choice (fused or not):
+    it belongs to the machine that resumes, not to the one that saved."""
+    groups = [{**saved, **{k: group[k] for k in KERNEL_FLAGS if k in group}}
+              for saved, group in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -413,7 +440,7 @@ def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str,
     for name, (module, _) in loop.saved_modules(0, {}).items():
         weights, _ = read_safetensors(checkpoint / f"{name}.safetensors")
         module.load_state_dict(weights)
-    loop.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(loop.optimizer, state["optimizer"])
     if "scaler" in state and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rngs = state["rng"]

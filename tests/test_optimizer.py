@@ -1,0 +1,74 @@
+"""`make_optimizer`: torch's fused Adam(W) where it exists, the same updates as the default
+implementation, and resumable from states saved by either."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clip_cir.training import load_optimizer_state, make_optimizer
+
+
+def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((300, 16), (16,), (7, 5, 3))]
+
+
+def _steps(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], first: int, n: int) -> None:
+    for step in range(first, first + n):
+        generator = torch.Generator().manual_seed(1000 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("cls, kwargs", [(torch.optim.AdamW, {"lr": 1e-2, "eps": 1e-7, "weight_decay": 0.1}),
+                                         (torch.optim.Adam, {"lr": 1e-2, "weight_decay": 1e-3})])
+def test_fused_optimizer_updates_like_the_default_one(cls, kwargs):
+    fused_params, default_params = _params(), _params()
+    fused = make_optimizer(cls, fused_params, **kwargs)
+    default = cls(default_params, **kwargs)
+    assert fused.param_groups[0]["fused"] is True  # torch 2.4+ has fused Adam(W) on CPU
+    assert not default.param_groups[0].get("fused")
+    _steps(fused, fused_params, 0, 5)
+    _steps(default, default_params, 0, 5)
+    moved = max((p - q).abs().max().item() for p, q in zip(default_params, _params()))
+    assert moved > 0.04  # 5 steps of lr 1e-2: the comparison below is not between unmoved tensors
+    for p, q in zip(fused_params, default_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_state_saved_without_fused_kernel_resumes_fused_with_the_same_updates():
+    kwargs = {"lr": 1e-2, "weight_decay": 0.1}
+    saved_params = _params()
+    saved = torch.optim.AdamW(saved_params, **kwargs)  # e.g. a run saved before clip-cir used fused kernels
+    _steps(saved, saved_params, 0, 3)
+    state = copy.deepcopy(saved.state_dict())
+
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in saved_params]
+    resumed = make_optimizer(torch.optim.AdamW, resumed_params, **kwargs)
+    load_optimizer_state(resumed, state)
+    assert resumed.param_groups[0]["fused"] is True  # this machine's kernel, not the saved one's
+    assert int(resumed.state[resumed_params[0]]["step"]) == 3
+    _steps(resumed, resumed_params, 3, 3)
+    _steps(saved, saved_params, 3, 3)
+    for p, q in zip(resumed_params, saved_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_no_fused_kernel_falls_back_to_the_default_implementation(monkeypatch):
+    class NoFusedAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            if kwargs.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cuda']")
+            super().__init__(params, **kwargs)
+
+    params = _params()
+    optimizer = make_optimizer(NoFusedAdamW, params, lr=1e-2)
+    assert isinstance(optimizer, NoFusedAdamW) and not optimizer.param_groups[0].get("fused")
+    before = params[0].detach().clone()
+    _steps(optimizer, params, 0, 1)
+    assert not torch.equal(before, params[0])
