@@ -302,10 +302,12 @@ def published_text_epochs(accelerator: "Accelerator", data_root: Path, model_nam
     images re-encoded by the frozen image tower (under no_grad) on every step, and captions
     encoded at the full context length.
 
-    Same model, data, DataLoader (`image_triplet_loader`), loss, optimizer and hyper-parameters
-    as `clip_cir.finetune` (its own parser's defaults), and its precision handling through
-    `accelerator` (autocast, the fp16 loss scaler); only where the image features come from and
-    the caption length differ. Timed by `time_epochs`, the library loop's rule.
+    Same model, data, DataLoader (`image_triplet_loader`), loss, optimizer hyper-parameters as
+    `clip_cir.finetune` (its own parser's defaults), and its precision handling through
+    `accelerator` (autocast, the fp16 loss scaler). What differs: where the image features come
+    from, the caption length, and the optimizer's kernel: `torch.optim.AdamW` as the published
+    code builds it (torch's default implementation), where clip-cir asks for the fused one
+    (`clip_cir.training.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
     """
     from clip_cir import finetune
     from clip_cir.combiner import element_wise_sum

@@ -18,7 +18,8 @@ the weights) and same synthetic CIRR data in one process:
   (a) `--encoder text`, the real program (`clip_cir.finetune.main`): features reused, text trimmed;
   (b) `--encoder text` the published way, implemented here: the library's image DataLoader,
       reference and target images through the frozen image tower under no_grad every step,
-      captions at the full context length, then the same loss and optimizer step;
+      captions at the full context length, then the same loss and an AdamW step as the published
+      code builds it (torch's default kernel; clip-cir asks for the fused one);
   (c) `--encoder both`, the real program with its default pixel cache (`--pixel-cache auto`);
   (d) `--encoder both`, the real program with `--pixel-cache off`: decoded every epoch.
 
@@ -30,7 +31,8 @@ lines, not spread over epochs. Below the table, one `--encoder text` step's CLIP
 piece, for the tiny CLIP and (`--text-model`) a random-init RN50x4, whose 77-token context and
 288-px image tower the tiny CLIP's 32 tokens and 64 px do not show: the text tower's
 forward+backward at the full context length and trimmed, on the same caption batches, and the
-frozen image tower's forward on the step's images, which only the published way pays.
+frozen image tower's forward on the step's images, which only the published way pays; and the
+AdamW update of the text tower's parameters with torch's default kernel and with the fused one.
 Each path uses its own DataLoader workers unless `--num-workers` sets one value for all: the
 programs' automatic choice (none on a CPU-only machine) and every core for the published way,
 as the published code does. Everything is written under a temp dir (with a cold
@@ -56,6 +58,7 @@ from clip_cir.composition import TrainingSet
 from clip_cir.losses import batch_contrastive_loss
 from clip_cir.models import encode_text
 from clip_cir.pixels import PixelCache
+from clip_cir.training import make_optimizer
 from common import (Call, Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
                     duration, fresh_accelerator, header, load_average, load_model, load_training_set,
                     make_synthetic_cirr, markdown_table, published_text_epochs, published_workers, stage1_run, status,
@@ -80,6 +83,46 @@ def pixel_cache_write(calls: list[Call]) -> float:
         raise RuntimeError("clip_cir.finetune --encoder both: no PixelCache.get of the training images was seen; "
                            "the benchmark's timing hook needs updating")
     return sum(writes)
+
+
+@dataclass
+class OptimizerWork:
+    """One AdamW update of a text tower's trainable parameters, torch's default kernel against the
+    fused one (`clip_cir.training.make_optimizer`)."""
+
+    model: str
+    parameters: int
+    default_seconds: float
+    fused_seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.model}: AdamW update of the text tower's {self.parameters / 1e6:.1f}M parameters "
+                f"{1000 * self.default_seconds:,.1f} ms with torch's default kernel (the published code's), "
+                f"{1000 * self.fused_seconds:,.1f} ms fused (clip-cir): "
+                f"{self.default_seconds / self.fused_seconds:.1f}x")
+
+
+def optimizer_work(model_name: str, seed: int, repeats: int = 10) -> OptimizerWork:
+    """Median seconds of an AdamW step over the text tower's parameters (stage 1 `--encoder text`),
+    with random gradients, for each kernel, after two warm-up steps each."""
+    clip, _ = load_model(model_name, seed)
+    device = baseline_device()
+    params = [p for n, p in clip.model.to(device).named_parameters()
+              if not n.startswith("visual.") and n != "logit_scale"]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    seconds = []
+    for optimizer in (torch.optim.AdamW(params, lr=1e-9, eps=1e-7, weight_decay=0.01),
+                      make_optimizer(torch.optim.AdamW, params, lr=1e-9, eps=1e-7, weight_decay=0.01)):
+        times = []
+        for i in range(repeats + 2):
+            started = time.perf_counter()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        seconds.append(statistics.median(times[2:]))
+    return OptimizerWork(model_name, sum(p.numel() for p in params), *seconds)
 
 
 @dataclass
@@ -150,7 +193,8 @@ def step_work(model_name: str, captions: list[str], batch_size: int, seed: int, 
 
 
 def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixels_s: float,
-           text: list[StepWork], data: TrainingSet, args: argparse.Namespace) -> str:
+           text: list[StepWork], optimizers: list[OptimizerWork], data: TrainingSet,
+           args: argparse.Namespace) -> str:
     B = args.batch_size
     rows = [
         ("(a) `--encoder text`, image features reused, text trimmed (clip-cir)",
@@ -185,6 +229,8 @@ def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixe
         "CLIP work of one `--encoder text` step, piece by piece (random init; text forward+backward, median of 5 "
         "batches, full context length vs trimmed to the batch's longest caption; no loader or optimizer):",
         *(f"- {step.describe()}" for step in text),
+        "The same step's optimizer update (median of 10):",
+        *(f"- {work.describe()}" for work in optimizers),
         f"load average (1/5/15 min) at end: {load_average()}",
     ])
 
@@ -228,13 +274,14 @@ def main(argv: list[str] | None = None) -> None:
             d.append(Epochs.from_run(real_run(data_root, root, "both", round_, args, pixel_cache="off"),
                                      args.batch_size))
         captions = [q.train_captions[0] for q in data.queries]
-        text = []
+        text, optimizers = [], []
         for model_name, batch_size in [(args.model, args.batch_size)] + ([(args.text_model, args.text_batch_size)]
                                                                         if args.text_model != "none" else []):
-            status(f"one step's CLIP work ({model_name}): text full length vs trimmed, images ...")
+            status(f"one step's CLIP work ({model_name}): text full length vs trimmed, images, optimizer ...")
             text.append(step_work(model_name, captions, batch_size, args.seed))
+            optimizers.append(optimizer_work(model_name, args.seed))
         print(report(Epochs.pool(a), Epochs.pool(b), Epochs.pool(c), Epochs.pool(d), statistics.median(extraction),
-                     statistics.median(pixels), text, data, args))
+                     statistics.median(pixels), text, optimizers, data, args))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,29 @@ def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
     with torch.no_grad():
         full = clip.model.encode_text(clip.tokenizer(CAPTIONS))
     torch.testing.assert_close(encode_texts(clip, CAPTIONS, progress=False), full, atol=1e-5, rtol=1e-5)
+
+
+def test_loaded_clip_tokenize_keeps_each_captions_ids_and_stays_exact(tiny_checkpoint, monkeypatch):
+    from clip_cir import models
+
+    clip = load_clip(None, str(tiny_checkpoint))
+    calls: list[list[str]] = []
+    tokenizer = clip.tokenizer
+    clip.tokenizer = lambda texts: calls.append(list(texts)) or tokenizer(texts)
+
+    def expected(texts: list[str]) -> torch.Tensor:
+        return trim_tokens(clip.model, tokenizer(texts))
+
+    first = ["x", CAPTIONS[1], "x", CAPTIONS[0]]
+    assert torch.equal(clip.tokenize(first), expected(first))  # repeated captions within a batch
+    assert calls == [["x", CAPTIONS[1], CAPTIONS[0]]]  # each new caption tokenized once
+    # A later batch: only the caption never seen is tokenized; trimmed to this batch's longest.
+    second = [CAPTIONS[0], CAPTIONS[3], "is blue"]
+    out = clip.tokenize(second)
+    assert calls[1:] == [["is blue"]]
+    assert torch.equal(out, expected(second)) and out.shape[1] < expected(first).shape[1]
+    # Past the cap the tokenizer runs every time, still exact.
+    monkeypatch.setattr(models, "TOKEN_CACHE_ROWS", 4)
+    third = ["is green", CAPTIONS[1]]
+    assert torch.equal(clip.tokenize(third), expected(third))
+    assert calls[2:] == [third] and "is green" not in clip._token_rows
