@@ -368,7 +368,8 @@ def load_model(model_name: str, seed: int) -> tuple[LoadedCLIP, ImageTransform]:
     return clip, transform_for(clip, "targetpad", 1.25)
 
 
-def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: int, rounds: int) -> None:
+def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: int, rounds: int,
+                       image_size: int = SYNTH_SIZE, image_size_why: str = "the tiny CLIP's input") -> None:
     """The size options both training benchmarks share."""
     parser.add_argument("--train", type=int, default=train,
                         help="synthetic CIRR training triplets (default: %(default)s)")
@@ -384,8 +385,8 @@ def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: i
                              "ratios on a busy machine (default: %(default)s)")
     parser.add_argument("--model", default="cir-tiny-vit",
                         help="open_clip model, random init (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
-                        help="short side of the synthetic images in px (default: %(default)s, the tiny CLIP's input; "
+    parser.add_argument("--image-size", type=int, default=image_size,
+                        help=f"short side of the synthetic images in px (default: %(default)s, {image_size_why}; "
                              "larger files cost more to decode, as the real datasets' 375-600 px ones do)")
     parser.add_argument("--seed", type=int, default=0, help="data and model seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
@@ -625,13 +626,14 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     from clip_cir import train_combiner
     from clip_cir.combiner import Combiner
     from clip_cir.composition import FeatureBatches
-    from clip_cir.training import LRSchedule, Loop, Run, Selection, fit
+    from clip_cir.training import LRSchedule, Loop, Run, Selection, fit, make_optimizer
 
     defaults = train_combiner.build_parser().parse_args(["--dataset", "cirr", "--data-root", "."])
     device = accelerator.device
     seed_everything(seed)
     combiner = Combiner(image_features.shape[1], projection_dim, hidden_dim).to(device)
-    optimizer = torch.optim.Adam(combiner.parameters(), lr=defaults.lr, weight_decay=defaults.weight_decay)
+    optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=defaults.lr,
+                               weight_decay=defaults.weight_decay)  # as clip_cir.train_combiner
     if batches in ("tensor", "replayed"):
         loader = FeatureBatches(data, batch_size, seed, device, accelerator.process_index, accelerator.num_processes)
         if batches == "replayed":
