@@ -52,7 +52,7 @@ def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
     parser.add_argument("--circo", type=int, default=50,
                         help="queries in each CIRCO-layout split the CIRR-trained model is also evaluated on, "
                              "zero-shot; 0 skips it (default: %(default)s)")
-    parser.add_argument("--pretrain-epochs", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--pretrain-epochs", type=int, default=4, help="(default: %(default)s)")
     parser.add_argument("--stage1-epochs", type=int, default=8, help="(default: %(default)s)")
     parser.add_argument("--stage2-epochs", type=int, default=30, help="(default: %(default)s)")
     parser.add_argument("--encoder", choices=("text", "image", "both"), default="text",
@@ -119,6 +119,7 @@ def results_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, st
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from clip_cir import finetune, pretrain, train_combiner
     from clip_cir.cli import main as cli_main
+    from clip_cir.training import seed_everything
 
     opt.check_positive(args, ["train", "val", "test", "pretrain_epochs", "stage1_epochs", "stage2_epochs"])
     work = args.workdir
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                    "--experiment-name", "pretrain", *train_size, *workers])
     rows: dict[str, dict[str, float]] = {}
     step("baselines: untrained CLIP, image only, zero-shot element-wise sum")
+    seed_everything(args.seed)  # the untrained row's random init: a function of --seed, not of what ran before
     rows["untrained CLIP, sum"] = _eval(data, evals / "untrained.json", ["--model", MODEL])
     rows["image only (pretrained CLIP)"] = _eval(data, evals / "image_only.json",
                                                  ["--pretrained", str(runs / "pretrain"), "--combining", "image"])
