@@ -202,9 +202,10 @@ def report(a: Epochs, b: Epochs, c: Epochs, d: Epochs, extraction_s: float, pixe
            args: argparse.Namespace) -> str:
     B = args.batch_size
     rows = [
-        ("(a) `--encoder text`, image features reused, text trimmed (clip-cir)",
+        ("(a) `--encoder text`, image features reused, text trimmed, fused AdamW (clip-cir)",
          f"text fwd+bwd, {text[0].mean_trimmed:.0f} tokens (mean longest caption)", a, b),
-        ("(b) `--encoder text`, images re-encoded every step, full-length text (published code's way)",
+        ("(b) `--encoder text`, images re-encoded every step, full-length text, torch's default AdamW "
+         "(published code's way)",
          f"{2 * B} images no_grad + text fwd+bwd, {text[0].context} tokens", b, b),
         ("(c) `--encoder both`, pixel cache (clip-cir default)", f"{2 * B} images + text fwd+bwd; pixels read", c, d),
         ("(d) `--encoder both`, `--pixel-cache off`: images decoded every epoch",

@@ -13,7 +13,9 @@ weights) and same synthetic CIRR data in one process:
 
   - features reused: the real program (`clip_cir.train_combiner.main`);
   - re-encoded every batch, implemented here the published way: the library's image
-    DataLoader, CLIP encodes under no_grad, then the same Combiner, loss and Adam step.
+    DataLoader, CLIP encodes under no_grad, then the same Combiner and loss, and an Adam step
+    as the published code builds it (torch's default kernel; the real program asks for the
+    fused one, `clip_cir.training.make_optimizer`).
 
 Seconds per epoch are steady-state (median of epochs 2..N, pooled over `--rounds` interleaved
 rounds; `train_metrics.csv` for the real program, the same timing rule for the baseline). The
@@ -68,8 +70,9 @@ def real_run(data: TrainingSet, data_root: Path, root: Path, round_: int, args: 
 def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
     """The Combiner trained the published way: frozen CLIP encodes every batch.
 
-    Same model, data, DataLoader, Combiner size, loss, optimizer and hyper-parameters as the
-    real program (its own parser's defaults); only where the CLIP features come from differs.
+    Same model, data, DataLoader, Combiner size, loss and optimizer hyper-parameters as the real
+    program (its own parser's defaults). What differs: where the CLIP features come from, and
+    the optimizer's kernel (torch's default here, as the published code; fused in the program).
     """
     defaults = train_combiner.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
     device = baseline_device()

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
-        tokens = clip.tokenize(batch["caption"]).to(device) if train_text else None
+        tokens = clip.tokenize(batch["caption"], remember=True).to(device) if train_text else None
         images = transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]])) if train_image else None
         encoded_images, encoded_text = encoder(images=images, tokens=tokens)
         if train_image:

@@ -36,9 +36,10 @@ from clip_cir.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 OPENAI_STRIP_KEYS = ("input_resolution", "context_length", "vocab_size")
-TOKEN_CACHE_ROWS = 250_000
-"""Captions whose token ids `LoadedCLIP.tokenize` keeps: every training caption of CIRR (28k) and
-FashionIQ (18k triplets, 4 caption forms each) in under 200 MB at 77 tokens."""
+TOKEN_CACHE_ROWS = 100_000
+"""Training captions whose token ids `LoadedCLIP.tokenize(..., remember=True)` keeps: about 1 KB
+each at 77 tokens (int32 ids, the caption string, the dict slot), so CIRR's 28k training
+captions take ~30 MB and FashionIQ's 72k caption forms ~80 MB, in each process."""
 
 
 @dataclass
@@ -79,20 +80,24 @@ class LoadedCLIP:
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str], remember: bool = False) -> torch.Tensor:
         """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`).
 
-        Training sees the same captions every epoch and open_clip's BPE runs in Python (about a
-        quarter of a millisecond a caption, 15% of a tiny CLIP's text step on a CPU), so each
-        caption's ids are kept after its first batch, up to `TOKEN_CACHE_ROWS` captions.
+        `remember`: for training, which sees the same captions every epoch while open_clip's BPE
+        runs in Python (about a quarter of a millisecond a caption, 15% of a tiny CLIP's text
+        step on a CPU): each caption's ids are kept after its first batch, up to
+        `TOKEN_CACHE_ROWS` captions. Not for one-off encoding (evaluation, the demo's queries),
+        nor for tokenizers that draw at random (open_clip's `reduction_mask`).
         """
         texts = list(texts)
+        if not (remember and texts) or getattr(self.tokenizer, "reduction_fn", None) is not None:
+            return trim_tokens(self.model, self.tokenizer(texts))
         missing = list(dict.fromkeys(t for t in texts if t not in self._token_rows))
         if len(self._token_rows) + len(missing) > TOKEN_CACHE_ROWS:
             return trim_tokens(self.model, self.tokenizer(texts))
         if missing:
-            self._token_rows.update(zip(missing, self.tokenizer(missing)))
-        return trim_tokens(self.model, torch.stack([self._token_rows[t] for t in texts]))
+            self._token_rows.update(zip(missing, self.tokenizer(missing).to(torch.int32)))
+        return trim_tokens(self.model, torch.stack([self._token_rows[t] for t in texts]).long())
 
 
 class _NoRandomInitWarning(logging.Filter):
@@ -398,7 +403,7 @@ def trim_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     CLIP text towers are causal and pool at the EOT token, so positions after it never reach
     the output: captions of 10-30 tokens need not pay for 77.
     """
-    if not can_trim_text(model) or tokens.ndim != 2:
+    if not can_trim_text(model) or tokens.ndim != 2 or not len(tokens):
         return tokens
     if model.text_pool_type == "argmax":
         eot = tokens.argmax(dim=-1)

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def forward(batch: dict, module=encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return module(images=transform.normalize(batch["image"].to(device)),
-                      tokens=clip.tokenize(batch["caption"]).to(device))
+                      tokens=clip.tokenize(batch["caption"], remember=True).to(device))
 
     def contrastive_loss(features, loss=loss_fn) -> torch.Tensor:
         image_features, text_features, scale = features

@@ -31,7 +31,7 @@ MODEL = TINY_MODEL
 PRETRAIN_RECIPE = ["--batch-size", "64", "--lr", "5e-4", "--weight-decay", "0.1", "--lr-scheduler", "cosine",
                    "--warmup", "50"]
 STAGE1_RECIPE = ["--batch-size", "32", "--lr", "3e-4", "--lr-scheduler", "cosine", "--warmup", "50"]
-STAGE2_RECIPE = ["--batch-size", "128", "--lr", "1e-3", "--lr-scheduler", "cosine", "--warmup", "50",
+STAGE2_RECIPE = ["--batch-size", "256", "--lr", "2e-3", "--lr-scheduler", "cosine", "--warmup", "50",
                  "--validation-frequency", "10"]
 COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
            ("recall_subset_at1", "Rs@1"), ("recall_subset_at2", "Rs@2"), ("recall_subset_at3", "Rs@3"),

@@ -222,28 +222,46 @@ class LRSchedule:
 KERNEL_FLAGS = ("fused", "foreach")
 
 
+def fused_kernel_devices() -> set[str]:
+    """Device types torch has fused Adam(W) kernels for ('cpu' from torch 2.4; 'cuda' always)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch that moved it: CUDA is the one every fused-capable torch covers
+        return {"cuda"}
+    return set(_get_fused_kernels_supported_devices())
+
+
 def make_optimizer(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """`cls(params, **kwargs)` with torch's fused kernel where the parameters' device and dtype
+    """`cls(params, **kwargs)` with torch's fused kernel where every parameter's device and dtype
     have one (Adam and AdamW on CUDA, and on CPU from torch 2.4), else torch's default.
 
     The same update, computed in one kernel over all parameters instead of a loop of small
     per-tensor ops: on a CPU that loop over a CLIP text tower (its 49,408-row token embedding
-    included) took as long as the step's forward and backward together.
+    included) took as long as the step's forward and backward together. Decided here, from the
+    parameters (already on their device): recent torch checks the device only at the first step.
     """
     params = list(params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    devices = fused_kernel_devices()
+    if not all(p.is_floating_point() and p.device.type in devices for p in tensors):
+        log.debug("no fused %s for these parameters: torch's default implementation", cls.__name__)
+        return cls(params, **kwargs)
     try:
         return cls(params, fused=True, **kwargs)
-    except RuntimeError as error:  # e.g. "`fused=True` requires all the params to be ... of supported devices"
+    except RuntimeError as error:  # torch < 2.4 checks at construction: "`fused=True` requires ..."
         log.debug("no fused %s here (%s): torch's default implementation", cls.__name__, error)
         return cls(params, **kwargs)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """`optimizer.load_state_dict(state)`, keeping this optimizer's kernel choice (fused or not):
-    it belongs to the machine that resumes, not to the one that saved."""
-    groups = [{**saved, **{k: group[k] for k in KERNEL_FLAGS if k in group}}
-              for saved, group in zip(state["param_groups"], optimizer.param_groups)]
-    optimizer.load_state_dict({**state, "param_groups": groups})
+    it belongs to the machine that resumes, not to the one that saved. A state with other
+    parameter groups goes to torch unchanged, which says what does not match."""
+    saved = state["param_groups"]
+    if len(saved) == len(optimizer.param_groups):
+        saved = [{**group_state, **{k: group[k] for k in KERNEL_FLAGS if k in group}}
+                 for group_state, group in zip(saved, optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": saved})
 
 
 def seed_everything(seed: int) -> None:

@@ -8,7 +8,11 @@ import copy
 import pytest
 import torch
 
-from clip_cir.training import load_optimizer_state, make_optimizer
+from clip_cir import training
+from clip_cir.training import fused_kernel_devices, load_optimizer_state, make_optimizer
+
+needs_cpu_fused = pytest.mark.skipif("cpu" not in fused_kernel_devices(),
+                                     reason="this torch has no fused Adam(W) for CPU (torch < 2.4)")
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -24,6 +28,7 @@ def _steps(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], f
         optimizer.step()
 
 
+@needs_cpu_fused
 @pytest.mark.parametrize("cls, kwargs", [(torch.optim.AdamW, {"lr": 1e-2, "eps": 1e-7, "weight_decay": 0.1}),
                                          (torch.optim.Adam, {"lr": 1e-2, "weight_decay": 1e-3})])
 def test_fused_optimizer_updates_like_the_default_one(cls, kwargs):
@@ -40,6 +45,7 @@ def test_fused_optimizer_updates_like_the_default_one(cls, kwargs):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@needs_cpu_fused
 def test_state_saved_without_fused_kernel_resumes_fused_with_the_same_updates():
     kwargs = {"lr": 1e-2, "weight_decay": 0.1}
     saved_params = _params()
@@ -58,7 +64,25 @@ def test_state_saved_without_fused_kernel_resumes_fused_with_the_same_updates():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_no_fused_kernel_falls_back_to_the_default_implementation(monkeypatch):
+def test_a_device_without_fused_kernels_gets_the_default_implementation(monkeypatch):
+    monkeypatch.setattr(training, "fused_kernel_devices", lambda: {"cuda"})  # as torch < 2.4 on a CPU
+    params = _params()
+    optimizer = make_optimizer(torch.optim.AdamW, params, lr=1e-2)
+    assert not optimizer.param_groups[0].get("fused")
+    _steps(optimizer, params, 0, 1)  # and it steps (recent torch would only fail here, at the first step)
+    assert not torch.equal(params[0], _params()[0])
+
+
+def test_state_with_other_parameter_groups_is_refused_by_torch():
+    params = _params()
+    two_groups = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:]}], lr=1e-2)
+    _steps(two_groups, params, 0, 1)
+    one_group = make_optimizer(torch.optim.AdamW, params, lr=1e-2)
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        load_optimizer_state(one_group, two_groups.state_dict())
+
+
+def test_no_fused_kernel_at_construction_falls_back_to_the_default_implementation(monkeypatch):
     class NoFusedAdamW(torch.optim.AdamW):
         def __init__(self, params, **kwargs):
             if kwargs.get("fused"):

@@ -79,7 +79,7 @@ def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
     torch.testing.assert_close(encode_texts(clip, CAPTIONS, progress=False), full, atol=1e-5, rtol=1e-5)
 
 
-def test_loaded_clip_tokenize_keeps_each_captions_ids_and_stays_exact(tiny_checkpoint, monkeypatch):
+def test_loaded_clip_tokenize_remembers_training_captions_and_stays_exact(tiny_checkpoint, monkeypatch):
     from clip_cir import models
 
     clip = load_clip(None, str(tiny_checkpoint))
@@ -91,15 +91,29 @@ def test_loaded_clip_tokenize_keeps_each_captions_ids_and_stays_exact(tiny_check
         return trim_tokens(clip.model, tokenizer(texts))
 
     first = ["x", CAPTIONS[1], "x", CAPTIONS[0]]
-    assert torch.equal(clip.tokenize(first), expected(first))  # repeated captions within a batch
+    out = clip.tokenize(first, remember=True)
+    assert torch.equal(out, expected(first)) and out.dtype == torch.long  # repeated captions within a batch
     assert calls == [["x", CAPTIONS[1], CAPTIONS[0]]]  # each new caption tokenized once
     # A later batch: only the caption never seen is tokenized; trimmed to this batch's longest.
     second = [CAPTIONS[0], CAPTIONS[3], "is blue"]
-    out = clip.tokenize(second)
+    out = clip.tokenize(second, remember=True)
     assert calls[1:] == [["is blue"]]
     assert torch.equal(out, expected(second)) and out.shape[1] < expected(first).shape[1]
+    # Without remember (evaluation, demo queries) nothing is kept: the tokenizer runs every time.
+    assert torch.equal(clip.tokenize(["is purple"]), expected(["is purple"])) and "is purple" not in clip._token_rows
+    assert clip.tokenize([], remember=True).shape[0] == 0
     # Past the cap the tokenizer runs every time, still exact.
     monkeypatch.setattr(models, "TOKEN_CACHE_ROWS", 4)
     third = ["is green", CAPTIONS[1]]
-    assert torch.equal(clip.tokenize(third), expected(third))
-    assert calls[2:] == [third] and "is green" not in clip._token_rows
+    before = len(calls)
+    assert torch.equal(clip.tokenize(third, remember=True), expected(third))
+    assert calls[before:] == [third] and "is green" not in clip._token_rows
+
+
+def test_tokenizer_that_draws_at_random_is_never_remembered(tiny_checkpoint):
+    clip = load_clip(None, str(tiny_checkpoint))
+    tokenizer = clip.tokenizer
+    clip.tokenizer = lambda texts: tokenizer(texts)
+    clip.tokenizer.reduction_fn = object()  # open_clip sets this for reduction_mask='random', 'shuffle', ...
+    clip.tokenize(["is red"], remember=True)
+    assert clip._token_rows == {}
