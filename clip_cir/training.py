@@ -246,11 +246,7 @@ def make_optimizer(cls: type[torch.optim.Optimizer], params: Any, **kwargs: Any)
     if not all(p.is_floating_point() and p.device.type in devices for p in tensors):
         log.debug("no fused %s for these parameters: torch's default implementation", cls.__name__)
         return cls(params, **kwargs)
-    try:
-        return cls(params, fused=True, **kwargs)
-    except RuntimeError as error:  # torch < 2.4 checks at construction: "`fused=True` requires ..."
-        log.debug("no fused %s here (%s): torch's default implementation", cls.__name__, error)
-        return cls(params, **kwargs)
+    return cls(params, fused=True, **kwargs)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

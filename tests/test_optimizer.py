@@ -80,19 +80,3 @@ def test_state_with_other_parameter_groups_is_refused_by_torch():
     one_group = make_optimizer(torch.optim.AdamW, params, lr=1e-2)
     with pytest.raises(ValueError, match="different number of parameter groups"):
         load_optimizer_state(one_group, two_groups.state_dict())
-
-
-def test_no_fused_kernel_at_construction_falls_back_to_the_default_implementation(monkeypatch):
-    class NoFusedAdamW(torch.optim.AdamW):
-        def __init__(self, params, **kwargs):
-            if kwargs.get("fused"):
-                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
-                                   "supported devices: ['cuda']")
-            super().__init__(params, **kwargs)
-
-    params = _params()
-    optimizer = make_optimizer(NoFusedAdamW, params, lr=1e-2)
-    assert isinstance(optimizer, NoFusedAdamW) and not optimizer.param_groups[0].get("fused")
-    before = params[0].detach().clone()
-    _steps(optimizer, params, 0, 1)
-    assert not torch.equal(before, params[0])
