@@ -51,6 +51,12 @@ def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
     return parser
 
 
+def query_and_target(reference: torch.Tensor, text: torch.Tensor,
+                     target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features of a batch -> (norm(f_I(r) + f_T(t)), norm(f_I(g))), each row on its own."""
+    return element_wise_sum(reference, text), F.normalize(target, dim=-1)
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
     images = opt.image_check(args, training=True)
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         else:
             reference, target = image_features[batch["reference"]], image_features[batch["target"]]
         text = encoded_text if train_text else text_features[text_offsets[batch["query"]] + batch["form"]]
-        return element_wise_sum(reference, text), F.normalize(target, dim=-1)
+        return query_and_target(reference, text, target)
 
     def train_mode() -> None:
         # As the published code: the whole CLIP stays in eval mode while its parameters train, so a

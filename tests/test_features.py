@@ -81,6 +81,18 @@ def test_text_cache(loaded, tmp_path):
     assert encode_counts["text"] - before == 3 and torch.equal(first, second)
     encode_texts(loaded, texts[::-1], cache=cache, progress=False)
     assert encode_counts["text"] - before == 6
+    # Other text-tower weights: encoded again, to other features.
+    other = load_clip(None, loaded.source)
+    with torch.no_grad():
+        other.model.token_embedding.weight.mul_(1.01)
+    changed = encode_texts(other, texts, cache=cache, progress=False)
+    assert encode_counts["text"] - before == 9 and not torch.allclose(changed, first)
+    # Other image-tower weights only: the text features are still cached.
+    image_only = load_clip(None, loaded.source)
+    with torch.no_grad():
+        image_only.model.visual.conv1.weight.mul_(1.01)
+    assert torch.equal(encode_texts(image_only, texts, cache=cache, progress=False), first)
+    assert encode_counts["text"] - before == 9
 
 
 def test_damaged_cache_entry_is_recomputed(loaded, val_paths, tmp_path, caplog):

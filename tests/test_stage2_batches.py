@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pandas as pd
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -51,17 +52,34 @@ def test_two_ranks_split_every_global_batch(synth_root):
             assert torch.equal(torch.cat([first[key], second[key]]), whole[key]), key
 
 
-def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path):
-    from clip_cir import train_combiner
+@pytest.mark.parametrize("schedule", [[], ["--lr-scheduler", "cosine", "--warmup", "3"]], ids=["const", "cosine"])
+def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, monkeypatch, schedule):
+    """A run interrupted after its epoch-2 checkpoint and resumed ends where an uninterrupted one
+    does: the same weights, losses and per-step learning rates (a restarted schedule would differ)."""
+    from clip_cir import train_combiner, training
 
-    common = ["--validation-frequency", "2"]  # FashionIQ: four caption forms to draw from
-    args = stage2_args(synth_root, tmp_path, "straight", "--epochs", "4", *common)
-    args[args.index("--dataset") + 1] = "fashioniq"
-    train_combiner.main(args)
-    args = stage2_args(synth_root, tmp_path, "resumed", "--epochs", "2", *common)
-    args[args.index("--dataset") + 1] = "fashioniq"
-    train_combiner.main(args)
-    train_combiner.main(["--resume", str(tmp_path / "resumed"), "--epochs", "4", "--no-progress"])
+    common = ["--epochs", "4", "--validation-frequency", "2", *schedule]
+
+    def args_for(name: str) -> list[str]:
+        args = stage2_args(synth_root, tmp_path, name, *common)
+        args[args.index("--dataset") + 1] = "fashioniq"  # four caption forms to draw from
+        return args
+
+    train_combiner.main(args_for("straight"))
+    save = training.save_checkpoint_dir
+
+    def save_then_stop(path, modules, state=None):
+        save(path, modules, state)
+        if state is not None and state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint_dir", save_then_stop)
+    with pytest.raises(SystemExit) as stopped:
+        train_combiner.main(args_for("resumed"))
+    assert stopped.value.code == 130
+    monkeypatch.setattr(training, "save_checkpoint_dir", save)
+    assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2]
+    train_combiner.main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
     straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))
     assert straight.keys() == resumed.keys()
@@ -70,3 +88,8 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path):
     a = pd.read_csv(tmp_path / "straight" / "train_metrics.csv")
     b = pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")
     assert list(b["epoch"]) == [1, 2, 3, 4] and list(a["train_loss"]) == list(b["train_loss"])
+    steps_a = pd.read_csv(tmp_path / "straight" / "train_steps.csv")
+    steps_b = pd.read_csv(tmp_path / "resumed" / "train_steps.csv")
+    assert list(steps_a["lr"]) == list(steps_b["lr"])
+    # Warmup's last step and cosine's first both set --lr itself: every other step has its own rate.
+    assert len(set(steps_a["lr"])) == (1 if not schedule else len(steps_a) - 1)
