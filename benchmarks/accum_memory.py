@@ -12,7 +12,7 @@ Each K runs in a fresh process, so one K's allocator state cannot hide another's
   already in memory;
 - on CUDA: torch.cuda.max_memory_allocated during the step minus what was allocated before it.
 
-The step is the library's (`clip_cir.accumulation.training_step`) on stage 1's forward (both
+The step is the library's (`clip_cir.training.accumulation.training_step`) on stage 1's forward (both
 towers through `ClipEncoder`, norm(f_I(r) + f_T(t)) against norm(f_I(target))) and loss
 (`batch_contrastive_loss`), with random-init weights and random pixels (speed and memory do not
 depend on the values). Default: RN50 at 224 px, global batch 32 (64 images a step); about two
@@ -58,11 +58,11 @@ def one_step(model_name: str, batch_size: int, accum: int, cpu: bool, seed: int)
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from clip_cir.accumulation import training_step
-    from clip_cir.combiner import element_wise_sum
-    from clip_cir.composition import ClipEncoder
-    from clip_cir.losses import batch_contrastive_loss
-    from clip_cir.models import load_clip
+    from clip_cir.models.clip import load_clip
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.training.accumulation import training_step
+    from clip_cir.training.datasets import ClipEncoder
+    from clip_cir.training.losses import batch_contrastive_loss
 
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=cpu)

@@ -9,13 +9,13 @@ gallery (d=640, RN50x4's width; `--data clustered` CLIP-like vectors by default)
 
 - encoding: the feature cache's write and read of the whole [N, 640] float32 matrix (what every
   run after the first does instead of encoding), and the tiny CPU CLIP's encode rate through
-  `clip_cir.features.encode_images` on `--encode-images` real (synthetic) image files, whose
+  `clip_cir.encoding.features.encode_images` on `--encode-images` real (synthetic) image files, whose
   time for N images is PROJECTED from that rate (marked as such; a real backbone belongs on a GPU);
 - ranking (`--queries` x N, top `--k`): the baseline, one [queries x N] score matrix then
   top-k (what a naive evaluation does), against clip-cir's exact search chunked over queries
-  and gallery (`clip_cir.ranking.rank_gallery`, what `clip-cir eval` / `submit-circo` run), and
+  and gallery (`clip_cir.encoding.ranking.rank_gallery`, what `clip-cir eval` / `submit-circo` run), and
   FAISS flat (exact) and IVF (approximate; build time on its own row) through
-  `clip_cir.search.FaissSearch` (`--search faiss`).
+  `clip_cir.encoding.search.FaissSearch` (`--search faiss`).
 
 Peak memory is the rise of the process's resident set (Linux VmHWM, reset before each step)
 over its size before the step, so the gallery itself (N x 640 x 4 bytes) is not counted.
@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-
-from clip_cir.features import FeatureCache, encode_images
-from clip_cir.ranking import rank_gallery
-from clip_cir.search import FaissSearch
 from common import header, load_average, markdown_table, quiet, status
 from search import make_data
+
+from clip_cir.encoding.features import FeatureCache, encode_images
+from clip_cir.encoding.ranking import rank_gallery
+from clip_cir.encoding.search import FaissSearch
 
 
 def _status_kb(field: str) -> int:
@@ -119,9 +119,9 @@ def tiny_encode_rows(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     """Measure the tiny CLIP's encode rate on real image files from a synthetic CIRCO world, and
     project the time for the whole gallery from it."""
     from clip_cir.constants import TINY_MODEL
-    from clip_cir.models import load_clip
-    from clip_cir.options import transform_for
-    from clip_cir.synth import generate
+    from clip_cir.data.synthetic import generate
+    from clip_cir.models.clip import load_clip
+    from clip_cir.params import transform_for
 
     count = args.encode_images
     with quiet():

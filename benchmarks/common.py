@@ -44,15 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from clip_cir import features
-from clip_cir.composition import TrainingSet, TripletDataset
 from clip_cir.data import load_splits
-from clip_cir.losses import batch_contrastive_loss
-from clip_cir.models import LoadedCLIP, load_clip
-from clip_cir.options import transform_for
-from clip_cir.synth import generate
-from clip_cir.training import EpochSampler, seed_everything
-from clip_cir.transforms import ImageTransform
+from clip_cir.data.synthetic import generate
+from clip_cir.encoding import features
+from clip_cir.models.clip import LoadedCLIP, load_clip
+from clip_cir.models.transforms import ImageTransform
+from clip_cir.params import transform_for
+from clip_cir.training.datasets import EpochSampler, TrainingSet, TripletDataset
+from clip_cir.training.losses import batch_contrastive_loss
+from clip_cir.training.run import seed_everything
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -122,7 +122,7 @@ def quiet() -> Iterator[None]:
 
 def make_synthetic_cirr(root: Path, n_train: int, seed: int, n_val: int = VAL_QUERIES,
                         size: int = SYNTH_SIZE) -> Path:
-    """Synthetic data in the CIRR layout (`clip_cir.synth`); returns the `--data-root`."""
+    """Synthetic data in the CIRR layout (`clip_cir.data.synthetic`); returns the `--data-root`."""
     data_root = root / "data"
     with quiet():
         generate(data_root, n_train=n_train, n_val=n_val, n_test=0, size=size, seed=seed, progress=False)
@@ -150,14 +150,14 @@ def _timed(fn: Callable, calls: list[Call], given: Callable[[tuple, dict], objec
 
 @contextmanager
 def timed_feature_extraction() -> Iterator[dict[str, list[Call]]]:
-    """Time every call of the library's two CLIP feature primitives, `clip_cir.features.
+    """Time every call of the library's two CLIP feature primitives, `clip_cir.encoding.features.
     encode_images` and `encode_texts`, made while the context is open; yields {"images": [...],
     "texts": [...]} with each call's input list.
 
     This is how a real run's one-off extraction is measured inside that run (rather than by a
     second, separate extraction). The primitives are replaced wherever a loaded `clip_cir`
     module holds them, so the timing survives refactors of which module calls them. A module
-    first imported inside the context picks the replacement up from `clip_cir.features` itself;
+    first imported inside the context picks the replacement up from `clip_cir.encoding.features` itself;
     on exit every `clip_cir` module holding a replacement gets the original back, so a later
     context sees every call again. `training_extraction` then picks the calls on the training set.
     """
@@ -194,7 +194,7 @@ def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program
     image_calls = [c for c in calls["images"] if {str(p) for p in c.given} == images]
     text_calls = [c for c in calls["texts"] if c.given == captions] if texts else []
     if not image_calls or (texts and not text_calls):
-        raise RuntimeError(f"{program}: no call of clip_cir.features.encode_images/encode_texts on the training "
+        raise RuntimeError(f"{program}: no call of clip_cir.encoding.features.encode_images/encode_texts on the training "
                            f"set was seen; the benchmark's timing hook needs updating")
     return sum(c.seconds for c in image_calls + text_calls)
 
@@ -303,17 +303,17 @@ def published_text_epochs(accelerator: "Accelerator", data_root: Path, model_nam
     encoded at the full context length.
 
     Same model, data, DataLoader (`image_triplet_loader`), loss, optimizer hyper-parameters as
-    `clip_cir.finetune` (its own parser's defaults), and its precision handling through
+    `clip_cir.training.stage1` (its own parser's defaults), and its precision handling through
     `accelerator` (autocast, the fp16 loss scaler). What differs: where the image features come
     from, the caption length, and the optimizer's kernel: `torch.optim.AdamW` as the published
     code builds it (torch's default implementation), where clip-cir asks for the fused one
-    (`clip_cir.training.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
+    (`clip_cir.training.loop.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
     """
-    from clip_cir import finetune
-    from clip_cir.combiner import element_wise_sum
-    from clip_cir.losses import batch_contrastive_loss
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.training import stage1
+    from clip_cir.training.losses import batch_contrastive_loss
 
-    defaults = finetune.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
+    defaults = stage1.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
     device = accelerator.device
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the programs' start_run
@@ -421,12 +421,12 @@ def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: 
 
 def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: argparse.Namespace,
                options: Sequence[str]) -> Path:
-    """One run of the real stage-1 program (`clip_cir.finetune.main`, in this process, quiet)
+    """One run of the real stage-1 program (`clip_cir.training.stage1.main`, in this process, quiet)
     with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
     with quiet():
-        finetune.main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
+        stage1.main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
     return root / "runs" / name
 
 
@@ -439,7 +439,7 @@ def published_workers(args: argparse.Namespace) -> int:
 def describe_workers(args: argparse.Namespace) -> str:
     if args.num_workers is not None:
         return f"{args.num_workers} DataLoader workers"
-    from clip_cir.options import num_workers
+    from clip_cir.params import num_workers
 
     automatic = num_workers(argparse.Namespace(num_workers=None), torch.cuda.is_available())
     return (f"DataLoader workers: {automatic} in the programs (their automatic choice), {published_workers(args)} "
@@ -615,25 +615,27 @@ class ReplayedBatches:
 def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features: torch.Tensor,
                   text_features: torch.Tensor, offsets: torch.Tensor, *, batches: str, batch_size: int,
                   epochs: int, projection_dim: int, hidden_dim: int, seed: int, run_dir: Path) -> Epochs:
-    """Stage-2 epochs through the library's own loop (`clip_cir.training.fit`), forward and loss
-    (`train_combiner.feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
+    """Stage-2 epochs through the library's own loop (`clip_cir.training.loop.fit`), forward and loss
+    (`stage2.feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
     defaults, timed by that loop into `run_dir/train_metrics.csv`. Only the batches differ: `batches="tensor"` is what
-    `clip_cir.train_combiner` runs (`FeatureBatches`); `"dataloader"` is how it drew them before
+    `clip_cir.training.stage2` runs (`FeatureBatches`); `"dataloader"` is how it drew them before
     (a per-item `TripletDataset` behind a DataLoader over an `EpochSampler`, prepared by
     Accelerate), the baseline; `"replayed"` is `ReplayedBatches` of `FeatureBatches`. Validation
     is a no-op here, so the loop's one `last/` write after the final epoch is the only extra
     (outside the epoch times)."""
-    from clip_cir import train_combiner
-    from clip_cir.combiner import Combiner
-    from clip_cir.composition import FeatureBatches
-    from clip_cir.training import LRSchedule, Loop, Run, Selection, fit, make_optimizer
+    from clip_cir.models.combiner import Combiner
+    from clip_cir.training import stage2
+    from clip_cir.training.datasets import FeatureBatches
+    from clip_cir.training.loop import Loop, Selection, fit
+    from clip_cir.training.optim import LRSchedule, make_optimizer
+    from clip_cir.training.run import Run
 
-    defaults = train_combiner.build_parser().parse_args(["--dataset", "cirr", "--data-root", "."])
+    defaults = stage2.build_parser().parse_args(["--dataset", "cirr", "--data-root", "."])
     device = accelerator.device
     seed_everything(seed)
     combiner = Combiner(image_features.shape[1], projection_dim, hidden_dim).to(device)
     optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=defaults.lr,
-                               weight_decay=defaults.weight_decay)  # as clip_cir.train_combiner
+                               weight_decay=defaults.weight_decay)  # as clip_cir.training.stage2
     if batches in ("tensor", "replayed"):
         loader = FeatureBatches(data, batch_size, seed, device, accelerator.process_index, accelerator.num_processes)
         if batches == "replayed":
@@ -647,7 +649,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
         raise ValueError(f"unknown batches {batches!r}")
     features = [t.to(device) for t in (image_features, text_features, offsets)]
     loop = Loop(model=prepared, optimizer=optimizer, loader=loader,
-                forward=train_combiner.feature_forward(prepared, *features),
+                forward=stage2.feature_forward(prepared, *features),
                 loss=lambda pair: batch_contrastive_loss(*pair), validate=lambda epoch: {},
                 saved_modules=lambda epoch, metrics: {"combiner": (combiner, {})}, train_mode=combiner.train,
                 selection=Selection(keys=()))

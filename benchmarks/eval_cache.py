@@ -7,7 +7,7 @@ Why: evaluation is repeated (after every stage, for every combining function, fo
 a demo), and a frozen CLIP gives the same gallery and caption features every time. clip-cir
 caches them on disk, keyed by the tower's weights, the preprocessing and the inputs, so the
 second evaluation of a model encodes nothing. This prints ONE table: the same `clip-cir eval`
-command (`clip_cir.cli.main`, in this process) twice on the synthetic CIRR val split, first
+command (`clip_cir.apps.cli.main`, in this process) twice on the synthetic CIRR val split, first
 with an empty feature cache, then again; wall time of each (imports excluded: they are the
 same for both), the images and captions it put through CLIP, and the speed-up of the second.
 The model is the tiny CLIP (`cir-tiny-vit`, random init) saved once as a checkpoint, so both
@@ -24,11 +24,20 @@ import time
 from contextlib import redirect_stdout
 
 import torch
+from common import (
+    header,
+    load_average,
+    load_model,
+    make_synthetic_cirr,
+    markdown_table,
+    quiet,
+    status,
+    workspace,
+)
 
-from clip_cir import cli, features
+from clip_cir.apps import cli
 from clip_cir.data import load_splits
-from common import (header, load_average, load_model, make_synthetic_cirr, markdown_table, quiet, status,
-                    workspace)
+from clip_cir.encoding import features
 
 
 def timed_eval(command: list[str]) -> tuple[float, int, int, str]:

@@ -10,7 +10,7 @@ thousands of images per second). This prints ONE table with a column per model a
 (random init: speed does not depend on the weights; open_clip_torch must be installed), every
 figure measured in this run:
 
-  - stage 1 `--encoder text` triplets/s: the real program (`clip_cir.finetune`: image features
+  - stage 1 `--encoder text` triplets/s: the real program (`clip_cir.training.stage1`: image features
     reused, text trimmed) and the published code's way (images re-encoded every step, full-length
     text; `common.published_text_epochs`), with the ratio;
   - stage 1 `--encoder both` triplets/s: the real program with its pixel cache and with
@@ -20,7 +20,7 @@ figure measured in this run:
   - a stage-2 epoch on `--stage2-triplets` random-feature triplets at batch `--stage2-batch-size`,
     Combiner at its default size (4x/8x the embedding), through the library's loop and
     `FeatureBatches` (`common.stage2_epochs`; median of epochs 2..N);
-  - gallery extraction images/s (`clip_cir.features.encode_images`, batch 64, no feature cache)
+  - gallery extraction images/s (`clip_cir.encoding.features.encode_images`, batch 64, no feature cache)
     on rendered 500x375 PNG photos (~320 KB, as CIRR's): decoding with the automatic number of
     workers, and from a warm pixel cache;
   - loader images/s on the same files, uint8 batches to the device and normalised there:
@@ -42,13 +42,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from common import (
+    Epochs,
+    fresh_accelerator,
+    header,
+    load_average,
+    load_model,
+    loader_rate,
+    make_synthetic_cirr,
+    markdown_table,
+    published_text_epochs,
+    published_workers,
+    quiet,
+    render_photos,
+    reset_accelerator_state,
+    stage1_run,
+    stage2_epochs,
+    status,
+    synthetic_triplets,
+    workspace,
+)
 
-from clip_cir.features import encode_images
-from clip_cir.options import num_workers as automatic_workers
-from clip_cir.pixels import DecodedPixels, PixelCache, PixelDataset
-from common import (Epochs, fresh_accelerator, header, load_average, load_model, loader_rate, make_synthetic_cirr,
-                    markdown_table, published_text_epochs, published_workers, quiet, render_photos,
-                    reset_accelerator_state, stage1_run, stage2_epochs, status, synthetic_triplets, workspace)
+from clip_cir.encoding.features import encode_images
+from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset
+from clip_cir.params import num_workers as automatic_workers
 
 ROWS = (
     ("text", "stage 1 `--encoder text`, clip-cir: features reused, text trimmed (triplets/s)"),

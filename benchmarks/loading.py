@@ -14,8 +14,8 @@ this run, on rendered photo-like files where the real datasets' files are:
   - 400x600 JPEG, as FashionIQ's product shots, ~50 KB each (real ones: 30-60 KB);
 
 each through `--transform targetpad` (ratio 1.25) to `--size` px: decoding
-(`clip_cir.pixels.DecodedPixels`: open, decode, pad, bicubic resize, crop, uint8) against the
-pixel cache (`clip_cir.pixels.PixelCache` -> `PixelDataset`), both batched by a DataLoader in
+(`clip_cir.encoding.pixels.DecodedPixels`: open, decode, pad, bicubic resize, crop, uint8) against the
+pixel cache (`clip_cir.encoding.pixels.PixelCache` -> `PixelDataset`), both batched by a DataLoader in
 the main process and normalised to the model's float input (`ImageTransform.normalize`), on
 ONE thread: images/s per core. The median of `--repeats` passes; the cache file is in the page
 cache after its write, as it is from a training run's second epoch on (if RAM holds it).
@@ -30,12 +30,20 @@ import time
 from pathlib import Path
 
 import torch
+from common import (
+    PHOTO_KINDS,
+    header,
+    load_average,
+    loader_rate,
+    markdown_table,
+    quiet,
+    render_photos,
+    status,
+)
 from torch.utils.data import Dataset
 
-from clip_cir.pixels import DecodedPixels, PixelCache, PixelDataset
-from clip_cir.transforms import ImageTransform, build_transform
-from common import (PHOTO_KINDS, header, load_average, loader_rate, markdown_table, quiet, render_photos,
-                    status)
+from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset
+from clip_cir.models.transforms import ImageTransform, build_transform
 
 
 def rates(source: Dataset, transform: ImageTransform, args: argparse.Namespace) -> tuple[float, float]:

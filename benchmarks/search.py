@@ -27,7 +27,12 @@ import time
 
 import torch
 
-from clip_cir.search import ExactSearch, FaissSearch, SearchIndex, default_nlist
+from clip_cir.encoding.search import (
+    ExactSearch,
+    FaissSearch,
+    SearchIndex,
+    default_nlist,
+)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

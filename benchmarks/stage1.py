@@ -6,7 +6,7 @@ cache (`--encoder both`), each against the way it was done before, in one run.
     python benchmarks/stage1.py --rounds 3                     # paths interleaved 3 times: steadier ratios
     python benchmarks/stage1.py --train 2000 --epochs 4 --batch-size 64 --num-workers 0
 
-Why: with `--encoder text` the image tower is frozen, so `clip_cir.finetune` computes the
+Why: with `--encoder text` the image tower is frozen, so `clip_cir.training.stage1` computes the
 reference and target image features once (through the feature cache) and every step encodes
 only text, cut to the batch's longest caption (exact for CLIP's causal, EOT-pooled text
 towers). The published reference code instead re-encodes both images with the frozen tower on
@@ -16,7 +16,7 @@ preprocessed pixels need not be decoded again every epoch: the pixel cache store
 This prints ONE table, same tiny CLIP (`cir-tiny-vit`, random init: speed does not depend on
 the weights) and same synthetic CIRR data in one process:
 
-  (a) `--encoder text`, the real program (`clip_cir.finetune.main`): features reused, text trimmed;
+  (a) `--encoder text`, the real program (`clip_cir.training.stage1.main`): features reused, text trimmed;
   (b) `--encoder text` the published way, implemented here: the library's image DataLoader,
       reference and target images through the frozen image tower under no_grad every step,
       captions at the full context length, then the same loss and an AdamW step as the published
@@ -53,24 +53,45 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import (
+    Call,
+    Epochs,
+    add_benchmark_args,
+    baseline_device,
+    configure,
+    describe_one_off,
+    describe_setup,
+    duration,
+    fresh_accelerator,
+    header,
+    load_average,
+    load_model,
+    load_training_set,
+    make_synthetic_cirr,
+    markdown_table,
+    published_text_epochs,
+    published_workers,
+    stage1_run,
+    status,
+    timed_calls,
+    timed_feature_extraction,
+    training_extraction,
+    workspace,
+)
 
-from clip_cir.combiner import element_wise_sum
-from clip_cir.composition import TrainingSet
-from clip_cir.losses import batch_contrastive_loss
-from clip_cir.models import encode_text
-from clip_cir.pixels import PixelCache
-from clip_cir.training import make_optimizer
-from common import (Call, Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
-                    duration, fresh_accelerator, header, load_average, load_model, load_training_set,
-                    make_synthetic_cirr, markdown_table, published_text_epochs, published_workers, stage1_run, status,
-                    timed_calls, timed_feature_extraction, training_extraction, workspace)
+from clip_cir.encoding.pixels import PixelCache
+from clip_cir.models.combiner import element_wise_sum
+from clip_cir.models.towers import encode_text
+from clip_cir.training.datasets import TrainingSet
+from clip_cir.training.losses import batch_contrastive_loss
+from clip_cir.training.optim import make_optimizer
 
 REAL_SHORT_SIDE = 288
 """Default short side of the rendered images: what is timed is decoding real photos (CIRR's and
 FashionIQ's are mostly 375-600 px, so this still understates it); the quickstart's 64-px PNGs
 decode in under a millisecond and would hide the cost both speed-ups remove."""
 TRAINING_PIXELS = "training images (pixels)"
-"""The `desc` under which `clip_cir.finetune` fills the pixel cache with its training images."""
+"""The `desc` under which `clip_cir.training.stage1` fills the pixel cache with its training images."""
 
 
 def real_run(data_root: Path, root: Path, encoder: str, round_: int, args: argparse.Namespace,
@@ -85,7 +106,7 @@ def pixel_cache_write(calls: list[Call]) -> float:
     it never did: the benchmark would no longer see the one-off)."""
     writes = [c.seconds for c in calls if c.given == TRAINING_PIXELS]
     if not writes:
-        raise RuntimeError("clip_cir.finetune --encoder both: no PixelCache.get of the training images was seen; "
+        raise RuntimeError("clip_cir.training.stage1 --encoder both: no PixelCache.get of the training images was seen; "
                            "the benchmark's timing hook needs updating")
     return sum(writes)
 
@@ -93,7 +114,7 @@ def pixel_cache_write(calls: list[Call]) -> float:
 @dataclass
 class OptimizerWork:
     """One AdamW update of a text tower's trainable parameters, torch's default kernel against the
-    fused one (`clip_cir.training.make_optimizer`)."""
+    fused one (`clip_cir.training.loop.make_optimizer`)."""
 
     model: str
     parameters: int
@@ -159,7 +180,7 @@ def step_work(model_name: str, captions: list[str], batch_size: int, seed: int, 
     """Median seconds of one text forward+backward (the stage-1 loss on fixed image features, no
     optimizer step) over the first `repeats` batches of captions, at the full context length
     (`model.encode_text`, as published) and trimmed to the batch's longest caption
-    (`clip_cir.models.encode_text` on `LoadedCLIP.tokenize`, as `clip_cir.finetune`), the two
+    (`clip_cir.models.clip.encode_text` on `LoadedCLIP.tokenize`, as `clip_cir.training.stage1`), the two
     alternating batch by batch after one warm-up batch each; then the faster of two no_grad
     forwards of the image tower on 2 x `batch_size` random inputs (the faster: the first pays
     warm-up, and a low figure for the published way's extra work can only understate the gain)."""
@@ -264,21 +285,21 @@ def main(argv: list[str] | None = None) -> None:
         data = load_training_set(data_root)
         a, b, c, d, extraction, pixels = [], [], [], [], [], []
         for round_ in range(args.rounds):
-            status(f"round {round_ + 1}/{args.rounds}: (a) --encoder text, features reused (clip_cir.finetune) ...")
+            status(f"round {round_ + 1}/{args.rounds}: (a) --encoder text, features reused (clip_cir.training.stage1) ...")
             with timed_feature_extraction() as calls:
                 run_a = real_run(data_root, root, "text", round_, args)
-            extraction.append(training_extraction(calls, data, "clip_cir.finetune --encoder text", texts=False))
+            extraction.append(training_extraction(calls, data, "clip_cir.training.stage1 --encoder text", texts=False))
             a.append(Epochs.from_run(run_a, args.batch_size))
             status(f"round {round_ + 1}/{args.rounds}: (b) --encoder text, images re-encoded every step, full-length "
                    f"text (published code's way) ...")
             b.append(published_text_epochs(fresh_accelerator(), data_root, args.model, args.seed, args.batch_size,
                                            published_workers(args), args.epochs))
-            status(f"round {round_ + 1}/{args.rounds}: (c) --encoder both, pixel cache (clip_cir.finetune) ...")
+            status(f"round {round_ + 1}/{args.rounds}: (c) --encoder both, pixel cache (clip_cir.training.stage1) ...")
             with timed_calls(PixelCache, "get", given=lambda a_, k: k.get("desc")) as gets:
                 run_c = real_run(data_root, root, "both", round_, args)
             pixels.append(pixel_cache_write(gets))
             c.append(Epochs.from_run(run_c, args.batch_size))
-            status(f"round {round_ + 1}/{args.rounds}: (d) --encoder both --pixel-cache off (clip_cir.finetune) ...")
+            status(f"round {round_ + 1}/{args.rounds}: (d) --encoder both --pixel-cache off (clip_cir.training.stage1) ...")
             d.append(Epochs.from_run(real_run(data_root, root, "both", round_, args, pixel_cache="off"),
                                      args.batch_size))
         captions = [q.train_captions[0] for q in data.queries]

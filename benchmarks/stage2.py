@@ -4,18 +4,18 @@
     python benchmarks/stage2.py --rounds 3                     # paths interleaved 3 times: steadier ratios
     python benchmarks/stage2.py --train 2000 --epochs 5 --batch-size 256
 
-Why: in stage 2 CLIP is frozen, so `clip_cir.train_combiner` computes every CLIP feature once
+Why: in stage 2 CLIP is frozen, so `clip_cir.training.stage2` computes every CLIP feature once
 (through the feature cache) and an epoch is Combiner work only. The published reference code
 instead pushes each batch's reference images, target images and captions through the frozen
 CLIP (under no_grad) before the Combiner step, every epoch of a 300-epoch schedule. This
 prints ONE table, same tiny CLIP (`cir-tiny-vit`, random init: speed does not depend on the
 weights) and same synthetic CIRR data in one process:
 
-  - features reused: the real program (`clip_cir.train_combiner.main`);
+  - features reused: the real program (`clip_cir.training.stage2.main`);
   - re-encoded every batch, implemented here the published way: the library's image
     DataLoader, CLIP encodes under no_grad, then the same Combiner and loss, and an Adam step
     as the published code builds it (torch's default kernel; the real program asks for the
-    fused one, `clip_cir.training.make_optimizer`).
+    fused one, `clip_cir.training.optim.make_optimizer`).
 
 Seconds per epoch are steady-state (median of epochs 2..N, pooled over `--rounds` interleaved
 rounds; `train_metrics.csv` for the real program, the same timing rule for the baseline). The
@@ -38,15 +38,36 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import (
+    Epochs,
+    add_benchmark_args,
+    baseline_device,
+    configure,
+    describe_one_off,
+    describe_setup,
+    duration,
+    header,
+    image_triplet_loader,
+    load_average,
+    load_model,
+    load_training_set,
+    make_synthetic_cirr,
+    markdown_table,
+    program_args,
+    published_workers,
+    quiet,
+    status,
+    time_epochs,
+    timed_calls,
+    timed_feature_extraction,
+    training_extraction,
+    workspace,
+)
 
-from clip_cir import train_combiner, training
-from clip_cir.combiner import Combiner
-from clip_cir.composition import TrainingSet
-from clip_cir.losses import batch_contrastive_loss
-from common import (Epochs, add_benchmark_args, baseline_device, configure, describe_one_off, describe_setup,
-                    duration, header, image_triplet_loader, load_average, load_model, load_training_set,
-                    make_synthetic_cirr, markdown_table, program_args, published_workers, quiet, status, time_epochs,
-                    timed_calls, timed_feature_extraction, training_extraction, workspace)
+from clip_cir.models.combiner import Combiner
+from clip_cir.training import loop, stage2
+from clip_cir.training.datasets import TrainingSet
+from clip_cir.training.losses import batch_contrastive_loss
 
 SCHEDULE = 300
 """Epochs of the published stage-2 schedule."""
@@ -60,9 +81,9 @@ def real_run(data: TrainingSet, data_root: Path, root: Path, round_: int, args: 
     and every caption form; the validation gallery is left out, as validation is), and the
     durations of its `last/` checkpoint writes (empty if they could not be seen)."""
     name = f"stage2-reuse-round{round_ + 1}"
-    with timed_feature_extraction() as calls, timed_calls(training, "save_checkpoint_dir") as saves, quiet():
-        train_combiner.main(program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args))
-    extraction_s = training_extraction(calls, data, "clip_cir.train_combiner", texts=True)
+    with timed_feature_extraction() as calls, timed_calls(loop, "save_checkpoint_dir") as saves, quiet():
+        stage2.main(program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args))
+    extraction_s = training_extraction(calls, data, "clip_cir.training.stage2", texts=True)
     last = [c.seconds for c in saves if Path(str(c.given)).name == "last"]
     return Epochs.from_run(root / "runs" / name, args.batch_size), extraction_s, last
 
@@ -74,7 +95,7 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
     program (its own parser's defaults). What differs: where the CLIP features come from, and
     the optimizer's kernel (torch's default here, as the published code; fused in the program).
     """
-    defaults = train_combiner.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
+    defaults = stage2.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
     device = baseline_device()
     clip, transform = load_model(args.model, args.seed)
     model = clip.model.to(device).eval().requires_grad_(False)
@@ -141,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         data = load_training_set(data_root)
         reuse, baseline, extraction, checkpoints = [], [], [], []
         for round_ in range(args.rounds):
-            status(f"round {round_ + 1}/{args.rounds}: features reused (clip_cir.train_combiner) ...")
+            status(f"round {round_ + 1}/{args.rounds}: features reused (clip_cir.training.stage2) ...")
             epochs, extraction_s, last = real_run(data, data_root, root, round_, args)
             reuse.append(epochs)
             extraction.append(extraction_s)

@@ -7,11 +7,11 @@
 Why: stage 2 trains the Combiner for 300 epochs on precomputed features, so whatever the loop
 spends per epoch besides the Combiner is paid 300 times. With the Combiner shrunk to 8/8
 (projection/hidden) the epoch time is that overhead. This prints ONE table, both rows measured
-in this run through the library's own loop (`clip_cir.training.fit`), loss
+in this run through the library's own loop (`clip_cir.training.loop.fit`), loss
 (`train_combiner.feature_forward` + `batch_contrastive_loss`), Combiner, optimizer and timing (`train_metrics.csv`), on the
 same random features:
 
-  (a) batches as tensor work, what `clip_cir.train_combiner` runs: `FeatureBatches` draws a
+  (a) batches as tensor work, what `clip_cir.training.stage2` runs: `FeatureBatches` draws a
       permutation and the caption forms once per epoch and slices them;
   (b) the per-item path it replaced (the baseline): `TripletDataset` items (a Python call and a
       dict per triplet) collated by a DataLoader over an `EpochSampler`, prepared by Accelerate;
@@ -34,9 +34,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from common import (Epochs, baseline_device, fresh_accelerator, header, load_average, markdown_table, status,
-                    stage2_epochs, synthetic_triplets)
+from common import (
+    Epochs,
+    baseline_device,
+    fresh_accelerator,
+    header,
+    load_average,
+    markdown_table,
+    stage2_epochs,
+    status,
+    synthetic_triplets,
+)
 
 CIRR_TRIPLETS = 28_225
 SCHEDULE = 300

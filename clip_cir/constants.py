@@ -6,3 +6,9 @@ TINY_MODEL = "cir-tiny-vit"
 TRANSFORMS = ("targetpad", "squarepad", "clip")
 SEARCH_BACKENDS = ("exact", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
+
+
+LR_SCHEDULERS = ("const", "cosine")
+
+
+TRACKERS = ("none", "comet_ml")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from clip_cir.demo_app import main
+from clip_cir.apps.demo.app import main
 
 if __name__ == "__main__":
     main(sys.argv[1:], prog="demo/app.py")

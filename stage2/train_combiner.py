@@ -1,8 +1,8 @@
 """Stage 2: `accelerate launch stage2/train_combiner.py --dataset cirr --data-root DATA --pretrained STAGE1_RUN ...`
-(or plain python). See `--help`; the work is done in `clip_cir.train_combiner`.
+(or plain python). See `--help`; the work is done in `clip_cir.training.stage2`.
 """
 
-from clip_cir.train_combiner import main
+from clip_cir.training.stage2 import main
 
 if __name__ == "__main__":
     main()

@@ -49,7 +49,7 @@ def synth_root(tmp_path_factory) -> Path:
     category; CIRCO val/test = 20/20 queries with 1-8 ground truths each over one gallery (with
     60 unrelated distractors); 64-px images, some non-square; FashionIQ mixes .jpg and .png.
     Shared by every test: never write into it (use ``data_copy`` instead)."""
-    from clip_cir.synth import generate
+    from clip_cir.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("synth_root")
     generate(root, progress=False, **SYNTH_ARGS)
@@ -84,7 +84,7 @@ def _make_tiny_clip(name: str = "cir-tiny-vit", seed: int = 0):
     import open_clip
     import torch
 
-    import clip_cir.models  # noqa: F401 - registers the tiny configs with open_clip
+    import clip_cir.models.clip  # noqa: F401 - registers the tiny configs with open_clip
 
     torch.manual_seed(seed)
     return open_clip.create_model(name).eval()
@@ -119,7 +119,7 @@ def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
 def tiny_runs(synth_root, tmp_path_factory) -> dict[str, Path]:
     """A 1-epoch stage-1 CIRR run (``cir-tiny-vit``, text encoder) and a 2-epoch stage-2 run on its
     CLIP, as users make them: ``{"stage1": RUN_DIR, "stage2": RUN_DIR}``. Shared: never write into them."""
-    from clip_cir.cli import main
+    from clip_cir.apps.cli import main
 
     out = tmp_path_factory.mktemp("runs")
     common = ["--dataset", "cirr", "--data-root", str(synth_root), "--output-dir", str(out),
@@ -144,10 +144,10 @@ class CLIResult:
 
 @pytest.fixture
 def cli(capsys):
-    """``cli(*args) -> CLIResult(code, out, err)``: ``clip_cir.cli.main`` in-process; the exit
+    """``cli(*args) -> CLIResult(code, out, err)``: ``clip_cir.apps.cli.main`` in-process; the exit
     code comes from its SystemExit. Arguments may be Paths; output captured so far is
     discarded first."""
-    from clip_cir.cli import main
+    from clip_cir.apps.cli import main
 
     def run(*args) -> CLIResult:
         capsys.readouterr()

@@ -17,8 +17,13 @@ import torch
 
 from clip_cir.data import load_splits
 from clip_cir.data.types import CIRSplit, Query
-from clip_cir.metrics import average_precisions, format_metrics, mean_average_precision, split_metrics
-from clip_cir.ranking import Ranking, rank_gallery, rank_split
+from clip_cir.encoding.ranking import Ranking, rank_gallery, rank_split
+from clip_cir.evaluation.metrics import (
+    average_precisions,
+    format_metrics,
+    mean_average_precision,
+    split_metrics,
+)
 
 MODEL = ["--num-workers", "0", "--batch-size", "256"]
 G = {f"{i}": Path(f"/nowhere/{i:012d}.jpg") for i in range(100, 130)}  # gallery names "100".."129"
@@ -139,7 +144,7 @@ def test_chunked_ranking_equals_unchunked():
 
 def test_faiss_flat_index_ranks_a_split_like_exact_search():
     pytest.importorskip("faiss")
-    from clip_cir.search import build_index
+    from clip_cir.encoding.search import build_index
 
     gen = torch.Generator().manual_seed(1)
     gallery = torch.nn.functional.normalize(torch.randn(len(G), 8, generator=gen), dim=-1)
@@ -180,7 +185,7 @@ def _read(path: Path) -> dict:
 
 
 def test_submit_val_then_score_equals_eval_and_gallery_is_encoded_once(cli, synth_root, tiny_checkpoint, tmp_path):
-    from clip_cir.features import encode_counts
+    from clip_cir.encoding.features import encode_counts
 
     model = ["--pretrained", tiny_checkpoint, *MODEL, "--cache-dir", tmp_path / "cache"]
     before = encode_counts["image"]
@@ -320,12 +325,12 @@ def _expect_rejection(cli, synth_root, tmp_path, text, reason):
 
 
 def test_demo_engine_serves_a_circo_gallery(synth_root, tiny_checkpoint, tmp_path):
-    from clip_cir.combiner import element_wise_sum
-    from clip_cir.demo_engine import DemoEngine
-    from clip_cir.evaluation import EncodeOptions
-    from clip_cir.features import FeatureCache
-    from clip_cir.models import load_clip
-    from clip_cir.options import transform_for
+    from clip_cir.apps.demo.engine import DemoEngine
+    from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.encoding.features import FeatureCache
+    from clip_cir.models.clip import load_clip
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.params import transform_for
 
     clip = load_clip(None, str(tiny_checkpoint))
     encode = EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), image_cache=FeatureCache(tmp_path),

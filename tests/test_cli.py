@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
-from clip_cir.submission import check_submission
-from clip_cir.transforms import build_transform
+from clip_cir.evaluation.submission import check_submission
+from clip_cir.models.transforms import build_transform
 
 FAST = ["--num-workers", "0", "--batch-size", "256"]
 CIRR_KEYS = ["recall_at1", "recall_at5", "recall_at10", "recall_at50",

@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_cir.combiner import Combiner, element_wise_sum
+from clip_cir.apps.demo.app import MAX_K, create_app, make_server
+from clip_cir.apps.demo.engine import DemoEngine
 from clip_cir.data import load_splits
-from clip_cir.demo_app import MAX_K, create_app, make_server
-from clip_cir.demo_engine import DemoEngine
-from clip_cir.evaluation import EncodeOptions
-from clip_cir.features import FeatureCache, encode_counts, encode_texts
-from clip_cir.models import load_clip
-from clip_cir.options import transform_for
-from clip_cir.ranking import rank_gallery
+from clip_cir.encoding.encode import EncodeOptions
+from clip_cir.encoding.features import FeatureCache, encode_counts, encode_texts
+from clip_cir.encoding.ranking import rank_gallery
+from clip_cir.models.clip import load_clip
+from clip_cir.models.combiner import Combiner, element_wise_sum
+from clip_cir.params import transform_for
 
 pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir[demo]')")
 
@@ -352,7 +352,7 @@ def test_gallery_features_are_shared_with_evaluation(clip, splits, encode, tmp_p
     """`clip-cir eval` and the demo read and write the same cache entries."""
     from dataclasses import replace
 
-    from clip_cir.evaluation import split_features
+    from clip_cir.encoding.encode import split_features
 
     fresh = replace(encode, image_cache=FeatureCache(tmp_path / "cache"))
     evaluated = split_features(clip, splits[0], fresh)
@@ -473,7 +473,7 @@ def test_demo_app_script_serves_on_localhost(synth_root, tmp_path):
 
 
 def test_demo_app_main_error_names_the_script(synth_root, tmp_path, capsys):
-    from clip_cir.demo_app import main
+    from clip_cir.apps.demo.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--dataset", "cirr", "--data-root", str(tmp_path / "missing"), "--model", "cir-tiny-vit",

@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_cir.combiner import Combiner, load_combiner
-from clip_cir.models import load_clip
+from clip_cir.models.clip import load_clip
+from clip_cir.models.combiner import Combiner, load_combiner
 
 ORG = "clip-cir-test"
 TEXTS = ["make the red circle blue", "add a small green square at the top left", "remove the star"]
@@ -43,7 +43,7 @@ def install_in_hub_cache(folder: Path, repo_id: str, revision: str) -> None:
 
 
 def export(*args) -> None:
-    from clip_cir.cli import main
+    from clip_cir.apps.cli import main
 
     main(["export", *map(str, args)])
 
@@ -188,8 +188,8 @@ def test_training_from_a_hub_clip_and_reloading_its_checkpoint_without_the_hub(h
                                                                                  monkeypatch):
     from huggingface_hub import constants
 
-    from clip_cir.checkpoints import save_weights
-    from clip_cir.training import clip_metadata
+    from clip_cir.models.checkpoints import save_weights
+    from clip_cir.training.run import clip_metadata
 
     name = hub["runs"]["name"]
     result = cli("train-combiner", "--dataset", "cirr", "--data-root", synth_root, "--pretrained", name,

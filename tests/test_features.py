@@ -7,9 +7,14 @@ import torch
 
 from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
-from clip_cir.features import FeatureCache, encode_counts, encode_images, encode_texts
-from clip_cir.models import load_clip
-from clip_cir.transforms import build_transform
+from clip_cir.encoding.features import (
+    FeatureCache,
+    encode_counts,
+    encode_images,
+    encode_texts,
+)
+from clip_cir.models.clip import load_clip
+from clip_cir.models.transforms import build_transform
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_cir.combiner import element_wise_sum
-from clip_cir.losses import METHOD_LOGIT_SCALE, batch_contrastive_loss
-from clip_cir.finetune import query_and_target
+from clip_cir.models.combiner import element_wise_sum
+from clip_cir.training.losses import METHOD_LOGIT_SCALE, batch_contrastive_loss
+from clip_cir.training.stage1 import query_and_target
 
 IMAGE = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
 TEXT = torch.tensor([[1.0, 3.0], [2.0, -1.0], [0.0, 1.0]])

@@ -7,10 +7,24 @@ import pytest
 import torch
 
 from clip_cir.data.types import CIRSplit, Query
-from clip_cir.evaluation import SplitFeatures, metrics_from_features
-from clip_cir.metrics import (combine_benchmarks, format_metrics, geometric_mean, harmonic_mean,
-                              recall_at_k, selection_scores, soft_recall_at_k, split_metrics)
-from clip_cir.ranking import Ranking, rank_gallery, rank_split, subset_candidates
+from clip_cir.encoding.encode import SplitFeatures
+from clip_cir.encoding.ranking import (
+    Ranking,
+    rank_gallery,
+    rank_split,
+    subset_candidates,
+)
+from clip_cir.evaluation.evaluate import metrics_from_features
+from clip_cir.evaluation.metrics import (
+    combine_benchmarks,
+    format_metrics,
+    geometric_mean,
+    harmonic_mean,
+    recall_at_k,
+    selection_scores,
+    soft_recall_at_k,
+    split_metrics,
+)
 
 NAMES = [f"g{i}" for i in range(10)]
 GALLERY = {n: Path(f"/nowhere/{n}.png") for n in NAMES}
@@ -132,7 +146,7 @@ def test_cirr_metric_keys_exactly_as_issue():
     assert m["recall_subset_at1"] == 0.0 and m["recall_subset_at3"] == 100.0
     assert m["recall_avg"] == 50.0  # (100 + 0) / 2
     # The Avg is reported, not selected on: checkpoint selection averages the seven recalls only.
-    from clip_cir.metrics import selection_scores
+    from clip_cir.evaluation.metrics import selection_scores
     assert selection_scores(m)["score"] == sum(m[k] for k in CIRR_KEYS) / len(CIRR_KEYS)
     table = format_metrics(m, label="cirr").splitlines()
     assert table[0].split()[-1] == "Avg" and table[1].split()[-1] == "50.00"

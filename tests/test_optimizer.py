@@ -8,8 +8,12 @@ import copy
 import pytest
 import torch
 
-from clip_cir import training
-from clip_cir.training import fused_kernel_devices, load_optimizer_state, make_optimizer
+from clip_cir.training import optim
+from clip_cir.training.optim import (
+    fused_kernel_devices,
+    load_optimizer_state,
+    make_optimizer,
+)
 
 needs_cpu_fused = pytest.mark.skipif("cpu" not in fused_kernel_devices(),
                                      reason="this torch has no fused Adam(W) for CPU (torch < 2.4)")
@@ -65,7 +69,7 @@ def test_state_saved_without_fused_kernel_resumes_fused_with_the_same_updates():
 
 
 def test_a_device_without_fused_kernels_gets_the_default_implementation(monkeypatch):
-    monkeypatch.setattr(training, "fused_kernel_devices", lambda: {"cuda"})  # as torch < 2.4 on a CPU
+    monkeypatch.setattr(optim, "fused_kernel_devices", lambda: {"cuda"})  # as torch < 2.4 on a CPU
     params = _params()
     optimizer = make_optimizer(torch.optim.AdamW, params, lr=1e-2)
     assert not optimizer.param_groups[0].get("fused")

@@ -26,7 +26,7 @@ MARGIN_COMBINER = 1.0  # Combiner - stage 1: 3.0, 3.3, 6.0
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> Path:
-    from clip_cir.quickstart import main
+    from clip_cir.apps.quickstart import main
 
     work = tmp_path_factory.mktemp("quickstart")
     main(["--workdir", str(work), *QUICK])
@@ -80,7 +80,7 @@ def test_stage_runs_recorded_their_validation(quickstart):
 
 def test_submission_files_pass_the_server_rules(quickstart):
     from clip_cir.data import load_splits
-    from clip_cir.submission import check_submission, read_submission
+    from clip_cir.evaluation.submission import check_submission, read_submission
 
     split = load_splits("cirr", quickstart / "data", "test1")[0]
     for metric in ("recall", "recall_subset"):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from test_training import stage1_args
 
 from clip_cir.data.io import load_image
-from clip_cir.pixels import PixelCache
-from clip_cir.transforms import build_transform
-from test_training import stage1_args
+from clip_cir.encoding.pixels import PixelCache
+from clip_cir.models.transforms import build_transform
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_the_cache_is_written_once_and_keyed_by_files_and_preprocessing(real_siz
     wrote = [r.getMessage() for r in caplog.records if "writing" in r.getMessage()]
     assert len(wrote) == 1 and "4 images x 3x64x64 uint8 = 0.00 GB" in wrote[0]  # says the size before writing
     assert first.path.stat().st_size >= 4 * 3 * 64 * 64
-    import clip_cir.pixels as pixels
+    import clip_cir.encoding.pixels as pixels
 
     monkeypatch.setattr(pixels, "load_image", lambda path: pytest.fail("decoded an image the cache holds"))
     again = cache.get(real_sized_images[:4], transform, progress=False)
@@ -78,7 +78,7 @@ def test_the_cache_is_written_once_and_keyed_by_files_and_preprocessing(real_siz
 
 
 def test_a_cache_that_would_fill_the_disk_is_not_written(real_sized_images, tmp_path, monkeypatch, caplog):
-    import clip_cir.pixels as pixels
+    import clip_cir.encoding.pixels as pixels
 
     monkeypatch.setattr(pixels.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 2 * 1024 ** 3))
     huge = build_transform("targetpad", 288)
@@ -90,9 +90,9 @@ def test_a_cache_that_would_fill_the_disk_is_not_written(real_sized_images, tmp_
 
 
 def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_images, tmp_path, tiny_checkpoint):
-    from clip_cir.features import encode_counts, encode_images
-    from clip_cir.models import load_clip
-    from clip_cir.options import transform_for
+    from clip_cir.encoding.features import encode_counts, encode_images
+    from clip_cir.models.clip import load_clip
+    from clip_cir.params import transform_for
 
     clip = load_clip(None, str(tiny_checkpoint))
     transform = transform_for(clip, "targetpad", 1.25)
@@ -105,12 +105,12 @@ def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_ima
 
 
 def test_stage1_both_encoders_train_identically_with_the_pixel_cache(synth_root, tmp_path):
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
     common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5",
               "--pixel-cache-dir", str(tmp_path / "pixels")]
-    finetune.main(stage1_args(synth_root, tmp_path, "cached", *common))
-    finetune.main(stage1_args(synth_root, tmp_path, "decoded", *common, "--pixel-cache", "off"))
+    stage1.main(stage1_args(synth_root, tmp_path, "cached", *common))
+    stage1.main(stage1_args(synth_root, tmp_path, "decoded", *common, "--pixel-cache", "off"))
     assert len(list((tmp_path / "pixels").glob("*.npy"))) == 2  # training images and the val gallery
     cached = load_file(str(tmp_path / "cached" / "last" / "clip.safetensors"))
     decoded = load_file(str(tmp_path / "decoded" / "last" / "clip.safetensors"))

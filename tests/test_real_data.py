@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from test_training import stage1_args, stage2_args
 
 
@@ -33,13 +32,13 @@ def _cirr_train_copy(synth_root: Path, tmp_path: Path) -> Path:
 # ---- 1. stage 1 keeps CLIP in eval mode: BatchNorm statistics stay the pretrained ones --------
 
 def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_path):
-    from clip_cir import finetune
-    from clip_cir.models import load_clip
-    from clip_cir.training import seed_everything
+    from clip_cir.models.clip import load_clip
+    from clip_cir.training import stage1
+    from clip_cir.training.run import seed_everything
 
     args = stage1_args(synth_root, tmp_path, "rn", "--encoder", "both", "--epochs", "1")
     args[args.index("cir-tiny-vit")] = "cir-tiny-rn"
-    finetune.main(args)
+    stage1.main(args)
     seed_everything(0)  # the run's seed: the same random init
     start = load_clip("cir-tiny-rn").model.state_dict()
     trained = load_file(str(tmp_path / "rn" / "last" / "clip.safetensors"))
@@ -56,7 +55,7 @@ def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_p
 # ---- 2. float32 validation; encoding restores each tower's own mode --------------------------
 
 def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, tmp_path, tiny_checkpoint, cli):
-    from clip_cir import train_combiner
+    from clip_cir.training import stage2
 
     args = stage2_args(synth_root, tmp_path, "bf16", "--epochs", "2", "--validation-frequency", "1",
                        "--mixed-precision", "bf16", "--pretrained", str(tiny_checkpoint), "--cpu")
@@ -65,7 +64,7 @@ def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, 
 
     AcceleratorState._reset_state(reset_partial_state=True)  # this process's Accelerator said "no" before
     try:
-        train_combiner.main(args)
+        stage2.main(args)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     run = tmp_path / "bf16"
@@ -80,8 +79,8 @@ def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, 
 
 
 def test_encoding_restores_each_towers_own_mode(tiny_checkpoint):
-    from clip_cir.features import encode_texts
-    from clip_cir.models import load_clip
+    from clip_cir.encoding.features import encode_texts
+    from clip_cir.models.clip import load_clip
 
     clip = load_clip(None, str(tiny_checkpoint))
     clip.model.train()
@@ -121,8 +120,14 @@ def _write_real_scale_test1(root: Path, queries: int = 4148, images: int = 2315)
 
 def test_submission_files_fit_the_server_at_the_real_test1_scale(tmp_path):
     from clip_cir.data import load_splits
-    from clip_cir.ranking import rank_split
-    from clip_cir.submission import MAX_BYTES, build_submissions, check_submission, read_submission, write_submissions
+    from clip_cir.encoding.ranking import rank_split
+    from clip_cir.evaluation.submission import (
+        MAX_BYTES,
+        build_submissions,
+        check_submission,
+        read_submission,
+        write_submissions,
+    )
 
     _write_real_scale_test1(tmp_path / "data")
     split = load_splits("cirr", tmp_path / "data", "test1")[0]
@@ -151,7 +156,7 @@ def _triplets_using(captions_file: Path, names: set[str]) -> int:
 
 
 def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(synth_root, tmp_path, capsys):
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
     data = _cirr_train_copy(synth_root, tmp_path)
     split_file = data / "cirr_dataset/cirr/image_splits/split.rc2.train.json"
@@ -166,7 +171,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     common = ["--encoder", "text", "--epochs", "1", "--validation-frequency", "5"]
 
     with pytest.raises(SystemExit) as exit_info:
-        finetune.main(stage1_args(data, tmp_path / "runs", "strict", *common))
+        stage1.main(stage1_args(data, tmp_path / "runs", "strict", *common))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"stage1/finetune.py: error: {missing}: image '{missing_name}' listed in "
@@ -174,7 +179,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     assert "1 more of the" in err and "--skip-missing-images" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "strict").exists()
 
-    finetune.main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
+    stage1.main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
     run = tmp_path / "runs" / "skip"
     lines = (run / "skipped_images.txt").read_text().splitlines()
     rows = [line.split("\t") for line in lines if not line.startswith("#")]
@@ -193,7 +198,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
 def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_checked(synth_root, tmp_path):
     """A val image no query uses as reference or target still changes the validation numbers
     (it is a distractor and an image-set member); a training image no triplet uses is never read."""
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
     data = _cirr_train_copy(synth_root, tmp_path)
     base = data / "cirr_dataset"
@@ -207,7 +212,7 @@ def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_check
     train_listing = _read(base / "cirr/image_splits/split.rc2.train.json")
     unused = next(n for n in train_listing if n not in used)
     (base / train_listing[unused]).write_bytes(b"not an image")
-    finetune.main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
+    stage1.main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
                               "--skip-missing-images"))
     run = tmp_path / "runs" / "gaps"
     rows = [line.split("\t")[0] for line in (run / "skipped_images.txt").read_text().splitlines()
@@ -283,8 +288,8 @@ def test_circo_missing_ground_truth_stops_or_drops_every_query_that_needs_it(dat
 
 
 def test_fashioniq_training_uses_images_outside_the_split_file_but_val_does_not(data_copy):
-    from clip_cir.composition import TrainingSet
     from clip_cir.data import load_splits
+    from clip_cir.training.datasets import TrainingSet
 
     root = data_copy("fashioniq")
     base = root / "fashionIQ_dataset"
@@ -333,8 +338,8 @@ def test_cirr_train_images_in_the_flat_nlvr2_layout(synth_root, tmp_path, caplog
 # ---- 7. honest log lines -----------------------------------------------------------------------
 
 def test_loading_our_checkpoints_does_not_claim_a_random_init(synth_root, tmp_path, tiny_checkpoint, caplog):
-    from clip_cir.checkpoints import save_weights
-    from clip_cir.models import load_clip
+    from clip_cir.models.checkpoints import save_weights
+    from clip_cir.models.clip import load_clip
 
     loaded = load_clip(None, str(tiny_checkpoint))
     ours = tmp_path / "clip.safetensors"

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_cir.encoding.search import ExactSearch, FaissSearch, build_index
 from clip_cir.errors import CIRError
-from clip_cir.search import ExactSearch, FaissSearch, build_index
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'clip-cir[faiss]')")
 

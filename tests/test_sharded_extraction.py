@@ -16,12 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_checkpoint, tmp_path):
-    from clip_cir.data import load_splits
-    from clip_cir.evaluation import EncodeOptions, split_features
-    from clip_cir.models import load_clip
-    from clip_cir.options import transform_for
-
     from test_training import ddp_launcher
+
+    from clip_cir.data import load_splits
+    from clip_cir.encoding.encode import EncodeOptions, split_features
+    from clip_cir.models.clip import load_clip
+    from clip_cir.params import transform_for
 
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
            str(synth_root), str(tiny_checkpoint), str(tmp_path)]
@@ -47,9 +47,9 @@ def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_c
 def test_a_rank_that_fails_stops_every_rank_with_its_reason(data_copy, tiny_checkpoint, tmp_path):
     """An unreadable image in rank 1's share: rank 1 raises its one-line reason, rank 0 learns of it
     and stops too, instead of waiting in the gather until the collective times out."""
-    from clip_cir.data import load_splits
-
     from test_training import ddp_launcher
+
+    from clip_cir.data import load_splits
 
     root = data_copy("cirr")
     last = list(load_splits("cirr", root, "val")[0].gallery.values())[-1]

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from clip_cir.composition import FeatureBatches, TrainingSet
-from clip_cir.data import load_splits
 from test_training import stage2_args
+
+from clip_cir.data import load_splits
+from clip_cir.training.datasets import FeatureBatches, TrainingSet
 
 
 def _data(synth_root) -> TrainingSet:
@@ -56,7 +56,7 @@ def test_two_ranks_split_every_global_batch(synth_root):
 def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, monkeypatch, schedule):
     """A run interrupted after its epoch-2 checkpoint and resumed ends where an uninterrupted one
     does: the same weights, losses and per-step learning rates (a restarted schedule would differ)."""
-    from clip_cir import train_combiner, training
+    from clip_cir.training import loop, stage2
 
     common = ["--epochs", "4", "--validation-frequency", "2", *schedule]
 
@@ -65,21 +65,21 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
         args[args.index("--dataset") + 1] = "fashioniq"  # four caption forms to draw from
         return args
 
-    train_combiner.main(args_for("straight"))
-    save = training.save_checkpoint_dir
+    stage2.main(args_for("straight"))
+    save = loop.save_checkpoint_dir
 
     def save_then_stop(path, modules, state=None):
         save(path, modules, state)
         if state is not None and state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_checkpoint_dir", save_then_stop)
+    monkeypatch.setattr(loop, "save_checkpoint_dir", save_then_stop)
     with pytest.raises(SystemExit) as stopped:
-        train_combiner.main(args_for("resumed"))
+        stage2.main(args_for("resumed"))
     assert stopped.value.code == 130
-    monkeypatch.setattr(training, "save_checkpoint_dir", save)
+    monkeypatch.setattr(loop, "save_checkpoint_dir", save)
     assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2]
-    train_combiner.main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
+    stage2.main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
     straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))
     assert straight.keys() == resumed.keys()

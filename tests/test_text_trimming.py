@@ -8,7 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from clip_cir.models import can_trim_text, encode_text, load_clip, trim_tokens
+from clip_cir.models.clip import load_clip
+from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
 
 CAPTIONS = ["is red", "has a small blue triangle on the left instead of the big green circle",
             "Same shirt but with long sleeves and a darker colour, no logo on the chest.", "x"]
@@ -24,7 +25,7 @@ def _full_and_trimmed(model: torch.nn.Module, tokenizer) -> tuple[torch.Tensor, 
 @pytest.mark.parametrize("name", ["cir-tiny-vit", "cir-tiny-rn", "RN50x4", "ViT-B-32"])
 def test_trimmed_text_features_equal_full_length(name):
     torch.manual_seed(0)
-    import clip_cir.models  # noqa: F401 - registers the tiny configs
+    import clip_cir.models.clip  # noqa: F401 - registers the tiny configs
 
     model = open_clip.create_model(name).eval()
     full, trimmed, full_length, trimmed_length = _full_and_trimmed(model, open_clip.get_tokenizer(name))
@@ -70,7 +71,7 @@ def test_a_tower_without_causal_eot_pooling_keeps_the_full_length():
 
 
 def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
-    from clip_cir.features import encode_texts
+    from clip_cir.encoding.features import encode_texts
 
     clip = load_clip(None, str(tiny_checkpoint))
     assert clip.tokenize(CAPTIONS).shape[1] < clip.tokenizer(CAPTIONS).shape[1]
@@ -80,7 +81,7 @@ def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
 
 
 def test_loaded_clip_tokenize_remembers_training_captions_and_stays_exact(tiny_checkpoint, monkeypatch):
-    from clip_cir import models
+    from clip_cir.models import clip as clip_module
 
     clip = load_clip(None, str(tiny_checkpoint))
     calls: list[list[str]] = []
@@ -103,7 +104,7 @@ def test_loaded_clip_tokenize_remembers_training_captions_and_stays_exact(tiny_c
     assert torch.equal(clip.tokenize(["is purple"]), expected(["is purple"])) and "is purple" not in clip._token_rows
     assert clip.tokenize([], remember=True).shape[0] == 0
     # Past the cap the tokenizer runs every time, still exact.
-    monkeypatch.setattr(models, "TOKEN_CACHE_ROWS", 4)
+    monkeypatch.setattr(clip_module, "TOKEN_CACHE_ROWS", 4)
     third = ["is green", CAPTIONS[1]]
     before = len(calls)
     assert torch.equal(clip.tokenize(third, remember=True), expected(third))

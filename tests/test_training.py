@@ -35,9 +35,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_path):
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
-    finetune.main(stage1_args(synth_root, tmp_path, "text", "--encoder", "text", "--epochs", "3"))
+    stage1.main(stage1_args(synth_root, tmp_path, "text", "--encoder", "text", "--epochs", "3"))
     run = tmp_path / "text"
     train = pd.read_csv(run / "train_metrics.csv")
     assert list(train["epoch"]) == [1, 2, 3]
@@ -52,8 +52,8 @@ def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_pat
     config = json.loads((run / "config.json").read_text())
     assert config["encoder"] == "text" and config["epochs"] == 3
     # The image tower really is frozen, and the text tower really trained.
-    from clip_cir.models import load_clip
-    from clip_cir.training import seed_everything
+    from clip_cir.models.clip import load_clip
+    from clip_cir.training.run import seed_everything
 
     seed_everything(0)  # the run's --seed: its random init is reproducible
     start = load_clip("cir-tiny-vit").model.state_dict()
@@ -66,9 +66,9 @@ def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_pat
 
 
 def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
-    from clip_cir import train_combiner
+    from clip_cir.training import stage2
 
-    train_combiner.main(stage2_args(synth_root, tmp_path, "comb", "--epochs", "4", "--validation-frequency", "2"))
+    stage2.main(stage2_args(synth_root, tmp_path, "comb", "--epochs", "4", "--validation-frequency", "2"))
     train = pd.read_csv(tmp_path / "comb" / "train_metrics.csv")
     assert train["clip_images_encoded"].nunique() == 1 and train["clip_texts_encoded"].nunique() == 1
     run = tmp_path / "comb"
@@ -77,10 +77,10 @@ def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
     meta = json.loads((run / "best" / "combiner.json").read_text())
     assert (meta["clip_feature_dim"], meta["projection_dim"], meta["hidden_dim"]) == (128, 512, 1024)
     # A second run on the same CLIP finds every feature in the cache.
-    from clip_cir import features
+    from clip_cir.encoding import features
 
     before = dict(features.encode_counts)
-    train_combiner.main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
+    stage2.main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
     assert features.encode_counts["image"] == before.get("image", 0)
     assert features.encode_counts["text"] == before.get("text", 0)
 
@@ -121,8 +121,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     assert two["train_loss"].item() == pytest.approx(one["train_loss"].item(), rel=1e-4)
     w1 = read_weights(tmp_path / "one" / "last" / "clip.safetensors")
     w2 = read_weights(tmp_path / "two" / "last" / "clip.safetensors")
-    from clip_cir.models import load_clip
-    from clip_cir.training import seed_everything
+    from clip_cir.models.clip import load_clip
+    from clip_cir.training.run import seed_everything
 
     seed_everything(0)
     start = load_clip("cir-tiny-rn").model.state_dict()
@@ -204,9 +204,9 @@ def _open_clip_lrs(kind: str, base_lr: float, warmup: int, steps: int) -> list[f
 @pytest.mark.parametrize("kind", ["cosine", "const"])
 def test_learning_rate_per_step_follows_open_clip(synth_root, tmp_path, kind):
     """120 triplets at batch 32: 3 steps an epoch, 12 in all, the first 5 warming up."""
-    from clip_cir import train_combiner
+    from clip_cir.training import stage2
 
-    train_combiner.main(stage2_args(synth_root, tmp_path, kind, "--epochs", "4", "--validation-frequency", "4",
+    stage2.main(stage2_args(synth_root, tmp_path, kind, "--epochs", "4", "--validation-frequency", "4",
                                     "--lr-scheduler", kind, "--warmup", "5"))
     steps = pd.read_csv(tmp_path / kind / "train_steps.csv")
     expected = _open_clip_lrs(kind, 1e-3, 5, 12)
@@ -220,11 +220,11 @@ def test_learning_rate_per_step_follows_open_clip(synth_root, tmp_path, kind):
 
 
 def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_path, monkeypatch):
-    from clip_cir import train_combiner
+    from clip_cir.training import stage2
 
     monkeypatch.delenv("COMET_API_KEY", raising=False)
     monkeypatch.setenv("COMET_CONFIG", str(tmp_path / "no_comet_config"))
-    train_combiner.main(stage2_args(synth_root, tmp_path, "tracked", "--epochs", "2", "--tracker", "comet_ml"))
+    stage2.main(stage2_args(synth_root, tmp_path, "tracked", "--epochs", "2", "--tracker", "comet_ml"))
     run = tmp_path / "tracked"
     archives = list((run / "comet").glob("*.zip"))
     assert len(archives) == 1, list((run / "comet").iterdir()) if (run / "comet").exists() else "no comet dir"
@@ -237,7 +237,7 @@ def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_pa
 
 
 def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsys):
-    from clip_cir import finetune
+    from clip_cir.training import stage1
 
     cases = [
         (["--epochs", "0"], "--epochs must be positive"),
@@ -247,11 +247,11 @@ def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsy
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            finetune.main(stage1_args(synth_root, tmp_path, "bad", "--epochs", "1", *extra))
+            stage1.main(stage1_args(synth_root, tmp_path, "bad", "--epochs", "1", *extra))
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
-        finetune.main(["--resume", str(tmp_path / "nothing-here")])
+        stage1.main(["--resume", str(tmp_path / "nothing-here")])
     assert "config.json: not found" in capsys.readouterr().err

@@ -13,8 +13,15 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from clip_cir.errors import CIRError
-from clip_cir.transforms import (OPENAI_MEAN, OPENAI_STD, SquarePad, TargetPad, build_transform,
-                                 square_pad_amounts, target_pad_amounts)
+from clip_cir.models.transforms import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    SquarePad,
+    TargetPad,
+    build_transform,
+    square_pad_amounts,
+    target_pad_amounts,
+)
 
 SIZE = 64
 MEAN = torch.tensor(OPENAI_MEAN).view(3, 1, 1)

@@ -12,10 +12,10 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from clip_cir.data import load_splits
-from clip_cir.evaluation import EncodeOptions, split_features
-from clip_cir.features import FeatureCache, encode_counts
-from clip_cir.models import load_clip
-from clip_cir.options import transform_for
+from clip_cir.encoding.encode import EncodeOptions, split_features
+from clip_cir.encoding.features import FeatureCache, encode_counts
+from clip_cir.models.clip import load_clip
+from clip_cir.params import transform_for
 
 data_root, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 accelerator = Accelerator(cpu=True)  # under torchrun: joins the other CPU processes over gloo

@@ -1,0 +1,1 @@
+"""The web demo: a gallery searched by reference image + caption."""

@@ -1,0 +1,331 @@
+"""`clip-cir demo` (also `python demo/app.py`): search a gallery by reference image + caption in a browser.
+
+One page: browse the gallery (paged, filter by name), pick a reference or upload one, type a
+relative caption, see the top-K with scores; clicking a result makes it the new reference, so a
+search can be refined turn by turn. The header shows the model and combining function in use.
+The gallery is the chosen split's (FashionIQ: the union of the categories'); the reference is
+removed from its own results when the dataset's protocol does so (CIRR), as in evaluation.
+
+JSON API (the page uses nothing else, so scripts can do all it does). Every error is
+`{"error": "<message>"}` with a 4xx status (5xx only for a bug, and the server keeps running):
+
+    GET  /api/info
+         -> {"model", "combining", "dataset", "split", "gallery_size", "embed_dim", "search",
+             "exclude_reference", "default_k", "max_k", "max_upload_bytes"}
+    GET  /api/gallery?page=1&per_page=48&filter=TEXT
+         -> {"total", "page", "pages", "per_page", "filter", "items": [{"name", "url"}]}
+         Names containing TEXT (case-insensitive), in gallery order; per_page 1..200;
+         a page past the last one has no items.
+    POST /api/search   JSON {"reference": NAME, "caption": TEXT, "k": 10}
+                       or multipart/form-data: image=@FILE (or reference=NAME), caption=TEXT, k=10
+         -> {"reference": NAME or null, "caption", "k", "results": [{"rank", "name", "score", "url"}],
+             "model", "combining", "search", "excluded_reference", "elapsed_ms"}
+         k is 1..max_k (100); the caption 1..1000 characters; an upload must decode as an image,
+         at most --max-upload-mb megabytes and 40 megapixels.
+    GET  /images/NAME  the gallery image called NAME; anything else (other files, ../, absolute
+                       or URL-encoded paths) is 404. Names are looked up, never joined to paths.
+
+    curl -s localhost:8000/api/search -H 'Content-Type: application/json' \\
+         -d '{"reference": "dev-244-0-img0", "caption": "is red", "k": 5}'
+    curl -s localhost:8000/api/search -F image=@shoe.jpg -F caption='is red' -F k=5
+
+Safety: binds 127.0.0.1 unless --host says otherwise; never runs in debug mode (no debugger, no
+reloader); request bodies are capped at the upload limit; a bad request is a 4xx message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import math
+import os
+import socket
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from clip_cir import params as opt
+from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from werkzeug.serving import BaseWSGIServer
+
+    from clip_cir.apps.demo.engine import DemoEngine
+
+log = logging.getLogger("clip_cir.demo")
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_K = 100
+MAX_PER_PAGE = 200
+DEFAULT_PER_PAGE = 48
+MAX_UPLOAD_PIXELS = 40_000_000
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class ClientError(Exception):
+    """A client error with its HTTP status; the message is shown to the user."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _int_field(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ClientError(f"{name} must be an integer from {low} to {high}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ClientError(f"{name} must be an integer from {low} to {high}, got '{value[:50]}'") from None
+    if not isinstance(value, int):
+        raise ClientError(f"{name} must be an integer from {low} to {high}, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ClientError(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """The uploaded bytes as an RGB image, or a 4xx naming what is wrong."""
+    if not data:
+        raise ClientError("the uploaded file is empty")
+    try:
+        with Image.open(BytesIO(data)) as image:
+            if image.width * image.height > MAX_UPLOAD_PIXELS:
+                raise ClientError(f"uploaded image is {image.width}x{image.height} pixels, more than "
+                                 f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels", 413)
+            image.load()
+            return image.convert("RGB")
+    except ClientError:
+        raise
+    except UnidentifiedImageError:
+        raise ClientError("the uploaded file is not a readable image (unknown or unsupported format)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ClientError(f"the uploaded file is not a readable image ({reason})") from None
+
+
+def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int = 10 * 2 ** 20) -> Flask:
+    """The Flask app around an engine (no server): tests drive it with `app.test_client()`."""
+    from flask import Flask, jsonify, request, send_file, send_from_directory, url_for
+    from werkzeug.exceptions import HTTPException
+
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    app.debug = False
+    app.url_map.merge_slashes = False  # '/images//etc/passwd' is a 404, not a redirect
+    info = {**engine.info(), "default_k": default_k, "max_k": MAX_K, "max_upload_bytes": max_upload_bytes}
+
+    def image_url(name: str) -> str:
+        return url_for("gallery_image", name=name)
+
+    @app.after_request
+    def add_headers(response):
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.errorhandler(ClientError)
+    def bad_request(e: ClientError):
+        return jsonify(error=str(e)), e.status
+
+    @app.errorhandler(CIRError)
+    def cir_error(e: CIRError):
+        return jsonify(error=str(e)), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        messages = {404: "not found", 405: f"method {request.method} not allowed here",
+                    413: f"request too large (limit {max_upload_bytes / 2 ** 20:.1f} MB)"}
+        return jsonify(error=messages.get(e.code, e.description)), e.code
+
+    @app.errorhandler(Exception)
+    def internal_error(e: Exception):
+        log.exception("error while answering %s %s", request.method, request.path)
+        return jsonify(error=f"internal error ({type(e).__name__}); the server log has the details"), 500
+
+    @app.get("/")
+    def page():
+        return send_from_directory(STATIC_DIR, "index.html", max_age=0)
+
+    @app.get("/api/info")
+    def api_info():
+        return jsonify(info)
+
+    @app.get("/api/gallery")
+    def api_gallery():
+        page = _int_field(request.args.get("page", "1"), "page", 1, 10 ** 9)
+        per_page = _int_field(request.args.get("per_page", str(DEFAULT_PER_PAGE)), "per_page", 1, MAX_PER_PAGE)
+        text = request.args.get("filter", "")
+        if len(text) > 200:
+            raise ClientError("filter is too long (at most 200 characters)")
+        names = engine.filter_names(text)
+        chosen = names[(page - 1) * per_page: page * per_page]
+        return jsonify(total=len(names), page=page, pages=max(1, math.ceil(len(names) / per_page)),
+                       per_page=per_page, filter=text,
+                       items=[{"name": n, "url": image_url(n)} for n in chosen])
+
+    @app.post("/api/search")
+    def api_search():
+        image = None
+        if request.is_json:
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise ClientError('the body must be a JSON object like {"reference": NAME, "caption": TEXT, "k": 10}')
+        elif request.mimetype == "multipart/form-data":
+            body = request.form.to_dict()
+            upload = request.files.get("image")
+            if upload is not None:
+                image = decode_upload(upload.read())
+        else:
+            raise ClientError("send JSON (Content-Type: application/json) or multipart/form-data with an image", 415)
+        reference = body.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise ClientError(f"reference must be an image name (a string), got {type(reference).__name__}")
+        if image is not None and reference:
+            raise ClientError("give either a reference name or an uploaded image, not both")
+        if image is None and not reference:
+            raise ClientError("no reference: give a gallery image name as 'reference' or upload an 'image'")
+        if "caption" not in body:
+            raise ClientError("no caption: say how the reference should change")
+        k = _int_field(body.get("k", default_k), "k", 1, MAX_K)
+        result = engine.search(body["caption"], k, reference=reference or None, image=image)
+        return jsonify(reference=result.reference, caption=result.caption, k=k,
+                       results=[{"rank": h.rank, "name": h.name, "score": round(h.score, 6),
+                                 "url": image_url(h.name)} for h in result.hits],
+                       model=info["model"], combining=info["combining"], search=info["search"],
+                       excluded_reference=result.excluded_reference, elapsed_ms=round(result.elapsed_ms, 2))
+
+    @app.get("/images/<path:name>")
+    def gallery_image(name: str):
+        path = engine.gallery.paths.get(name)  # a lookup: user input never becomes a path
+        if path is None:
+            raise ClientError("not found", 404)
+        # Absolute: Flask resolves a relative path against the app's package folder, not the working directory.
+        return send_file(os.path.abspath(path), max_age=3600)
+
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before any slow work so a busy port fails at once."""
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    try:
+        return socket.create_server(get_sockaddr(host, port, family), family=family)
+    except (OSError, OverflowError, ValueError) as e:
+        reason = (getattr(e, "strerror", None) or str(e)).split(" (while attempting")[0]
+        raise CIRError(f"cannot listen on {host}:{port} ({reason})") from None
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000,
+                listening: socket.socket | None = None) -> BaseWSGIServer:
+    """A threaded WSGI server (port 0 picks a free port: read `server.port`).
+
+    We bind the socket ourselves: on a busy port werkzeug would print its own lines and exit.
+    """
+    from werkzeug.serving import make_server as werkzeug_server
+
+    with listening or listen(host, port) as sock:
+        return werkzeug_server(host, port, app, threaded=True, fd=sock.fileno())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `clip-cir demo` and `python demo/app.py` (one definition for both)."""
+    from clip_cir.apps.prepare import add_combining_args
+
+    opt.add_data_args(parser)
+    opt.add_model_args(parser)
+    add_combining_args(parser)
+    opt.add_encode_args(parser)
+    opt.add_skip_missing_arg(parser, training=False)
+    group = parser.add_argument_group("demo server")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes "
+                            "the demo to the network)")
+    group.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=10, help=f"results shown per query, 1..{MAX_K} "
+                                                              f"(default: %(default)s)")
+    opt.add_search_args(group)
+    group.add_argument("--max-upload-mb", type=float, default=10.0,
+                       help="largest accepted upload (default: %(default)s)")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """Validate, claim the port, load model and gallery features (cached when possible), serve."""
+    try:
+        import flask  # noqa: F401
+    except ImportError:
+        raise CIRError("the demo needs Flask: pip install 'clip-cir[demo]'") from None
+    if not 0 <= args.port <= 65535:
+        raise CIRError(f"--port must be from 0 to 65535, got {args.port}")
+    if not 1 <= args.top_k <= MAX_K:
+        raise CIRError(f"--top-k must be from 1 to {MAX_K}, got {args.top_k}")
+    opt.check_positive(args, ["max_upload_mb", "faiss_nprobe"])
+    if args.search == "faiss":
+        from clip_cir.encoding.search import _import_faiss
+        _import_faiss()
+    listening = listen(args.host, args.port)
+    try:
+        server = make_server(_build_app(args), args.host, args.port, listening)
+    finally:
+        listening.close()  # the server holds its own copy; on an error, free the port now
+    if not _is_loopback(args.host):
+        log.warning("listening on %s: anyone who can reach this machine can use the demo", args.host)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"clip-cir demo on http://{host}:{server.port}/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+
+
+def _build_app(args: argparse.Namespace) -> Flask:
+    """Data, model and combining function as every command validates them, then the gallery."""
+    from clip_cir.apps.demo.engine import DemoEngine
+    from clip_cir.apps.prepare import prepare
+
+    splits, clip, combine, encode = prepare(args)
+    faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
+    combining = (f"Combiner ({args.combiner})" if args.combiner
+                 else "image only (caption ignored)" if getattr(args, "combining", "sum") == "image"
+                 else "element-wise sum")
+    engine = DemoEngine.from_splits(clip, combine, splits, encode, combining_name=combining,
+                                    backend=args.search, faiss_options=faiss_options)
+    log.info("gallery: %d images | search: %s", len(engine.gallery), engine.index.description)
+    return create_app(engine, default_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
+
+
+def main(argv: list[str] | None = None, prog: str = "clip-cir demo") -> None:
+    """Entry point of `python demo/app.py` (the `clip-cir demo` subcommand shares the options)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_demo_arguments(parser)
+    args = parser.parse_args(argv)
+    opt.setup_logging(args.verbose)
+    opt.run_main(lambda: run_demo(args), prog)
+
+
+DESCRIPTION = ("Serve a web page (and a JSON API) to search a dataset split's gallery by reference image + "
+               "relative caption, with a CLIP and the element-wise sum or a Combiner. Gallery features come "
+               "from the feature cache, so a gallery evaluated or shown before starts without encoding.")

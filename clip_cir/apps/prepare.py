@@ -1,0 +1,76 @@
+"""What every command that encodes and ranks (eval, rank, submissions, the demo) does before
+encoding: options for the combining function, then data, model, combining function and
+encoding options, all validated before any work.
+
+Its own module so the CLI and the demo share it without the demo importing the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from clip_cir import params as opt
+from clip_cir.errors import CIRError
+
+log = logging.getLogger("clip_cir")
+
+
+def add_combining_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
+    group.add_argument("--combining", choices=("sum", "image"), default="sum",
+                       help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
+                            "image: the reference image alone, caption ignored (a baseline)")
+    opt.add_combiner_arg(group)
+
+
+def accelerator_for(args: argparse.Namespace):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+
+
+def encode_options(args: argparse.Namespace, clip, accelerator):
+    from clip_cir.encoding.encode import EncodeOptions
+
+    return EncodeOptions.for_accelerator(accelerator, opt.transform_for(clip, args.transform, args.target_ratio),
+                                         opt.feature_cache(args), batch_size=args.batch_size,
+                                         num_workers=opt.num_workers(args, accelerator.device.type == "cuda"),
+                                         pixel_cache=opt.pixel_cache(args, repeated=False))
+
+
+def combining(args: argparse.Namespace):
+    """The element-wise sum, or a Combiner checkpoint (ours or published)."""
+    from clip_cir.models.combiner import element_wise_sum, image_only, load_combiner
+
+    if getattr(args, "combiner", None):
+        return load_combiner(args.combiner), f"combiner {args.combiner}"
+    if args.combining == "image":
+        return image_only, "image only (caption ignored)"
+    return element_wise_sum, "element-wise sum"
+
+
+def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False):
+    """Everything before encoding, validated before any work: data, model, combining function."""
+    opt.check_positive(args, ["batch_size", "target_ratio"])
+    images = opt.image_check(args)
+    splits = opt.load_data(args, split, images)
+    args.skipped_images = len(images.skipped)
+    if images.skipped:
+        log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
+                    "queries are incomplete)", images.summary())
+    if need_targets and not all(s.has_targets for s in splits):
+        from clip_cir.evaluation.evaluate import no_targets_message
+
+        raise CIRError(no_targets_message(splits[0]))
+    clip = opt.load_model(args)
+    combine, combine_name = combining(args)
+    if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
+        raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
+                       f"but {clip.describe()} gives {clip.embed_dim}-d")
+    accelerator = accelerator_for(args)
+    if hasattr(combine, "to"):
+        combine = combine.to(accelerator.device)
+    clip.model.to(accelerator.device)
+    log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
+    return splits, clip, combine, encode_options(args, clip, accelerator)

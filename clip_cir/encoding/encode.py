@@ -1,0 +1,98 @@
+"""How to run CLIP over images and captions (`EncodeOptions`), and the raw features of a whole
+split that evaluation, validation and the demo rank with.
+
+The reference image of every query is a gallery member, so its features come from the
+gallery features: a split encodes each gallery image once and each caption once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from clip_cir.data.types import CIRSplit
+from clip_cir.encoding.features import FeatureCache, encode_images, encode_texts
+from clip_cir.encoding.pixels import PixelCache
+from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.transforms import ImageTransform
+
+
+@dataclass
+class SplitFeatures:
+    """Raw CLIP features of one split: its gallery, and per query its reference and caption."""
+
+    split: CIRSplit
+    gallery: torch.Tensor
+    reference: torch.Tensor
+    text: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to run CLIP over images and captions (device, batching, caches); shared by every command."""
+
+    transform: ImageTransform
+    device: torch.device | str = "cpu"
+    batch_size: int = 64
+    num_workers: int = 0
+    image_cache: FeatureCache | None = None
+    text_cache: FeatureCache | None = None
+    pixel_cache: PixelCache | None = None
+    """Where uint8 pixels are read from instead of decoding (None: decode)."""
+    autocast: Callable | None = None
+    precision: str = "no"
+    """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
+    progress: bool = True
+    sharded: bool = False
+    """Every DDP rank encodes the same inputs here: split the work (see features.Shard)."""
+
+    @classmethod
+    def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
+                        batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                        pixel_cache: PixelCache | None = None) -> "EncodeOptions":
+        """Device and autocast from Accelerate. The precision in cache keys is the one autocast
+        really applies (Accelerate does not autocast fp16 on a CPU)."""
+        precision = accelerator.mixed_precision if accelerator.native_amp else "no"
+        return cls(transform=transform, device=accelerator.device, batch_size=batch_size, num_workers=num_workers,
+                   image_cache=cache, text_cache=cache, pixel_cache=pixel_cache,
+                   sharded=accelerator.num_processes > 1, autocast=accelerator.autocast, precision=precision,
+                   progress=progress)
+
+    def full_precision(self) -> "EncodeOptions":
+        """The same options in float32: validation (as in the published code) and `clip-cir eval`
+        by default, so the numbers that select a checkpoint are the ones eval reports for it."""
+        return replace(self, autocast=None, precision="no")
+
+    def on_this_process(self) -> "EncodeOptions":
+        """For work only the main process does (validation): no collective sharding."""
+        return replace(self, sharded=False)
+
+    def without_cache(self, images: bool, texts: bool) -> "EncodeOptions":
+        """The same options minus the caches of towers that train (their features change every step)."""
+        return replace(self, image_cache=None if images else self.image_cache,
+                       text_cache=None if texts else self.text_cache)
+
+
+def encode_image_files(clip: LoadedCLIP, paths: Sequence[Path], options: EncodeOptions, desc: str) -> torch.Tensor:
+    return encode_images(clip, paths, options.transform, device=options.device, batch_size=options.batch_size,
+                         num_workers=options.num_workers, cache=options.image_cache, autocast=options.autocast,
+                         pixel_cache=options.pixel_cache, sharded=options.sharded,
+                         precision=options.precision, desc=desc, progress=options.progress)
+
+
+def encode_captions(clip: LoadedCLIP, texts: Sequence[str], options: EncodeOptions, desc: str) -> torch.Tensor:
+    return encode_texts(clip, texts, device=options.device, batch_size=max(options.batch_size, 256),
+                        cache=options.text_cache, autocast=options.autocast, precision=options.precision,
+                        desc=desc, progress=options.progress, sharded=options.sharded)
+
+
+def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) -> SplitFeatures:
+    gallery = encode_image_files(clip, list(split.gallery.values()), options, f"{split.name} {split.split} gallery")
+    index = {name: i for i, name in enumerate(split.gallery)}
+    reference = gallery[torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)]
+    text = encode_captions(clip, [q.eval_caption for q in split.queries], options,
+                         f"{split.name} {split.split} captions")
+    return SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)

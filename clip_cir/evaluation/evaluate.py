@@ -1,0 +1,67 @@
+"""Features -> query vectors -> rankings -> metrics, the same for every dataset and caller.
+
+The reference image of every query is a gallery member, so its features come from the
+gallery features: evaluating a split encodes each gallery image once and each caption once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from clip_cir.data.types import CIRSplit
+from clip_cir.encoding.encode import EncodeOptions, SplitFeatures, split_features
+from clip_cir.encoding.ranking import GallerySearch, Ranking, rank_split
+from clip_cir.errors import CIRError
+from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
+from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.combiner import CombiningFunction
+
+
+@torch.no_grad()
+def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
+    """Normalised query vectors; `combine` runs on the device its parameters live on."""
+    params = list(combine.parameters()) if isinstance(combine, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
+    parts = [combine(features.reference[i:i + batch_size].to(device), features.text[i:i + batch_size].to(device))
+             .float().cpu() for i in range(0, len(features.reference), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, features.gallery.shape[1])
+
+
+IndexFactory = Callable[[torch.Tensor], GallerySearch]
+"""Builds a search index over normalised gallery features (`options.search_index_factory`)."""
+
+
+def rank_features(features: SplitFeatures, combine: CombiningFunction, k: int = 50,
+                  index_factory: IndexFactory | None = None) -> Ranking:
+    """Rank one split: exact chunked top-k by default, or through the index `index_factory` builds."""
+    queries = predict_queries(features, combine)
+    gallery = torch.nn.functional.normalize(features.gallery, dim=-1)
+    index = index_factory(gallery) if index_factory is not None else None
+    return rank_split(features.split, queries, gallery, k, index)
+
+
+def no_targets_message(split: CIRSplit) -> str:
+    """What to do instead of scoring a split without ground truth (a test split)."""
+    return (f"{split.dataset} split '{split.split}' has no targets to score (use `clip-cir rank`, or "
+            f"`clip-cir submit-cirr` / `submit-circo` to write a test-server file)")
+
+
+def metrics_from_features(all_features: Sequence[SplitFeatures], combine: CombiningFunction,
+                          index_factory: IndexFactory | None = None) -> dict[str, float]:
+    """The dataset's metric dictionary (see metrics.combine_benchmarks for the key names)."""
+    per_split = []
+    for features in all_features:
+        if not features.split.has_targets:
+            raise CIRError(no_targets_message(features.split))
+        ranking = rank_features(features, combine, k=features.split.rank_depth, index_factory=index_factory)
+        per_split.append((features.split, split_metrics(features.split, ranking)))
+    return combine_benchmarks(per_split)
+
+
+def evaluate(clip: LoadedCLIP, splits: Sequence[CIRSplit], combine: CombiningFunction,
+             options: EncodeOptions, index_factory: IndexFactory | None = None) -> dict[str, float]:
+    return metrics_from_features([split_features(clip, s, options) for s in splits], combine, index_factory)
+
+

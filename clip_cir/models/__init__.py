@@ -1,0 +1,1 @@
+"""CLIP models and what turns their features into queries: loading, preprocessing, the Combiner, checkpoints, the Hugging Face Hub."""

@@ -1,0 +1,73 @@
+"""Facts about a CLIP's towers that callers rely on: a fingerprint of a tower's weights (feature
+cache keys), and whether a caption batch may be cut to its longest caption, exactly."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from open_clip.model import CLIP
+
+
+def tower_fingerprint(model: torch.nn.Module, tower: str) -> str:
+    """Hash of one tower's weights: features are reusable exactly when these bytes are unchanged.
+
+    `image` hashes `model.visual`; `text` hashes everything else (the text transformer,
+    embeddings and projection).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("visual.") != (tower == "image") or name == "logit_scale":
+            continue
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def can_trim_text(model: torch.nn.Module) -> bool:
+    """True when cutting token sequences after the batch's last end-of-text token cannot change
+    the features: an open_clip `CLIP` text tower with a causal mask that pools at the EOT token.
+    Other towers (no causal mask, first/last-token pooling such as SigLIP's, HF text towers) keep
+    the full context length."""
+    return (isinstance(model, CLIP) and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+            and (model.text_pool_type == "argmax" or getattr(model, "text_eos_id", None) is not None))
+
+
+def trim_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` cut to the longest caption of the batch (through its EOT token), when exact.
+
+    CLIP text towers are causal and pool at the EOT token, so positions after it never reach
+    the output: captions of 10-30 tokens need not pay for 77.
+    """
+    if not can_trim_text(model) or tokens.ndim != 2 or not len(tokens):
+        return tokens
+    if model.text_pool_type == "argmax":
+        eot = tokens.argmax(dim=-1)
+    else:
+        eot = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    return tokens[:, : int(eot.max()) + 1]
+
+
+def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text` for token batches of any length up to the context length.
+
+    open_clip's own `encode_text` adds the positional embedding at full length, so a trimmed
+    batch goes through the same layers here with the embedding and the causal mask cut to its
+    length. Full-length batches and towers that cannot be trimmed use open_clip's code.
+    """
+    length = tokens.shape[-1]
+    if not can_trim_text(model) or length == model.positional_embedding.shape[0]:
+        return model.encode_text(tokens)
+    from open_clip.transformer import text_global_pool
+
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x

@@ -1,0 +1,226 @@
+"""What stage 1, stage 2 and pretraining share: run directory, seeding, resumable checkpoints,
+CSV logs, tracking, and the one training loop.
+
+A run directory looks like:
+
+    RUN/config.json               resolved arguments
+    RUN/log.txt                   everything the run printed
+    RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
+    RUN/train_steps.csv           one row per optimizer step (learning rate, the main process's loss)
+    RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
+    RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
+    RUN/last/                     weights + optimizer + RNG state to resume from (written at each
+                                  validation and after the last epoch)
+    RUN/comet/                    offline comet_ml archive when tracking without an API key
+
+Resuming restores weights, optimizer, RNG, epoch and step count from `last/`; batch order and
+caption choices depend only on (seed, epoch) and the learning rate only on the step count, so a
+resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+from tqdm.auto import tqdm
+
+from clip_cir.encoding import features
+from clip_cir.errors import CIRError
+from clip_cir.models.checkpoints import (
+    load_torch_state,
+    read_safetensors,
+)
+from clip_cir.training.accumulation import training_step
+from clip_cir.training.optim import LRSchedule, load_optimizer_state
+from clip_cir.training.run import (
+    Run,
+    last_checkpoint,
+    rng_state,
+    save_checkpoint_dir,
+    seed_everything,
+    set_rng_state,
+)
+
+log = logging.getLogger("clip_cir")
+
+
+@dataclass
+class Selection:
+    """Which validation numbers keep a `best` checkpoint, and the best seen so far."""
+
+    keys: tuple[str, ...] = ("score",)
+    best: dict[str, float] = field(default_factory=dict)
+
+    def improved(self, metrics: Mapping[str, float]) -> list[str]:
+        better = [k for k in self.keys if metrics[k] > self.best.get(k, -math.inf)]
+        self.best.update({k: metrics[k] for k in better})
+        return better
+
+    @staticmethod
+    def folder(key: str) -> str:
+        return "best" if key == "score" else f"best_{key}"
+
+
+class Float32Forward(nn.Module):
+    """A prepared module's own forward, without the autocast wrapper `accelerator.prepare` puts
+    on it: validation and checkpoint selection run in float32, as the published code's do, and
+    agree with `clip-cir eval` of the saved checkpoint."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+
+@dataclass
+class Loop:
+    """Everything the shared loop needs from a stage."""
+
+    model: nn.Module
+    """The prepared (possibly DDP-wrapped) module whose forward the loss calls."""
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    """Iterable of batches with `set_epoch(epoch)`: a DataLoader prepared by Accelerate over an
+    `EpochSampler`, or stage 2's `FeatureBatches`."""
+    forward: Callable[[Any], Sequence[torch.Tensor]]
+    """batch -> per-example features (the part with the trained parameters; see accumulation)."""
+    loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    """The whole local batch's features -> the loss."""
+    validate: Callable[[int], dict[str, float]]
+    saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]
+    """(epoch, metrics) -> {name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
+    train_mode: Callable[[], None]
+    """Put trainable parts in train mode and frozen parts in eval mode."""
+    selection: Selection = field(default_factory=Selection)
+    accum_steps: int = 1
+    """Micro-batches per optimizer step (exact large-batch contrastive training)."""
+
+
+def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str, Any] | None]:
+    """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at,
+    the optimizer steps already taken (what the learning-rate schedule continues from) and the
+    schedule the run was saved with (None for states saved before schedules existed)."""
+    checkpoint = last_checkpoint(run.path)
+    if checkpoint is None:
+        raise CIRError(f"{run.path}: no saved state to resume from (last/training_state.pt)")
+    state = load_torch_state(checkpoint / "training_state.pt")
+    for name, (module, _) in loop.saved_modules(0, {}).items():
+        weights, _ = read_safetensors(checkpoint / f"{name}.safetensors")
+        module.load_state_dict(weights)
+    load_optimizer_state(loop.optimizer, state["optimizer"])
+    if "scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    if len(rngs) != accelerator.num_processes:
+        log.warning("resuming with %d processes from a run saved with %d: random streams differ",
+                    accelerator.num_processes, len(rngs))
+    set_rng_state(rngs[min(accelerator.process_index, len(rngs) - 1)])
+    loop.selection.best = dict(state["best"])
+    epoch = int(state["epoch"])
+    step = int(state.get("step", epoch * len(loop.loader)))  # states saved before schedules: every epoch full
+    if step != epoch * len(loop.loader):
+        log.warning("the run took %d optimizer steps in %d epochs, but an epoch now has %d: the training data "
+                    "changed; the learning-rate schedule continues from step %d", step, epoch, len(loop.loader),
+                    step)
+    run.truncate_csvs(epoch)
+    log.info("resuming %s after epoch %d (optimizer step %d)", run.path, epoch, step)
+    return epoch, step, state.get("lr_schedule")
+
+
+def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: int, schedule: LRSchedule,
+        start_epoch: int = 0, start_step: int = 0, progress: bool = True) -> dict[str, float]:
+    """The training loop shared by every stage. Returns the last validation metrics.
+
+    `schedule` sets the learning rate before every optimizer step from the number of steps taken
+    (`start_step` in a resumed run), as open_clip does."""
+    metrics: dict[str, float] = {}
+    step = start_step
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        # Through the prepared loader: Accelerate otherwise re-sets the sampler's epoch from its own
+        # per-process counter, which restarts at 0 in a resumed run.
+        loop.loader.set_epoch(epoch)
+        loop.train_mode()
+        total, steps = torch.zeros((), device=accelerator.device), 0
+        step_rows: list[dict[str, Any]] = []
+        bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                   disable=None if progress and accelerator.is_main_process else True)
+        for batch in bar:
+            lr = schedule.apply(loop.optimizer, step)
+            loss = training_step(accelerator, loop.model, loop.forward, loop.loss, batch, loop.accum_steps)
+            loop.optimizer.step()
+            loop.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+            steps += 1
+            step += 1
+            loss_value = loss.item()
+            step_rows.append({"step": step, "epoch": epoch + 1, "lr": lr, "loss": loss_value})
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+        mean_loss = accelerator.reduce(total, reduction="mean").item() / max(steps, 1)
+        # `lr`: the learning rate of the epoch's last step (every step's is in train_steps.csv).
+        row = {"epoch": epoch + 1, "steps": steps, "train_loss": mean_loss,
+               "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+               "clip_images_encoded": features.encode_counts["image"],
+               "clip_texts_encoded": features.encode_counts["text"]}
+        log.info("epoch %d/%d: loss %.4f (%d steps, lr %.3g, %.1fs)", epoch + 1, epochs, mean_loss, steps,
+                 row["lr"], row["seconds"])
+        validate_now = (epoch + 1) % validation_frequency == 0 or epoch + 1 == epochs
+        if validate_now and accelerator.is_main_process:
+            metrics = loop.validate(epoch)
+            better = loop.selection.improved(metrics)
+            run.append_csv("validation_metrics.csv", {"epoch": epoch + 1, **metrics})
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=epoch + 1)
+            log.info("validation after epoch %d: %s", epoch + 1,
+                     ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "soft" not in k))
+            for key in better:
+                save_checkpoint_dir(run.path / Selection.folder(key), loop.saved_modules(epoch + 1, metrics))
+        row["clip_images_encoded"] = features.encode_counts["image"]
+        row["clip_texts_encoded"] = features.encode_counts["text"]
+        run.append_csv("train_metrics.csv", row)
+        run.append_rows("train_steps.csv", step_rows)
+        accelerator.log({"train/loss": mean_loss, "train/lr": row["lr"]}, step=epoch + 1)
+        if validate_now:  # `last/` goes with each validation: a Combiner epoch can cost less than its write
+            rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+            if accelerator.is_main_process:
+                state = {"epoch": epoch + 1, "step": step, "lr_schedule": asdict(schedule),
+                         "optimizer": loop.optimizer.state_dict(), "rng": rngs, "best": dict(loop.selection.best)}
+                if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
+                    state["scaler"] = accelerator.scaler.state_dict()
+                save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
+        accelerator.wait_for_everyone()
+    return metrics
+
+
+def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress: bool) -> dict[str, float]:
+    """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
+    schedule = LRSchedule.from_args(args, steps_per_epoch=len(loop.loader))
+    if args.resume:
+        start_epoch, start_step, saved = resume_state(accelerator, run, loop)
+        if schedule.kind == "cosine" and saved is not None and saved["total_steps"] != schedule.total_steps:
+            log.warning("--epochs %d moves the cosine schedule's end from step %d to %d: from step %d on the "
+                        "learning rates differ from those the run was started with", args.epochs,
+                        saved["total_steps"], schedule.total_steps, start_step)
+    else:
+        # From here on the random stream (dropout) depends only on the seed and the rank: not on
+        # what loading, caching or encoding did before.
+        seed_everything(args.seed + accelerator.process_index)
+        start_epoch = start_step = 0
+    metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, schedule, start_epoch,
+                  start_step, progress)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        best = ", ".join(f"{k} {v:.4g}" for k, v in loop.selection.best.items())
+        log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(loop.selection.keys[0]))
+    return metrics
+
+

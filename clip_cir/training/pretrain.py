@@ -1,0 +1,215 @@
+"""`clip-cir pretrain`: contrastive image-caption (re)training of a CLIP on a CSV of captions.
+
+The method starts from a pretrained CLIP; on the synthetic world there is none, and stage 1
+from random weights barely learns, so this gives the tiny model its "pretrained CLIP". On real
+data it is domain-adaptive continued pretraining on a catalogue's captions before stage 1.
+It reads open_clip's CSV format (`--csv-img-key`, `--csv-caption-key`, `--csv-separator`), uses
+open_clip's CLIP loss with a learned temperature, and holds out captions to measure the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from clip_cir import params as opt
+from clip_cir.data.io import load_image
+from clip_cir.encoding.pixels import PixelArray
+from clip_cir.errors import CIRError
+from clip_cir.models.transforms import ImageTransform
+from clip_cir.params import (
+    add_accum_arg,
+    add_training_args,
+    check_training_args,
+    program_main,
+)
+from clip_cir.training.datasets import ClipEncoder, EpochSampler
+from clip_cir.training.loop import Loop, train
+from clip_cir.training.optim import make_optimizer
+from clip_cir.training.run import (
+    clip_metadata,
+    report_skipped_images,
+    seed_everything,
+    start_run,
+)
+
+log = logging.getLogger("clip_cir")
+
+
+def open_clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's training program: no weight decay on gains, biases, norms and the temperature."""
+    def exclude(name: str, param: torch.nn.Parameter) -> bool:
+        return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay}]
+
+
+class ImageCaptionEncoder(ClipEncoder):
+    """Normalised image and caption features plus the learnt temperature, one row per pair.
+
+    The temperature is a trained parameter: computed inside the (DDP-wrapped) forward, DDP sees it
+    used, and as per-example rows it travels through gradient accumulation like any feature
+    (the loss reads row 0, so its gradient enters once)."""
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image_features, text_features = super().forward(images=images, tokens=tokens)
+        scale = self.clip.logit_scale.exp().clamp(max=100)
+        return (F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1),
+                scale.expand(image_features.shape[0]))
+
+
+def read_caption_csv(path: Path, img_key: str, caption_key: str, separator: str) -> list[tuple[Path, str]]:
+    """(image, caption) rows; relative image paths are relative to the CSV's folder."""
+    if not path.is_file():
+        raise CIRError(f"{path}: caption CSV not found")
+    if len(separator) != 1:
+        raise CIRError(f"--csv-separator must be one character, got {separator!r}")
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=separator)
+            for key in (img_key, caption_key):
+                if key not in (reader.fieldnames or []):
+                    raise CIRError(f"{path}: no column '{key}' (columns: {', '.join(reader.fieldnames or [])}; "
+                                   f"check --csv-separator)")
+            for line, row in enumerate(reader, start=2):
+                image, caption = row[img_key], row[caption_key]
+                if not image or not caption:
+                    raise CIRError(f"{path}: line {line}: empty '{img_key}' or '{caption_key}'")
+                rows.append((Path(image) if Path(image).is_absolute() else path.parent / image, caption))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise CIRError(f"{path}: not a readable CSV ({e})") from None
+    if not rows:
+        raise CIRError(f"{path}: no rows")
+    return rows
+
+
+class CaptionedImages(Dataset):
+    """Item `(epoch, i)` -> row i's uint8 pixels (pixel cache or decoded) and caption."""
+
+    def __init__(self, rows: list[tuple[Path, str]], transform: ImageTransform, pixels: PixelArray | None = None):
+        self.rows, self.transform, self.pixels = rows, transform, pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        _, i = item
+        path, caption = self.rows[i]
+        image = self.pixels[i] if self.pixels is not None else self.transform.pixels(load_image(path))
+        return {"image": image, "caption": caption}
+
+
+def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Contrastive image-caption pretraining (open_clip's CLIP loss, learned "
+                               "temperature) on a CSV of image paths and captions. Its checkpoint loads as "
+                               "--pretrained everywhere.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-data", type=Path, required=True,
+                      help="CSV of images and captions (image paths relative to the CSV's folder or absolute)")
+    data.add_argument("--csv-img-key", default="filepath", help="image path column (default: %(default)s)")
+    data.add_argument("--csv-caption-key", default="title", help="caption column (default: %(default)s)")
+    data.add_argument("--csv-separator", default="\t", help="column separator (default: tab)")
+    data.add_argument("--val-fraction", type=float, default=0.05,
+                      help="captions held out to measure the loss (default: %(default)s)")
+    opt.add_model_args(parser)
+    opt.add_transform_args(parser)
+    add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
+                      name="pretrain")
+    add_accum_arg(parser.add_argument_group("memory"))
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    check_training_args(args)
+    if not 0 < args.val_fraction < 1:
+        raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+    images = opt.image_check(args, training=True)
+    usable = images.locate({str(image): [image] for image, _ in rows}, args.train_data)
+    kept = [(image, caption) for image, caption in rows if str(image) in usable]
+    images.total_queries["captions"], images.dropped_queries["captions"] = len(rows), len(rows) - len(kept)
+    rows = kept
+    if not rows:
+        raise CIRError(f"{args.train_data}: no row has a usable image")
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    n_val = max(1, int(len(rows) * args.val_fraction))
+    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    if len(train_rows) < args.batch_size:
+        raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows")
+    seed_everything(args.seed)  # before building the model: a random init is part of the run
+    clip = opt.load_model(args)
+    transform = opt.transform_for(clip, args.transform, args.target_ratio)
+    args.dataset = "captions"
+    accelerator, run_dir = start_run(args, "pretrain")
+    report_skipped_images(run_dir, images)
+    device = accelerator.device
+    model = clip.model.to(device)
+    progress = not args.no_progress and accelerator.is_main_process
+    workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
+    cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise
+    pixels = {}
+    for name, part in (("train", train_rows), ("held-out", val_rows)):
+        pixels[name] = None
+        if cache is not None:
+            with accelerator.main_process_first():
+                pixels[name] = cache.get([p for p, _ in part], transform, num_workers=workers, progress=progress,
+                                         desc=f"{name} images (pixels)")
+    sampler = EpochSampler(len(train_rows), args.seed)
+    loader = DataLoader(CaptionedImages(train_rows, transform, pixels["train"]), batch_size=args.batch_size,
+                        sampler=sampler, num_workers=0 if pixels["train"] else workers, drop_last=True)
+    val_loader = DataLoader(CaptionedImages(val_rows, transform, pixels["held-out"]),
+                            batch_size=min(args.batch_size, len(val_rows)),
+                            sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
+                            num_workers=0 if pixels["held-out"] else workers)
+    optimizer = make_optimizer(torch.optim.AdamW, open_clip_param_groups(model, args.weight_decay), lr=args.lr,
+                               betas=(0.9, 0.98), eps=1e-6)
+    # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
+    optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
+    encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
+    loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
+                                 world_size=accelerator.num_processes)
+    local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
+
+    def forward(batch: dict, module=encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return module(images=transform.normalize(batch["image"].to(device)),
+                      tokens=clip.tokenize(batch["caption"], remember=True).to(device))
+
+    def contrastive_loss(features, loss=loss_fn) -> torch.Tensor:
+        image_features, text_features, scale = features
+        return loss(image_features, text_features, scale[0])
+
+    @torch.no_grad()
+    def validate(epoch: int) -> dict[str, float]:
+        model.eval()
+        local = ImageCaptionEncoder(model)
+        losses = [contrastive_loss(forward(b, local), local_loss_fn).item() for b in val_loader]
+        val_loss = sum(losses) / len(losses)
+        return {"val_loss": val_loss, "score": -val_loss}
+
+    def saved_modules(epoch: int, metrics: dict) -> dict:
+        return {"clip": (model, clip_metadata(clip, "pretrain", epoch, metrics))}
+
+    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, forward=forward, loss=contrastive_loss,
+                validate=validate, saved_modules=saved_modules, train_mode=model.train, accum_steps=args.accum_steps)
+    before = validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
+    if before is not None:
+        log.info("held-out contrastive loss before training: %.4f", before)
+        run_dir.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
+    return train(accelerator, run_dir, loop, args, progress)
+
+
+def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
+    program_main(build_parser(prog), run, argv, prog)

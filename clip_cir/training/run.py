@@ -1,0 +1,191 @@
+"""The run directory a training program writes, and what makes a run reproducible: seeding,
+RNG state, atomic checkpoint folders, CSV logs, the Accelerator and tracker it runs with.
+
+A run directory looks like:
+
+    RUN/config.json               resolved arguments
+    RUN/log.txt                   everything the run printed
+    RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
+    RUN/train_steps.csv           one row per logged optimizer step (learning rate, loss)
+    RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
+    RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
+    RUN/last/                     weights + optimizer + RNG state to resume from (written at each
+                                  validation and after the last epoch)
+    RUN/comet/                    offline comet_ml archive when tracking without an API key
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from clip_cir.data.images import ImageCheck
+from clip_cir.errors import CIRError
+from clip_cir.models.checkpoints import (
+    save_torch_state,
+    save_weights,
+    write_dir,
+    write_json,
+    write_text,
+)
+from clip_cir.params import check_accum_steps, portable_config
+from clip_cir.training.tracking import flat_config, tracker_setup
+
+log = logging.getLogger("clip_cir")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain containers (loadable with weights_only=True)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()  # this process's device
+    return out
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Run:
+    """The run directory and the logs in it (writes happen on the main process only)."""
+
+    path: Path
+    is_main: bool
+
+    @classmethod
+    def create(cls, args: argparse.Namespace, prefix: str, is_main: bool) -> "Run":
+        if getattr(args, "run_dir", None):
+            path = Path(args.run_dir)
+        else:
+            path = Path(args.output_dir) / args.experiment_name
+            if is_main and last_checkpoint(path) is not None:
+                raise CIRError(f"{path}: a run with this name exists; use --resume {path} or another --experiment-name")
+            args.run_dir = str(path)
+        run = cls(path=path, is_main=is_main)
+        if is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logging.getLogger().addHandler(handler)
+            # A new run (or one that failed before its first epoch) writes its config; a resumed
+            # run records only a raised --epochs.
+            config = {"program": prefix, **portable_config(args)}
+            if (path / "config.json").exists() and getattr(args, "resume", None):
+                config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
+            else:  # a fresh start (maybe after one that failed before its first checkpoint)
+                for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
+                    (path / name).unlink(missing_ok=True)
+            write_json(path / "config.json", config)
+        return run
+
+    def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
+        self.append_rows(name, [row])
+
+    def append_rows(self, name: str, rows: list[Mapping[str, Any]]) -> None:
+        if not self.is_main or not rows:
+            return
+        path = self.path / name
+        frame = pd.DataFrame([dict(row) for row in rows])
+        frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+    def truncate_csvs(self, last_epoch: int) -> None:
+        """Drop rows of epochs after the resumed checkpoint: they will be run again."""
+        if not self.is_main:
+            return
+        for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
+            path = self.path / name
+            if path.exists():
+                frame = pd.read_csv(path)
+                frame[frame["epoch"] <= last_epoch].to_csv(path, index=False)
+
+
+def save_checkpoint_dir(path: Path, modules: Mapping[str, tuple[nn.Module, dict]],
+                        state: dict[str, Any] | None = None) -> None:
+    """Write a whole checkpoint folder, then swap it in: a kill leaves the old one or the new one."""
+    def fill(tmp: Path) -> None:
+        for name, (module, metadata) in modules.items():
+            save_weights(tmp / f"{name}.safetensors", module.state_dict(), metadata)
+        if state is not None:
+            save_torch_state(tmp / "training_state.pt", state)
+    write_dir(path, fill)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    for name in ("last", "last.old"):
+        if (run_dir / name / "training_state.pt").is_file():
+            return run_dir / name
+    return None
+
+
+def start_run(args: argparse.Namespace, prefix: str):
+    """Accelerator (device, precision, processes), run directory and tracker for a training program."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
+                              log_with=None if args.tracker == "none" else args.tracker,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if args.batch_size % accelerator.num_processes:
+        raise CIRError(f"--batch-size {args.batch_size} (global) must be divisible by the "
+                       f"{accelerator.num_processes} processes")
+    if hasattr(args, "accum_steps"):
+        check_accum_steps(args, accelerator.num_processes)
+    if not getattr(args, "run_dir", None):
+        name = [args.experiment_name or f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        args.experiment_name = name[0]
+    run = Run.create(args, prefix, accelerator.is_main_process)
+    if args.tracker != "none":
+        accelerator.init_trackers("clip-cir", flat_config(vars(args)),
+                                  init_kwargs=tracker_setup(args.tracker, run.path, run.path.name))
+    log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
+             accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    return accelerator, run
+
+
+def report_skipped_images(run: Run, images: ImageCheck) -> None:
+    """With --skip-missing-images: RUN/skipped_images.txt and one line in the log."""
+    if not images.skipped:
+        return
+    path = run.path / "skipped_images.txt"
+    if run.is_main:
+        write_text(path, "\n".join(images.report_lines()) + "\n")
+        log.warning("%s; listed in %s", images.summary(), path)
+        changed = images.changed_evaluation()
+        if changed:
+            log.warning("validation of %s runs without the skipped images: its numbers are not comparable "
+                        "with published ones", ", ".join(changed))
+
+
+def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    """What a CLIP checkpoint records so it loads without a model name (`load_clip`)."""
+    return {"kind": "clip", "stage": stage, "model_name": clip.model_name, "model_config": clip.config,
+            "source": clip.source, **extra, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
