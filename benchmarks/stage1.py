@@ -106,7 +106,8 @@ def pixel_cache_write(calls: list[Call]) -> float:
     it never did: the benchmark would no longer see the one-off)."""
     writes = [c.seconds for c in calls if c.given == TRAINING_PIXELS]
     if not writes:
-        raise RuntimeError("clip_cir.training.stage1 --encoder both: no PixelCache.get of the training images was seen; "
+        raise RuntimeError("clip_cir.training.stage1 --encoder both: no PixelCache.get of the training images "
+                           "was seen; "
                            "the benchmark's timing hook needs updating")
     return sum(writes)
 
@@ -141,7 +142,7 @@ def optimizer_work(model_name: str, seed: int, repeats: int = 10) -> OptimizerWo
     for optimizer in (torch.optim.AdamW(params, lr=1e-9, eps=1e-7, weight_decay=0.01),
                       make_optimizer(torch.optim.AdamW, params, lr=1e-9, eps=1e-7, weight_decay=0.01)):
         times = []
-        for i in range(repeats + 2):
+        for _ in range(repeats + 2):
             started = time.perf_counter()
             optimizer.step()
             if device.type == "cuda":
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         data = load_training_set(data_root)
         a, b, c, d, extraction, pixels = [], [], [], [], [], []
         for round_ in range(args.rounds):
-            status(f"round {round_ + 1}/{args.rounds}: (a) --encoder text, features reused (clip_cir.training.stage1) ...")
+            status(f"round {round_ + 1}/{args.rounds}: (a) --encoder text, features reused "
+                   "(clip_cir.training.stage1) ...")
             with timed_feature_extraction() as calls:
                 run_a = real_run(data_root, root, "text", round_, args)
             extraction.append(training_extraction(calls, data, "clip_cir.training.stage1 --encoder text", texts=False))
@@ -299,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
                 run_c = real_run(data_root, root, "both", round_, args)
             pixels.append(pixel_cache_write(gets))
             c.append(Epochs.from_run(run_c, args.batch_size))
-            status(f"round {round_ + 1}/{args.rounds}: (d) --encoder both --pixel-cache off (clip_cir.training.stage1) ...")
+            status(f"round {round_ + 1}/{args.rounds}: (d) --encoder both --pixel-cache off "
+                   "(clip_cir.training.stage1) ...")
             d.append(Epochs.from_run(real_run(data_root, root, "both", round_, args, pixel_cache="off"),
                                      args.batch_size))
         captions = [q.train_captions[0] for q in data.queries]

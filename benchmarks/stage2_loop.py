@@ -8,8 +8,8 @@ Why: stage 2 trains the Combiner for 300 epochs on precomputed features, so what
 spends per epoch besides the Combiner is paid 300 times. With the Combiner shrunk to 8/8
 (projection/hidden) the epoch time is that overhead. This prints ONE table, both rows measured
 in this run through the library's own loop (`clip_cir.training.loop.fit`), loss
-(`train_combiner.feature_forward` + `batch_contrastive_loss`), Combiner, optimizer and timing (`train_metrics.csv`), on the
-same random features:
+(`stage2.feature_forward` + `batch_contrastive_loss`), Combiner, optimizer and timing
+(`train_metrics.csv`), on the same random features:
 
   (a) batches as tensor work, what `clip_cir.training.stage2` runs: `FeatureBatches` draws a
       permutation and the caption forms once per epoch and slices them;

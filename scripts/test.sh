@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv (if needed) and run the test suite. On CI (CI=true) it also installs Debian's
+# Set up .venv (if needed), lint (ruff, configured in pyproject.toml) and run the test suite. On CI (CI=true) it also installs Debian's
 # chromium for the demo's browser test; elsewhere that test is skipped (with its reason) when
 # no chromium/chromedriver is on PATH.
 set -euo pipefail
@@ -9,5 +9,6 @@ if [ "${CI:-}" = "true" ]; then
   bash .ci/install_browser.sh
 fi
 . .venv/bin/activate
+ruff check .
 export CLIP_CIR_CACHE="${CLIP_CIR_CACHE:-$(mktemp -d)}"
 python -m pytest -q -rs tests "$@"

@@ -3,6 +3,7 @@ into docs/, the LICENSE, and no references to tracker tickets in what users read
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -101,7 +102,8 @@ other/
 └── sibling/
 """
     assert parse_tree(block) == {
-        "clip_cir", "clip_cir/data", "clip_cir/apps", "clip_cir/apps/demo", "clip_cir/apps/demo/static", "clip_cir/models",
+        "clip_cir", "clip_cir/data", "clip_cir/apps", "clip_cir/apps/demo", "clip_cir/apps/demo/static",
+        "clip_cir/models",
         "other", "other/nested", "other/nested/deeper", "other/sibling",
     }
 
@@ -115,7 +117,7 @@ def test_parse_tree_ignores_files_and_paths_that_are_not_directories():
 
 def test_readme_is_at_most_15000_bytes():
     size = README.stat().st_size
-    assert size <= README_MAX_BYTES, f"README.md is {size} bytes; keep it at most {README_MAX_BYTES} (move depth to docs/)"
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes; keep it at most {README_MAX_BYTES} (depth: docs/)"
 
 
 # --- (b) LICENSE --------------------------------------------------------------------------------------
@@ -178,3 +180,35 @@ def test_docs_relative_links_resolve(page):
     local = [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
     broken = sorted({t for t in local if not (path.parent / t).exists()})
     assert not broken, f"docs/{page} links to missing files: {broken}"
+
+
+LAYERS = {"errors": 0, "constants": 0, "data": 1, "models": 2, "encoding": 3, "evaluation": 4, "params": 5,
+          "training": 6, "apps": 7}
+"""The package's layers, bottom to top: a module may import its own layer and those below."""
+
+
+def _clip_cir_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "clip_cir":
+            parts = node.module.split(".")
+            found += [(node.lineno, parts[1])] if len(parts) > 1 else [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("clip_cir.")]
+    return found
+
+
+def test_imports_go_one_way_through_the_layers():
+    """apps -> training -> params -> evaluation -> encoding -> models -> data, lazy imports included."""
+    package = ROOT / "clip_cir"
+    assert set(LAYERS) == {p.name.removesuffix(".py") for p in package.iterdir()
+                           if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"} - {"__init__"}
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        layer = path.relative_to(package).parts[0].removesuffix(".py")
+        if layer == "__init__":
+            continue
+        for line, target in _clip_cir_imports(ast.parse(path.read_text())):
+            if LAYERS[target] > LAYERS[layer]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} ({layer} imports {target})")
+    assert not upward, upward

@@ -49,7 +49,8 @@ def test_normalised_cached_pixels_are_the_decoded_tensors(real_sized_images, tmp
         assert torch.equal(transform.normalize(cached[i].unsqueeze(0))[0], expected), path
 
 
-def test_the_cache_is_written_once_and_keyed_by_files_and_preprocessing(real_sized_images, tmp_path, monkeypatch, caplog):
+def test_the_cache_is_written_once_and_keyed_by_files_and_preprocessing(real_sized_images, tmp_path, monkeypatch,
+                                                                         caplog):
     cache = PixelCache(tmp_path / "pixels")
     transform = build_transform("targetpad", 64)
     with caplog.at_level(logging.INFO, logger="clip_cir"):

@@ -163,7 +163,8 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     listing = _read(split_file)
     triplets = _read(data / "cirr_dataset/cirr/captions/cap.rc2.train.json")
     missing_name = triplets[0]["reference"]
-    corrupt_name = next(e["target_hard"] for e in triplets[10:] if missing_name not in (e["reference"], e["target_hard"]))
+    corrupt_name = next(e["target_hard"] for e in triplets[10:]
+                        if missing_name not in (e["reference"], e["target_hard"]))
     missing = data / "cirr_dataset" / listing[missing_name]
     corrupt = data / "cirr_dataset" / listing[corrupt_name]
     missing.unlink()

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from clip_cir.apps import report
+from clip_cir.apps.report import examples, figures
 from clip_cir.errors import CIRError
 
 
@@ -33,7 +34,7 @@ def check_png(path: Path, min_size: tuple[int, int] = (400, 300)) -> Image.Image
 
 def target_frame_pixels(image: Image.Image) -> int:
     """Pixels in the target's frame colour (anti-aliasing aside)."""
-    want = np.array([int(report.TARGET_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    want = np.array([int(figures.TARGET_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
     pixels = np.asarray(image.convert("RGB")).astype(int)
     return int((np.abs(pixels - want).sum(axis=-1) < 30).sum())
 
@@ -48,10 +49,10 @@ def test_report_of_real_runs(runs, cli, tmp_path, kind, queries):
     for name in names[:2]:
         check_png(out / name)
     grid = check_png(out / "retrieval_examples.png", min_size=(1000, 400))
-    shown = json.loads(grid.text[report.QUERIES_METADATA_KEY])
+    shown = json.loads(grid.text[examples.QUERIES_METADATA_KEY])
     assert len(shown) == queries and all(q.startswith("cirr/") for q in shown)
-    width, height = report.retrieval_figure_size(queries)
-    assert grid.size == (round(width * report.DPI), round(height * report.DPI))
+    width, height = examples.retrieval_figure_size(queries)
+    assert grid.size == (round(width * figures.DPI), round(height * figures.DPI))
     assert target_frame_pixels(grid) > 500 * queries  # each row's target is framed in green
 
 
@@ -87,14 +88,15 @@ TRAIN_CSV = ("epoch,steps,train_loss,lr,seconds,clip_images_encoded,clip_texts_e
 
 
 def test_pretrain_run_plots_loss_and_no_retrieval(tmp_path):
-    run = write_run(tmp_path / "pre", {"program": "pretrain", "train_data": "captions.csv", "model": "cir-tiny-vit"}, TRAIN_CSV,
+    config = {"program": "pretrain", "train_data": "captions.csv", "model": "cir-tiny-vit"}
+    run = write_run(tmp_path / "pre", config, TRAIN_CSV,
                     "epoch,val_loss,score\n0,3.6,-3.6\n1,3.4,-3.4\n2,3.3,-3.3\n3,3.35,-3.35\n")
     written = report.make_report(run)
     assert [p.name for p in written] == ["training_loss.png", "validation.png"]
     assert all(p.parent == run / "report" for p in written)
     for path in written:
         check_png(path)
-    assert report._best_epoch(report.read_run(run).validation) == 2
+    assert figures._best_epoch(report.read_run(run).validation) == 2
 
 
 def test_fashioniq_columns_become_average_and_category_panels(tmp_path):
@@ -103,8 +105,9 @@ def test_fashioniq_columns_become_average_and_category_panels(tmp_path):
                                                                       "score", "harmonic_mean", "geometric_mean"]
     rows = [",".join(["epoch", *columns])] + [",".join([str(e), *[str(10.0 * e + i) for i in range(len(columns))]])
                                             for e in (1, 2)]
-    run = write_run(tmp_path / "fiq", {"program": "stage1", "dataset": "fashioniq", "encoder": "text"}, TRAIN_CSV, "\n".join(rows) + "\n")
-    panels = report.validation_panels(report.read_run(run).validation.columns)
+    config = {"program": "stage1", "dataset": "fashioniq", "encoder": "text"}
+    run = write_run(tmp_path / "fiq", config, TRAIN_CSV, "\n".join(rows) + "\n")
+    panels = figures.validation_panels(report.read_run(run).validation.columns)
     assert [p.title for p in panels] == ["average over categories", "per category"]
     assert [line.label for line in panels[0].lines] == ["avg R@10", "avg R@50"]
     assert [line.label for line in panels[1].lines] == [f"{c} R@{k}" for c in cats for k in (10, 50)]
@@ -115,7 +118,7 @@ def test_fashioniq_columns_become_average_and_category_panels(tmp_path):
 def test_cirr_columns_skip_soft_and_selection_scores():
     columns = ["epoch", "recall_at1", "recall_at50", "soft_recall_at1", "recall_subset_at1", "soft_recall_subset_at1",
                "score", "harmonic_mean"]
-    panels = report.validation_panels(columns)
+    panels = figures.validation_panels(columns)
     assert [[line.label for line in p.lines] for p in panels] == [["R@1", "R@50"], ["R_subset@1"]]
 
 

@@ -134,7 +134,8 @@ def test_non_rgb_images_become_three_channels():
 
 
 def test_signatures_distinguish_preprocessing():
-    sigs = {build_transform("targetpad", SIZE).signature, build_transform("targetpad", SIZE, target_ratio=1.5).signature,
+    sigs = {build_transform("targetpad", SIZE).signature,
+            build_transform("targetpad", SIZE, target_ratio=1.5).signature,
             build_transform("squarepad", SIZE).signature, build_transform("targetpad", 32).signature,
             build_transform("targetpad", SIZE, mean=(0.5, 0.5, 0.5)).signature}
     assert len(sigs) == 5

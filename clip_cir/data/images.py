@@ -35,7 +35,7 @@ def unreadable_reason(path: Path) -> str | None:
     """Why PIL cannot open this image's header (None if it can). Cheap: the pixels are not decoded."""
     try:
         with Image.open(path) as image:
-            image.size
+            _ = image.size  # opening parses the header; size is what a reader needs next
     except FileNotFoundError:
         return "missing"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

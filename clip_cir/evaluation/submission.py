@@ -113,7 +113,8 @@ def check_submission(submission: Any, split: CIRSplit, metric: str | None = None
     return found
 
 
-def write_submissions(submissions: dict[str, dict[str, Any]], split: CIRSplit, output_dir: Path, name: str) -> list[Path]:
+def write_submissions(submissions: dict[str, dict[str, Any]], split: CIRSplit, output_dir: Path,
+                      name: str) -> list[Path]:
     """Check both files, then write them (atomically); nothing is written if either is wrong."""
     texts = {}
     for metric, submission in submissions.items():

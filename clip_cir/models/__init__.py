@@ -1,1 +1,2 @@
-"""CLIP models and what turns their features into queries: loading, preprocessing, the Combiner, checkpoints, the Hugging Face Hub."""
+"""CLIP models and what turns their features into queries: loading, preprocessing, the Combiner,
+checkpoints, the Hugging Face Hub."""

@@ -363,8 +363,8 @@ def load_hub_clip(repo_id: str) -> LoadedCLIP:
         tokenizer = open_clip.get_tokenizer(folder)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         reason = " ".join(str(e).split())[:300]
-        raise CIRError(f"{name}: {HF_CONFIG_NAME} does not describe an open_clip model ({type(e).__name__}: {reason})") \
-            from None
+        raise CIRError(f"{name}: {HF_CONFIG_NAME} does not describe an open_clip model "
+                       f"({type(e).__name__}: {reason})") from None
     if weights_path.suffix == ".safetensors":
         state_dict = read_safetensors(weights_path)[0]
     else:

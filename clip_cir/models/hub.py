@@ -73,7 +73,8 @@ def hub_file(repo_id: str, filenames: str | Sequence[str]) -> Path:
         try:
             return Path(hf.hf_hub_download(repo_id=repo_id, filename=name))
         except HFValidationError:
-            raise CIRError(f"'{source}': not a Hugging Face Hub repository id (expected {HUB_PREFIX}ORG/NAME)") from None
+            raise CIRError(f"'{source}': not a Hugging Face Hub repository id "
+                           f"(expected {HUB_PREFIX}ORG/NAME)") from None
         except GatedRepoError:
             raise CIRError(f"{source}: the repository is gated: accept its terms on huggingface.co and log in "
                            f"(`hf auth login` or HF_TOKEN)") from None

@@ -29,7 +29,8 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.all_gather(tensor.contiguous()), dim=0)
 
 
-def batch_contrastive_loss(queries: torch.Tensor, targets: torch.Tensor, scale: float = METHOD_LOGIT_SCALE) -> torch.Tensor:
+def batch_contrastive_loss(queries: torch.Tensor, targets: torch.Tensor,
+                           scale: float = METHOD_LOGIT_SCALE) -> torch.Tensor:
     """Cross-entropy of each normalised query against all normalised targets (query -> target only).
 
     Query i's positive is target i of the same rank; every other target, on any rank, is a negative.

@@ -1,5 +1,5 @@
-"""Run under `python -m torch.distributed.run --standalone --nproc_per_node N`: extract a split's frozen features the way the
-training programs do (EncodeOptions.for_accelerator), and write what this rank encoded.
+"""Run under `python -m torch.distributed.run --standalone --nproc_per_node N`: extract a split's
+frozen features the way the training programs do (EncodeOptions.for_accelerator), and write what this rank encoded.
 
 usage: sharded_extract.py DATA_ROOT CHECKPOINT OUT_DIR
 """

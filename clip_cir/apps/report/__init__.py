@@ -1,0 +1,125 @@
+"""`clip-cir report RUN_DIR`: PNG figures of a training run, to see at a glance what it learned.
+
+Reads only what every training program writes (see `clip_cir.training.loop`): `config.json`,
+`train_metrics.csv`, `validation_metrics.csv` and the best checkpoint. Writes:
+
+- `training_loss.png`   training loss per epoch;
+- `validation.png`      validation recalls per epoch (CIRR: R@K and Recall_subset@K; FashionIQ:
+                        averages and per-category R@10/R@50; pretrain: held-out loss), with the
+                        epoch the best checkpoint comes from marked;
+- `retrieval_examples.png` (stage 1 and stage 2 runs) a few validation queries: reference image,
+                        caption, top-5 results with the target framed in green, and the target
+                        itself with its rank. The queries are ranked exactly as evaluation ranks
+                        them (`rank_features`: whole split gallery, CIRR reference removed), with
+                        the run's best CLIP + element-wise sum (stage 1) or best Combiner on top
+                        of its CLIP (stage 2), and the run's dataset, data root and preprocessing.
+
+Figures are drawn on bare `matplotlib.figure.Figure`s (Agg canvas, no pyplot): no display is
+needed and no global backend state is changed for programs that import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clip_cir.apps.report.examples import TOP_RESULTS, has_checkpoint, plot_retrieval, retrieval_examples
+from clip_cir.apps.report.figures import plot_training_loss, plot_validation
+from clip_cir.apps.report.runs import read_run
+from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:  # imported where used: `clip-cir` builds this command's parser on every start
+    from clip_cir.encoding.features import FeatureCache
+
+log = logging.getLogger("clip_cir")
+
+FIGURE_NAMES = {"loss": "training_loss.png", "validation": "validation.png", "retrieval": "retrieval_examples.png"}
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+# ----------------------------------------------------------------------------- retrieval examples
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_queries: int = 4, split: str = "val",
+                *, seed: int = 0, cache: FeatureCache | None = None, progress: bool = True) -> list[Path]:
+    """Write the run's figures into `output_dir` (default RUN_DIR/report) and return their paths.
+
+    `n_queries=0` skips the retrieval figure; it is also skipped for pretraining runs (no
+    composed queries) and for runs without a checkpoint yet. `cache` is a
+    `clip_cir.encoding.features.FeatureCache` (default: the user's feature cache; `FeatureCache(None)`
+    for none): a stage-2 gallery is usually already there from training.
+    """
+    from clip_cir.encoding.features import FeatureCache, default_cache_dir
+
+    if n_queries < 0:
+        raise CIRError(f"--queries must be 0 or more, got {n_queries}")
+    run = read_run(run_dir)
+    output_dir = Path(output_dir) if output_dir is not None else run.path / "report"
+    written = []
+    if run.train is not None:
+        written.append(plot_training_loss(run, output_dir / FIGURE_NAMES["loss"]))
+    if run.validation is not None:
+        written.append(plot_validation(run, output_dir / FIGURE_NAMES["validation"]))
+    if run.kind == "pretrain" or n_queries == 0:
+        return written
+    if not has_checkpoint(run):
+        log.warning("%s: no checkpoint yet, so no retrieval examples", run.path)
+        return written
+    cache = cache if cache is not None else FeatureCache(default_cache_dir())
+    examples, description = retrieval_examples(run, split, n_queries, seed, cache, progress)
+    if not examples:
+        raise CIRError(f"{run.config['dataset']} split '{split}' has no queries to show")
+    title = f"{run.title}: {description}\n{run.config['dataset']} {split}, top {TOP_RESULTS} (target framed in green)"
+    written.append(plot_retrieval(examples, output_dir / FIGURE_NAMES["retrieval"], title))
+    return written
+
+
+def build_parser(prog: str = "clip-cir report") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_report_args(parser)
+    return parser
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    """The report's options (shared by `main` and the `clip-cir report` subparser)."""
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory made by finetune, "
+                        "train-combiner or pretrain")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where to write the PNGs (default: RUN_DIR/report)")
+    parser.add_argument("--queries", type=int, default=4,
+                        help="validation queries in the retrieval figure; 0 for none (default: %(default)s)")
+    parser.add_argument("--split", default="val", help="split the queries come from (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="which queries are drawn (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="feature cache folder (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from clip_cir.params import feature_cache
+
+    for path in make_report(args.run_dir, args.output_dir, args.queries, args.split, seed=args.seed,
+                            cache=feature_cache(args)):
+        print(path)
+
+
+def main(argv: list[str] | None = None, prog: str = "clip-cir report") -> None:
+    from clip_cir.params import run_main, setup_logging
+
+    args = build_parser(prog).parse_args(argv)
+    setup_logging()
+    run_main(lambda: run_report(args), prog)
+
+
+if __name__ == "__main__":
+    main()
