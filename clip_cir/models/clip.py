@@ -85,8 +85,7 @@ class LoadedCLIP:
         """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`).
 
         `remember`: for training, which sees the same captions every epoch while open_clip's BPE
-        runs in Python (about a quarter of a millisecond a caption, 15% of a tiny CLIP's text
-        step on a CPU): each caption's ids are kept after its first batch, up to
+        runs in Python: each caption's ids are kept after its first batch, up to
         `TOKEN_CACHE_ROWS` captions. Not for one-off encoding (evaluation, the demo's queries),
         nor for tokenizers that draw at random (open_clip's `reduction_mask`).
         """
