@@ -5,27 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from clip_cir.data import circo, cirr, fashioniq
+from clip_cir.data import circo, cirr, fashioniq, triplets
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 
-DATASETS = ("cirr", "fashioniq", "circo")
+DATASETS = ("cirr", "fashioniq", "circo", "triplets")
 
 
 def dataset_splits(dataset: str) -> tuple[str, ...]:
-    return {"cirr": cirr.SPLITS, "fashioniq": fashioniq.SPLITS, "circo": circo.SPLITS}[dataset]
+    """The benchmark's split names; the generic layout has any split its files name."""
+    return {"cirr": cirr.SPLITS, "fashioniq": fashioniq.SPLITS, "circo": circo.SPLITS}.get(dataset, ())
 
 
 def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
-                images: ImageCheck | None = None, circo_query_text: str = "caption") -> list[CIRSplit]:
+                images: ImageCheck | None = None, circo_query_text: str = "caption",
+                triplet_format: triplets.TripletFormat | None = None) -> list[CIRSplit]:
     """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
 
     Image paths are absolute, so a split means the same files from any working directory (the
     demo's web server and the feature cache rely on it). `images` says what to do with listed
     images that are absent or unreadable (default: stop with one line naming the first).
     `categories` applies to FashionIQ only and `circo_query_text` (see circo.QUERY_TEXTS) to
-    CIRCO only: each reader takes the options that mean something for its benchmark.
+    CIRCO only, `triplet_format` to the generic layout only: each reader takes the options that
+    mean something for its data.
     """
     data_root = Path(data_root)
     if not data_root.is_dir():
@@ -37,4 +40,6 @@ def load_splits(dataset: str, data_root: str | Path, split: str, categories: Seq
         return fashioniq.load_fashioniq(data_root, split, categories, images)
     if dataset == "circo":
         return circo.load_circo(data_root, split, circo_query_text, images)
+    if dataset == "triplets":
+        return triplets.load_triplets(data_root, split, triplet_format, images)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")

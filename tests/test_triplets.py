@@ -1,0 +1,164 @@
+"""The generic triplet layout: converted benchmarks evaluate exactly as the originals, and bad
+input stops with one line naming file:line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clip_cir.data import load_splits
+from clip_cir.data.convert import convert
+from clip_cir.data.triplets import TripletFormat, load_triplets
+from clip_cir.errors import CIRError
+
+CIRR_ONLY = ("recall_subset", "soft_", "recall_avg")
+"""Metrics the generic layout cannot carry: CIRR's image sets and soft labels."""
+
+
+@pytest.fixture(scope="module")
+def converted(synth_root, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("converted")
+    return {name: (convert(name, synth_root, out / name), out / name)[1] for name in ("cirr", "fashioniq", "circo")}
+
+
+def _eval(cli, dataset: str, root: Path, checkpoint: Path, out: Path, *extra) -> dict:
+    result = cli("eval", "--dataset", dataset, "--data-root", root, "--pretrained", checkpoint, "--output", out, *extra)
+    assert result.code == 0, result.err
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("dataset", ["cirr", "fashioniq", "circo"])
+def test_converted_benchmark_evaluates_exactly_as_the_original(dataset, converted, synth_root, tiny_checkpoint,
+                                                               cli, tmp_path):
+    original = _eval(cli, dataset, synth_root, tiny_checkpoint, tmp_path / "original.json")
+    generic = _eval(cli, "triplets", converted[dataset], tiny_checkpoint, tmp_path / "generic.json")
+    expected = {k: v for k, v in original.items() if not k.startswith(CIRR_ONLY)}
+    assert generic == expected
+    if dataset == "circo":
+        assert {"map_at5", "map_at10", "map_at25", "map_at50"} <= set(generic)
+        assert any(k.startswith("aspect_") for k in generic)
+    if dataset == "fashioniq":
+        assert {"dress_recall_at10", "toptee_recall_at50", "average_recall_at50"} <= set(generic)
+
+
+def test_converted_splits_read_back_as_the_originals(converted, synth_root):
+    for dataset, root in converted.items():
+        for split in {"cirr": ("train", "val", "test1"), "fashioniq": ("val",), "circo": ("val", "test")}[dataset]:
+            originals = load_splits(dataset, synth_root, split)
+            generics = load_triplets(root, split)
+            names = [o.name for o in originals] if dataset == "fashioniq" else ["triplets"]  # ungrouped
+            assert [g.name for g in generics] == names
+            for o, g in zip(originals, generics):
+                assert list(g.gallery.values()) == list(o.gallery.values())  # same files, same order
+                assert (g.exclude_reference, g.recall_ks, g.map_ks) == (o.exclude_reference, o.recall_ks, o.map_ks)
+                assert len(g.queries) == len(o.queries)
+                for oq, gq in zip(o.queries, g.queries):
+                    assert gq.qid == oq.qid and gq.eval_caption == oq.eval_caption
+                    assert gq.train_captions == oq.train_captions
+                    assert g.gallery[gq.reference] == o.gallery[oq.reference]
+                    if oq.target is not None:
+                        assert g.gallery[gq.target] == o.gallery[oq.target]
+                    assert [g.gallery[n] for n in gq.ground_truths or ()] == \
+                           [o.gallery[n] for n in oq.ground_truths or ()]
+
+
+def _photos(root: Path, names: list[str]) -> None:
+    from PIL import Image
+
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 16), (10 * i, 0, 0)).save(path)
+
+
+def test_csv_with_chosen_columns_relative_paths_and_several_targets(tmp_path):
+    _photos(tmp_path / "img", ["a.png", "b.png", "c.png", "sub/d.png"])
+    (tmp_path / "val.tsv").write_text("ref\ttext\tgt\nimg/a.png\tmake it red\timg/b.png|img/sub/d.png\n"
+                                      "img/c.png\tadd a hat\timg/a.png\n")
+    fmt = TripletFormat(reference_key="ref", caption_key="text", target_key="gt")
+    (split,) = load_triplets(tmp_path, "val", fmt)
+    assert [q.qid for q in split.queries] == ["2", "3"]  # line numbers
+    assert split.queries[0].ground_truths == ("img/b.png", "img/sub/d.png") and split.queries[0].target == "img/b.png"
+    assert split.queries[1].ground_truths == ("img/a.png",)  # a split with several targets ranks every query by mAP
+    assert split.map_ks == (5, 10, 25, 50) and split.exclude_reference  # the stated default: removed
+    assert list(split.gallery) == ["img/a.png", "img/b.png", "img/sub/d.png", "img/c.png"]
+    assert split.gallery["img/sub/d.png"] == tmp_path / "img" / "sub" / "d.png"
+    kept = load_triplets(tmp_path, "val", TripletFormat(reference_key="ref", caption_key="text", target_key="gt",
+                                                        exclude_reference=False))[0]
+    assert not kept.exclude_reference
+
+
+BAD_ROWS = {
+    "missing column": ('{"reference": "a.png", "text": "x", "target": "b.png"}\n', ":1: no field 'caption'"),
+    "empty caption": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                      '{"reference": "a.png", "caption": "  ", "target": "b.png"}\n', ":2: empty caption"),
+    "reference is its only target": ('{"reference": "a.png", "caption": "x", "target": "./a.png"}\n',
+                                     ":1: the reference 'a.png' is also its only target"),
+    "duplicate id": ('{"id": 7, "reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                     '{"id": "7", "reference": "b.png", "caption": "y", "target": "a.png"}\n',
+                     ":2: duplicate query id '7' (first at line 1)"),
+    "malformed line": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n{oops\n', ":2: malformed JSON"),
+    "missing image": ('{"reference": "a.png", "caption": "x", "target": "gone.png"}\n',
+                      "image 'gone.png' listed in val.jsonl is missing on disk"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_input_is_one_line_naming_file_and_line(case, tmp_path, cli, tiny_checkpoint):
+    _photos(tmp_path, ["a.png", "b.png"])
+    rows, message = BAD_ROWS[case]
+    (tmp_path / "val.jsonl").write_text(rows)
+    out = tmp_path / "metrics.json"
+    result = cli("eval", "--dataset", "triplets", "--data-root", tmp_path, "--pretrained", tiny_checkpoint,
+                 "--output", out)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert message in result.err
+    where = str(tmp_path / "gone.png") if case == "missing image" else str(tmp_path / "val.jsonl")
+    assert where in result.err and not out.exists()
+
+
+def test_csv_missing_column_names_the_columns_and_the_flag(tmp_path):
+    (tmp_path / "train.csv").write_text("reference,text,target\na.png,x,b.png\n")
+    with pytest.raises(CIRError, match=r"train.csv:1: no column 'caption' \(columns: reference, text, target; "
+                                       r"choose the column with --csv-caption-key"):
+        load_triplets(tmp_path, "train")
+
+
+def test_gallery_file_that_lacks_a_target_or_names_a_missing_image(tmp_path, cli, tiny_checkpoint):
+    _photos(tmp_path, ["a.png", "b.png", "c.png"])
+    (tmp_path / "val.jsonl").write_text('{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                                        '{"reference": "b.png", "caption": "y", "target": "c.png"}\n')
+    (tmp_path / "val.gallery.txt").write_text("a.png\nb.png\n")
+    with pytest.raises(CIRError, match=r"val.jsonl:2: target 'c.png' is not in the gallery val.gallery.txt"):
+        load_triplets(tmp_path, "val")
+    (tmp_path / "val.gallery.txt").write_text("c.png\nb.png\na.png\nextra.png\n")
+    with pytest.raises(CIRError, match="image 'extra.png' listed in val.gallery.txt is missing on disk"):
+        load_triplets(tmp_path, "val")
+    shutil.copy(tmp_path / "a.png", tmp_path / "extra.png")
+    (split,) = load_triplets(tmp_path, "val")
+    assert list(split.gallery) == ["c.png", "b.png", "a.png", "extra.png"]  # the file's order
+    # An unreadable image: one line by default, left out (with its queries) on request.
+    (tmp_path / "c.png").write_bytes(b"<html>not an image</html>")
+    result = cli("eval", "--dataset", "triplets", "--data-root", tmp_path, "--pretrained", tiny_checkpoint)
+    assert result.code == 2 and result.err.strip().splitlines()[-1].endswith(
+        f"{tmp_path / 'c.png'}: corrupt or unreadable image (cannot identify image file '{tmp_path / 'c.png'}')")
+    from clip_cir.data.images import ImageCheck
+
+    with pytest.raises(CIRError, match="c.png' listed in val.gallery.txt is unreadable"):
+        load_triplets(tmp_path, "val", images=ImageCheck(readable=True))
+    check = ImageCheck(skip=True, readable=True)
+    (split,) = load_triplets(tmp_path, "val", images=check)
+    assert [q.qid for q in split.queries] == ["1"] and "c.png" not in split.gallery
+
+
+def test_test_split_without_targets_and_mixed_rows(tmp_path):
+    _photos(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "test.csv").write_text("reference,caption\na.png,x\nb.png,y\n")
+    (split,) = load_triplets(tmp_path, "test")
+    assert not split.has_targets and list(split.gallery) == ["a.png", "b.png"]
+    (tmp_path / "test.csv").write_text("reference,caption,target\na.png,x,\nb.png,y,a.png\n")
+    with pytest.raises(CIRError, match=r"test.csv:3: some rows have a target and others none"):
+        load_triplets(tmp_path, "test")
