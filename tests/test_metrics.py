@@ -172,6 +172,18 @@ def test_fashioniq_keys_and_averages():
     assert scores["geometric_mean"] == pytest.approx(math.sqrt(30 * 60))
 
 
+def test_selection_on_several_ground_truths_uses_map():
+    """Queries with several ground truths (mAP@K) select checkpoints by mAP, not by the recall of
+    their first target; several groups by the averages."""
+    circo_like = {"map_at5": 10.0, "map_at10": 20.0, "map_at25": 30.0, "map_at50": 40.0, "recall_at5": 90.0,
+                  "aspect_colour_map_at10": 99.0}
+    scores = selection_scores(circo_like)
+    assert scores["score"] == pytest.approx(25.0)
+    assert scores["harmonic_mean"] == pytest.approx(4 / (1 / 10 + 1 / 20 + 1 / 30 + 1 / 40))
+    grouped = {"a_map_at5": 0.0, "b_map_at5": 50.0, "average_map_at5": 25.0, "average_recall_at5": 80.0}
+    assert selection_scores(grouped)["score"] == pytest.approx(25.0)
+
+
 def test_means_with_a_zero_recall_do_not_crash():
     assert geometric_mean([0.0, 50.0]) == 0.0
     assert harmonic_mean([0.0, 50.0]) == 0.0

@@ -129,9 +129,16 @@ def combine_benchmarks(per_split: Sequence[tuple[CIRSplit, dict[str, float]]]) -
 
 
 def validation_recalls(metrics: Mapping[str, float]) -> list[float]:
-    """The recalls checkpoint selection looks at: CIRR's seven, or FashionIQ's average R@10/R@50."""
-    averaged = [v for k, v in metrics.items() if k.startswith("average_recall")]
-    return averaged if averaged else [metrics[k] for k in primary_keys(metrics)]
+    """The numbers checkpoint selection looks at: mAP@K where queries have several ground truths,
+    else the method's recalls (CIRR's seven, FashionIQ's average R@10/R@50); averages over
+    benchmarks where there are several."""
+    averaged = {k: v for k, v in metrics.items() if k.startswith("average_")}
+    maps = [v for k, v in (averaged or metrics).items() if k.startswith(("map_at", "average_map_at"))]
+    if maps:
+        return maps
+    if averaged:
+        return [v for k, v in averaged.items() if k.startswith("average_recall")]
+    return [metrics[k] for k in primary_keys(metrics)]
 
 
 def arithmetic_mean(values: Iterable[float]) -> float:
