@@ -168,9 +168,9 @@ def test_training_on_a_converted_copy_equals_training_on_the_original(converted,
     """Stage 1 then the Combiner on the generic-layout copy of the synthetic CIRR world, same seed:
     the same losses, the same validation recalls at every epoch."""
     import pandas as pd
+    from test_training import stage1_args, stage2_args
 
     from clip_cir.training import stage1, stage2
-    from test_training import stage1_args, stage2_args
 
     def both_stages(dataset: str, root: Path, name: str) -> tuple[pd.DataFrame, ...]:
         runs = tmp_path / name

@@ -150,19 +150,30 @@ class _Group:
     """Query id -> its line, for errors about it."""
 
 
-def _name_and_file(value: Any, base: Path, key: str, where: str) -> tuple[str, Path]:
-    if not isinstance(value, str) or not value.strip():
-        raise CIRError(f"{where}: empty {key}")
-    name = os.path.normpath(value.strip())
-    return name, Path(name) if os.path.isabs(name) else base / name
+class _Names:
+    """Image path as written -> (name, file), each path parsed once however many rows use it."""
+
+    def __init__(self, base: Path):
+        self.base, self.seen = str(base), {}
+
+    def __call__(self, value: Any, key: str, where: str) -> tuple[str, Path]:
+        known = self.seen.get(value)
+        if known is not None:
+            return known
+        if not isinstance(value, str) or not value.strip():
+            raise CIRError(f"{where}: empty {key}")
+        name = os.path.normpath(value.strip())
+        known = self.seen[value] = (name, Path(name if os.path.isabs(name) else os.path.join(self.base, name)))
+        return known
 
 
 def _read_gallery(path: Path) -> dict[str, Path]:
     gallery: dict[str, Path] = {}
+    names = _Names(path.parent)
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if line.strip():
-                name, file = _name_and_file(line, path.parent, "image path", f"{path}:{line_number}")
+                name, file = names(line, "image path", f"{path}:{line_number}")
                 gallery.setdefault(name, file)
     return gallery
 
@@ -176,15 +187,15 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     groups: dict[str, _Group] = {}
     first_line: dict[str, int] = {}
     with_targets = without_targets = 0
+    parse = _Names(path.parent)
     for line_number, row in read_rows(path, fmt):
         where = f"{path}:{line_number}"
-        reference, reference_file = _name_and_file(row.get(fmt.reference_key), path.parent, "reference", where)
+        reference, reference_file = parse(row.get(fmt.reference_key), "reference", where)
         caption = row.get(fmt.caption_key)
         if not isinstance(caption, str) or not caption.strip():
             raise CIRError(f"{where}: empty caption")
         caption = caption.strip()
-        targets = [_name_and_file(t, path.parent, "target", where) for t in
-                   _targets(row.get(fmt.target_key), fmt, where)]
+        targets = [parse(t, "target", where) for t in _targets(row.get(fmt.target_key), fmt, where)]
         if len(targets) == 1 and targets[0][0] == reference:
             raise CIRError(f"{where}: the reference '{reference}' is also its only target")
         qid = row.get(fmt.id_key)
@@ -207,11 +218,12 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
         group.lines[qid] = line_number
         for name, file in [(reference, reference_file), *targets]:
             group.named.setdefault(name, file)
-        names = tuple(name for name, _ in targets)
+        target_names = tuple(name for name, _ in targets)
         group.queries.append(Query(qid=qid, reference=reference, captions=(caption,),
                                    train_captions=tuple(train_captions), eval_caption=caption,
-                                   target=names[0] if names else None,
-                                   ground_truths=names if len(names) > 1 else None, aspects=tuple(aspects)))
+                                   target=target_names[0] if target_names else None,
+                                   ground_truths=target_names if len(target_names) > 1 else None,
+                                   aspects=tuple(aspects)))
     if not groups:
         raise CIRError(f"{path}: no queries")
     several = any(q.ground_truths for g in groups.values() for q in g.queries)
