@@ -192,3 +192,16 @@ def test_training_on_a_converted_copy_equals_training_on_the_original(converted,
             if column.startswith(("train_loss", "recall_at")):
                 assert list(b[column]) == list(a[column]), column
     assert generic[1]["recall_at10"].iloc[-1] > 0
+
+
+def test_a_folder_of_photos_is_a_gallery(tmp_path):
+    from clip_cir.data.folder import folder_gallery
+
+    _photos(tmp_path / "shop", ["b.jpg", "a/z.png", "a/deeper/y.JPG", ".hidden/x.png", "notes.txt.png"])
+    (tmp_path / "shop" / "readme.txt").write_text("not an image")
+    split = folder_gallery(tmp_path / "shop")
+    assert list(split.gallery) == ["a/deeper/y.JPG", "a/z.png", "b.jpg", "notes.txt.png"]
+    assert split.gallery["a/z.png"] == tmp_path / "shop" / "a" / "z.png" and not split.queries
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CIRError, match="no images"):
+        folder_gallery(tmp_path / "empty")
