@@ -51,7 +51,6 @@ from clip_cir.models.clip import LoadedCLIP, load_clip
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import transform_for
 from clip_cir.training.datasets import EpochSampler, TrainingSet, TripletDataset
-from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.run import seed_everything
 
 if TYPE_CHECKING:
@@ -615,8 +614,8 @@ class ReplayedBatches:
 def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features: torch.Tensor,
                   text_features: torch.Tensor, offsets: torch.Tensor, *, batches: str, batch_size: int,
                   epochs: int, projection_dim: int, hidden_dim: int, seed: int, run_dir: Path) -> Epochs:
-    """Stage-2 epochs through the library's own loop (`clip_cir.training.loop.fit`), forward and loss
-    (`stage2.feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
+    """Stage-2 epochs through the library's own loop (`clip_cir.training.loop.fit`) and stage
+    (`stage2.CombinerTraining`: `feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
     defaults, timed by that loop into `run_dir/train_metrics.csv`. Only the batches differ: `batches="tensor"` is what
     `clip_cir.training.stage2` runs (`FeatureBatches`); `"dataloader"` is how it drew them before
     (a per-item `TripletDataset` behind a DataLoader over an `EpochSampler`, prepared by
@@ -626,7 +625,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     from clip_cir.models.combiner import Combiner
     from clip_cir.training import stage2
     from clip_cir.training.datasets import FeatureBatches
-    from clip_cir.training.loop import Loop, Selection, fit
+    from clip_cir.training.loop import Selection, fit
     from clip_cir.training.optim import LRSchedule, make_optimizer
     from clip_cir.training.run import Run
 
@@ -648,13 +647,20 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     else:
         raise ValueError(f"unknown batches {batches!r}")
     features = [t.to(device) for t in (image_features, text_features, offsets)]
-    loop = Loop(model=prepared, optimizer=optimizer, loader=loader,
-                forward=stage2.feature_forward(prepared, *features),
-                loss=lambda pair: batch_contrastive_loss(*pair), validate=lambda epoch: {},
-                saved_modules=lambda epoch, metrics: {"combiner": (combiner, {})}, train_mode=combiner.train,
-                selection=Selection(keys=()))
+
+    class TimedCombinerTraining(stage2.CombinerTraining):
+        """The program's stage (forward, loss, train mode) without validation or checkpoint metadata."""
+
+        def validate(self, epoch: int) -> dict[str, float]:
+            return {}
+
+        def saved_modules(self, epoch: int, metrics: dict) -> dict:
+            return {"combiner": (self.combiner, {})}
+
+    stage = TimedCombinerTraining(combiner, prepared, optimizer, loader, *features, val_features=[], clip=None)
+    stage.selection = Selection(keys=())
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = LRSchedule("const", defaults.lr, 0, epochs * len(loader))
     with quiet():
-        fit(accelerator, Run(path=run_dir, is_main=True), loop, epochs, epochs, schedule, progress=False)
+        fit(accelerator, Run(path=run_dir, is_main=True), stage, epochs, epochs, schedule, progress=False)
     return Epochs.from_run(run_dir, batch_size)

@@ -258,6 +258,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                             "--lr, before either schedule (default: %(default)s)")
     group.add_argument("--validation-frequency", type=int, default=validation_frequency,
                        help="validate every N epochs, and always after the last (default: %(default)s)")
+    group.add_argument("--log-every", type=int, default=10, metavar="N", help="read the loss back (progress bar, "
+                       "train_steps.csv) every N optimizer steps and at each epoch's end (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     from clip_cir.params import (
         add_num_workers_arg,

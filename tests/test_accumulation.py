@@ -77,7 +77,7 @@ def test_stage1_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_path
     piece: with a trained image tower (BatchNorm in eval mode) and with a frozen, precomputed one."""
     from clip_cir.training import stage1
 
-    common = ["--encoder", encoder, "--epochs", "1", "--batch-size", "32", "--model", model]
+    common = ["--encoder", encoder, "--epochs", "1", "--batch-size", "32", "--model", model, "--log-every", "1"]
     stage1.main(stage1_args(synth_root, tmp_path, "whole", *common))
     stage1.main(stage1_args(synth_root, tmp_path, "accum", *common, "--accum-steps", "4"))
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
@@ -103,7 +103,8 @@ def test_stage1_accumulation_under_two_processes_equals_one_piece(synth_root, tm
     stage1.main(stage1_args(synth_root, tmp_path, "whole", *common))
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "stage1" / "finetune.py"),
            *stage1_args(synth_root, tmp_path, "ddp", *common, "--accum-steps", "4")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2 |" in result.stderr
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")

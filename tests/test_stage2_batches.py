@@ -31,7 +31,8 @@ def test_an_epoch_is_a_permutation_with_uniform_caption_forms(synth_root):
         queries = torch.cat([b["query"] for b in rows]).tolist()
         assert len(set(queries)) == len(queries) == 16 * len(rows)  # no query twice in an epoch
         for b in rows:
-            for q, f, r, t in zip(b["query"].tolist(), b["form"].tolist(), b["reference"].tolist(), b["target"].tolist()):
+            columns = (b["query"].tolist(), b["form"].tolist(), b["reference"].tolist(), b["target"].tolist())
+            for q, f, r, t in zip(*columns):
                 assert 0 <= f < len(data.queries[q].train_captions) == 4
                 assert (r, t) == (index[data.queries[q].reference], index[data.queries[q].target])
                 forms[f] += 1

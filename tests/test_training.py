@@ -242,6 +242,7 @@ def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsy
     cases = [
         (["--epochs", "0"], "--epochs must be positive"),
         (["--batch-size", "1000"], "larger than the 120 training triplets"),
+        (["--log-every", "0"], "--log-every must be positive, got 0"),
         (["--model", "no-such-model"], "unknown open_clip model 'no-such-model'"),
         (["--pretrained", str(tmp_path / "missing.pt")], "missing.pt: checkpoint not found"),
     ]
@@ -255,3 +256,20 @@ def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsy
     with pytest.raises(SystemExit):
         stage1.main(["--resume", str(tmp_path / "nothing-here")])
     assert "config.json: not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_a_batch_larger_than_the_training_data_is_refused_in_one_line(synth_root, tmp_path, capsys, stage):
+    """Both stages refuse alike (an epoch of whole batches would have no step), before any run
+    directory exists."""
+    from clip_cir.training import stage1, stage2
+
+    module, args, prog = {"stage1": (stage1, stage1_args, "stage1/finetune.py"),
+                          "stage2": (stage2, stage2_args, "stage2/train_combiner.py")}[stage]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(args(synth_root, tmp_path, "big", "--batch-size", "121"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{prog}: error: --batch-size 121 is larger than the 120 training triplets: give a "
+                   "--batch-size of at most 120"], err
+    assert not (tmp_path / "big").exists()

@@ -1,12 +1,15 @@
-"""What stage 1, stage 2 and pretraining share: run directory, seeding, resumable checkpoints,
-CSV logs, tracking, and the one training loop.
+"""What stage 1, stage 2 and pretraining share: the `Stage` each of them is (its step,
+validation and saved modules), and the one training loop (`fit`) that drives a stage, with the
+run directory's resumable checkpoints and CSV logs.
 
 A run directory looks like:
 
     RUN/config.json               resolved arguments
     RUN/log.txt                   everything the run printed
     RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
-    RUN/train_steps.csv           one row per optimizer step (learning rate, the main process's loss)
+    RUN/train_steps.csv           one row per optimizer step: its learning rate, and the main
+                                  process's loss on logged steps (every --log-every and each
+                                  epoch's last; empty on the others)
     RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
     RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
     RUN/last/                     weights + optimizer + RNG state to resume from (written at each
@@ -24,8 +27,9 @@ import argparse
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from accelerate.utils import gather_object
@@ -38,7 +42,7 @@ from clip_cir.models.checkpoints import (
     load_torch_state,
     read_safetensors,
 )
-from clip_cir.training.accumulation import training_step
+from clip_cir.training.accumulation import Features, training_step
 from clip_cir.training.optim import LRSchedule, load_optimizer_state
 from clip_cir.training.run import (
     Run,
@@ -82,31 +86,52 @@ class Float32Forward(nn.Module):
         return type(self.module).forward(self.module, *args, **kwargs)
 
 
-@dataclass
-class Loop:
-    """Everything the shared loop needs from a stage."""
+class Stage(ABC):
+    """One training stage of the method as the shared loop drives it: its step (`forward`, then
+    `loss` over the whole batch's features), its validation and the modules it saves."""
 
-    model: nn.Module
-    """The prepared (possibly DDP-wrapped) module whose forward the loss calls."""
-    optimizer: torch.optim.Optimizer
-    loader: Any
-    """Iterable of batches with `set_epoch(epoch)`: a DataLoader prepared by Accelerate over an
-    `EpochSampler`, or stage 2's `FeatureBatches`."""
-    forward: Callable[[Any], Sequence[torch.Tensor]]
-    """batch -> per-example features (the part with the trained parameters; see accumulation)."""
-    loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
-    """The whole local batch's features -> the loss."""
-    validate: Callable[[int], dict[str, float]]
-    saved_modules: Callable[[int, Mapping[str, float]], dict[str, tuple[nn.Module, dict]]]
-    """(epoch, metrics) -> {name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
-    train_mode: Callable[[], None]
-    """Put trainable parts in train mode and frozen parts in eval mode."""
-    selection: Selection = field(default_factory=Selection)
-    accum_steps: int = 1
-    """Micro-batches per optimizer step (exact large-batch contrastive training)."""
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
+                 selection: Selection | None = None, accum_steps: int = 1):
+        self.model = model
+        """The prepared (possibly DDP-wrapped) module `forward` calls."""
+        self.optimizer = optimizer
+        self.loader = loader
+        """Iterable of batches with `set_epoch(epoch)`: a DataLoader prepared by Accelerate over an
+        `EpochSampler`, or stage 2's `FeatureBatches`."""
+        self.selection = selection or Selection()
+        self.accum_steps = accum_steps
+        """Micro-batches per optimizer step (exact large-batch contrastive training)."""
+
+    @abstractmethod
+    def forward(self, batch: Any) -> Features:
+        """batch -> per-example features (the part with the trained parameters; see accumulation)."""
+
+    @abstractmethod
+    def loss(self, features: Features) -> torch.Tensor:
+        """The whole local batch's features -> the loss."""
+
+    @abstractmethod
+    def train_mode(self) -> None:
+        """Put trainable parts in train mode and frozen parts in eval mode (before every epoch)."""
+
+    @abstractmethod
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Metrics after 0-based `epoch`, with every key of `selection` (main process only)."""
+
+    @abstractmethod
+    def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
+        """{name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
 
 
-def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str, Any] | None]:
+def check_batch_fits(batch_size: int, available: int, what: str) -> None:
+    """Every optimizer step takes a whole batch (the last, partial one is dropped): refuse a
+    batch larger than the training data before any work."""
+    if batch_size > available:
+        raise CIRError(f"--batch-size {batch_size} is larger than the {available} {what}: give a --batch-size "
+                       f"of at most {available}")
+
+
+def resume_state(accelerator, run: Run, stage: Stage) -> tuple[int, int, dict[str, Any] | None]:
     """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at,
     the optimizer steps already taken (what the learning-rate schedule continues from) and the
     schedule the run was saved with (None for states saved before schedules existed)."""
@@ -114,10 +139,10 @@ def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str,
     if checkpoint is None:
         raise CIRError(f"{run.path}: no saved state to resume from (last/training_state.pt)")
     state = load_torch_state(checkpoint / "training_state.pt")
-    for name, (module, _) in loop.saved_modules(0, {}).items():
+    for name, (module, _) in stage.saved_modules(0, {}).items():
         weights, _ = read_safetensors(checkpoint / f"{name}.safetensors")
         module.load_state_dict(weights)
-    load_optimizer_state(loop.optimizer, state["optimizer"])
+    load_optimizer_state(stage.optimizer, state["optimizer"])
     if "scaler" in state and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rngs = state["rng"]
@@ -125,65 +150,70 @@ def resume_state(accelerator, run: Run, loop: Loop) -> tuple[int, int, dict[str,
         log.warning("resuming with %d processes from a run saved with %d: random streams differ",
                     accelerator.num_processes, len(rngs))
     set_rng_state(rngs[min(accelerator.process_index, len(rngs) - 1)])
-    loop.selection.best = dict(state["best"])
+    stage.selection.best = dict(state["best"])
     epoch = int(state["epoch"])
-    step = int(state.get("step", epoch * len(loop.loader)))  # states saved before schedules: every epoch full
-    if step != epoch * len(loop.loader):
+    step = int(state.get("step", epoch * len(stage.loader)))  # states saved before schedules: every epoch full
+    if step != epoch * len(stage.loader):
         log.warning("the run took %d optimizer steps in %d epochs, but an epoch now has %d: the training data "
-                    "changed; the learning-rate schedule continues from step %d", step, epoch, len(loop.loader),
+                    "changed; the learning-rate schedule continues from step %d", step, epoch, len(stage.loader),
                     step)
     run.truncate_csvs(epoch)
     log.info("resuming %s after epoch %d (optimizer step %d)", run.path, epoch, step)
     return epoch, step, state.get("lr_schedule")
 
 
-def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: int, schedule: LRSchedule,
-        start_epoch: int = 0, start_step: int = 0, progress: bool = True) -> dict[str, float]:
+def fit(accelerator, run: Run, stage: Stage, epochs: int, validation_frequency: int, schedule: LRSchedule,
+        start_epoch: int = 0, start_step: int = 0, progress: bool = True, log_every: int = 10) -> dict[str, float]:
     """The training loop shared by every stage. Returns the last validation metrics.
 
     `schedule` sets the learning rate before every optimizer step from the number of steps taken
-    (`start_step` in a resumed run), as open_clip does."""
+    (`start_step` in a resumed run), as open_clip does. Reading a loss back waits for the device,
+    so it happens only every `log_every` optimizer steps (counted over the run, so a resumed run
+    logs the same steps) and at each epoch's last; the epoch's mean loss is summed on the device."""
     metrics: dict[str, float] = {}
     step = start_step
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         # Through the prepared loader: Accelerate otherwise re-sets the sampler's epoch from its own
         # per-process counter, which restarts at 0 in a resumed run.
-        loop.loader.set_epoch(epoch)
-        loop.train_mode()
-        total, steps = torch.zeros((), device=accelerator.device), 0
+        stage.loader.set_epoch(epoch)
+        stage.train_mode()
+        total, steps, logged = torch.zeros((), device=accelerator.device), 0, True
         step_rows: list[dict[str, Any]] = []
-        bar = tqdm(loop.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+        bar = tqdm(stage.loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                    disable=None if progress and accelerator.is_main_process else True)
         for batch in bar:
-            lr = schedule.apply(loop.optimizer, step)
-            loss = training_step(accelerator, loop.model, loop.forward, loop.loss, batch, loop.accum_steps)
-            loop.optimizer.step()
-            loop.optimizer.zero_grad(set_to_none=True)
+            lr = schedule.apply(stage.optimizer, step)
+            loss = training_step(accelerator, stage.model, stage.forward, stage.loss, batch, stage.accum_steps)
+            stage.optimizer.step()
+            stage.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
             steps += 1
             step += 1
-            loss_value = loss.item()
-            step_rows.append({"step": step, "epoch": epoch + 1, "lr": lr, "loss": loss_value})
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+            logged = step % log_every == 0
+            step_rows.append({"step": step, "epoch": epoch + 1, "lr": lr, "loss": loss.item() if logged else math.nan})
+            if logged:
+                bar.set_postfix(loss=f"{step_rows[-1]['loss']:.4f}", lr=f"{lr:.3g}")
+        if not logged:  # the epoch's last step is always logged
+            step_rows[-1]["loss"] = loss.item()
         mean_loss = accelerator.reduce(total, reduction="mean").item() / max(steps, 1)
         # `lr`: the learning rate of the epoch's last step (every step's is in train_steps.csv).
         row = {"epoch": epoch + 1, "steps": steps, "train_loss": mean_loss,
-               "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-               "clip_images_encoded": features.encode_counts["image"],
-               "clip_texts_encoded": features.encode_counts["text"]}
+               "lr": stage.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         log.info("epoch %d/%d: loss %.4f (%d steps, lr %.3g, %.1fs)", epoch + 1, epochs, mean_loss, steps,
                  row["lr"], row["seconds"])
         validate_now = (epoch + 1) % validation_frequency == 0 or epoch + 1 == epochs
         if validate_now and accelerator.is_main_process:
-            metrics = loop.validate(epoch)
-            better = loop.selection.improved(metrics)
+            metrics = stage.validate(epoch)
+            better = stage.selection.improved(metrics)
             run.append_csv("validation_metrics.csv", {"epoch": epoch + 1, **metrics})
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=epoch + 1)
             log.info("validation after epoch %d: %s", epoch + 1,
                      ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "soft" not in k))
             for key in better:
-                save_checkpoint_dir(run.path / Selection.folder(key), loop.saved_modules(epoch + 1, metrics))
+                save_checkpoint_dir(run.path / Selection.folder(key), stage.saved_modules(epoch + 1, metrics))
+        # CLIP encodes so far, read after validation: validating may encode (stage 1's trained
+        # towers re-encode the gallery and captions), and the row counts the whole epoch's work.
         row["clip_images_encoded"] = features.encode_counts["image"]
         row["clip_texts_encoded"] = features.encode_counts["text"]
         run.append_csv("train_metrics.csv", row)
@@ -193,19 +223,19 @@ def fit(accelerator, run: Run, loop: Loop, epochs: int, validation_frequency: in
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             if accelerator.is_main_process:
                 state = {"epoch": epoch + 1, "step": step, "lr_schedule": asdict(schedule),
-                         "optimizer": loop.optimizer.state_dict(), "rng": rngs, "best": dict(loop.selection.best)}
+                         "optimizer": stage.optimizer.state_dict(), "rng": rngs, "best": dict(stage.selection.best)}
                 if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
                     state["scaler"] = accelerator.scaler.state_dict()
-                save_checkpoint_dir(run.path / "last", loop.saved_modules(epoch + 1, metrics), state)
+                save_checkpoint_dir(run.path / "last", stage.saved_modules(epoch + 1, metrics), state)
         accelerator.wait_for_everyone()
     return metrics
 
 
-def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress: bool) -> dict[str, float]:
+def train(accelerator, run: Run, stage: Stage, args: argparse.Namespace, progress: bool) -> dict[str, float]:
     """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
-    schedule = LRSchedule.from_args(args, steps_per_epoch=len(loop.loader))
+    schedule = LRSchedule.from_args(args, steps_per_epoch=len(stage.loader))
     if args.resume:
-        start_epoch, start_step, saved = resume_state(accelerator, run, loop)
+        start_epoch, start_step, saved = resume_state(accelerator, run, stage)
         if schedule.kind == "cosine" and saved is not None and saved["total_steps"] != schedule.total_steps:
             log.warning("--epochs %d moves the cosine schedule's end from step %d to %d: from step %d on the "
                         "learning rates differ from those the run was started with", args.epochs,
@@ -215,12 +245,12 @@ def train(accelerator, run: Run, loop: Loop, args: argparse.Namespace, progress:
         # what loading, caching or encoding did before.
         seed_everything(args.seed + accelerator.process_index)
         start_epoch = start_step = 0
-    metrics = fit(accelerator, run, loop, args.epochs, args.validation_frequency, schedule, start_epoch,
-                  start_step, progress)
+    metrics = fit(accelerator, run, stage, args.epochs, args.validation_frequency, schedule, start_epoch,
+                  start_step, progress, args.log_every)
     accelerator.end_training()
     if accelerator.is_main_process:
-        best = ", ".join(f"{k} {v:.4g}" for k, v in loop.selection.best.items())
-        log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(loop.selection.keys[0]))
+        best = ", ".join(f"{k} {v:.4g}" for k, v in stage.selection.best.items())
+        log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(stage.selection.keys[0]))
     return metrics
 
 

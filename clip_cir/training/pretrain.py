@@ -14,16 +14,19 @@ import csv
 import logging
 import math
 from pathlib import Path
+from typing import Mapping
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from clip_cir import params as opt
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelArray
 from clip_cir.errors import CIRError
+from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import (
     add_accum_arg,
@@ -32,7 +35,7 @@ from clip_cir.params import (
     program_main,
 )
 from clip_cir.training.datasets import ClipEncoder, EpochSampler
-from clip_cir.training.loop import Loop, train
+from clip_cir.training.loop import Stage, check_batch_fits, train
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import (
     clip_metadata,
@@ -131,8 +134,50 @@ def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
     return parser
 
 
+class ImageCaptionPretraining(Stage):
+    """CLIP's own objective: open_clip's symmetric contrastive loss between a batch's images and
+    their captions, with the learnt temperature. Validation is the same loss on held-out pairs
+    (`score` is its negative: lower loss, better checkpoint)."""
+
+    def __init__(self, clip: LoadedCLIP, encoder: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                 val_loader: DataLoader, transform: ImageTransform, *, device: torch.device, rank: int,
+                 world_size: int, accum_steps: int):
+        super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
+        self.clip, self.val_loader, self.transform, self.device = clip, val_loader, transform, device
+        self.clip_loss = open_clip.ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
+        self.local_clip_loss = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
+
+    def encode(self, encoder: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image features, caption features, temperature rows) of a batch through `encoder`."""
+        return encoder(images=self.transform.normalize(batch["image"].to(self.device)),
+                       tokens=self.clip.tokenize(batch["caption"], remember=True).to(self.device))
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode(self.model, batch)
+
+    def loss(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             clip_loss: open_clip.ClipLoss | None = None) -> torch.Tensor:
+        image_features, text_features, scale = features
+        return (self.clip_loss if clip_loss is None else clip_loss)(image_features, text_features, scale[0])
+
+    def train_mode(self) -> None:
+        self.clip.model.train()
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, float]:
+        self.clip.model.eval()
+        local = ImageCaptionEncoder(self.clip.model)
+        losses = [self.loss(self.encode(local, b), self.local_clip_loss).item() for b in self.val_loader]
+        val_loss = sum(losses) / len(losses)
+        return {"val_loss": val_loss, "score": -val_loss}
+
+    def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
+        return {"clip": (self.clip.model, clip_metadata(self.clip, "pretrain", epoch, metrics))}
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
+    opt.check_positive(args, ["log_every"])
     if not 0 < args.val_fraction < 1:
         raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)
@@ -147,8 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     order = torch.randperm(len(rows), generator=generator).tolist()
     n_val = max(1, int(len(rows) * args.val_fraction))
     val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
-    if len(train_rows) < args.batch_size:
-        raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(train_rows)} training rows")
+    check_batch_fits(args.batch_size, len(train_rows), "training rows")
     seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
@@ -179,36 +223,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
     optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
     encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
-    loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=accelerator.process_index,
-                                 world_size=accelerator.num_processes)
-    local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
-
-    def forward(batch: dict, module=encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return module(images=transform.normalize(batch["image"].to(device)),
-                      tokens=clip.tokenize(batch["caption"], remember=True).to(device))
-
-    def contrastive_loss(features, loss=loss_fn) -> torch.Tensor:
-        image_features, text_features, scale = features
-        return loss(image_features, text_features, scale[0])
-
-    @torch.no_grad()
-    def validate(epoch: int) -> dict[str, float]:
-        model.eval()
-        local = ImageCaptionEncoder(model)
-        losses = [contrastive_loss(forward(b, local), local_loss_fn).item() for b in val_loader]
-        val_loss = sum(losses) / len(losses)
-        return {"val_loss": val_loss, "score": -val_loss}
-
-    def saved_modules(epoch: int, metrics: dict) -> dict:
-        return {"clip": (model, clip_metadata(clip, "pretrain", epoch, metrics))}
-
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, forward=forward, loss=contrastive_loss,
-                validate=validate, saved_modules=saved_modules, train_mode=model.train, accum_steps=args.accum_steps)
-    before = validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
+    stage = ImageCaptionPretraining(clip, encoder, optimizer, loader, val_loader, transform, device=device,
+                                    rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                    accum_steps=args.accum_steps)
+    before = stage.validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
     if before is not None:
         log.info("held-out contrastive loss before training: %.4f", before)
         run_dir.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
-    return train(accelerator, run_dir, loop, args, progress)
+    return train(accelerator, run_dir, stage, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:

@@ -6,7 +6,9 @@ A run directory looks like:
     RUN/config.json               resolved arguments
     RUN/log.txt                   everything the run printed
     RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
-    RUN/train_steps.csv           one row per logged optimizer step (learning rate, loss)
+    RUN/train_steps.csv           one row per optimizer step (step, epoch, lr, loss): the learning
+                                  rate of every step; the loss only on steps it was read back
+                                  (every --log-every and each epoch's last), empty on the others
     RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
     RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
     RUN/last/                     weights + optimizer + RNG state to resume from (written at each

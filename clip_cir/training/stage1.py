@@ -11,17 +11,21 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import replace
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from clip_cir import params as opt
+from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.encode import EncodeOptions, encode_captions, encode_image_files
-from clip_cir.errors import CIRError
 from clip_cir.evaluation.evaluate import evaluate
 from clip_cir.evaluation.metrics import selection_scores
+from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
+from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import (
     add_accum_arg,
     add_training_args,
@@ -34,7 +38,7 @@ from clip_cir.training.datasets import (
     TrainingSet,
     TripletDataset,
 )
-from clip_cir.training.loop import Loop, train
+from clip_cir.training.loop import Stage, check_batch_fits, train
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import (
@@ -74,14 +78,65 @@ def query_and_target(reference: torch.Tensor, text: torch.Tensor,
     return element_wise_sum(reference, text), F.normalize(target, dim=-1)
 
 
+class CLIPFineTuning(Stage):
+    """Stage 1: the towers `--encoder` names train so that each triplet's query
+    norm(f_I(reference) + f_T(caption)) finds its target norm(f_I(target)) among the batch's
+    (`batch_contrastive_loss`). A frozen tower's features come precomputed; validation is the
+    retrieval metrics with the element-wise sum."""
+
+    def __init__(self, clip: LoadedCLIP, encoder: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                 transform: ImageTransform, *, device: torch.device, towers: str,
+                 image_features: torch.Tensor | None, text_features: torch.Tensor | None,
+                 text_offsets: torch.Tensor | None, val_splits: Sequence[CIRSplit], validation_encode: EncodeOptions,
+                 accum_steps: int):
+        super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
+        self.clip, self.transform, self.towers = clip, transform, towers
+        self.train_text, self.train_image = towers in ("text", "both"), towers in ("image", "both")
+        self.device = device
+        self.image_features, self.text_features, self.text_offsets = image_features, text_features, text_offsets
+        self.val_splits, self.validation_encode = val_splits, validation_encode
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
+        tokens = self.clip.tokenize(batch["caption"], remember=True).to(self.device) if self.train_text else None
+        images = (self.transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]]))
+                  if self.train_image else None)
+        encoded_images, encoded_text = self.model(images=images, tokens=tokens)
+        if self.train_image:
+            reference, target = encoded_images.chunk(2)
+        else:
+            reference, target = self.image_features[batch["reference"]], self.image_features[batch["target"]]
+        if self.train_text:
+            text = encoded_text
+        else:
+            text = self.text_features[self.text_offsets[batch["query"]] + batch["form"]]
+        return query_and_target(reference, text, target)
+
+    def loss(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return batch_contrastive_loss(*features)
+
+    def train_mode(self) -> None:
+        # As the published code: the whole CLIP stays in eval mode while its parameters train, so a
+        # ResNet tower's BatchNorm keeps its pretrained running statistics (and normalises with them,
+        # the same on every rank: nothing to synchronise under DDP) and no dropout is active.
+        self.clip.model.eval()
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        metrics = evaluate(self.clip, self.val_splits, element_wise_sum, self.validation_encode)
+        return {**metrics, **selection_scores(metrics)}
+
+    def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
+        return {"clip": (self.clip.model, clip_metadata(self.clip, "stage1", epoch, metrics, encoder=self.towers))}
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
+    opt.check_positive(args, ["log_every"])
     images = opt.image_check(args, training=True)
     train_splits = opt.load_data(args, "train", images)
     val_splits = opt.load_data(args, "val", images)
     data = TrainingSet.from_splits(train_splits)
-    if len(data.queries) < args.batch_size:
-        raise CIRError(f"--batch-size {args.batch_size} is larger than the {len(data.queries)} training triplets")
+    check_batch_fits(args.batch_size, len(data.queries), "training triplets")
     seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
@@ -126,39 +181,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
 
-    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
-        tokens = clip.tokenize(batch["caption"], remember=True).to(device) if train_text else None
-        images = transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]])) if train_image else None
-        encoded_images, encoded_text = encoder(images=images, tokens=tokens)
-        if train_image:
-            reference, target = encoded_images.chunk(2)
-        else:
-            reference, target = image_features[batch["reference"]], image_features[batch["target"]]
-        text = encoded_text if train_text else text_features[text_offsets[batch["query"]] + batch["form"]]
-        return query_and_target(reference, text, target)
-
-    def train_mode() -> None:
-        # As the published code: the whole CLIP stays in eval mode while its parameters train, so a
-        # ResNet tower's BatchNorm keeps its pretrained running statistics (and normalises with them,
-        # the same on every rank: nothing to synchronise under DDP) and no dropout is active.
-        model.eval()
-
     validation_encode = encode.full_precision().on_this_process().without_cache(images=train_image, texts=train_text)
     if train_image:  # the gallery is encoded again at every validation
         validation_encode = replace(validation_encode, pixel_cache=opt.pixel_cache(args, repeated=True))
-
-    def validate(epoch: int) -> dict[str, float]:
-        metrics = evaluate(clip, val_splits, element_wise_sum, validation_encode)
-        return {**metrics, **selection_scores(metrics)}
-
-    def saved_modules(epoch: int, metrics: dict) -> dict:
-        return {"clip": (model, clip_metadata(clip, "stage1", epoch, metrics, encoder=args.encoder))}
-
-    loop = Loop(model=encoder, optimizer=optimizer, loader=loader, forward=forward,
-                loss=lambda features: batch_contrastive_loss(*features), validate=validate,
-                saved_modules=saved_modules, train_mode=train_mode, accum_steps=args.accum_steps)
-    return train(accelerator, run_dir, loop, args, progress)
+    stage = CLIPFineTuning(clip, encoder, optimizer, loader, transform, device=device, towers=args.encoder,
+                           image_features=image_features, text_features=text_features, text_offsets=text_offsets,
+                           val_splits=val_splits, validation_encode=validation_encode, accum_steps=args.accum_steps)
+    return train(accelerator, run_dir, stage, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:

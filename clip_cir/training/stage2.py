@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Callable
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clip_cir import params as opt
 from clip_cir.encoding.encode import (
     EncodeOptions,
+    SplitFeatures,
     encode_captions,
     encode_image_files,
     split_features,
 )
 from clip_cir.evaluation.evaluate import metrics_from_features
 from clip_cir.evaluation.metrics import selection_scores
+from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import Combiner
 from clip_cir.params import add_training_args, check_training_args, program_main
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
-from clip_cir.training.loop import Float32Forward, Loop, Selection, train
+from clip_cir.training.loop import Float32Forward, Selection, Stage, check_batch_fits, train
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import report_skipped_images, seed_everything, start_run
@@ -52,31 +55,60 @@ def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentPar
     return parser
 
 
-def feature_forward(combiner: torch.nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
-                    offsets: torch.Tensor) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
+def feature_forward(combiner: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
+                    offsets: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2's forward on a batch of indices into precomputed CLIP features: (the Combiner's
     query from the reference image and the drawn caption form, the normalised target); the loss
     is `batch_contrastive_loss` of the pair. A function of its own so that benchmarks time
     exactly this step."""
-    def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        reference = image_features[batch["reference"]]
-        text = text_features[offsets[batch["query"]] + batch["form"]]
-        return combiner(reference, text), F.normalize(image_features[batch["target"]], dim=-1)
+    reference = image_features[batch["reference"]]
+    text = text_features[offsets[batch["query"]] + batch["form"]]
+    return combiner(reference, text), F.normalize(image_features[batch["target"]], dim=-1)
 
-    return forward
+
+class CombinerTraining(Stage):
+    """Stage 2: the Combiner learns to fuse frozen CLIP features of the reference image and the
+    caption into a query that finds its target among the batch's (`batch_contrastive_loss`).
+    Every CLIP feature is precomputed; validation ranks the precomputed validation features, and
+    the best checkpoint is kept by three selection scores."""
+
+    def __init__(self, combiner: Combiner, prepared: nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: FeatureBatches, image_features: torch.Tensor, text_features: torch.Tensor,
+                 offsets: torch.Tensor, val_features: Sequence[SplitFeatures], clip: LoadedCLIP):
+        super().__init__(prepared, optimizer, batches, Selection(keys=("score", "harmonic_mean", "geometric_mean")))
+        self.combiner, self.clip = combiner, clip
+        self.image_features, self.text_features, self.offsets = image_features, text_features, offsets
+        self.val_features = val_features
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return feature_forward(self.model, self.image_features, self.text_features, self.offsets, batch)
+
+    def loss(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return batch_contrastive_loss(*features)
+
+    def train_mode(self) -> None:
+        self.combiner.train()
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        self.combiner.eval()
+        metrics = metrics_from_features(self.val_features, Float32Forward(self.combiner))
+        return {**metrics, **selection_scores(metrics)}
+
+    def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
+        meta = {"kind": "combiner", "stage": "stage2", **self.combiner.dims, "clip_model_name": self.clip.model_name,
+                "clip_source": self.clip.source, "epoch": epoch,
+                "metrics": {k: round(v, 6) for k, v in metrics.items()}}
+        return {"combiner": (self.combiner, meta)}
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
-    opt.check_positive(args, ["projection_dim", "hidden_dim"])
+    opt.check_positive(args, ["projection_dim", "hidden_dim", "log_every"])
     images = opt.image_check(args, training=True)
     train_splits = opt.load_data(args, "train", images)
     val_splits = opt.load_data(args, "val", images)
     data = TrainingSet.from_splits(train_splits)
-    if len(data.queries) < args.batch_size:
-        log.info("--batch-size %d exceeds the %d training triplets; using %d", args.batch_size,
-                 len(data.queries), len(data.queries))
-        args.batch_size = len(data.queries)
+    check_batch_fits(args.batch_size, len(data.queries), "training triplets")
     seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     dim = clip.embed_dim  # the Combiner is built now, so its init never depends on cache hits
@@ -106,24 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                              accelerator.num_processes)
     optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     prepared, optimizer = accelerator.prepare(combiner, optimizer)
-
-    forward = feature_forward(prepared, image_features, text_features, offsets)
-
-    def validate(epoch: int) -> dict[str, float]:
-        combiner.eval()
-        metrics = metrics_from_features(val_features, Float32Forward(combiner))
-        return {**metrics, **selection_scores(metrics)}
-
-    def saved_modules(epoch: int, metrics: dict) -> dict:
-        meta = {"kind": "combiner", "stage": "stage2", **combiner.dims, "clip_model_name": clip.model_name,
-                "clip_source": clip.source, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
-        return {"combiner": (combiner, meta)}
-
-    loop = Loop(model=prepared, optimizer=optimizer, loader=batches, forward=forward,
-                loss=lambda features: batch_contrastive_loss(*features),
-                validate=validate, saved_modules=saved_modules, train_mode=combiner.train,
-                selection=Selection(keys=("score", "harmonic_mean", "geometric_mean")))
-    return train(accelerator, run_dir, loop, args, progress)
+    stage = CombinerTraining(combiner, prepared, optimizer, batches, image_features, text_features, offsets,
+                             val_features, clip)
+    return train(accelerator, run_dir, stage, args, progress)
 
 
 def main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
