@@ -105,7 +105,7 @@ def _saved_run(tmp_path: Path, *extra: str) -> tuple[Path, dict]:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     args = params.stage2_parser().parse_args(["--dataset", "cirr", "--data-root", str(data), "--lr", "0.001",
-                                              "--experiment-name", "run", *extra])
+                                              "--epochs", "5", "--experiment-name", "run", *extra])
     config = {"program": "stage2", **params.portable_config(args), "run_dir": str(run)}
     (run / "config.json").write_text(json.dumps(config))
     return run, config
@@ -116,9 +116,12 @@ def _resume(*argv: str):
 
 
 def test_resume_takes_the_runs_settings_with_their_types(tmp_path):
-    run, config = _saved_run(tmp_path, "--hidden-dim", "48", "--fashioniq-categories", "dress")
+    run, config = _saved_run(tmp_path, "--hidden-dim", "48", "--fashioniq-categories", "dress", "--cpu")
     args = _resume("--resume", str(run))
-    assert (args.dataset, args.lr, args.hidden_dim, args.fashioniq_categories) == ("cirr", 0.001, 48, ["dress"])
+    assert (args.dataset, args.lr, args.epochs, args.hidden_dim) == ("cirr", 0.001, 5, 48)
+    assert (args.fashioniq_categories, args.cpu) == (["dress"], True)
+    settings = {k: v for k, v in params.portable_config(args).items() if k != "resume"}
+    assert settings == {k: v for k, v in config.items() if k not in ("program", "run_dir", "resume")}
     assert args.data_root == Path(config["data_root"])  # a Path, as the option's type makes it
     assert args.experiment_name == "run" and args.resume == run
 
@@ -127,7 +130,7 @@ def test_resume_with_an_abbreviated_overridable_option_changes_it(tmp_path):
     run, config = _saved_run(tmp_path)
     args = _resume("--resume", str(run), "--epoch", "20", "--no-prog")
     assert (args.epochs, args.no_progress) == (20, True)
-    assert config["epochs"] == 300 and args.lr == 0.001
+    assert config["epochs"] == 5 and args.lr == 0.001
 
 
 def test_resume_accepts_the_runs_own_settings_repeated(tmp_path):
