@@ -80,7 +80,8 @@ ABBREVIATIONS = {
     "rank": (params.cli_parser, ["rank", *DATA, "--output", "o.json"], "--top-k", "--top", "5"),
     "submit-cirr": (params.cli_parser, ["submit-cirr", "--data-root", "d", "--name", "n", "--output-dir", "o"],
                     "--faiss-nprobe", "--faiss-n", "3"),
-    "score-circo": (params.cli_parser, ["score-circo", "--data-root", "d", "--submission", "s"], "--split", "--sp", "test"),
+    "score-circo": (params.cli_parser, ["score-circo", "--data-root", "d", "--submission", "s"],
+                    "--split", "--sp", "test"),
     "synth": (params.cli_parser, ["synth", "--root", "r"], "--circo-distractors", "--circo-d", "9"),
     "export": (params.cli_parser, ["export", "--output-dir", "o"], "--push-to-hub", "--push", "org/name"),
 }
@@ -227,3 +228,21 @@ def test_combining_names_are_the_registrys_and_image_ignores_the_caption():
     assert torch.allclose(image_only(image, text), image / image.norm(dim=-1, keepdim=True))
     assert torch.allclose(element_wise_sum(image, text), (image + text) / (image + text).norm(dim=-1, keepdim=True))
     assert params.cli_parser().parse_args(["eval", *DATA, "--combining", "image"]).combining == "image"
+
+
+@pytest.mark.parametrize("combining, name", [("sum", "element-wise sum"), ("image", "image only (caption ignored)")])
+def test_demo_from_its_command_line_uses_and_names_the_registrys_function(synth_root, combining, name):
+    """The demo's combining function and the name its page shows come from the one registry."""
+    pytest.importorskip("flask")
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.models.combiner import COMBINING_FUNCTIONS
+
+    args = params.demo_parser().parse_args(["--dataset", "cirr", "--data-root", str(synth_root), "--model",
+                                            "cir-tiny-vit", "--num-workers", "0", "--combining", combining])
+    client = _build_app(args).test_client()
+    assert client.get("/api/info").get_json()["combining"] == name
+    reference = client.get("/api/gallery?per_page=1").get_json()["items"][0]["name"]
+    red, blue = (client.post("/api/search", json={"reference": reference, "caption": caption, "k": 5}).get_json()
+                 for caption in ("is red", "has a small blue triangle"))
+    # Only the image-only function ignores the caption: two captions, one ranking with the same scores.
+    assert (red["results"] == blue["results"]) == (COMBINING_FUNCTIONS[combining][0] is COMBINING_FUNCTIONS["image"][0])
