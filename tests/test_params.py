@@ -246,3 +246,19 @@ def test_demo_from_its_command_line_uses_and_names_the_registrys_function(synth_
                  for caption in ("is red", "has a small blue triangle"))
     # Only the image-only function ignores the caption: two captions, one ranking with the same scores.
     assert (red["results"] == blue["results"]) == (COMBINING_FUNCTIONS[combining][0] is COMBINING_FUNCTIONS["image"][0])
+
+
+def test_every_clip_cir_subcommand_has_a_command_or_a_program(capsys):
+    import re
+
+    from clip_cir.apps.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit):
+        params.cli_parser().parse_args(["no-such-command"])
+    listed = set(re.findall(r"'([a-z-]+)'", capsys.readouterr().err.split("choose from")[1]))
+    assert listed == set(COMMANDS) | set(params.PROGRAMS) and not set(COMMANDS) & set(params.PROGRAMS)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-v", "finetune"])  # a program's name after clip-cir's own option: one usage error, no traceback
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        "clip-cir: error: finetune must come first: clip-cir finetune [options]"

@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         opt.program_main(partial(program.parser, prog), lambda args: importlib.import_module(program.module).run(args),
                          argv[1:], prog)
         return
-    args = opt.cli_parser().parse_args(argv)
+    parser = opt.cli_parser()
+    args = parser.parse_args(argv)
+    if args.command in opt.PROGRAMS:  # reached only after an option of clip-cir's own, e.g. -v
+        parser.error(f"{args.command} must come first: clip-cir {args.command} [options]")
     opt.setup_logging(args.verbose)
     opt.run_main(lambda: COMMANDS[args.command](args), "clip-cir")
 
