@@ -12,3 +12,8 @@ LR_SCHEDULERS = ("const", "cosine")
 
 
 TRACKERS = ("none", "comet_ml")
+
+
+ENCODERS = ("text", "image", "both")  # stage 1's --encoder: which towers train
+COMBINING = ("sum", "image")  # --combining: `clip_cir.models.combiner.COMBINING_FUNCTIONS`
+DEMO_MAX_K = 100  # the demo's largest --top-k and API k

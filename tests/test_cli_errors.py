@@ -191,7 +191,8 @@ def _unknown_split(copy, tmp, synth_root):
 
 
 def _unknown_model(copy, tmp, synth_root):
-    return synth_root, ["--model", "cir-tiny-vt"], ["unknown open_clip model 'cir-tiny-vt'", "did you mean cir-tiny-vit"]
+    return synth_root, ["--model", "cir-tiny-vt"], ["unknown open_clip model 'cir-tiny-vt'",
+                                                     "did you mean cir-tiny-vit"]
 
 
 def _unreadable_checkpoint(copy, tmp, synth_root):
@@ -216,7 +217,8 @@ def _missing_checkpoint(copy, tmp, synth_root):
 def _unfitting_checkpoint(copy, tmp, synth_root):
     path = tmp / "small.pt"
     torch.save({"epoch": 0, "CLIP": {"text_projection": torch.zeros(2, 2)}}, path)
-    return synth_root, ["--pretrained", str(path), "--model", "cir-tiny-vit"], [str(path), "weights do not fit the model"]
+    return synth_root, ["--pretrained", str(path), "--model", "cir-tiny-vit"], [str(path),
+                                                                               "weights do not fit the model"]
 
 
 # FashionIQ

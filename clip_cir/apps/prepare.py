@@ -1,6 +1,5 @@
 """What every command that encodes and ranks (eval, rank, submissions, the demo) does before
-encoding: options for the combining function, then data, model, combining function and
-encoding options, all validated before any work.
+encoding: data, model, combining function and encoding options, all validated before any work.
 
 Its own module so the CLI and the demo share it without the demo importing the CLI.
 """
@@ -9,19 +8,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from clip_cir import params as opt
 from clip_cir.errors import CIRError
 
+if TYPE_CHECKING:
+    from clip_cir.data import CIRSplit
+    from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.models.clip import LoadedCLIP
+
 log = logging.getLogger("clip_cir")
 
 
-def add_combining_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
-    group.add_argument("--combining", choices=("sum", "image"), default="sum",
-                       help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
-                            "image: the reference image alone, caption ignored (a baseline)")
-    opt.add_combiner_arg(group)
+@dataclass
+class Prepared:
+    """What `prepare` hands a command: the splits, the model on its device, the combining function
+    (and its name for people), the encoding options and how many listed images were left out."""
+
+    splits: list[CIRSplit]
+    clip: LoadedCLIP
+    combine: Callable[..., Any]
+    combining: str
+    encode: EncodeOptions
+    skipped_images: int
 
 
 def accelerator_for(args: argparse.Namespace):
@@ -39,23 +51,20 @@ def encode_options(args: argparse.Namespace, clip, accelerator):
                                          pixel_cache=opt.pixel_cache(args, repeated=False))
 
 
-def combining(args: argparse.Namespace):
-    """The element-wise sum, or a Combiner checkpoint (ours or published)."""
-    from clip_cir.models.combiner import element_wise_sum, image_only, load_combiner
+def combining(args: argparse.Namespace) -> tuple[Callable[..., Any], str]:
+    """The --combining function, or a Combiner checkpoint (ours or published), and its name."""
+    from clip_cir.models.combiner import COMBINING_FUNCTIONS, load_combiner
 
     if getattr(args, "combiner", None):
-        return load_combiner(args.combiner), f"combiner {args.combiner}"
-    if args.combining == "image":
-        return image_only, "image only (caption ignored)"
-    return element_wise_sum, "element-wise sum"
+        return load_combiner(args.combiner), f"Combiner ({args.combiner})"
+    return COMBINING_FUNCTIONS[args.combining]
 
 
-def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False):
+def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False) -> Prepared:
     """Everything before encoding, validated before any work: data, model, combining function."""
     opt.check_positive(args, ["batch_size", "target_ratio"])
     images = opt.image_check(args)
     splits = opt.load_data(args, split, images)
-    args.skipped_images = len(images.skipped)
     if images.skipped:
         log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
                     "queries are incomplete)", images.summary())
@@ -73,4 +82,4 @@ def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bo
         combine = combine.to(accelerator.device)
     clip.model.to(accelerator.device)
     log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
-    return splits, clip, combine, encode_options(args, clip, accelerator)
+    return Prepared(splits, clip, combine, combine_name, encode_options(args, clip, accelerator), len(images.skipped))

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from clip_cir import params as opt
@@ -39,30 +40,6 @@ COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10")
            ("recall_avg", "Avg")]
 CIRCO_COLUMNS = [(f"map_at{k}", f"mAP@{k}") for k in (5, 10, 25, 50)] + [(f"recall_at{k}", f"R@{k}")
                                                                           for k in (5, 10, 25, 50)]
-
-
-def build_parser(prog: str = "clip-cir quickstart") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].strip() + " " +
-                                     "Defaults take about five minutes on 2 CPU cores.")
-    parser.add_argument("--workdir", type=Path, default=Path("quickstart"),
-                        help="where data, runs, submissions and plots go (default: %(default)s); runs/ inside "
-                             "is replaced on every call, the data is reused when its settings match")
-    parser.add_argument("--train", type=int, default=4000, help="synthetic training queries (default: %(default)s)")
-    parser.add_argument("--val", type=int, default=1000, help="synthetic validation queries (default: %(default)s)")
-    parser.add_argument("--test", type=int, default=500, help="synthetic test queries (default: %(default)s)")
-    parser.add_argument("--circo", type=int, default=50,
-                        help="queries in each CIRCO-layout split the CIRR-trained model is also evaluated on, "
-                             "zero-shot; 0 skips it (default: %(default)s)")
-    parser.add_argument("--pretrain-epochs", type=int, default=4, help="(default: %(default)s)")
-    parser.add_argument("--stage1-epochs", type=int, default=8, help="(default: %(default)s)")
-    parser.add_argument("--stage2-epochs", type=int, default=30, help="(default: %(default)s)")
-    parser.add_argument("--encoder", choices=("text", "image", "both"), default="text",
-                        help="stage-1 towers to train (default: %(default)s: on this budget it beats 'both' at "
-                             "equal time, see docs/quickstart.md)")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loading workers (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--no-report", action="store_true", help="skip the plots")
-    return parser
 
 
 class Steps:
@@ -156,7 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     rows["stage 1 + sum"] = _eval(data, evals / "stage1.json", ["--pretrained", str(runs / "stage1")])
     step("stage 2: train the Combiner on the frozen stage-1 CLIP")
     stage2.main(["--dataset", "cirr", "--data-root", str(data), "--pretrained", str(runs / "stage1"),
-                         "--epochs", str(args.stage2_epochs), *STAGE2_RECIPE, "--experiment-name", "stage2", *train_size, *workers],
+                         "--epochs", str(args.stage2_epochs), *STAGE2_RECIPE, "--experiment-name", "stage2",
+                         *train_size, *workers],
                         prog="stage2/train_combiner.py")
     step("evaluate stage 1 + Combiner")
     rows["stage 1 + Combiner"] = _eval(data, evals / "stage2.json",
@@ -203,6 +181,4 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir quickstart") -> None:
-    opt.setup_logging()
-    parser = build_parser(prog)
-    opt.run_main(lambda: run(parser.parse_args(argv)), prog)
+    opt.program_main(partial(opt.quickstart_parser, prog), run, argv, prog)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from types import ModuleType
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -79,7 +80,9 @@ class ExactSearch:
         return rank_gallery(queries, self.features, k, exclude, chunk_size=self.chunk_size)
 
 
-def _import_faiss():
+def require_faiss() -> ModuleType:
+    """The faiss module, or a one-line error saying how to install it (checked before any work by
+    the commands that take --search faiss)."""
     try:
         import faiss
     except ImportError:
@@ -115,7 +118,7 @@ class FaissSearch:
     def __init__(self, features: torch.Tensor, index: str = "ivf", *, nlist: int | None = None,
                  nprobe: int | None = None, hnsw_m: int = 32, ef_construction: int = 80,
                  ef_search: int = 128, train_size: int | None = None, seed: int = 0):
-        faiss = _import_faiss()
+        faiss = require_faiss()
         data = _check_features(features).numpy()
         n, dim = data.shape
         if index == "flat":

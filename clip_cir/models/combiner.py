@@ -113,3 +113,11 @@ def load_combiner(path: str | Path) -> Combiner:
 def image_only(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """Baseline that ignores the caption: the reference image alone is the query."""
     return torch.nn.functional.normalize(image_features, dim=-1)
+
+
+COMBINING_FUNCTIONS: dict[str, tuple[CombiningFunction, str]] = {
+    "sum": (element_wise_sum, "element-wise sum"),
+    "image": (image_only, "image only (caption ignored)"),
+}
+"""`--combining NAME` -> (the fixed combining function, its name for people); a Combiner checkpoint
+is the trained alternative."""

@@ -13,6 +13,7 @@ import argparse
 import csv
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -28,12 +29,7 @@ from clip_cir.encoding.pixels import PixelArray
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.params import (
-    add_accum_arg,
-    add_training_args,
-    check_training_args,
-    program_main,
-)
+from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import ClipEncoder, EpochSampler
 from clip_cir.training.loop import Stage, check_batch_fits, train
 from clip_cir.training.optim import make_optimizer
@@ -113,27 +109,6 @@ class CaptionedImages(Dataset):
         return {"image": image, "caption": caption}
 
 
-def build_parser(prog: str = "clip-cir pretrain") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Contrastive image-caption pretraining (open_clip's CLIP loss, learned "
-                               "temperature) on a CSV of image paths and captions. Its checkpoint loads as "
-                               "--pretrained everywhere.")
-    data = parser.add_argument_group("data")
-    data.add_argument("--train-data", type=Path, required=True,
-                      help="CSV of images and captions (image paths relative to the CSV's folder or absolute)")
-    data.add_argument("--csv-img-key", default="filepath", help="image path column (default: %(default)s)")
-    data.add_argument("--csv-caption-key", default="title", help="caption column (default: %(default)s)")
-    data.add_argument("--csv-separator", default="\t", help="column separator (default: tab)")
-    data.add_argument("--val-fraction", type=float, default=0.05,
-                      help="captions held out to measure the loss (default: %(default)s)")
-    opt.add_model_args(parser)
-    opt.add_transform_args(parser)
-    add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
-                      name="pretrain")
-    add_accum_arg(parser.add_argument_group("memory"))
-    return parser
-
-
 class ImageCaptionPretraining(Stage):
     """CLIP's own objective: open_clip's symmetric contrastive loss between a batch's images and
     their captions, with the learnt temperature. Validation is the same loss on held-out pairs
@@ -196,7 +171,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     seed_everything(args.seed)  # before building the model: a random init is part of the run
     clip = opt.load_model(args)
     transform = opt.transform_for(clip, args.transform, args.target_ratio)
-    args.dataset = "captions"
     accelerator, run_dir = start_run(args, "pretrain")
     report_skipped_images(run_dir, images)
     device = accelerator.device
@@ -234,4 +208,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
-    program_main(build_parser(prog), run, argv, prog)
+    program_main(partial(opt.pretrain_parser, prog), run, argv, prog)

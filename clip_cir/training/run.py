@@ -82,14 +82,14 @@ class Run:
     is_main: bool
 
     @classmethod
-    def create(cls, args: argparse.Namespace, prefix: str, is_main: bool) -> "Run":
-        if getattr(args, "run_dir", None):
-            path = Path(args.run_dir)
+    def create(cls, args: argparse.Namespace, prefix: str, is_main: bool, experiment_name: str | None) -> "Run":
+        """The --resume run directory, or a new one: --output-dir/`experiment_name`."""
+        if args.resume:
+            path = Path(args.resume)
         else:
-            path = Path(args.output_dir) / args.experiment_name
+            path = Path(args.output_dir) / experiment_name
             if is_main and last_checkpoint(path) is not None:
                 raise CIRError(f"{path}: a run with this name exists; use --resume {path} or another --experiment-name")
-            args.run_dir = str(path)
         run = cls(path=path, is_main=is_main)
         if is_main:
             path.mkdir(parents=True, exist_ok=True)
@@ -98,8 +98,8 @@ class Run:
             logging.getLogger().addHandler(handler)
             # A new run (or one that failed before its first epoch) writes its config; a resumed
             # run records only a raised --epochs.
-            config = {"program": prefix, **portable_config(args)}
-            if (path / "config.json").exists() and getattr(args, "resume", None):
+            config = {"program": prefix, **portable_config(run_settings(args, experiment_name, path))}
+            if (path / "config.json").exists() and args.resume:
                 config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
             else:  # a fresh start (maybe after one that failed before its first checkpoint)
                 for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
@@ -126,6 +126,11 @@ class Run:
             if path.exists():
                 frame = pd.read_csv(path)
                 frame[frame["epoch"] <= last_epoch].to_csv(path, index=False)
+
+
+def run_settings(args: argparse.Namespace, experiment_name: str | None, path: Path) -> dict[str, Any]:
+    """The arguments with the run's name and directory: what config.json and the tracker record."""
+    return {**vars(args), "experiment_name": experiment_name, "run_dir": str(path)}
 
 
 def save_checkpoint_dir(path: Path, modules: Mapping[str, tuple[nn.Module, dict]],
@@ -159,14 +164,14 @@ def start_run(args: argparse.Namespace, prefix: str):
                        f"{accelerator.num_processes} processes")
     if hasattr(args, "accum_steps"):
         check_accum_steps(args, accelerator.num_processes)
-    if not getattr(args, "run_dir", None):
-        name = [args.experiment_name or f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
+    name = [args.experiment_name]
+    if not args.resume and not args.experiment_name:
+        name = [f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
         if accelerator.num_processes > 1:
             broadcast_object_list(name)
-        args.experiment_name = name[0]
-    run = Run.create(args, prefix, accelerator.is_main_process)
+    run = Run.create(args, prefix, accelerator.is_main_process, name[0])
     if args.tracker != "none":
-        accelerator.init_trackers("clip-cir", flat_config(vars(args)),
+        accelerator.init_trackers("clip-cir", flat_config(run_settings(args, name[0], run.path)),
                                   init_kwargs=tracker_setup(args.tracker, run.path, run.path.name))
     log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import replace
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -26,12 +27,7 @@ from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.params import (
-    add_accum_arg,
-    add_training_args,
-    check_training_args,
-    program_main,
-)
+from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import (
     ClipEncoder,
     EpochSampler,
@@ -49,27 +45,11 @@ from clip_cir.training.run import (
 )
 
 log = logging.getLogger("clip_cir")
-ENCODERS = ("text", "image", "both")
 
 
 def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Stage 1 of the method: fine-tune CLIP's text and/or image encoder on composed "
-                               "queries (element-wise sum of image and text features, batch contrastive loss). "
-                               "Run with `accelerate launch` for GPUs, mixed precision and DDP, or plain python.")
-    opt.add_data_args(parser, split=False)
-    opt.add_model_args(parser)
-    parser.add_argument("--encoder", choices=ENCODERS, default="text",
-                        help="which towers train; the others are frozen and their features computed once "
-                             "(default: %(default)s, as in the CVPR-W paper; 'both' is the journal version)")
-    opt.add_transform_args(parser)
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="open_clip gradient checkpointing: saves memory on transformer towers; a no-op on "
-                             "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
-    add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
-                      name="stage1")
-    add_accum_arg(parser.add_argument_group("memory"))
-    return parser
+    """The program's parser (defined in `clip_cir.params`); benchmarks read its defaults."""
+    return opt.stage1_parser(prog)
 
 
 def query_and_target(reference: torch.Tensor, text: torch.Tensor,
@@ -191,4 +171,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
-    program_main(build_parser(prog), run, argv, prog)
+    program_main(partial(opt.stage1_parser, prog), run, argv, prog)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -28,7 +29,7 @@ from clip_cir.evaluation.evaluate import metrics_from_features
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import Combiner
-from clip_cir.params import add_training_args, check_training_args, program_main
+from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
 from clip_cir.training.loop import Float32Forward, Selection, Stage, check_batch_fits, train
 from clip_cir.training.losses import batch_contrastive_loss
@@ -39,20 +40,8 @@ log = logging.getLogger("clip_cir")
 
 
 def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Stage 2 of the method: train a Combiner network on frozen CLIP features "
-                               "(typically the stage-1 CLIP: --pretrained STAGE1_RUN_DIR). Run with "
-                               "`accelerate launch` or plain python.")
-    opt.add_data_args(parser, split=False)
-    opt.add_model_args(parser)
-    parser.add_argument("--projection-dim", type=int, default=None,
-                        help="Combiner projection size (default: 4x the CLIP embedding size; 2560 for RN50x4)")
-    parser.add_argument("--hidden-dim", type=int, default=None,
-                        help="Combiner hidden size (default: 8x the CLIP embedding size; 5120 for RN50x4)")
-    opt.add_transform_args(parser)
-    add_training_args(parser, epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, validation_frequency=3,
-                      name="stage2")
-    return parser
+    """The program's parser (defined in `clip_cir.params`); benchmarks read its defaults."""
+    return opt.stage2_parser(prog)
 
 
 def feature_forward(combiner: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
@@ -144,4 +133,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
-    program_main(build_parser(prog), run, argv, prog)
+    program_main(partial(opt.stage2_parser, prog), run, argv, prog)

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, UnidentifiedImageError
 
 from clip_cir import params as opt
+from clip_cir.constants import DEMO_MAX_K
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("clip_cir.demo")
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_K = 100
+MAX_K = DEMO_MAX_K
 MAX_PER_PAGE = 200
 DEFAULT_PER_PAGE = 48
 MAX_UPLOAD_PIXELS = 40_000_000
@@ -248,27 +249,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `clip-cir demo` and `python demo/app.py` (one definition for both)."""
-    from clip_cir.apps.prepare import add_combining_args
-
-    opt.add_data_args(parser)
-    opt.add_model_args(parser)
-    add_combining_args(parser)
-    opt.add_encode_args(parser)
-    opt.add_skip_missing_arg(parser, training=False)
-    group = parser.add_argument_group("demo server")
-    group.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes "
-                            "the demo to the network)")
-    group.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
-    group.add_argument("--top-k", type=int, default=10, help=f"results shown per query, 1..{MAX_K} "
-                                                              f"(default: %(default)s)")
-    opt.add_search_args(group)
-    group.add_argument("--max-upload-mb", type=float, default=10.0,
-                       help="largest accepted upload (default: %(default)s)")
-
-
 def run_demo(args: argparse.Namespace) -> None:
     """Validate, claim the port, load model and gallery features (cached when possible), serve."""
     try:
@@ -279,10 +259,8 @@ def run_demo(args: argparse.Namespace) -> None:
         raise CIRError(f"--port must be from 0 to 65535, got {args.port}")
     if not 1 <= args.top_k <= MAX_K:
         raise CIRError(f"--top-k must be from 1 to {MAX_K}, got {args.top_k}")
-    opt.check_positive(args, ["max_upload_mb", "faiss_nprobe"])
-    if args.search == "faiss":
-        from clip_cir.encoding.search import _import_faiss
-        _import_faiss()
+    opt.check_positive(args, ["max_upload_mb"])
+    opt.check_search_args(args)
     listening = listen(args.host, args.port)
     try:
         server = make_server(_build_app(args), args.host, args.port, listening)
@@ -305,27 +283,16 @@ def _build_app(args: argparse.Namespace) -> Flask:
     from clip_cir.apps.demo.engine import DemoEngine
     from clip_cir.apps.prepare import prepare
 
-    splits, clip, combine, encode = prepare(args)
+    prepared = prepare(args)
     faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
-    combining = (f"Combiner ({args.combiner})" if args.combiner
-                 else "image only (caption ignored)" if getattr(args, "combining", "sum") == "image"
-                 else "element-wise sum")
-    engine = DemoEngine.from_splits(clip, combine, splits, encode, combining_name=combining,
-                                    backend=args.search, faiss_options=faiss_options)
+    engine = DemoEngine.from_splits(prepared.clip, prepared.combine, prepared.splits, prepared.encode,
+                                    combining_name=prepared.combining, backend=args.search, faiss_options=faiss_options)
     log.info("gallery: %d images | search: %s", len(engine.gallery), engine.index.description)
     return create_app(engine, default_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir demo") -> None:
-    """Entry point of `python demo/app.py` (the `clip-cir demo` subcommand shares the options)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_demo_arguments(parser)
-    args = parser.parse_args(argv)
+    """Entry point of `python demo/app.py` (the `clip-cir demo` subcommand has the same options)."""
+    args = opt.demo_parser(prog).parse_args(argv)
     opt.setup_logging(args.verbose)
     opt.run_main(lambda: run_demo(args), prog)
-
-
-DESCRIPTION = ("Serve a web page (and a JSON API) to search a dataset split's gallery by reference image + "
-               "relative caption, with a CLIP and the element-wise sum or a Combiner. Gallery features come "
-               "from the feature cache, so a gallery evaluated or shown before starts without encoding.")

@@ -30,7 +30,7 @@ from clip_cir.apps.report.figures import plot_training_loss, plot_validation
 from clip_cir.apps.report.runs import read_run
 from clip_cir.errors import CIRError
 
-if TYPE_CHECKING:  # imported where used: `clip-cir` builds this command's parser on every start
+if TYPE_CHECKING:  # imported where used: importing this module stays cheap
     from clip_cir.encoding.features import FeatureCache
 
 log = logging.getLogger("clip_cir")
@@ -84,27 +84,6 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
     return written
 
 
-def build_parser(prog: str = "clip-cir report") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_report_args(parser)
-    return parser
-
-
-def add_report_args(parser: argparse.ArgumentParser) -> None:
-    """The report's options (shared by `main` and the `clip-cir report` subparser)."""
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory made by finetune, "
-                        "train-combiner or pretrain")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where to write the PNGs (default: RUN_DIR/report)")
-    parser.add_argument("--queries", type=int, default=4,
-                        help="validation queries in the retrieval figure; 0 for none (default: %(default)s)")
-    parser.add_argument("--split", default="val", help="split the queries come from (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="which queries are drawn (default: %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="feature cache folder (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-
-
 def run_report(args: argparse.Namespace) -> None:
     from clip_cir.params import feature_cache
 
@@ -114,9 +93,9 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir report") -> None:
-    from clip_cir.params import run_main, setup_logging
+    from clip_cir.params import report_parser, run_main, setup_logging
 
-    args = build_parser(prog).parse_args(argv)
+    args = report_parser(prog).parse_args(argv)
     setup_logging()
     run_main(lambda: run_report(args), prog)
 

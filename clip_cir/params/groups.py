@@ -1,19 +1,21 @@
-"""Command-line options shared by `clip-cir` subcommands and the stage scripts.
+"""The option groups the programs share, and the functions that turn parsed options into the
+objects a command works with (data, model, caches, search index).
 
-One definition per option keeps names, defaults and help identical everywhere.
+One definition per option keeps names, defaults and help identical everywhere: an option whose
+default or help differs between programs is still added by one function, which takes them as
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from clip_cir.constants import (
+    COMBINING,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     FAISS_INDEXES,
@@ -34,8 +36,6 @@ from clip_cir.data.images import (
 )
 from clip_cir.errors import CIRError
 
-log = logging.getLogger("clip_cir")
-
 if TYPE_CHECKING:  # torch and open_clip load only when a command needs them, not for --help
     from clip_cir.encoding.features import FeatureCache
     from clip_cir.encoding.pixels import PixelCache
@@ -43,28 +43,54 @@ if TYPE_CHECKING:  # torch and open_clip load only when a command needs them, no
     from clip_cir.models.clip import LoadedCLIP
     from clip_cir.models.transforms import ImageTransform
 
+    Group = argparse.ArgumentParser | argparse._ArgumentGroup  # where add_argument is called
 
-def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "val", split: bool = True) -> None:
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""The value of a required option that was not given, in a parser built with `required=False`
+(where a resumed run's config may supply it)."""
+
+
+def required_option(required: bool) -> dict[str, Any]:
+    """add_argument's keywords for an option a program requires: argparse checks it, or, with
+    `required=False`, it defaults to `MISSING` so that the caller can check it."""
+    return {"required": True} if required else {"default": MISSING}
+
+
+def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "val", split: bool = True,
+                  required: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, required=True, help="benchmark layout to read")
-    group.add_argument("--data-root", type=Path, required=True,
-                       help="folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)")
+    group.add_argument("--dataset", choices=DATASETS, **required_option(required), help="benchmark layout to read")
+    add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)",
+                      required)
     if split:
-        group.add_argument("--split", default=split_default,
-                           help="cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
-                                "(default: %(default)s)")
+        add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
+                                            "(default: %(default)s)")
     group.add_argument("--fashioniq-categories", nargs="+", default=list(CATEGORIES), metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
     add_circo_args(group)
 
 
-def add_circo_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_data_root_arg(group: Group, help: str, required: bool = True) -> None:
+    group.add_argument("--data-root", type=Path, **required_option(required), help=help)
+
+
+def add_split_arg(group: Group, default: str | None, help: str) -> None:
+    group.add_argument("--split", default=default, help=help)
+
+
+def add_circo_args(parser: Group) -> None:
     parser.add_argument("--circo-query-text", choices=QUERY_TEXTS, default="caption",
                         help="CIRCO query text: the relative caption alone, or 'a photo of {shared concept} that "
                              "{relative caption}' (default: %(default)s)")
 
 
-def add_search_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_search_args(parser: Group) -> None:
     """Which nearest-neighbour back-end ranks the gallery (the demo and every ranking command)."""
     parser.add_argument("--search", choices=SEARCH_BACKENDS, default="exact",
                         help="nearest-neighbour back-end: exact torch search (chunked over queries and gallery), "
@@ -75,17 +101,26 @@ def add_search_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         help="IVF lists scanned per query: more is slower and closer to exact (default: nlist/8)")
 
 
-def search_index_factory(args: argparse.Namespace) -> "IndexFactory | None":
+def search_index_factory(args: argparse.Namespace) -> IndexFactory | None:
     """`None` for exact search (evaluation's own chunked top-k), else a function that builds the
     chosen FAISS index over normalised gallery features. FAISS is imported here, so a missing
     faiss-cpu stops the command before any work."""
+    check_search_args(args)
     if getattr(args, "search", "exact") == "exact":
         return None
-    from clip_cir.encoding.search import _import_faiss, build_index
+    from clip_cir.encoding.search import build_index
 
-    check_positive(args, ["faiss_nprobe"])
-    _import_faiss()
     return lambda gallery: build_index(gallery, args.search, index=args.faiss_index, nprobe=args.faiss_nprobe)
+
+
+def check_search_args(args: argparse.Namespace) -> None:
+    """--faiss-nprobe is positive, and with --search faiss FAISS imports: a missing faiss-cpu stops
+    the command before any work."""
+    check_positive(args, ["faiss_nprobe"])
+    if getattr(args, "search", "exact") == "faiss":
+        from clip_cir.encoding.search import require_faiss
+
+        require_faiss()
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -100,13 +135,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "repository in open_clip's format (hf-hub:ORG/NAME); omit for random init with --model")
 
 
-def add_combiner_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_combiner_arg(parser: Group) -> None:
     parser.add_argument("--combiner", default=None,
                         help="a Combiner checkpoint: our .safetensors, a stage-2 run directory, a published "
                              "{'Combiner': ...} file, or hf-hub:ORG/NAME (a repository written by clip-cir export)")
 
 
-def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_combining_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
+    group.add_argument("--combining", choices=COMBINING, default="sum",
+                       help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
+                            "image: the reference image alone, caption ignored (a baseline)")
+    add_combiner_arg(group)
+
+
+def add_transform_args(parser: Group) -> None:
     parser.add_argument("--transform", choices=TRANSFORMS, default="targetpad",
                         help="image preprocessing (default: %(default)s)")
     parser.add_argument("--target-ratio", type=float, default=1.25,
@@ -116,24 +159,53 @@ def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoding")
     add_transform_args(group)
-    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    add_batch_size_arg(group, 64, "images per forward pass (default: %(default)s)")
     add_num_workers_arg(group)
+    add_feature_cache_args(group)
+    add_pixel_cache_args(group)
+    add_mixed_precision_arg(group, "no", "autocast precision for encoding on GPUs (default: %(default)s)")
+    add_cpu_arg(group, "run on the CPU even when a GPU is available")
+
+
+def add_batch_size_arg(group: Group, default: int, help: str) -> None:
+    group.add_argument("--batch-size", type=int, default=default, help=help)
+
+
+def add_mixed_precision_arg(group: Group, default: str | None, help: str) -> None:
+    group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=default, help=help)
+
+
+def add_cpu_arg(group: Group, help: str) -> None:
+    group.add_argument("--cpu", action="store_true", help=help)
+
+
+def add_seed_arg(group: Group, help: str = "random seed") -> None:
+    group.add_argument("--seed", type=int, default=0, help=f"{help} (default: %(default)s)".lstrip())
+
+
+def add_output_dir_arg(group: Group, help: str, default: Path | None = None, required: bool = False) -> None:
+    group.add_argument("--output-dir", type=Path, default=default, required=required, help=help)
+
+
+def add_output_arg(group: Group, help: str, required: bool = False) -> None:
+    group.add_argument("--output", type=Path, required=required, help=help)
+
+
+def add_feature_cache_args(group: Group) -> None:
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="feature cache folder (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    add_pixel_cache_args(group)
-    group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
-                       help="autocast precision for encoding on GPUs (default: %(default)s)")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
 
 
-def add_num_workers_arg(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--num-workers", type=int, default=None,
+def add_num_workers_arg(group: Group, default: int | None = None) -> None:
+    """--num-workers: automatic (None) for the programs that load data, a number for the quickstart."""
+    group.add_argument("--num-workers", type=int, default=default,
                        help="data loading worker processes (default: automatic: one per spare core on a GPU "
-                            "machine, up to 16 per process; none when training on the CPU, whose cores do the math)")
+                            "machine, up to 16 per process; none when training on the CPU, whose cores do the math)"
+                       if default is None else "data loading workers (default: %(default)s)")
 
 
-def add_pixel_cache_args(group: argparse._ArgumentGroup) -> None:
+def add_pixel_cache_args(group: Group) -> None:
     group.add_argument("--pixel-cache", choices=("auto", "on", "off"), default="auto",
                        help="store preprocessed uint8 pixels once in a memory map and read them instead of decoding "
                             "images again (exact: no augmentation). auto: where images are decoded repeatedly "
@@ -151,13 +223,11 @@ def num_workers(args: argparse.Namespace, on_gpu: bool, processes_per_node: int 
         return args.num_workers
     if not on_gpu:
         return 0
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(16, cores // max(processes_per_node, 1) - 1))
 
 
-def pixel_cache(args: argparse.Namespace, repeated: bool) -> "PixelCache | None":
+def pixel_cache(args: argparse.Namespace, repeated: bool) -> PixelCache | None:
     """The pixel cache for images decoded `repeated`ly (True) or once (False), per --pixel-cache."""
     from clip_cir.encoding.pixels import PixelCache, default_pixel_dir
 
@@ -167,20 +237,20 @@ def pixel_cache(args: argparse.Namespace, repeated: bool) -> "PixelCache | None"
     return PixelCache(args.pixel_cache_dir or default_pixel_dir())
 
 
-def feature_cache(args: argparse.Namespace) -> "FeatureCache":
+def feature_cache(args: argparse.Namespace) -> FeatureCache:
     from clip_cir.encoding.features import FeatureCache, default_cache_dir
 
     return FeatureCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
 
 
-def transform_for(clip: "LoadedCLIP", name: str, target_ratio: float) -> "ImageTransform":
+def transform_for(clip: LoadedCLIP, name: str, target_ratio: float) -> ImageTransform:
     from clip_cir.models.transforms import build_transform
 
     mean, std = clip.mean_std
     return build_transform(name, clip.input_size, mean, std, target_ratio, clip.clip_preprocess)
 
 
-def add_skip_missing_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, training: bool) -> None:
+def add_skip_missing_arg(parser: Group, training: bool) -> None:
     parser.add_argument(SKIP_FLAG, action="store_true",
                         help="leave out listed images that are missing or unreadable, and the triplets that use "
                              "them (counted, listed in RUN_DIR/skipped_images.txt)" if training else
@@ -201,7 +271,7 @@ def load_data(args: argparse.Namespace, split: str | None = None, images: ImageC
                        images or image_check(args), getattr(args, "circo_query_text", "caption"))
 
 
-def load_model(args: argparse.Namespace) -> "LoadedCLIP":
+def load_model(args: argparse.Namespace) -> LoadedCLIP:
     from clip_cir.models.clip import load_clip
 
     return load_clip(args.model, args.pretrained)
@@ -214,40 +284,12 @@ def check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
             raise CIRError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Our messages at INFO; other libraries (open_clip logs through the root logger) only warn."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("clip_cir").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def run_main(main: Callable[[], object], prog: str) -> None:
-    """Run a command; bad input becomes one line on stderr and exit code 2.
-
-    Returns normally on success, so other commands (the quickstart) can call entry points in-process.
-    """
-    import torch
-
-    # Denormal floats make CPU training several times slower as weights shrink. The flag is
-    # per thread and inherited by threads created later, so it is set before torch starts its
-    # worker threads (setting it later leaves them slow).
-    torch.set_flush_denormal(True)
-    try:
-        main()
-    except CIRError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
 def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
                       weight_decay: float, validation_frequency: int, name: str) -> None:
     """Options every training program has, with that program's published defaults."""
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=epochs, help="training epochs (default: %(default)s)")
-    group.add_argument("--batch-size", type=int, default=batch_size,
-                       help="GLOBAL batch size, split across processes (default: %(default)s)")
+    add_batch_size_arg(group, batch_size, "GLOBAL batch size, split across processes (default: %(default)s)")
     group.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
     group.add_argument("--weight-decay", type=float, default=weight_decay, help="weight decay (default: %(default)s)")
     group.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default="const",
@@ -260,21 +302,13 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                        help="validate every N epochs, and always after the last (default: %(default)s)")
     group.add_argument("--log-every", type=int, default=10, metavar="N", help="read the loss back (progress bar, "
                        "train_steps.csv) every N optimizer steps and at each epoch's end (default: %(default)s)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    from clip_cir.params import (
-        add_num_workers_arg,
-        add_pixel_cache_args,
-        add_skip_missing_arg,
-    )
-
+    add_seed_arg(group)
     add_num_workers_arg(group)
-    group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="autocast precision (default: what `accelerate launch`/config says, else no)")
-    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    add_mixed_precision_arg(group, None, "autocast precision (default: what `accelerate launch`/config says, else no)")
+    add_cpu_arg(group, "train on the CPU even when a GPU is available")
     add_skip_missing_arg(group, training=True)
     run = parser.add_argument_group("run directory and tracking")
-    run.add_argument("--output-dir", type=Path, default=Path("runs"),
-                     help="runs are created under this folder (default: %(default)s)")
+    add_output_dir_arg(run, "runs are created under this folder (default: %(default)s)", default=Path("runs"))
     run.add_argument("--experiment-name", default=None,
                      help=f"run directory and experiment name (default: {name}-<dataset>-<time>)")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -285,9 +319,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                           "directory (default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     cache = parser.add_argument_group("feature cache")
-    cache.add_argument("--cache-dir", type=Path, default=None,
-                       help="feature cache (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
-    cache.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    add_feature_cache_args(cache)
     add_pixel_cache_args(cache)
 
 
@@ -311,55 +343,6 @@ def check_accum_steps(args: argparse.Namespace, num_processes: int) -> None:
                        f"{num_processes * args.accum_steps}")
 
 
-def portable_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments as JSON, with local paths made absolute so the config means the same from
-    any working directory (a later stage or report reads it)."""
-    def value(v: Any) -> Any:
-        if isinstance(v, Path) or (isinstance(v, str) and os.path.sep in v and os.path.exists(v)):
-            return str(Path(v).resolve())
-        return v
-    return {k: value(v) for k, v in vars(args).items()}
-
-
-RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache", "pixel_cache",
-                      "pixel_cache_dir", "accum_steps")
-"""What a resumed run may change: how long and how it runs, not what it trains."""
-
-
-def parse_with_resume(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """With --resume the saved config is the run's config, but for `RESUME_OVERRIDABLE` options."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--resume", type=Path)
-    if peek.parse_known_args(argv)[0].resume is None:
-        return parser.parse_args(argv)
-    for action in parser._actions:  # the saved config supplies the required options
-        action.required = False
-    args = parser.parse_args(argv)
-    config_path = Path(args.resume) / "config.json"
-    if not config_path.is_file():
-        raise CIRError(f"{config_path}: not found; --resume takes a run directory")
-    try:
-        saved = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CIRError(f"{config_path}: malformed JSON ({e})") from None
-    given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
-    types = {action.dest: action.type for action in parser._actions}
-    ignored = []
-    for key, value in saved.items():
-        if key in ("resume", "run_dir", "program") or (key in RESUME_OVERRIDABLE and key in given):
-            continue
-        if getattr(args, key, value) != parser.get_default(key) and getattr(args, key, value) != value:
-            ignored.append(key)
-        if isinstance(value, str) and types.get(key) is Path:
-            value = Path(value)
-        setattr(args, key, value)
-    if ignored:
-        log.warning("--resume: the run's saved %s used instead of the command line's", ", ".join(ignored))
-    args.run_dir = str(args.resume)
-    return args
-
-
 def check_training_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "lr", "validation_frequency"):
         if getattr(args, name) <= 0:
@@ -368,12 +351,3 @@ def check_training_args(args: argparse.Namespace) -> None:
         check_accum_steps(args, 1)  # before any work; start_run checks again with the process count
     if args.weight_decay < 0 or (args.num_workers is not None and args.num_workers < 0) or args.warmup < 0:
         raise CIRError("--weight-decay, --num-workers and --warmup must not be negative")
-
-
-def program_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object],
-                 argv: list[str] | None, prog: str) -> None:
-    """Entry point of a training program: logging, --resume config, one-line errors."""
-    from clip_cir.params import run_main, setup_logging
-
-    setup_logging()
-    run_main(lambda: run(parse_with_resume(parser, argv)), prog)
