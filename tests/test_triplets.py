@@ -205,3 +205,52 @@ def test_a_folder_of_photos_is_a_gallery(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CIRError, match="no images"):
         folder_gallery(tmp_path / "empty")
+
+
+def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_checkpoint, cli, tmp_path):
+    out = tmp_path / "cirr-triplets"
+    result = cli("convert", "cirr", "--data-root", synth_root, "--output", out)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["clip_cir.json", "test1.gallery.txt", "test1.jsonl",
+                                                    "train.gallery.txt", "train.jsonl", "val.gallery.txt", "val.jsonl"]
+    assert cli("convert", "cirr", "--data-root", synth_root, "--output", out).err.strip().endswith(
+        "exists and is not empty; choose a new --output folder")
+    # A shop's folder of photos (nested), searched with a CSV of (reference, caption): no annotation file.
+    shop = tmp_path / "shop"
+    names = ["tops/a.png", "tops/long/b.png", "dresses/c.png", "dresses/d.png"]
+    _photos(shop, names)
+    (tmp_path / "queries.csv").write_text("reference,caption\nshop/tops/a.png,make it red\n"
+                                          "shop/dresses/c.png,shorter\n")
+    ranks = tmp_path / "ranks.json"
+    result = cli("rank", "--gallery-dir", shop, "--queries", tmp_path / "queries.csv", "--pretrained",
+                 tiny_checkpoint, "--top-k", "3", "--output", ranks)
+    assert result.code == 0, result.err
+    written = json.loads(ranks.read_text())
+    assert written["gallery_dir"] == str(shop) and len(written["queries"]) == 2
+    first = written["queries"][0]
+    assert first["reference"] == "tops/a.png" and len(first["ranking"]) == 3
+    assert "tops/a.png" not in [r["name"] for r in first["ranking"]]  # the reference is not its own answer
+    assert {r["name"] for q in written["queries"] for r in q["ranking"]} <= set(names)
+    (tmp_path / "bad.csv").write_text("reference,caption\nelsewhere/x.png,red\n")
+    result = cli("rank", "--gallery-dir", shop, "--queries", tmp_path / "bad.csv", "--pretrained", tiny_checkpoint,
+                 "--output", tmp_path / "none.json")
+    assert result.code == 2 and "bad.csv:2: reference 'elsewhere/x.png' is not an image of the gallery folder" \
+        in result.err and not (tmp_path / "none.json").exists()
+    result = cli("rank", "--pretrained", tiny_checkpoint, "--output", tmp_path / "none.json")
+    assert result.code == 2 and "the following arguments are required: --dataset, --data-root (or --gallery-dir)" \
+        in result.err
+
+
+def test_demo_engine_serves_a_nested_photo_folder(tmp_path, tiny_checkpoint):
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    shop = tmp_path / "shop"
+    _photos(shop, ["tops/a.png", "tops/long/b.png", "dresses/c.png"])
+    args = demo_parser().parse_args(["--gallery-dir", str(shop), "--pretrained", str(tiny_checkpoint),
+                                     "--cache-dir", str(tmp_path / "cache")])
+    client = _build_app(args).test_client()
+    info = client.get("/api/info").get_json()
+    assert info["gallery_size"] == 3 and info["dataset"] == "folder"
+    page = client.get("/api/gallery?per_page=10").get_json()
+    assert sorted(item["name"] for item in page["items"]) == ["dresses/c.png", "tops/a.png", "tops/long/b.png"]

@@ -51,7 +51,9 @@ def cmd_rank(args: argparse.Namespace) -> None:
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
                             "caption": query.eval_caption, "target": query.target,
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
-    write_json(args.output, {"dataset": args.dataset, "split": args.split, "model": clip.describe(),
+    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
+                                                                                             "split": args.split}
+    write_json(args.output, {**source, "model": clip.describe(),
                              "combining": "combiner" if args.combiner else args.combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")
@@ -151,6 +153,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from clip_cir.data.convert import convert
+
+    written = convert(args.source, args.data_root, args.output, args.fashioniq_categories, args.circo_query_text)
+    print(f"{args.source} written to {args.output} in the triplet layout ({len(written)} files); evaluate it with "
+          f"--dataset triplets --data-root {args.output}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from clip_cir.apps.report import run_report
 
@@ -163,8 +173,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args)
 
 
-COMMANDS = {"synth": cmd_synth, "eval": cmd_eval, "rank": cmd_rank, "submit-cirr": cmd_submit_cirr,
-            "score-cirr": cmd_score_cirr, "submit-circo": cmd_submit_circo, "score-circo": cmd_score_circo,
+COMMANDS = {"synth": cmd_synth, "convert": cmd_convert, "eval": cmd_eval, "rank": cmd_rank,
+            "submit-cirr": cmd_submit_cirr, "score-cirr": cmd_score_cirr, "submit-circo": cmd_submit_circo, "score-circo": cmd_score_circo,
             "export": cmd_export, "report": cmd_report, "demo": cmd_demo}
 
 

@@ -74,6 +74,35 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "
     group.add_argument("--fashioniq-categories", nargs="+", default=list(CATEGORIES), metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
     add_circo_args(group)
+    add_triplet_args(group)
+
+
+def add_triplet_args(group: Group) -> None:
+    """The generic layout's columns and protocol (`--dataset triplets`, docs/datasets.md)."""
+    group.add_argument("--csv-reference-key", default="reference",
+                       help="triplets: reference image column (default: %(default)s)")
+    add_csv_caption_args(group, caption="caption", separator=None,
+                         separator_help="column separator (default: ',' for .csv, tab for .tsv)")
+    group.add_argument("--csv-target-key", default="target",
+                       help="triplets: target image column; several targets '|'-separated (default: %(default)s)")
+    group.add_argument("--keep-reference", action="store_true",
+                       help="triplets: keep each reference in its own ranking (default: removed, as CIRR does, "
+                            "unless the data's clip_cir.json says otherwise)")
+
+
+def add_csv_caption_args(group: Group, caption: str, separator: str | None, separator_help: str) -> None:
+    """The caption column and separator of a CSV (open_clip's flag names), for each program's file."""
+    group.add_argument("--csv-caption-key", default=caption, help="caption column (default: %(default)s)")
+    group.add_argument("--csv-separator", default=separator, help=separator_help)
+
+
+def triplet_format(args: argparse.Namespace):
+    """The generic layout's `TripletFormat` from the command line."""
+    from clip_cir.data.triplets import TripletFormat
+
+    return TripletFormat(reference_key=args.csv_reference_key, caption_key=args.csv_caption_key,
+                         target_key=args.csv_target_key, separator=args.csv_separator,
+                         exclude_reference=False if args.keep_reference else None)
 
 
 def add_data_root_arg(group: Group, help: str, required: bool = True) -> None:
@@ -267,8 +296,32 @@ def image_check(args: argparse.Namespace, training: bool = False) -> ImageCheck:
 
 
 def load_data(args: argparse.Namespace, split: str | None = None, images: ImageCheck | None = None) -> list[CIRSplit]:
-    return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories,
-                       images or image_check(args), getattr(args, "circo_query_text", "caption"))
+    """The split(s) the command line names: a dataset's, or with --gallery-dir a folder of photos
+    (with --queries, the queries of a CSV)."""
+    images = images or image_check(args)
+    if getattr(args, "gallery_dir", None):
+        from clip_cir.data.folder import folder_gallery, folder_queries
+
+        gallery = folder_gallery(args.gallery_dir, images)
+        queries = getattr(args, "queries", None)
+        return [folder_queries(gallery, queries, triplet_format(args)) if queries else gallery]
+    missing = [flag for flag, value in (("--dataset", args.dataset), ("--data-root", args.data_root))
+               if value is MISSING]
+    if missing:
+        raise CIRError(f"the following arguments are required: {', '.join(missing)} (or --gallery-dir)")
+    return load_splits(args.dataset, args.data_root, split or args.split, args.fashioniq_categories, images,
+                       getattr(args, "circo_query_text", "caption"),
+                       triplet_format(args) if args.dataset == "triplets" else None)
+
+
+def add_gallery_dir_arg(group: Group, queries: bool) -> None:
+    """A folder of photos (recursively) as the gallery, instead of --dataset/--data-root."""
+    group.add_argument("--gallery-dir", type=Path, default=None,
+                       help="search every image under this folder (recursively) instead of a dataset's gallery")
+    if queries:
+        group.add_argument("--queries", type=Path, default=None,
+                           help="with --gallery-dir: CSV/TSV/JSONL of queries (reference image path relative to "
+                                "the file or absolute, caption; --csv-*-key name the columns)")
 
 
 def load_model(args: argparse.Namespace) -> LoadedCLIP:

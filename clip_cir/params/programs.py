@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from clip_cir.constants import DEMO_MAX_K, ENCODERS
+from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
     add_accum_arg,
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
+    add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
     add_encode_args,
     add_feature_cache_args,
+    add_gallery_dir_arg,
     add_model_args,
     add_num_workers_arg,
     add_output_arg,
@@ -119,8 +122,7 @@ def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> a
     data.add_argument("--train-data", type=Path, **required_option(required),
                       help="CSV of images and captions (image paths relative to the CSV's folder or absolute)")
     data.add_argument("--csv-img-key", default="filepath", help="image path column (default: %(default)s)")
-    data.add_argument("--csv-caption-key", default="title", help="caption column (default: %(default)s)")
-    data.add_argument("--csv-separator", default="\t", help="column separator (default: tab)")
+    add_csv_caption_args(data, caption="title", separator="\t", separator_help="column separator (default: tab)")
     data.add_argument("--val-fraction", type=float, default=0.05,
                       help="captions held out to measure the loss (default: %(default)s)")
     add_model_args(parser)
@@ -175,7 +177,8 @@ def report_parser(prog: str = "clip-cir report") -> argparse.ArgumentParser:
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     """The demo's options (`clip-cir demo` and `python demo/app.py`)."""
-    add_data_args(parser)
+    add_data_args(parser, required=False)
+    add_gallery_dir_arg(parser.add_argument_group("gallery folder"), queries=False)
     add_model_args(parser)
     add_combining_args(parser)
     add_encode_args(parser)
@@ -252,7 +255,8 @@ def cli_parser() -> argparse.ArgumentParser:
     add_output_arg(p, "write the metrics as JSON here")
 
     p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
-    _add_ranking_args(p)
+    _add_ranking_args(p, required=False)
+    add_gallery_dir_arg(p.add_argument_group("gallery folder"), queries=True)
     add_top_k_arg(p, 50, "results per query (default: %(default)s)")
     add_output_arg(p, "JSON file to write", required=True)
 
@@ -267,6 +271,18 @@ def cli_parser() -> argparse.ArgumentParser:
                            "`clip-cir score-circo`.")
     add_circo_args(p.add_argument_group("data"))
     _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
+
+    p = sub.add_parser("convert", help="write a benchmark (cirr, fashioniq, circo) in the generic triplet layout",
+                       description="Write every split of a benchmark as DIR/<split>.jsonl with gallery files and "
+                                   "the benchmark's protocol (clip_cir.json), for --dataset triplets: eval on the "
+                                   "output gives the benchmark's own numbers (CIRR's subset and soft metrics "
+                                   "aside). Only the annotations are read; images are referenced, not copied.")
+    p.add_argument("source", choices=[d for d in DATASETS if d != "triplets"], help="the benchmark")
+    add_data_root_arg(p, "folder containing the benchmark in its published layout")
+    add_output_arg(p, "folder to write (new or empty)", required=True)
+    p.add_argument("--fashioniq-categories", nargs="+", default=None, metavar="CAT",
+                   help="FashionIQ categories (default: all three)")
+    add_circo_args(p)
 
     p = sub.add_parser("export",
                        help="write a CLIP (+ Combiner) as a Hugging Face Hub repository in open_clip's format",
@@ -301,9 +317,9 @@ def cli_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_ranking_args(p: argparse.ArgumentParser) -> None:
+def _add_ranking_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """What eval and rank share: data, model, combining, encoding, missing images, search."""
-    add_data_args(p)
+    add_data_args(p, required=required)
     add_model_args(p)
     add_combining_args(p)
     add_encode_args(p)
