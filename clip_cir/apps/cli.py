@@ -174,7 +174,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"synth": cmd_synth, "convert": cmd_convert, "eval": cmd_eval, "rank": cmd_rank,
-            "submit-cirr": cmd_submit_cirr, "score-cirr": cmd_score_cirr, "submit-circo": cmd_submit_circo, "score-circo": cmd_score_circo,
+            "submit-cirr": cmd_submit_cirr, "score-cirr": cmd_score_cirr, "submit-circo": cmd_submit_circo,
+            "score-circo": cmd_score_circo,
             "export": cmd_export, "report": cmd_report, "demo": cmd_demo}
 
 
