@@ -1,6 +1,6 @@
 """Run the clip-cir web demo: `python demo/app.py --dataset cirr --data-root D [--pretrained ...]`.
 
-The same program as `clip-cir demo` (same options, see --help); the code is in clip_cir/demo_app.py.
+The same program as `clip-cir demo` (same options, see --help); the code is in clip_cir/apps/demo/.
 """
 
 import sys
