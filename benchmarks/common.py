@@ -307,7 +307,7 @@ def published_text_epochs(accelerator: "Accelerator", data_root: Path, model_nam
     `accelerator` (autocast, the fp16 loss scaler). What differs: where the image features come
     from, the caption length, and the optimizer's kernel: `torch.optim.AdamW` as the published
     code builds it (torch's default implementation), where clip-cir asks for the fused one
-    (`clip_cir.training.loop.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
+    (`clip_cir.training.optim.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
     """
     from clip_cir.models.combiner import element_wise_sum
     from clip_cir.training import stage1
@@ -338,7 +338,7 @@ def published_text_epochs(accelerator: "Accelerator", data_root: Path, model_nam
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # the library's loop reads the loss every step too (progress bar)
+        loss.item()  # the published code reads the loss every step (its progress bar)
         return reference.shape[0] + target.shape[0]
 
     return time_epochs(loader, sampler, step, epochs, batch_size)

@@ -115,7 +115,7 @@ def pixel_cache_write(calls: list[Call]) -> float:
 @dataclass
 class OptimizerWork:
     """One AdamW update of a text tower's trainable parameters, torch's default kernel against the
-    fused one (`clip_cir.training.loop.make_optimizer`)."""
+    fused one (`clip_cir.training.optim.make_optimizer`)."""
 
     model: str
     parameters: int

@@ -114,7 +114,7 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # the library's loop reads the loss every step too (progress bar)
+        loss.item()  # the published code reads the loss every step (its progress bar)
         return reference.shape[0] + target.shape[0]
 
     return time_epochs(loader, sampler, step, args.epochs, args.batch_size)

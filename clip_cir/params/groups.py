@@ -397,7 +397,7 @@ def check_accum_steps(args: argparse.Namespace, num_processes: int) -> None:
 
 
 def check_training_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size", "lr", "validation_frequency"):
+    for name in ("epochs", "batch_size", "lr", "validation_frequency", "log_every"):
         if getattr(args, name) <= 0:
             raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if hasattr(args, "accum_steps"):

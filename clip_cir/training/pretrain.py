@@ -152,7 +152,6 @@ class ImageCaptionPretraining(Stage):
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
-    opt.check_positive(args, ["log_every"])
     if not 0 < args.val_fraction < 1:
         raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)

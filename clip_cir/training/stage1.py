@@ -111,7 +111,6 @@ class CLIPFineTuning(Stage):
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
-    opt.check_positive(args, ["log_every"])
     images = opt.image_check(args, training=True)
     train_splits = opt.load_data(args, "train", images)
     val_splits = opt.load_data(args, "val", images)

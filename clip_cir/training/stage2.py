@@ -92,7 +92,7 @@ class CombinerTraining(Stage):
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     check_training_args(args)
-    opt.check_positive(args, ["projection_dim", "hidden_dim", "log_every"])
+    opt.check_positive(args, ["projection_dim", "hidden_dim"])
     images = opt.image_check(args, training=True)
     train_splits = opt.load_data(args, "train", images)
     val_splits = opt.load_data(args, "val", images)
