@@ -30,6 +30,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
+from clip_cir.models.checkpointing import enable_grad_checkpointing
 from clip_cir.models.checkpoints import read_safetensors
 from clip_cir.models.extras import backbone_requirements
 from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
@@ -81,6 +82,10 @@ class LoadedCLIP:
 
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
+
+    def enable_grad_checkpointing(self) -> dict[str, bool]:
+        """Gradient checkpointing on every tower that allows it, ResNet ones included: {tower: checkpointed}."""
+        return enable_grad_checkpointing(self.model)
 
     def tokenize(self, texts: list[str], remember: bool = False) -> torch.Tensor:
         """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`).

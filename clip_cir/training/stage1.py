@@ -60,8 +60,8 @@ def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
                              "(default: %(default)s, as in the CVPR-W paper; 'both' is the journal version)")
     opt.add_transform_args(parser)
     parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="open_clip gradient checkpointing: saves memory on transformer towers; a no-op on "
-                             "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
+                        help="gradient checkpointing: recompute each tower's activations in the backward pass "
+                             "instead of keeping them (transformer, timm and ResNet towers, RN50x4's included)")
     add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
                       name="stage1")
     add_accum_arg(parser.add_argument_group("memory"))
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     for name, param in model.named_parameters():
         param.requires_grad = (train_image if name.startswith("visual.") else train_text) and name != "logit_scale"
     if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        clip.enable_grad_checkpointing()
     progress = not args.no_progress and accelerator.is_main_process
 
     # Frozen towers: their training features once, before any step.
