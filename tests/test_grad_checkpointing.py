@@ -26,13 +26,16 @@ FAMILIES = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext",
 CAPTIONS = ["is red and has a small circle", "make the large star blue", "remove the square", "x"]
 
 
-def saved_bytes(fn):
-    """(fn(), bytes of the distinct tensor storages autograd saved for the backward pass during fn)."""
+def saved_bytes(fn, model=None):
+    """(fn(), bytes of the distinct tensor storages autograd saved for the backward pass during fn,
+    `model`'s parameters excluded: activations only)."""
     storages = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()} if model is not None else set()
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -43,8 +46,8 @@ def saved_bytes(fn):
 def _step(model, images, tokens):
     """A stage-1 step's forward and backward (both towers): loss, saved bytes per tower, gradients."""
     model.zero_grad()
-    image_features, image_bytes = saved_bytes(lambda: model.encode_image(images))
-    text_features, text_bytes = saved_bytes(lambda: encode_text(model, tokens))
+    image_features, image_bytes = saved_bytes(lambda: model.encode_image(images), model)
+    text_features, text_bytes = saved_bytes(lambda: encode_text(model, tokens), model)
     reference, target = image_features.chunk(2)
     loss = batch_contrastive_loss(*query_and_target(reference, text_features, target))
     loss.backward()
@@ -80,12 +83,17 @@ def test_eva_towers_keep_fewer_activations():
     clip = load_clip("cir-tiny-eva")
     model = clip.model.eval()
     images, tokens = _inputs(clip, n=1)
-    plain = saved_bytes(lambda: model.encode_image(images)), saved_bytes(lambda: encode_text(model, tokens))
+    plain = _per_tower(model, images, tokens)
     assert enable_grad_checkpointing(model) == {"image": True, "text": True}
-    checkpointed = saved_bytes(lambda: model.encode_image(images)), saved_bytes(lambda: encode_text(model, tokens))
+    checkpointed = _per_tower(model, images, tokens)
     for (features, kept), (checkpointed_features, checkpointed_kept) in zip(plain, checkpointed):
         torch.testing.assert_close(checkpointed_features, features)
         assert checkpointed_kept < 0.2 * kept
+
+
+def _per_tower(model, images, tokens):
+    return (saved_bytes(lambda: model.encode_image(images), model),
+            saved_bytes(lambda: encode_text(model, tokens), model))
 
 
 def test_resnet_stages_are_checkpointed_here_not_by_open_clip():
@@ -179,3 +187,41 @@ def test_checkpointed_forward_without_gradients_matches(hf_standins):
         after = F.normalize(encode_text(model, tokens), dim=-1), model.encode_image(images)
     for a, b in zip(before, after):
         assert torch.equal(a, b)
+
+
+def _backbone_memory():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_memory.py"
+    spec = importlib.util.spec_from_file_location("backbone_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backbone_memory_estimate_counts_what_a_real_model_holds():
+    """benchmarks/backbone_memory.py: exact parameter counts from the meta device, the state
+    arithmetic, and activations counted on the meta device against the same count on real tensors
+    (an upper bound: the meta device's attention keeps its probabilities)."""
+    memory = _backbone_memory()
+    assert memory.state_bytes({"image": 10, "text": 3}, "text") == 3 * (16 + 2) + 10 * 4
+    assert memory.state_bytes({"image": 10, "text": 3}, "both") == 13 * (16 + 2)
+    # Bounds: the meta device's attention keeps its probabilities, ResNet convolutions match.
+    bounds = {"cir-tiny-rn": {"image": 1.02, "text": 1.25}, "cir-tiny-vit": {"image": 1.25, "text": 1.25}}
+    for name, ratio in bounds.items():
+        clip = load_clip(name)
+        model = clip.model.eval()
+        visual = sum(p.numel() for p in model.visual.parameters())
+        assert memory.tower_parameters(memory.build(name)) == {
+            "image": visual, "text": sum(p.numel() for p in model.parameters()) - visual}
+        estimate = memory.activations_per_sample(name)
+        images = torch.zeros(2, 3, clip.input_size, clip.input_size)
+        tokens = torch.ones(2, model.context_length, dtype=torch.long)
+        real = dict(zip(("image", "text"), (kept / 2 for _, kept in _per_tower(model, images, tokens))))
+        enable_grad_checkpointing(model)
+        fewer = dict(zip(("image", "text"), (kept / 2 for _, kept in _per_tower(model, images, tokens))))
+        for tower in ("image", "text"):
+            assert real[tower] <= estimate[tower]["plain"] <= ratio[tower] * real[tower], (name, tower)
+            assert fewer[tower] <= estimate[tower]["checkpointed"] <= ratio[tower] * fewer[tower], (name, tower)
+            assert 0 < estimate[tower]["unit"] < estimate[tower]["plain"]
