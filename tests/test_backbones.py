@@ -201,3 +201,20 @@ def test_uncached_hugging_face_tokenizer_offline_is_one_line(cli, synth_root, tm
     [line] = result.err.strip().splitlines()
     assert line.startswith("clip-cir: error: cir-test-uncached: could not load the Hugging Face tokenizer "
                            "clip-cir-test/not-in-the-cache (offline: only the Hugging Face cache is read): ")
+
+
+def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_path):
+    """DDP needs every parameter it trains to take part in the loss: SigLIP's logit bias (like
+    CLIP's logit scale and CoCa's caption decoder) is not part of the method's loss, so stage 1
+    leaves it frozen and the text tower trains on 2 processes."""
+    from test_training import _launch, stage1_args
+
+    args = stage1_args(synth_root, tmp_path, "ddp", "--encoder", "text", "--epochs", "1", "--validation-frequency",
+                       "5", "--cpu")
+    args[args.index("--model") + 1] = "cir-tiny-siglip"
+    _launch(args, processes=2)
+    trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
+    seed_everything(0)
+    start = load_clip("cir-tiny-siglip").model.state_dict()
+    assert torch.equal(trained["logit_bias"], start["logit_bias"])
+    assert any(_changed(start, trained, "text")) and not any(_changed(start, trained, "image"))
