@@ -21,6 +21,10 @@ attention does not keep, and are counted in float32 where autocast keeps most in
 overestimate); a real run also holds the data loader's batches and the frozen features.
 
     python benchmarks/backbone_memory.py [--models NAME ...] [--batch-size 128] [--gpus 16 24 40 48 80]
+
+`--measure M` (CUDA) checks the arithmetic: random-init weights on the GPU, float32 master weights,
+AdamW, bf16 autocast, two stage-1 steps of M triplets at the full context length; the peak memory
+allocated during the second step (the optimizer state then exists) against the estimate for M.
 """
 
 from __future__ import annotations
@@ -175,6 +179,82 @@ def row(name: str, batch_size: int, gpus: list[int]) -> dict:
     return out
 
 
+def measure(name: str, micro: int) -> list[dict]:
+    """Peak CUDA memory of a stage-1 step of `micro` triplets, per encoder, without and with checkpointing."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    import clip_cir.models.clip  # noqa: F401 - registers the tiny configs
+    from clip_cir.models.checkpointing import enable_grad_checkpointing
+    from clip_cir.models.towers import encode_text
+
+    with torch.device("cuda"):
+        model = open_clip.create_model(name, device="cuda").eval()
+    params = tower_parameters(model)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    context = getattr(model, "context_length", None) or model.text.context_length
+    vocab = getattr(model, "vocab_size", None) or getattr(model.text, "vocab_size", 32000)
+    activations = activations_per_sample(name)
+    images = torch.randn(2 * micro, 3, size, size, device="cuda")
+    tokens = torch.randint(1, vocab - 1, (micro, context), device="cuda")
+    rows = []
+    for checkpointed in (False, True):
+        if checkpointed:
+            enable_grad_checkpointing(model)
+        for encoder in ("text", "both"):
+            for pname, p in model.named_parameters():
+                p.requires_grad = (encoder == "both" or not pname.startswith("visual.")) and not pname.startswith(
+                    ("logit_", "text_decoder."))
+                p.grad = None
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                frozen = model.encode_image(images) if encoder == "text" else None
+            peak = None
+            try:
+                for _step in range(2):
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        image = model.encode_image(images) if frozen is None else frozen
+                        text = encode_text(model, tokens)
+                    reference, target = image.float().chunk(2)
+                    query = F.normalize(reference + text.float(), dim=-1)
+                    loss = F.cross_entropy(100 * query @ F.normalize(target, dim=-1).T,
+                                           torch.arange(micro, device="cuda"))
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.synchronize()
+                    peak = torch.cuda.max_memory_allocated()
+            except torch.OutOfMemoryError:
+                peak = None
+            del optimizer, frozen
+            torch.cuda.empty_cache()
+            estimate = state_bytes(params, encoder) + micro * per_triplet(
+                activations, encoder, "checkpointed" if checkpointed else "plain")
+            rows.append({"model": name, "encoder": encoder, "checkpointed": checkpointed, "micro": micro,
+                         "peak": peak, "estimate": estimate})
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
+def print_measured(models: list[str], micro: int) -> None:
+    import torch
+
+    print(f"Measured on {torch.cuda.get_device_name()}: peak allocated during a stage-1 step of {micro} triplets "
+          f"(bf16 autocast, float32 weights + AdamW), against the estimate (without the {OVERHEAD_GB} GB allowance)\n")
+    print("| model | encoder | --grad-checkpointing | measured peak (GB) | estimate (GB) |")
+    print("|---|---|---|---|---|")
+    for name in models:
+        for r in measure(name, micro):
+            peak = "out of memory" if r["peak"] is None else f"{r['peak'] / GB:.1f}"
+            print(f"| {name} | {r['encoder']} | {'yes' if r['checkpointed'] else 'no'} | {peak} | "
+                  f"{r['estimate'] / GB:.1f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,8 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="global contrastive batch (default: 128)")
     parser.add_argument("--gpus", type=int, nargs="+", default=[16, 24, 40, 48, 80, 141],
                         help="GPU memory sizes in GB, smallest first")
+    parser.add_argument("--measure", type=int, metavar="M", help="measure a step of M triplets on the GPU instead")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # open_clip's per-model INFO/WARNING lines
+    if args.measure:
+        print_measured(args.models, args.measure)
+        return
     print(f"Stage-1 memory estimate, batch {args.batch_size}, float32 master weights + AdamW, "
           f"bf16 autocast copies, {OVERHEAD_GB} GB overhead; activations per triplet at full context "
           f"length, float32, meta device (estimates, not measurements)\n")
