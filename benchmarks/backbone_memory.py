@@ -5,17 +5,19 @@ For each model, instantiated on PyTorch's meta device from its open_clip config 
 weights):
 - parameters, counted exactly, per tower;
 - training state with float32 master weights: the trained towers' parameters x 4 bytes x (weight
-  + gradient + AdamW's two moments), the frozen tower's weights x 4 bytes, plus mixed precision's
-  bf16 copies of the trained weights (autocast keeps one per step) x 2 bytes;
+  + gradient + AdamW's two moments), the frozen tower's weights x 4 bytes;
 - activations kept for the backward pass per training triplet (`--encoder text`: one caption;
   `--encoder both`: two images and one caption), counted by autograd's saved-tensor hooks on
   the meta device in float32 (model parameters excluded), with and without gradient
   checkpointing (`clip_cir.models.checkpointing`). Captions at the full context length (causal
   CLIP towers trim them to the batch's longest, far shorter on CIRR and FashionIQ).
 
-The smallest GPU then holds the state, a fixed allowance for the CUDA context and the allocator
-(`OVERHEAD_GB`), and one micro-batch's checkpointed activations; the micro-batch is the largest
-power of two up to `--batch-size` that fits, giving `--accum-steps batch / micro-batch`. All of it
+A step's peak is the state plus the larger of its two phases: forward and backward hold the bf16
+copies autocast makes of the trained weights (2 bytes each) and one micro-batch's activations;
+AdamW's step holds a float32 temporary per trained parameter (torch's multi-tensor kernel). The
+smallest GPU holds that peak and a fixed allowance for the CUDA context and the allocator
+(`OVERHEAD_GB`), with the largest micro-batch (a power of two up to `--batch-size`) that fits,
+giving `--accum-steps batch / micro-batch`. All of it
 is an estimate: activations on the meta device include attention probabilities that GPUs' fused
 attention does not keep, and are counted in float32 where autocast keeps most in bf16 (both
 overestimate); a real run also holds the data loader's batches and the frozen features.
@@ -140,10 +142,21 @@ def activations_per_sample(name: str, batch: int = 2) -> dict[str, dict[str, flo
     return out
 
 
+def trained_parameters(params: dict[str, int], encoder: str) -> int:
+    return params["text"] + (params["image"] if encoder == "both" else 0)
+
+
 def state_bytes(params: dict[str, int], encoder: str) -> float:
-    trained = params["text"] + (params["image"] if encoder == "both" else 0)
-    frozen = params["image"] if encoder == "text" else 0
-    return trained * (4 * 4 + 2) + frozen * 4
+    """float32 weights, gradients and AdamW moments of the trained towers; float32 frozen weights."""
+    trained = trained_parameters(params, encoder)
+    return trained * 4 * 4 + (sum(params.values()) - trained) * 4
+
+
+def peak_bytes(params: dict[str, int], encoder: str, activations: float) -> float:
+    """The state plus the larger phase: bf16 weight copies + `activations` (forward/backward), or
+    AdamW's float32 temporaries (its step)."""
+    trained = trained_parameters(params, encoder)
+    return state_bytes(params, encoder) + max(2 * trained + activations, 4 * trained)
 
 
 def per_triplet(activations: dict, encoder: str, kind: str) -> float:
@@ -156,11 +169,10 @@ def per_triplet(activations: dict, encoder: str, kind: str) -> float:
     return kept
 
 
-def smallest_gpu(state: float, triplet: float, batch_size: int, gpus: list[int]) -> str:
+def smallest_gpu(params: dict[str, int], encoder: str, triplet: float, batch_size: int, gpus: list[int]) -> str:
     for gpu in gpus:
-        room = gpu * GB - state - OVERHEAD_GB * GB
         micro = batch_size
-        while micro >= 1 and micro * triplet > room:
+        while micro >= 1 and peak_bytes(params, encoder, micro * triplet) + OVERHEAD_GB * GB > gpu * GB:
             micro //= 2
         if micro >= 1:
             return f"{gpu} GB, --accum-steps {batch_size // micro}"
@@ -175,7 +187,8 @@ def row(name: str, batch_size: int, gpus: list[int]) -> dict:
         state = state_bytes(params, encoder)
         checkpointed = per_triplet(activations, encoder, "checkpointed")
         out[encoder] = {"state": state, "plain": per_triplet(activations, encoder, "plain"),
-                        "checkpointed": checkpointed, "gpu": smallest_gpu(state, checkpointed, batch_size, gpus)}
+                        "checkpointed": checkpointed,
+                        "gpu": smallest_gpu(params, encoder, checkpointed, batch_size, gpus)}
     return out
 
 
@@ -232,8 +245,8 @@ def measure(name: str, micro: int) -> list[dict]:
                 peak = None
             del optimizer, frozen
             torch.cuda.empty_cache()
-            estimate = state_bytes(params, encoder) + micro * per_triplet(
-                activations, encoder, "checkpointed" if checkpointed else "plain")
+            estimate = peak_bytes(params, encoder, micro * per_triplet(
+                activations, encoder, "checkpointed" if checkpointed else "plain"))
             rows.append({"model": name, "encoder": encoder, "checkpointed": checkpointed, "micro": micro,
                          "peak": peak, "estimate": estimate})
     del model
@@ -268,9 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure:
         print_measured(args.models, args.measure)
         return
-    print(f"Stage-1 memory estimate, batch {args.batch_size}, float32 master weights + AdamW, "
-          f"bf16 autocast copies, {OVERHEAD_GB} GB overhead; activations per triplet at full context "
-          f"length, float32, meta device (estimates, not measurements)\n")
+    print(f"Stage-1 memory estimate, batch {args.batch_size}: float32 weights, gradients and AdamW moments "
+          f"(state), bf16 autocast copies or AdamW temporaries, {OVERHEAD_GB} GB overhead; activations per "
+          f"triplet at full context length, float32, meta device (estimates, not measurements)\n")
     print("| model | params image + text (M) | encoder | state (GB) | activations / triplet (MB) | "
           "with --grad-checkpointing (MB) | smallest GPU (estimate) |")
     print("|---|---|---|---|---|---|---|")

@@ -205,8 +205,10 @@ def test_backbone_memory_estimate_counts_what_a_real_model_holds():
     arithmetic, and activations counted on the meta device against the same count on real tensors
     (an upper bound: the meta device's attention keeps its probabilities)."""
     memory = _backbone_memory()
-    assert memory.state_bytes({"image": 10, "text": 3}, "text") == 3 * (16 + 2) + 10 * 4
-    assert memory.state_bytes({"image": 10, "text": 3}, "both") == 13 * (16 + 2)
+    params = {"image": 10, "text": 3}
+    assert memory.state_bytes(params, "text") == 3 * 16 + 10 * 4 and memory.state_bytes(params, "both") == 13 * 16
+    assert memory.peak_bytes(params, "text", 100) == 3 * 16 + 10 * 4 + 3 * 2 + 100  # forward/backward phase
+    assert memory.peak_bytes(params, "both", 1) == 13 * 16 + 13 * 4  # AdamW's step phase
     # Bounds: the meta device's attention keeps its probabilities, ResNet convolutions match.
     bounds = {"cir-tiny-rn": {"image": 1.02, "text": 1.25}, "cir-tiny-vit": {"image": 1.25, "text": 1.25}}
     for name, ratio in bounds.items():
