@@ -30,7 +30,9 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
+from clip_cir.models.checkpointing import enable_grad_checkpointing
 from clip_cir.models.checkpoints import read_safetensors
+from clip_cir.models.extras import backbone_requirements
 from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
 from clip_cir.models.towers import trim_tokens
 
@@ -81,6 +83,10 @@ class LoadedCLIP:
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
 
+    def enable_grad_checkpointing(self) -> dict[str, bool]:
+        """Gradient checkpointing on every tower that allows it, ResNet ones included: {tower: checkpointed}."""
+        return enable_grad_checkpointing(self.model)
+
     def tokenize(self, texts: list[str], remember: bool = False) -> torch.Tensor:
         """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`).
 
@@ -128,13 +134,19 @@ def _close_matches(name: str, choices: list[str]) -> str:
 def check_model_name(name: str) -> None:
     if name not in open_clip.list_models():
         raise CIRError(f"unknown open_clip model '{name}'{_close_matches(name, open_clip.list_models())} "
-                       f"(see open_clip.list_models(); tiny CPU models: cir-tiny-vit, cir-tiny-rn)")
+                       f"(see open_clip.list_models(); tiny CPU models: {', '.join(tiny_model_names())})")
+
+
+def tiny_model_names() -> list[str]:
+    """The tiny configs shipped in `clip_cir/models/configs` (registered with open_clip at import)."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
 
 
 def _tokenizer_for(model: CLIP, name: str | None) -> Callable:
     """open_clip's tokenizer for a registered name; CLIP's own BPE for architectures from a config."""
     if name is not None and name in open_clip.list_models():
-        return open_clip.get_tokenizer(name)
+        with backbone_requirements(name, open_clip.get_model_config(name), "tokenizer"):
+            return open_clip.get_tokenizer(name)
     return open_clip.SimpleTokenizer(context_length=model.context_length)
 
 
@@ -277,8 +289,9 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
     if name is not None and name != "openai-inferred" and (config is None or name in open_clip.list_models()):
         check_model_name(name)
         quick_gelu = (config or {}).get("quick_gelu", False)
-        with _quiet_random_init():
-            model = open_clip.create_model(name, force_quick_gelu=quick_gelu)
+        # pretrained_text=False: a Hugging Face text tower's base weights are not needed, ours come next.
+        with _quiet_random_init(), backbone_requirements(name, open_clip.get_model_config(name), "model"):
+            model = open_clip.create_model(name, force_quick_gelu=quick_gelu, pretrained_text=False)
         config = config or open_clip.get_model_config(name)
     else:
         if config is None:
@@ -324,14 +337,17 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None) -> L
     # config says GELU; building the model with the activation its weights expect is our job.
     quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
     try:
-        with _quiet_random_init():
+        with _quiet_random_init(), backbone_requirements(model_name, open_clip.get_model_config(model_name), "model"):
             model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise CIRError(f"could not load {model_name} weights '{pretrained}': {str(e).splitlines()[0][:300]} "
                        f"(downloading pretrained weights needs internet)") from None
+    loaded = _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
     if pretrained is None:
-        logging.getLogger("clip_cir").info("%s: random initialisation (no pretrained weights)", model_name)
-    return _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
+        text_model = (loaded.config.get("text_cfg") or {}).get("hf_model_name")
+        text = f"; text tower from the Hugging Face model {text_model}" if text_model else ""
+        logging.getLogger("clip_cir").info("%s: random initialisation (no pretrained weights%s)", model_name, text)
+    return loaded
 
 
 def load_hub_clip(repo_id: str) -> LoadedCLIP:
@@ -356,10 +372,11 @@ def load_hub_clip(repo_id: str) -> LoadedCLIP:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))["model_cfg"]
         folder = f"local-dir:{config_path.parent}"
-        with _quiet_random_init():
+        with _quiet_random_init(), backbone_requirements(name, config, "model"):
             # pretrained_text=False: never fetch a text tower's base weights; ours come next.
             model = open_clip.create_model(folder, load_weights=False, pretrained_text=False)
-        tokenizer = open_clip.get_tokenizer(folder)
+        with backbone_requirements(name, config, "tokenizer"):
+            tokenizer = open_clip.get_tokenizer(folder)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         reason = " ".join(str(e).split())[:300]
         raise CIRError(f"{name}: {HF_CONFIG_NAME} does not describe an open_clip model "

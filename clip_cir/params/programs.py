@@ -88,8 +88,8 @@ def stage1_parser(prog: str = "stage1/finetune.py", required: bool = True) -> ar
                             "(default: %(default)s, as in the CVPR-W paper; 'both' is the journal version)")
     add_transform_args(parser)
     parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="open_clip gradient checkpointing: saves memory on transformer towers; a no-op on "
-                             "ResNet image towers (e.g. RN50x4's), which open_clip does not checkpoint")
+                        help="gradient checkpointing: recompute each tower's activations in the backward pass "
+                             "instead of keeping them (transformer, timm and ResNet towers, RN50x4's included)")
     add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
                       name="stage1")
     add_accum_arg(parser.add_argument_group("memory"))

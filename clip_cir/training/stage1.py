@@ -126,9 +126,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     device = accelerator.device
     model = clip.model.to(device)
     for name, param in model.named_parameters():
-        param.requires_grad = (train_image if name.startswith("visual.") else train_text) and name != "logit_scale"
+        param.requires_grad = ((train_image if name.startswith("visual.") else train_text)
+                               and not name.startswith(("logit_", "text_decoder.")))  # not in the loss
     if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        clip.enable_grad_checkpointing()
     progress = not args.no_progress and accelerator.is_main_process
 
     # Frozen towers: their training features once, before any step.
