@@ -116,7 +116,8 @@ def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoding")
     add_transform_args(group)
-    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=256,  # encoding.encode.INFERENCE_BATCH_SIZE
+                       help="images per forward pass (default: %(default)s)")
     add_num_workers_arg(group)
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="feature cache folder (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
@@ -125,6 +126,16 @@ def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                        help="autocast precision for encoding on GPUs (default: %(default)s)")
     group.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    add_channels_last_arg(group)
+
+
+def add_channels_last_arg(group: argparse._ArgumentGroup) -> None:
+    """How a convolutional image tower is laid out in memory (`models.towers.set_memory_format`)."""
+    group.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                       help="run a convolutional image tower (ResNet, ConvNeXt, MobileCLIP) in channels-last "
+                            "memory format, which GPU tensor cores convolve fastest; features agree with the "
+                            "default layout to rounding. auto: on for a CUDA device with a convolutional tower "
+                            "(default: %(default)s)")
 
 
 def add_num_workers_arg(group: argparse._ArgumentGroup) -> None:
@@ -269,6 +280,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     group.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                        help="autocast precision (default: what `accelerate launch`/config says, else no)")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    add_channels_last_arg(group)
     add_skip_missing_arg(group, training=True)
     run = parser.add_argument_group("run directory and tracking")
     run.add_argument("--output-dir", type=Path, default=Path("runs"),
@@ -320,7 +332,7 @@ def portable_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache", "pixel_cache",
-                      "pixel_cache_dir", "accum_steps")
+                      "pixel_cache_dir", "accum_steps", "channels_last")
 """What a resumed run may change: how long and how it runs, not what it trains."""
 
 

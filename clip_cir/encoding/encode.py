@@ -20,6 +20,13 @@ from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
 
 
+INFERENCE_BATCH_SIZE = 256
+"""Images per forward pass when extracting features (`--batch-size` of the encoding commands).
+Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
+small share of the tower's work, small enough for the largest CLIP towers in float32 on a
+common GPU; extraction keeps no activations for backward."""
+
+
 @dataclass
 class SplitFeatures:
     """Raw CLIP features of one split: its gallery, and per query its reference and caption."""
@@ -36,7 +43,7 @@ class EncodeOptions:
 
     transform: ImageTransform
     device: torch.device | str = "cpu"
-    batch_size: int = 64
+    batch_size: int = INFERENCE_BATCH_SIZE
     num_workers: int = 0
     image_cache: FeatureCache | None = None
     text_cache: FeatureCache | None = None
@@ -51,7 +58,7 @@ class EncodeOptions:
 
     @classmethod
     def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
-                        batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                        batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0, progress: bool = True,
                         pixel_cache: PixelCache | None = None) -> "EncodeOptions":
         """Device and autocast from Accelerate. The precision in cache keys is the one autocast
         really applies (Accelerate does not autocast fp16 on a CPU)."""

@@ -24,6 +24,7 @@ from clip_cir import params as opt
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelArray
 from clip_cir.errors import CIRError
+from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import (
     add_accum_arg,
@@ -157,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report_skipped_images(run_dir, images)
     device = accelerator.device
     model = clip.model.to(device)
+    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
     progress = not args.no_progress and accelerator.is_main_process
     workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
     cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     local_loss_fn = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
     def forward(batch: dict, module=encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return module(images=transform.normalize(batch["image"].to(device)),
+        return module(images=transform.normalize(tower_input(batch["image"].to(device), channels_last)),
                       tokens=clip.tokenize(batch["caption"], remember=True).to(device))
 
     def contrastive_loss(features, loss=loss_fn) -> torch.Tensor:

@@ -22,6 +22,7 @@ from clip_cir.errors import CIRError
 from clip_cir.evaluation.evaluate import evaluate
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.combiner import element_wise_sum
+from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.params import (
     add_accum_arg,
     add_training_args,
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cache = opt.feature_cache(args)
     device = accelerator.device
     model = clip.model.to(device)
+    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
     for name, param in model.named_parameters():
         param.requires_grad = (train_image if name.startswith("visual.") else train_text) and name != "logit_scale"
     if args.grad_checkpointing:
@@ -128,8 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     def forward(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
-        tokens = clip.tokenize(batch["caption"], remember=True).to(device) if train_text else None
-        images = transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]])) if train_image else None
+        tokens = clip.tokenize(batch["caption"], remember=True).to(device, non_blocking=True) if train_text else None
+        images = transform.normalize(tower_input(torch.cat([batch["reference_image"], batch["target_image"]]),
+                                                 channels_last)) if train_image else None
         encoded_images, encoded_text = encoder(images=images, tokens=tokens)
         if train_image:
             reference, target = encoded_images.chunk(2)

@@ -25,6 +25,7 @@ from clip_cir.encoding.encode import (
 from clip_cir.evaluation.evaluate import metrics_from_features
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.combiner import Combiner
+from clip_cir.models.towers import set_memory_format
 from clip_cir.params import add_training_args, check_training_args, program_main
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
 from clip_cir.training.loop import Float32Forward, Loop, Selection, train
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report_skipped_images(run_dir, images)
     device = accelerator.device
     clip.model.to(device).eval().requires_grad_(False)
+    set_memory_format(clip.model, device, args.channels_last)
     cache = opt.feature_cache(args)
     progress = not args.no_progress and accelerator.is_main_process
     encode = EncodeOptions.for_accelerator(accelerator, transform, cache, progress=progress,
