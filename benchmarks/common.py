@@ -194,8 +194,8 @@ def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program
     image_calls = [c for c in calls["images"] if {str(p) for p in c.given} == images]
     text_calls = [c for c in calls["texts"] if c.given == captions] if texts else []
     if not image_calls or (texts and not text_calls):
-        raise RuntimeError(f"{program}: no call of clip_cir.encoding.features.encode_images/encode_texts on the training "
-                           f"set was seen; the benchmark's timing hook needs updating")
+        raise RuntimeError(f"{program}: no call of clip_cir.encoding.features.encode_images/encode_texts on the "
+                           f"training set was seen; the benchmark's timing hook needs updating")
     return sum(c.seconds for c in image_calls + text_calls)
 
 

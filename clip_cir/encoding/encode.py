@@ -19,7 +19,6 @@ from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
 
-
 INFERENCE_BATCH_SIZE = 256
 """Images per forward pass when extracting features (`--batch-size` of the encoding commands).
 Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
