@@ -165,3 +165,24 @@ def test_commands_that_encode_set_the_layout(synth_root):
         _, clip, _, encode = prepare(args)
         assert is_channels_last(clip.model.visual) is expected
         assert encode.batch_size == 256
+
+
+def test_optimizer_state_resumed_in_another_layout_takes_the_parameters_layout(rn):
+    from clip_cir.training.optim import load_optimizer_state
+
+    model = copy.deepcopy(rn.model)
+    params = list(model.visual.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    set_memory_format(model, "cpu", "on")  # resumed with --channels-last on
+    resumed = torch.optim.AdamW(params, lr=1e-3)
+    load_optimizer_state(resumed, saved)
+    converted = [p for p in params if p.ndim == 4 and not p.is_contiguous()]
+    assert converted
+    for i, p in enumerate(params):
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = resumed.state[p][key]
+            assert value.stride() == p.stride() and torch.equal(value, saved["state"][i][key]), (i, key)
