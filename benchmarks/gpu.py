@@ -45,9 +45,9 @@ fp16 with its loss scaler). On a CPU only bf16 autocast exists: fp16 columns are
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,7 +60,6 @@ from common import (
     load_training_set,
     loader_rate,
     make_synthetic_cirr,
-    markdown_table,
     published_text_epochs,
     published_workers,
     quiet,
@@ -72,64 +71,19 @@ from common import (
     synthetic_triplets,
     workspace,
 )
-from compute import Flops, matmul_peak, measure_flops, tower_rate, trimmed_caption_length
+from compute import matmul_peak, measure_flops, tower_rate, trimmed_caption_length
+from gpu_report import GROUPS, ROWS, STAGE1, Column, print_report
 
-from clip_cir.encoding.encode import INFERENCE_BATCH_SIZE
-from clip_cir.encoding.features import encode_images
+from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, encode_images
 from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.params import num_workers as automatic_workers
-
-ROWS = (
-    ("text", "stage 1 `--encoder text`, clip-cir: features reused, text trimmed (triplets/s)"),
-    ("text_published", "stage 1 `--encoder text`, published way: images re-encoded, full-length text (triplets/s)"),
-    ("both", "stage 1 `--encoder both`, clip-cir: pixel cache, `--channels-last auto` (triplets/s)"),
-    ("both_nchw", "stage 1 `--encoder both`, pixel cache, `--channels-last off` (triplets/s)"),
-    ("both_decoded", "stage 1 `--encoder both`, `--pixel-cache off --channels-last off`: decoded every epoch "
-                     "(triplets/s)"),
-    ("stage2", "stage 2 epoch, {stage2_triplets:,} triplets, batch {stage2_batch_size} (s)"),
-    ("tower_forward", "image tower alone, forward, batch {inference_batch_size}, channels-last (images/s)"),
-    ("tower_forward_nchw", "image tower alone, forward, batch {inference_batch_size}, default layout (images/s)"),
-    ("tower_train", "image tower alone, forward+backward, batch {tower_batch_size}, channels-last (images/s)"),
-    ("tower_train_nchw", "image tower alone, forward+backward, batch {tower_batch_size}, default layout (images/s)"),
-    ("extract_cached", "gallery extraction, pixel cache, batch {inference_batch_size}, `--channels-last auto` "
-                       "(images/s; x = of the bare forward)"),
-    ("extract_decoded", "gallery extraction, decoding with {workers} workers, {decode_images:,} files (images/s)"),
-    ("loader_cached", "loader, pixel cache (images/s)"),
-    ("loader_decoded", "loader, decoding with {workers} workers, {decode_images:,} files (images/s)"),
-)
-"""Table rows: key and label."""
-GROUPS = {"stage1-text": ("text", "text_published"), "stage1-both": ("both", "both_nchw", "both_decoded"),
-          "stage2": ("stage2",),
-          "tower": ("tower_forward", "tower_forward_nchw", "tower_train", "tower_train_nchw"),
-          "extraction": ("extract_cached", "extract_decoded"), "loader": ("loader_cached", "loader_decoded")}
-BASELINES = {"text": "text_published", "both": "both_nchw", "both_nchw": "both_decoded",
-             "tower_forward": "tower_forward_nchw", "tower_train": "tower_train_nchw",
-             "loader_cached": "loader_decoded"}
-"""A row's ratio is to this row (`extract_cached`'s: the bare forward in the layout it ran in)."""
-LOWER_IS_BETTER = {"stage2"}
 
 SMOKE = {"models": ["cir-tiny-vit", "cir-tiny-rn"], "precisions": ["bf16"], "train": 4, "val": 2, "batch_size": 4,
          "epochs": 2, "stage2_triplets": 128, "stage2_batch_size": 64, "stage2_epochs": 2, "images": 8,
          "decode_images": 8, "unique_photos": 4, "repeats": 1, "inference_batch_size": 4, "tower_batch_size": 2,
          "tower_steps": 1, "peak_size": 128}
 """`--smoke`: the tiny CPU models and sizes small enough for a test (seconds)."""
-
-
-@dataclass
-class Column:
-    model: str
-    size: int
-    precision: str
-    values: dict[str, float] = field(default_factory=dict)
-    baselines: dict[str, str] = field(default_factory=dict)
-    checks: list[str] = field(default_factory=list)
-    flops: Flops | None = None
-    peak: float = 0.0
-
-    @property
-    def title(self) -> str:
-        return f"{self.model} {self.size} px {self.precision}"
 
 
 def stage1_rows(column: Column, keys: list[str], data_root: Path, root: Path, args: argparse.Namespace) -> None:
@@ -236,25 +190,6 @@ def loader_rows(columns: list[Column], transform, photos: list[Path], cached, de
         column.values.update(loader_decoded=decoded, loader_cached=from_cache)
 
 
-def cell(column: Column, key: str) -> str:
-    value = column.values.get(key)
-    if value is None:
-        return "—"
-    text = f"{value:.3f}" if key in LOWER_IS_BETTER else f"{value:,.0f}" if value >= 10 else f"{value:.2f}"
-    base = column.values.get(column.baselines.get(key) or BASELINES.get(key, ""))
-    return f"{text} ({value / base:.2f}x)" if base else text
-
-
-def tflops_cell(column: Column, key: str) -> str:
-    """Achieved TFLOP/s of a row and its share of the matrix-product peak ('—' where no model runs)."""
-    value = column.values.get(key)
-    per_unit = column.flops.per_unit(key) if column.flops else None
-    if value is None or per_unit is None:
-        return "—"
-    tflops = value * per_unit / 1e12
-    return f"{tflops:.3g} ({100 * tflops / column.peak:.0f}%)"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
@@ -314,39 +249,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    on_gpu = torch.cuda.is_available()
-    args.workers = automatic_workers(argparse.Namespace(num_workers=None), on_gpu)
-    precisions = [p for p in args.precisions if on_gpu or p == "bf16"]
-    skipped = [p for p in args.precisions if p not in precisions]
-    if not precisions:
-        sys.exit("gpu.py: no precision to run: a CPU has bf16 autocast only (add --precisions bf16)")
-    if not on_gpu and not args.smoke:
-        status("no CUDA device: running on the CPU, which takes long at these sizes (--smoke for a quick check)")
-    print(header("clip-cir on a GPU: stage 1, stage 2, the image tower, extraction and loading with mixed precision",
-                 sys.argv if argv is None else ["benchmarks/gpu.py", *argv]), flush=True)
-    device = torch.device("cuda" if on_gpu else "cpu")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+class Stopped(Exception):
+    """SIGTERM (a time limit such as `timeout`'s): the rows measured so far are still printed."""
+
+
+def _stop(signum, frame) -> None:
+    raise Stopped()
+
+
+def measure(args: argparse.Namespace, device: torch.device, precisions: list[str], peaks: dict[str, float],
+            columns: list[Column]) -> None:
+    """Every asked-for row of every model and precision, into `columns` as they are measured."""
     keys = set(args.keys)
-    stage1 = keys & {"text", "text_published", "both", "both_nchw", "both_decoded"}
-    files = keys & {"extract_cached", "extract_decoded", "loader_cached", "loader_decoded"}
-    peak_size = args.peak_size if on_gpu else min(args.peak_size, 1024)  # a CPU takes minutes for 8192
-    peaks = {p: matmul_peak(device, p, peak_size) for p in precisions}
-    columns: list[Column] = []
+    stage1 = keys & STAGE1
+    files = keys & set(GROUPS["extraction"] + GROUPS["loader"])
     with workspace("clip_cir_bench_gpu_") as root:
         models = {}
         for name in args.models:
             with quiet():
                 clip, transform = load_model(name, args.seed)
             models[name] = (clip, transform)
-        largest = max(clip.input_size for clip, _ in models.values())
+        args.largest = max(clip.input_size for clip, _ in models.values())
         data_root = photos = None
         captions: list[str] = []
         if stage1:
-            status(f"generating {args.train} synthetic CIRR triplets at {largest} px ...")
-            data_root = make_synthetic_cirr(root, args.train, args.seed, n_val=args.val, size=largest)
+            status(f"generating {args.train} synthetic CIRR triplets at {args.largest} px ...")
+            data_root = make_synthetic_cirr(root, args.train, args.seed, n_val=args.val, size=args.largest)
             captions = [q.train_captions[0] for q in load_training_set(data_root).queries]
         if files:
             count = max(args.images, args.decode_images)
@@ -362,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             flops = measure_flops(clip, device, length)
             clip.model.cpu()
             model_columns = [Column(name, clip.input_size, p, flops=flops, peak=peaks[p]) for p in precisions]
+            columns += model_columns
             for column in model_columns:
                 if stage1:
                     stage1_rows(column, args.keys, data_root, root, args)
@@ -374,37 +303,43 @@ def main(argv: list[str] | None = None) -> None:
                 clip.model.cpu()
             if keys & set(GROUPS["loader"]):
                 loader_rows(model_columns, transform, photos, cached, device, args)
-            columns += model_columns
-            if on_gpu:
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
-    sizes = {"stage2_triplets": args.stage2_triplets, "stage2_batch_size": args.stage2_batch_size,
-             "workers": args.workers, "inference_batch_size": args.inference_batch_size,
-             "tower_batch_size": args.tower_batch_size, "decode_images": args.decode_images}
-    print(f"device: {torch.cuda.get_device_name(0) if on_gpu else 'cpu'}; models random init; stage 1: synthetic CIRR, "
-          f"{args.train:,} triplets at {largest} px, batch {args.batch_size}, {args.epochs} epochs per run, steady "
-          f"epochs 2..{args.epochs}; stage 2: random {args.stage2_triplets:,} triplets, Combiner 4x/8x the embedding, "
-          f"median of epochs 2..{args.stage2_epochs}; bare tower: {args.tower_steps} timed batches after 3 warm-up; "
-          f"extraction and loader: rendered 500x375 PNG files ({args.images:,} from the pixel cache), median of "
-          f"{args.repeats}; (Nx) = ratio to the baseline row, same column")
-    print("matrix-product peak (TFLOP/s, {0}x{0} by {0}x{0}): {1}; TFLOP/s = FLOPs per item x rate, (%) = of that "
-          "peak\n".format(peak_size, ", ".join(f"{p} {v:,.1f}" for p, v in peaks.items())))
-    titles = [t for c in columns for t in (c.title, "TFLOP/s")]
-    print(markdown_table(["measure", *titles],
-                         [[label.format(**sizes)] + [x for c in columns for x in (cell(c, key), tflops_cell(c, key))]
-                          for key, label in ROWS if key in keys]))
-    for column in columns:
-        if column.flops:
-            f = column.flops
-            text = (f"; per caption (forward+backward): {f.text_train_trimmed / 1e9:.3g} at {f.trimmed_length} tokens, "
-                    f"{f.text_train_full / 1e9:.3g} at full length" if stage1 else "")
-            print(f"\n{column.title}: GFLOPs per image: forward {f.image_forward / 1e9:.3g}, forward+backward "
-                  f"{f.image_train / 1e9:.3g}{text}", end="")
-    print()
-    for check in (c for column in columns for c in column.checks):
-        print(f"check: {check}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    on_gpu = torch.cuda.is_available()
+    args.workers = automatic_workers(argparse.Namespace(num_workers=None), on_gpu)
+    precisions = [p for p in args.precisions if on_gpu or p == "bf16"]
+    skipped = [p for p in args.precisions if p not in precisions]
+    if not precisions:
+        sys.exit("gpu.py: no precision to run: a CPU has bf16 autocast only (add --precisions bf16)")
+    if not on_gpu and not args.smoke:
+        status("no CUDA device: running on the CPU, which takes long at these sizes (--smoke for a quick check)")
+    print(header("clip-cir on a GPU: stage 1, stage 2, the image tower, extraction and loading with mixed precision",
+                 sys.argv if argv is None else ["benchmarks/gpu.py", *argv]), flush=True)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    peak_size = args.peak_size if on_gpu else min(args.peak_size, 1024)  # a CPU takes minutes for 8192
+    peaks = {p: matmul_peak(device, p, peak_size) for p in precisions}
+    columns: list[Column] = []
+    signal.signal(signal.SIGTERM, _stop)
+    stopped = False
+    try:
+        measure(args, device, precisions, peaks, columns)
+    except Stopped:
+        stopped = True
+        status("gpu.py: stopped (SIGTERM): printing the rows measured so far")
+    print_report(args, columns, device, peaks, peak_size)
     if skipped:
         print(f"\nskipped: {', '.join(skipped)} (no CUDA device: CPU autocast has bf16 only)")
+    if stopped:
+        print("\nSTOPPED by SIGTERM (a time limit): rows shown as — were not measured")
     print(f"\nload average (1/5/15 min) at end: {load_average()}")
+    if stopped:
+        sys.exit(124)
 
 
 if __name__ == "__main__":

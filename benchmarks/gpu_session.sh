@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU benchmark session, sized for a short lease on one GPU (about five minutes on an H100;
-# every part has its own time limit, and all of them together stay under eight minutes).
+# One GPU benchmark session, sized for a short lease on one GPU (expected to take about five minutes
+# on an H100; every part has its own time limit, and all of them together stay under eight minutes).
 #
 #   bash benchmarks/gpu_session.sh                  # on the GPU machine, from the repository root
 #   GPU_SESSION_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_session.sh
@@ -8,12 +8,14 @@
 #
 # Parts, in bf16 (random init; docs/benchmarks.md explains every row):
 #   1. gpu.py on RN50x4 (288 px): stage 1 `--encoder both` with `--channels-last auto` (channels-last
-#      there), `off` and with `--pixel-cache off`; the bare image tower, forward and forward+backward,
-#      in both layouts; gallery extraction from the pixel cache against the bare forward, and
-#      decoding; the loader. Decoding rows read 2,048 files.
-#   2. gpu.py on ViT-B-16 (224 px): the bare tower and extraction.
-#   3. accum_memory.py on RN50x4, global batch 128, K = 1, 4, 16.
-# Writes $OUT/gpu_table.md (parts 1 and 2) and $OUT/accum_memory.md (part 3); prints everything.
+#      there), `off`, and `off` with `--pixel-cache off`.
+#   2. gpu.py on RN50x4: the bare image tower, forward and forward+backward, in both layouts; gallery
+#      extraction from the pixel cache against the bare forward, and decoding; the loader.
+#      Decoding rows read 2,048 files.
+#   3. gpu.py on ViT-B-16 (224 px): the bare tower and extraction.
+#   4. accum_memory.py on RN50x4, global batch 128, K = 1, 4, 16.
+# A part stopped by its time limit still prints the rows it measured (gpu.py catches SIGTERM).
+# Writes $OUT/gpu_table.md (parts 1 to 3) and $OUT/accum_memory.md (part 4); prints everything.
 #
 # The machine has torch and accelerate but not open_clip_torch, ftfy or wcwidth: their wheels
 # travel in .whl/ (git-ignored) and are installed into /tmp/site first.
@@ -41,7 +43,8 @@ FAILED=()
 if [ -n "${GPU_SESSION_SMOKE:-}" ]; then  # tiny models and sizes: a check of the command lines
   RN=cir-tiny-rn VIT=cir-tiny-vit SIZES=(--smoke) ACCUM=(--batch-size 4 --accum 1 2)
 else
-  RN=RN50x4 VIT=ViT-B-16 SIZES=(--train 1536 --epochs 3 --images 2048 --decode-images 2048 --repeats 3)
+  RN=RN50x4 VIT=ViT-B-16
+  SIZES=(--train 1536 --epochs 3 --images 2048 --decode-images 2048 --unique-photos 128 --repeats 3)
   ACCUM=(--batch-size 128 --accum 1 4 16)
 fi
 
@@ -68,11 +71,13 @@ part() {
 
 : >"$OUT/gpu_table.md"
 : >"$OUT/accum_memory.md"
-part "gpu.py $RN" 270 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" --precisions bf16 \
-  --rows stage1-both tower extraction loader "${SIZES[@]}"
-part "gpu.py $VIT" 110 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$VIT" --precisions bf16 \
+part "gpu.py $RN, stage 1" 200 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" --precisions bf16 \
+  --rows stage1-both "${SIZES[@]}"
+part "gpu.py $RN, tower and extraction" 110 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" \
+  --precisions bf16 --rows tower extraction loader "${SIZES[@]}"
+part "gpu.py $VIT" 90 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$VIT" --precisions bf16 \
   --rows tower extraction "${SIZES[@]}"
-part "accum_memory.py $RN" 110 "$OUT/accum_memory.md" "$PY" benchmarks/accum_memory.py --model "$RN" \
+part "accum_memory.py $RN" 100 "$OUT/accum_memory.md" "$PY" benchmarks/accum_memory.py --model "$RN" \
   --mixed-precision bf16 "${ACCUM[@]}"
 
 echo "gpu_session: $((SECONDS - START))s in all; tables in $OUT: $(ls "$OUT" | tr '\n' ' ')" >&2

@@ -116,7 +116,7 @@ def add_transform_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoding")
     add_transform_args(group)
-    group.add_argument("--batch-size", type=int, default=256,  # encoding.encode.INFERENCE_BATCH_SIZE
+    group.add_argument("--batch-size", type=int, default=256,  # encoding.features.INFERENCE_BATCH_SIZE
                        help="images per forward pass (default: %(default)s)")
     add_num_workers_arg(group)
     group.add_argument("--cache-dir", type=Path, default=None,

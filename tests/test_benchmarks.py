@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,19 +98,35 @@ def test_gpu_session_script_runs_its_command_lines(tmp_path):
     gpu_table = (tmp_path / "out" / "gpu_table.md").read_text()
     accum_table = (tmp_path / "out" / "accum_memory.md").read_text()
     assert gpu_table.split("\n\n# ")[0].strip() in result.stdout and accum_table.strip() in result.stdout  # printed
-    headers = [rows[0] for rows in (table_rows(part) for part in gpu_table.split("\n# ")) if rows]
-    assert headers == [["measure", "cir-tiny-rn 64 px bf16", "TFLOP/s"], ["measure", "cir-tiny-vit 64 px bf16",
-                                                                             "TFLOP/s"]]
-    rn, vit = (table_rows(part)[1:] for part in gpu_table.split("\n# "))
-    rn_rows = [label for label in SMOKE_ROWS if any(row[0].startswith(label) for row in rn)]
-    assert rn_rows == [label for label in SMOKE_ROWS if label.startswith(("stage 1 `--encoder both`", "image tower",
-                                                                          "gallery", "loader"))]
-    assert len(rn) == len(rn_rows) == 11 and len(vit) == 6
-    assert all(row[0].startswith(("image tower", "gallery")) for row in vit)
+    tables = [table_rows(part) for part in gpu_table.split("\n# ")]
+    assert [rows[0] for rows in tables] == [["measure", f"cir-tiny-{m} 64 px bf16", "TFLOP/s"] for m in ("rn", "rn",
+                                                                                                      "vit")]
+    stage1, rn, vit = ([next(label for label in SMOKE_ROWS if row[0].startswith(label)) for row in rows[1:]]
+                       for rows in tables)
+    assert stage1 == [label for label in SMOKE_ROWS if label.startswith("stage 1 `--encoder both`")]
+    assert rn == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery", "loader"))]
+    assert vit == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery"))]
     assert "mixed precision: bf16" in accum_table
     k_rows = table_rows(accum_table)[1:]
     assert [(row[0], row[1]) for row in k_rows] == [("1", "4"), ("2", "2")]  # K, micro-batch
     assert all(float(row[2]) > 0 for row in k_rows)  # peak GiB
+
+
+def test_gpu_py_stopped_by_a_time_limit_prints_what_it_measured(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--models",
+                                "cir-tiny-rn", "--rows", "tower", "stage1-both"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # the first stage-1 run has started: the tower rows are still to come
+        if "stage 1 --encoder both" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 124
+    assert "STOPPED by SIGTERM (a time limit): rows shown as — were not measured" in stdout
+    header, *rows = table_rows(stdout)
+    assert header == ["measure", "cir-tiny-rn 64 px bf16", "TFLOP/s"] and len(rows) == 7
+    assert all(row[1:] == ["—", "—"] for row in rows)
 
 
 def test_accum_memory_refuses_fp16_on_a_cpu_in_one_line(tmp_path):

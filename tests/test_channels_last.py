@@ -1,5 +1,7 @@
-"""Channels-last image towers: which towers and devices get it, and that it changes no number
-beyond float32 rounding (extraction, a training step's loss and gradients, a whole stage-1 run)."""
+"""The GPU-speed paths of training and encoding, checked on a CPU: channels-last image towers
+(which towers and devices get it, and that it changes no number beyond float32 rounding:
+extraction, a training step's loss and gradients, a whole stage-1 run, a resumed optimizer), and
+stage 1's prefetching workers over the pixel cache (the same batches)."""
 
 from __future__ import annotations
 
@@ -186,3 +188,20 @@ def test_optimizer_state_resumed_in_another_layout_takes_the_parameters_layout(r
         for key in ("exp_avg", "exp_avg_sq"):
             value = resumed.state[p][key]
             assert value.stride() == p.stride() and torch.equal(value, saved["state"][i][key]), (i, key)
+
+
+def test_stage1_pixel_cache_workers_read_the_same_batches_every_epoch(synth_root, tmp_path):
+    """With the pixel cache, stage 1's workers persist across epochs; the batches (epoch-dependent
+    order and caption forms) must be those of a run without workers."""
+    def run(workers: str) -> pd.DataFrame:
+        stage1_main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-vit",
+                     "--encoder", "both", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4",
+                     "--validation-frequency", "2", "--output-dir", str(tmp_path), "--experiment-name",
+                     f"w{workers}", "--num-workers", workers, "--no-progress", "--no-cache",
+                     "--pixel-cache-dir", str(tmp_path / "pixels")])
+        return pd.read_csv(tmp_path / f"w{workers}" / "train_steps.csv")
+
+    with_workers, without = run("2"), run("0")
+    assert list(with_workers["epoch"].unique()) == [1, 2] and len(with_workers) == len(without)
+    assert torch.allclose(torch.tensor(with_workers["loss"].values), torch.tensor(without["loss"].values),
+                          atol=1e-6, rtol=0)

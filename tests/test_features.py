@@ -167,7 +167,8 @@ def test_pixel_batches_are_the_cached_rows_in_order(val_paths, tmp_path):
 
 def test_inference_batch_default_is_one_number():
     from clip_cir.apps.cli import build_parser
-    from clip_cir.encoding.encode import INFERENCE_BATCH_SIZE, EncodeOptions
+    from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.encoding.features import INFERENCE_BATCH_SIZE
 
     args = build_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])
     assert args.batch_size == EncodeOptions(transform=build_transform("targetpad", 64)).batch_size

@@ -14,16 +14,10 @@ from typing import Callable, Sequence
 import torch
 
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.features import FeatureCache, encode_images, encode_texts
+from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, FeatureCache, encode_images, encode_texts
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
-
-INFERENCE_BATCH_SIZE = 256
-"""Images per forward pass when extracting features (`--batch-size` of the encoding commands).
-Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
-small share of the tower's work, small enough for the largest CLIP towers in float32 on a
-common GPU; extraction keeps no activations for backward."""
 
 
 @dataclass

@@ -29,6 +29,12 @@ from clip_cir.models.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
+INFERENCE_BATCH_SIZE = 256
+"""Images per forward pass when extracting features (`--batch-size` of the encoding commands).
+Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
+small share of the tower's work, small enough for the largest CLIP towers in float32 on a
+common GPU; extraction keeps no activations for backward."""
+
 encode_counts: Counter = Counter()
 """How many images and texts went through CLIP in this process (tests and logs read it)."""
 
@@ -176,7 +182,7 @@ class Shard:
 
 @torch.no_grad()
 def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTransform, *,
-                  device: torch.device | str = "cpu", batch_size: int = 256, num_workers: int = 0,
+                  device: torch.device | str = "cpu", batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
                   cache: FeatureCache | None = None, autocast=None, precision: str = "no",
                   desc: str = "image features", progress: bool = True,
                   pixel_cache: PixelCache | None = None, sharded: bool = False) -> torch.Tensor:

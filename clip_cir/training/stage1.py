@@ -120,10 +120,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                              desc="training images (pixels)")
     dataset = TripletDataset(data, args.seed, transform if train_image else None, pixels)
     sampler = EpochSampler(len(dataset), args.seed)
-    # Without an image tower to feed, items are indices and captions; with the pixel cache, a
-    # memory-map read: worker processes would only cost time.
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=workers if train_image and pixels is None else 0, drop_last=True)
+    # Without an image tower to feed, items are indices and captions: no workers. With the pixel
+    # cache, a memory-map read: at most two workers, kept across epochs, read (and on a GPU pin)
+    # the next batches while the device computes this one; none where the CPU does the math.
+    reads = min(workers, 2) if pixels is not None else workers
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=reads if train_image else 0,
+                        drop_last=True, pin_memory=device.type == "cuda" and train_image,
+                        persistent_workers=train_image and pixels is not None and reads > 0)
     optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
