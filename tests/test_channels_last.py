@@ -145,6 +145,8 @@ def test_stage1_with_channels_last_on_trains_as_off(synth_root, tmp_path):
 
     on, off = run("on"), run("off")
     assert json.loads((on / "config.json").read_text())["channels_last"] == "on"
+    assert "image tower in channels-last memory format" in (on / "log.txt").read_text()
+    assert "channels-last" not in (off / "log.txt").read_text()
     losses_on = pd.read_csv(on / "train_steps.csv")["loss"]
     losses_off = pd.read_csv(off / "train_steps.csv")["loss"]
     assert len(losses_on) == len(losses_off) > 1

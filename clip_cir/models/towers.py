@@ -105,7 +105,7 @@ def set_memory_format(model: torch.nn.Module, device: torch.device | str, choice
     channels_last = use_channels_last(model, device, choice)
     model.visual.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if channels_last:
-        log.debug("image tower in channels-last memory format")
+        log.info("image tower in channels-last memory format (--channels-last off: the default layout)")
     return channels_last
 
 
