@@ -194,8 +194,7 @@ def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program
     text_calls = [c for c in calls["texts"] if c.given == captions] if texts else []
     if not image_calls or (texts and not text_calls):
         raise RuntimeError(f"{program}: no call of clip_cir.encoding.features.encode_images/encode_texts on the "
-                           f"training "
-                           f"set was seen; the benchmark's timing hook needs updating")
+                           f"training set was seen; the benchmark's timing hook needs updating")
     return sum(c.seconds for c in image_calls + text_calls)
 
 
@@ -510,11 +509,13 @@ PHOTO_KINDS: dict[str, tuple[int, int, str]] = {"png": (500, 375, "PNG"), "jpeg"
 and FashionIQ's JPEG product shots."""
 
 
-def render_photos(folder: Path, kind: str, count: int, seed: int) -> list[Path]:
+def render_photos(folder: Path, kind: str, count: int, seed: int, unique: int | None = None) -> list[Path]:
     """`count` photo-like files of one `PHOTO_KINDS` kind: a smooth random colour field, mid-scale
     texture and fine grain. Why not flat synthetic shapes: decoding cost grows with the
     compressed size, and these land where the real files do (PNG ~320 KB, CIRR's are 200-400 KB;
-    JPEG at quality 90 ~50 KB, FashionIQ's are 30-60 KB)."""
+    JPEG at quality 90 ~50 KB, FashionIQ's are 30-60 KB). With `unique`, only that many are
+    rendered and the rest are copies of them (rendering costs more than decoding; a copy costs
+    the same to decode)."""
     import numpy as np
     from PIL import Image
 
@@ -523,6 +524,12 @@ def render_photos(folder: Path, kind: str, count: int, seed: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
+        if unique is not None and i >= unique:
+            path = folder / f"{kind}_{i:05d}{paths[i % unique].suffix}"
+            shutil.copyfile(paths[i % unique], path)
+            paths.append(path)
+            continue
+
         def field(rows: int, cols: int, resample: int) -> np.ndarray:
             small = Image.fromarray(rng.uniform(0, 255, (rows, cols, 3)).astype(np.uint8))
             return np.asarray(small.resize((width, height), resample), dtype=np.float32)

@@ -13,6 +13,7 @@ from clip_cir.encoding.features import (
     encode_images,
     encode_texts,
 )
+from clip_cir.encoding.pixels import PixelBatches, PixelCache
 from clip_cir.models.clip import load_clip
 from clip_cir.models.transforms import build_transform
 
@@ -138,3 +139,37 @@ def test_second_eval_encodes_no_image(cli, synth_root, tiny_checkpoint, make_tin
     before = encode_counts["image"]
     assert cli(*base[:6], other, *base[7:]).code == 0
     assert encode_counts["image"] - before == n_gallery
+
+
+def test_extraction_is_the_batched_forward_pass(loaded, val_paths, tmp_path):
+    """Decoded or read in slices from the pixel cache, with a partial last batch: each batch's
+    features are those of one plain forward pass over it."""
+    transform = build_transform("targetpad", 64)
+    pixels = torch.stack([transform.pixels(load_image(p)) for p in val_paths])
+    with torch.no_grad():
+        expected = torch.cat([loaded.model.eval().encode_image(transform.normalize(pixels[i:i + 6]))
+                              for i in range(0, len(pixels), 6)])
+    cache = PixelCache(tmp_path / "pixels")
+    for pixel_cache in (None, cache, cache):  # decoding, writing the pixel cache, reading it
+        features = encode_images(loaded, val_paths, transform, batch_size=6, progress=False, pixel_cache=pixel_cache)
+        assert features.dtype == torch.float32 and features.device.type == "cpu"
+        assert torch.allclose(features, expected, atol=1e-6, rtol=0)
+
+
+def test_pixel_batches_are_the_cached_rows_in_order(val_paths, tmp_path):
+    transform = build_transform("targetpad", 64)
+    cached = PixelCache(tmp_path).get(val_paths, transform, progress=False)
+    batches = list(PixelBatches(cached, 6))
+    assert [len(b) for b in batches] == [6, 6, 4] and len(PixelBatches(cached, 6)) == 3
+    assert all(b.dtype == torch.uint8 for b in batches)
+    assert torch.equal(torch.cat(batches), torch.stack([transform.pixels(load_image(p)) for p in val_paths]))
+
+
+def test_inference_batch_default_is_one_number():
+    from clip_cir.apps.cli import build_parser
+    from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.encoding.features import INFERENCE_BATCH_SIZE
+
+    args = build_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])
+    assert args.batch_size == EncodeOptions(transform=build_transform("targetpad", 64)).batch_size
+    assert args.batch_size == INFERENCE_BATCH_SIZE == 256

@@ -80,6 +80,9 @@ def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bo
     accelerator = accelerator_for(args)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)
+    from clip_cir.models.towers import set_memory_format
+
     clip.model.to(accelerator.device)
+    set_memory_format(clip.model, accelerator.device, args.channels_last)
     log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
     return Prepared(splits, clip, combine, combine_name, encode_options(args, clip, accelerator), len(images.skipped))

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.features import FeatureCache, encode_images, encode_texts
+from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, FeatureCache, encode_images, encode_texts
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
@@ -36,7 +36,7 @@ class EncodeOptions:
 
     transform: ImageTransform
     device: torch.device | str = "cpu"
-    batch_size: int = 64
+    batch_size: int = INFERENCE_BATCH_SIZE
     num_workers: int = 0
     image_cache: FeatureCache | None = None
     text_cache: FeatureCache | None = None
@@ -51,7 +51,7 @@ class EncodeOptions:
 
     @classmethod
     def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,
-                        batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                        batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0, progress: bool = True,
                         pixel_cache: PixelCache | None = None) -> "EncodeOptions":
         """Device and autocast from Accelerate. The precision in cache keys is the one autocast
         really applies (Accelerate does not autocast fp16 on a CPU)."""

@@ -11,24 +11,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from clip_cir.encoding.pixels import PixelCache, files_digest, pixel_source
+from clip_cir.encoding.pixels import PixelCache, files_digest, image_batches
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpoints import atomic_write
 from clip_cir.models.clip import LoadedCLIP
-from clip_cir.models.towers import encode_text, tower_fingerprint
+from clip_cir.models.towers import encode_text, is_channels_last, tower_fingerprint, tower_input
 from clip_cir.models.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
+
+INFERENCE_BATCH_SIZE = 256
+"""Images per forward pass when extracting features (`--batch-size` of the encoding commands).
+Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
+small share of the tower's work, small enough for the largest CLIP towers in float32 on a
+common GPU; extraction keeps no activations for backward."""
 
 encode_counts: Counter = Counter()
 """How many images and texts went through CLIP in this process (tests and logs read it)."""
@@ -82,6 +87,31 @@ class FeatureCache:
 
 def _list_digest(items: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(items).encode(), digest_size=20).hexdigest()
+
+
+class InFlight:
+    """Keeps the host at most `depth` batches ahead of a CUDA device (elsewhere: nothing to do).
+
+    Copies and kernels are queued asynchronously, so the host reads the next batch while the
+    device computes; unbounded, a host that reads faster than the device computes would queue
+    the whole gallery, each batch holding its page-locked buffer. Waiting on the batch `depth`
+    back keeps the device busy and the buffers few, and no batch waits for its own result.
+    """
+
+    def __init__(self, device: torch.device | str, depth: int = 2):
+        self.device = torch.device(device)
+        self.depth = depth
+        self.events: deque = deque()
+
+    def push(self) -> None:
+        """Mark the end of one batch's queued work; wait if `depth` batches are still running."""
+        if self.device.type != "cuda":
+            return
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self.events.append(event)
+        if len(self.events) > self.depth:
+            self.events.popleft().synchronize()
 
 
 class Shard:
@@ -152,7 +182,7 @@ class Shard:
 
 @torch.no_grad()
 def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTransform, *,
-                  device: torch.device | str = "cpu", batch_size: int = 64, num_workers: int = 0,
+                  device: torch.device | str = "cpu", batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
                   cache: FeatureCache | None = None, autocast=None, precision: str = "no",
                   desc: str = "image features", progress: bool = True,
                   pixel_cache: PixelCache | None = None, sharded: bool = False) -> torch.Tensor:
@@ -172,23 +202,26 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
         # Keyed by the files: each DDP rank's share is its own cache file (written atomically).
         pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress,
                                  desc=f"{desc} (pixels)") if pixel_cache else None
-        # Its own generator: encoding (which a warm cache skips) must not advance the global RNG
-        # that training draws from.
-        loader = DataLoader(pixel_source(mine, transform, pixels), batch_size=batch_size,
-                            num_workers=0 if pixels is not None else num_workers,
-                            shuffle=False, pin_memory=str(device).startswith("cuda"), generator=torch.Generator())
-        # Filled in place: a list of batches plus their concatenation would hold a large gallery
-        # (CIRCO: 123k x 640 floats, 315 MB) twice at the end.
-        local = torch.empty(len(mine), clip.embed_dim)
+        batches = image_batches(mine, transform, pixels, batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=torch.device(device).type == "cuda")
+        channels_last = is_channels_last(clip.model.visual)
+        # Filled in place where the features are computed, and copied back once: no batch waits for
+        # its own result, and a large gallery (CIRCO: 123k x 640 floats, 315 MB) is never held
+        # twice as a list of batches plus their concatenation.
+        local = torch.empty(len(mine), clip.embed_dim, device=device)
         filled = 0
+        in_flight = InFlight(device)
         with eval_mode(clip.model):
-            for images in tqdm(loader, desc=desc, unit="batch", disable=None if progress else True, leave=False):
+            for images in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True, leave=False):
+                # uint8 to the device (asynchronously from pinned memory), normalised there.
+                images = tower_input(images.to(device, non_blocking=True), channels_last)
                 with (autocast or nullcontext)():
-                    batch = clip.model.encode_image(transform.normalize(images.to(device))).float().cpu()
+                    batch = clip.model.encode_image(transform.normalize(images))
                 local[filled:filled + len(batch)] = batch
                 filled += len(batch)
                 encode_counts["image"] += len(images)
-        return local
+                in_flight.push()
+        return local.cpu()
 
     features = shard.collect(encode_mine, clip.embed_dim)
     if shard.rank == 0:
@@ -212,15 +245,18 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     mine = list(texts)[shard.start:shard.stop]
 
     def encode_mine() -> torch.Tensor:
-        chunks = []
+        local = torch.empty(len(mine), clip.embed_dim, device=device)  # as in encode_images: copied back once
+        in_flight = InFlight(device)
         with eval_mode(clip.model):
             for start in tqdm(range(0, len(mine), batch_size), desc=desc, unit="batch",
                               disable=None if progress else True, leave=False):
-                tokens = clip.tokenize(mine[start:start + batch_size]).to(device)
+                tokens = clip.tokenize(mine[start:start + batch_size]).to(device, non_blocking=True)
                 with (autocast or nullcontext)():
-                    chunks.append(encode_text(clip.model, tokens).float().cpu())
+                    batch = encode_text(clip.model, tokens)
+                local[start:start + len(batch)] = batch
                 encode_counts["text"] += tokens.shape[0]
-        return torch.cat(chunks) if chunks else torch.empty(0, clip.embed_dim)
+                in_flight.push()
+        return local.cpu()
 
     features = shard.collect(encode_mine, clip.embed_dim)
     if shard.rank == 0:

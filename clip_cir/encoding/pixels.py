@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,8 +79,32 @@ class PixelArray:
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(np.array(self.array[index]))
 
+    def rows(self, start: int, stop: int, pin_memory: bool = False) -> torch.Tensor:
+        """Rows start..stop as one uint8 batch: a single copy out of the memory map (into
+        page-locked memory with `pin_memory`, ready for an asynchronous copy to a GPU)."""
+        array = self.array
+        out = torch.empty((stop - start, *array.shape[1:]), dtype=torch.uint8, pin_memory=pin_memory)
+        np.copyto(out.numpy(), array[start:stop])
+        return out
+
     def __getstate__(self) -> dict:
         return {"path": self.path, "_array": None}
+
+
+class PixelBatches:
+    """A pixel cache file in consecutive batches, in order (what extraction reads): one slice copy
+    per batch instead of a per-image read, a stack and a second copy into pinned memory."""
+
+    def __init__(self, pixels: PixelArray, batch_size: int, pin_memory: bool = False):
+        self.pixels, self.batch_size, self.pin_memory = pixels, batch_size, pin_memory
+
+    def __len__(self) -> int:
+        return -(-len(self.pixels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        n = len(self.pixels)
+        for start in range(0, n, self.batch_size):
+            yield self.pixels.rows(start, min(start + self.batch_size, n), self.pin_memory)
 
 
 class PixelDataset(Dataset):
@@ -94,9 +118,17 @@ class PixelDataset(Dataset):
         return self.pixels[index]
 
 
-def pixel_source(paths: Sequence[Path], transform: ImageTransform, cached: PixelArray | None) -> Dataset:
-    """Item i = uint8 pixels of paths[i]: from the pixel cache when there is one, else decoded."""
-    return PixelDataset(cached) if cached is not None else DecodedPixels(paths, transform)
+def image_batches(paths: Sequence[Path], transform: ImageTransform, cached: PixelArray | None, *, batch_size: int,
+                  num_workers: int = 0, pin_memory: bool = False) -> Iterable[torch.Tensor]:
+    """uint8 pixels of `paths` in order, `batch_size` at a time: slices of the pixel cache when there
+    is one, else decoded by `num_workers` worker processes. `pin_memory` (for a CUDA device): in
+    page-locked memory, so the copy to the device can run asynchronously."""
+    if cached is not None:
+        return PixelBatches(cached, batch_size, pin_memory)
+    # Its own generator: encoding (which a warm cache skips) must not advance the global RNG that
+    # training draws from.
+    return DataLoader(DecodedPixels(paths, transform), batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                      pin_memory=pin_memory, generator=torch.Generator())
 
 
 class PixelCache:

@@ -1,12 +1,19 @@
 """Facts about a CLIP's towers that callers rely on: a fingerprint of a tower's weights (feature
-cache keys), and whether a caption batch may be cut to its longest caption, exactly."""
+cache keys), whether a caption batch may be cut to its longest caption, exactly, and the memory
+format a convolutional image tower runs fastest in."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import torch
 from open_clip.model import CLIP
+
+log = logging.getLogger("clip_cir")
+
+MEMORY_FORMATS = ("auto", "on", "off")
+"""`--channels-last` choices: auto = channels-last for a convolutional image tower on a CUDA device."""
 
 
 def tower_fingerprint(model: torch.nn.Module, tower: str) -> str:
@@ -68,7 +75,53 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        projection = model.text_projection
+    projection = model.text_projection
+    if projection is not None:
         x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
     return x
+
+
+def is_convolutional(visual: torch.nn.Module) -> bool:
+    """True for an image tower built of convolutions (ResNet/ModifiedResNet, ConvNeXt, MobileCLIP's
+    conv stages): more than one Conv2d. A ViT's single patch-embedding convolution does not count."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in visual.modules()) > 1
+
+
+def use_channels_last(model: torch.nn.Module, device: torch.device | str, choice: str = "auto") -> bool:
+    """Whether the image tower should run channels-last (NHWC): cuDNN's tensor-core convolutions
+    work in that layout, so a default-layout (NCHW) tower pays a transpose around every one.
+    `choice`: on, off, or auto (on for a convolutional tower on a CUDA device)."""
+    if choice not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format choice {choice!r} (choose from {', '.join(MEMORY_FORMATS)})")
+    if choice != "auto":
+        return choice == "on"
+    return torch.device(device).type == "cuda" and is_convolutional(model.visual)
+
+
+def set_memory_format(model: torch.nn.Module, device: torch.device | str, choice: str = "auto") -> bool:
+    """Put the image tower's 4-D weights in the layout `use_channels_last` picks (in place, the
+    parameters stay the same objects) and return whether it is channels-last. Call it before an
+    optimizer or DDP wraps the model; inputs follow with `tower_input`."""
+    channels_last = use_channels_last(model, device, choice)
+    model.visual.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if channels_last:
+        log.info("image tower in channels-last memory format (--channels-last off: the default layout)")
+    return channels_last
+
+
+def is_channels_last(visual: torch.nn.Module) -> bool:
+    """True when the tower's convolution weights are laid out channels-last (`set_memory_format`):
+    read from the first convolution whose two layouts differ (more than one input channel and a
+    kernel larger than 1x1)."""
+    for module in visual.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            weight = module.weight
+            if weight.ndim == 4 and weight.shape[1] > 1 and weight.shape[2] * weight.shape[3] > 1:
+                return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return False
+
+
+def tower_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An image batch in the tower's layout. Convert uint8 pixels before normalising: a quarter of
+    the bytes to move, and the element-wise normalisation keeps the layout."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images

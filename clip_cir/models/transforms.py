@@ -7,6 +7,7 @@ because features are only reusable when the pixels that produced them are.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -107,12 +108,19 @@ class ImageTransform:
         batches (a transform that does not split) pass through."""
         if batch.dtype != torch.uint8:
             return batch
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+        mean, std = _mean_std(self.mean, self.std, batch.device)
         return batch.to(torch.float32).div(255).sub(mean).div(std)
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.signature})"
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation constants as [3, 1, 1] tensors on `device`, made once: building them per batch
+    is a host-to-device copy that waits for the device (a stall on every batch of a GPU run)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))
 
 
 def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_MEAN,

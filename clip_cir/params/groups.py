@@ -188,12 +188,13 @@ def add_transform_args(parser: Group) -> None:
 def add_encode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoding")
     add_transform_args(group)
-    add_batch_size_arg(group, 64, "images per forward pass (default: %(default)s)")
+    add_batch_size_arg(group, 256, "images per forward pass (default: %(default)s)")
     add_num_workers_arg(group)
     add_feature_cache_args(group)
     add_pixel_cache_args(group)
     add_mixed_precision_arg(group, "no", "autocast precision for encoding on GPUs (default: %(default)s)")
     add_cpu_arg(group, "run on the CPU even when a GPU is available")
+    add_channels_last_arg(group)
 
 
 def add_batch_size_arg(group: Group, default: int, help: str) -> None:
@@ -224,6 +225,15 @@ def add_feature_cache_args(group: Group) -> None:
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="feature cache folder (default: $CLIP_CIR_CACHE/features or ~/.cache/clip_cir/features)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def add_channels_last_arg(group: Group) -> None:
+    """How a convolutional image tower is laid out in memory (`models.towers.set_memory_format`)."""
+    group.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                       help="run a convolutional image tower (ResNet, ConvNeXt, MobileCLIP) in channels-last "
+                            "memory format, which GPU tensor cores convolve fastest; features agree with the "
+                            "default layout to rounding. auto: on for a CUDA device with a convolutional tower "
+                            "(default: %(default)s)")
 
 
 def add_num_workers_arg(group: Group, default: int | None = None) -> None:
@@ -359,6 +369,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     add_num_workers_arg(group)
     add_mixed_precision_arg(group, None, "autocast precision (default: what `accelerate launch`/config says, else no)")
     add_cpu_arg(group, "train on the CPU even when a GPU is available")
+    add_channels_last_arg(group)
     add_skip_missing_arg(group, training=True)
     run = parser.add_argument_group("run directory and tracking")
     add_output_dir_arg(run, "runs are created under this folder (default: %(default)s)", default=Path("runs"))

@@ -94,3 +94,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         saved = [{**group_state, **{k: group[k] for k in KERNEL_FLAGS if k in group}}
                  for group_state, group in zip(saved, optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": saved})
+    # State saved with its parameter in another memory format (a run resumed with another
+    # --channels-last): given the parameter's layout, as fused kernels walk both in memory order.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for key, value in moments.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

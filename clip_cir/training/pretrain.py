@@ -28,6 +28,7 @@ from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelArray
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import ClipEncoder, EpochSampler
@@ -116,15 +117,16 @@ class ImageCaptionPretraining(Stage):
 
     def __init__(self, clip: LoadedCLIP, encoder: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  val_loader: DataLoader, transform: ImageTransform, *, device: torch.device, rank: int,
-                 world_size: int, accum_steps: int):
+                 world_size: int, accum_steps: int, channels_last: bool = False):
         super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
         self.clip, self.val_loader, self.transform, self.device = clip, val_loader, transform, device
+        self.channels_last = channels_last
         self.clip_loss = open_clip.ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
         self.local_clip_loss = open_clip.ClipLoss()  # validation runs on the main process alone: no collectives
 
     def encode(self, encoder: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image features, caption features, temperature rows) of a batch through `encoder`."""
-        return encoder(images=self.transform.normalize(batch["image"].to(self.device)),
+        return encoder(images=self.transform.normalize(tower_input(batch["image"].to(self.device), self.channels_last)),
                        tokens=self.clip.tokenize(batch["caption"], remember=True).to(self.device))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report_skipped_images(run_dir, images)
     device = accelerator.device
     model = clip.model.to(device)
+    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
     progress = not args.no_progress and accelerator.is_main_process
     workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
     cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise
@@ -198,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
     stage = ImageCaptionPretraining(clip, encoder, optimizer, loader, val_loader, transform, device=device,
                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                    accum_steps=args.accum_steps)
+                                    accum_steps=args.accum_steps, channels_last=channels_last)
     before = stage.validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
     if before is not None:
         log.info("held-out contrastive loss before training: %.4f", before)

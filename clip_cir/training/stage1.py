@@ -26,6 +26,7 @@ from clip_cir.evaluation.evaluate import evaluate
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
+from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import (
@@ -68,19 +69,20 @@ class CLIPFineTuning(Stage):
                  transform: ImageTransform, *, device: torch.device, towers: str,
                  image_features: torch.Tensor | None, text_features: torch.Tensor | None,
                  text_offsets: torch.Tensor | None, val_splits: Sequence[CIRSplit], validation_encode: EncodeOptions,
-                 accum_steps: int):
+                 accum_steps: int, channels_last: bool = False):
         super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
         self.clip, self.transform, self.towers = clip, transform, towers
         self.train_text, self.train_image = towers in ("text", "both"), towers in ("image", "both")
-        self.device = device
+        self.device, self.channels_last = device, channels_last
         self.image_features, self.text_features, self.text_offsets = image_features, text_features, text_offsets
         self.val_splits, self.validation_encode = val_splits, validation_encode
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
-        tokens = self.clip.tokenize(batch["caption"], remember=True).to(self.device) if self.train_text else None
-        images = (self.transform.normalize(torch.cat([batch["reference_image"], batch["target_image"]]))
-                  if self.train_image else None)
+        tokens = (self.clip.tokenize(batch["caption"], remember=True).to(self.device, non_blocking=True)
+                  if self.train_text else None)
+        pixels = torch.cat([batch["reference_image"], batch["target_image"]]) if self.train_image else None
+        images = self.transform.normalize(tower_input(pixels, self.channels_last)) if self.train_image else None
         encoded_images, encoded_text = self.model(images=images, tokens=tokens)
         if self.train_image:
             reference, target = encoded_images.chunk(2)
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cache = opt.feature_cache(args)
     device = accelerator.device
     model = clip.model.to(device)
+    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
     for name, param in model.named_parameters():
         param.requires_grad = ((train_image if name.startswith("visual.") else train_text)
                                and not name.startswith(("logit_", "text_decoder.")))  # not in the loss
@@ -153,10 +156,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                              desc="training images (pixels)")
     dataset = TripletDataset(data, args.seed, transform if train_image else None, pixels)
     sampler = EpochSampler(len(dataset), args.seed)
-    # Without an image tower to feed, items are indices and captions; with the pixel cache, a
-    # memory-map read: worker processes would only cost time.
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=workers if train_image and pixels is None else 0, drop_last=True)
+    # Without an image tower to feed, items are indices and captions: no workers. With the pixel
+    # cache, a memory-map read: at most two workers, kept across epochs, read (and on a GPU pin)
+    # the next batches while the device computes this one; none where the CPU does the math.
+    reads = min(workers, 2) if pixels is not None else workers
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=reads if train_image else 0,
+                        drop_last=True, pin_memory=device.type == "cuda" and train_image,
+                        persistent_workers=train_image and pixels is not None and reads > 0)
     optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
@@ -166,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         validation_encode = replace(validation_encode, pixel_cache=opt.pixel_cache(args, repeated=True))
     stage = CLIPFineTuning(clip, encoder, optimizer, loader, transform, device=device, towers=args.encoder,
                            image_features=image_features, text_features=text_features, text_offsets=text_offsets,
-                           val_splits=val_splits, validation_encode=validation_encode, accum_steps=args.accum_steps)
+                           val_splits=val_splits, validation_encode=validation_encode, accum_steps=args.accum_steps,
+                           channels_last=channels_last)
     return train(accelerator, run_dir, stage, args, progress)
 
 

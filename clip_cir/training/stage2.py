@@ -29,6 +29,7 @@ from clip_cir.evaluation.evaluate import metrics_from_features
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import Combiner
+from clip_cir.models.towers import set_memory_format
 from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
 from clip_cir.training.loop import Float32Forward, Selection, Stage, check_batch_fits, train
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     report_skipped_images(run_dir, images)
     device = accelerator.device
     clip.model.to(device).eval().requires_grad_(False)
+    set_memory_format(clip.model, device, args.channels_last)
     cache = opt.feature_cache(args)
     progress = not args.no_progress and accelerator.is_main_process
     encode = EncodeOptions.for_accelerator(accelerator, transform, cache, progress=progress,

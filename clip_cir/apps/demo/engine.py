@@ -27,7 +27,7 @@ from clip_cir.encoding.search import SearchIndex, build_index
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
-from clip_cir.models.towers import encode_text
+from clip_cir.models.towers import encode_text, is_channels_last, tower_input
 
 MAX_CAPTION_CHARS = 1000
 
@@ -106,6 +106,7 @@ class DemoEngine:
         self.index: SearchIndex = build_index(F.normalize(gallery.features, dim=-1), backend,
                                               **(faiss_options or {}))
         self.lock = threading.Lock()
+        self.channels_last = is_channels_last(clip.model.visual)  # the layout the commands set (prepare)
         self.combine_device = next(iter(getattr(combine, "parameters", lambda: iter(()))()),
                                    torch.empty(0)).device
 
@@ -138,7 +139,8 @@ class DemoEngine:
 
     @torch.no_grad()
     def _image_features(self, image: Image.Image) -> torch.Tensor:
-        pixels = self.encode.transform(image.convert("RGB")).unsqueeze(0).to(self.encode.device)
+        pixels = tower_input(self.encode.transform(image.convert("RGB")).unsqueeze(0).to(self.encode.device),
+                             self.channels_last)
         self.clip.model.eval()
         with (self.encode.autocast or nullcontext)():
             features = self.clip.model.encode_image(pixels).float().cpu()
