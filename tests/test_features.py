@@ -166,10 +166,10 @@ def test_pixel_batches_are_the_cached_rows_in_order(val_paths, tmp_path):
 
 
 def test_inference_batch_default_is_one_number():
-    from clip_cir.apps.cli import build_parser
     from clip_cir.encoding.encode import EncodeOptions
     from clip_cir.encoding.features import INFERENCE_BATCH_SIZE
+    from clip_cir.params import cli_parser
 
-    args = build_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])
+    args = cli_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])
     assert args.batch_size == EncodeOptions(transform=build_transform("targetpad", 64)).batch_size
     assert args.batch_size == INFERENCE_BATCH_SIZE == 256

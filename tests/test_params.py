@@ -61,7 +61,7 @@ def test_an_option_shared_by_programs_keeps_each_programs_default():
     data = ["--dataset", "cirr", "--data-root", "d"]
     assert params.stage1_parser().parse_args(data).batch_size == 128
     assert params.stage2_parser().parse_args(data).batch_size == 4096
-    assert params.cli_parser().parse_args(["eval", *data]).batch_size == 64
+    assert params.cli_parser().parse_args(["eval", *data]).batch_size == 256
     assert params.quickstart_parser().parse_args([]).num_workers == 1
     assert params.stage1_parser().parse_args(data).num_workers is None
 

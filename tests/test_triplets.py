@@ -222,7 +222,7 @@ def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_chec
     (tmp_path / "queries.csv").write_text("reference,caption\nshop/tops/a.png,make it red\n"
                                           "shop/dresses/c.png,shorter\n")
     ranks = tmp_path / "ranks.json"
-    result = cli("rank", "--gallery-dir", shop, "--queries", tmp_path / "queries.csv", "--pretrained",
+    result = cli("rank", "--gallery-dir", shop, "--query-file", tmp_path / "queries.csv", "--pretrained",
                  tiny_checkpoint, "--top-k", "3", "--output", ranks)
     assert result.code == 0, result.err
     written = json.loads(ranks.read_text())
@@ -232,7 +232,7 @@ def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_chec
     assert "tops/a.png" not in [r["name"] for r in first["ranking"]]  # the reference is not its own answer
     assert {r["name"] for q in written["queries"] for r in q["ranking"]} <= set(names)
     (tmp_path / "bad.csv").write_text("reference,caption\nelsewhere/x.png,red\n")
-    result = cli("rank", "--gallery-dir", shop, "--queries", tmp_path / "bad.csv", "--pretrained", tiny_checkpoint,
+    result = cli("rank", "--gallery-dir", shop, "--query-file", tmp_path / "bad.csv", "--pretrained", tiny_checkpoint,
                  "--output", tmp_path / "none.json")
     assert result.code == 2 and "bad.csv:2: reference 'elsewhere/x.png' is not an image of the gallery folder" \
         in result.err and not (tmp_path / "none.json").exists()

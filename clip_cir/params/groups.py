@@ -71,10 +71,14 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = "
     if split:
         add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
                                             "(default: %(default)s)")
-    group.add_argument("--fashioniq-categories", nargs="+", default=list(CATEGORIES), metavar="CAT",
-                       help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
+    add_fashioniq_categories_arg(group, list(CATEGORIES))
     add_circo_args(group)
     add_triplet_args(group)
+
+
+def add_fashioniq_categories_arg(group: Group, default: list[str] | None) -> None:
+    group.add_argument("--fashioniq-categories", nargs="+", default=default, metavar="CAT",
+                       help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
 
 
 def add_triplet_args(group: Group) -> None:
@@ -307,13 +311,13 @@ def image_check(args: argparse.Namespace, training: bool = False) -> ImageCheck:
 
 def load_data(args: argparse.Namespace, split: str | None = None, images: ImageCheck | None = None) -> list[CIRSplit]:
     """The split(s) the command line names: a dataset's, or with --gallery-dir a folder of photos
-    (with --queries, the queries of a CSV)."""
+    (with --query-file, the queries of a CSV)."""
     images = images or image_check(args)
     if getattr(args, "gallery_dir", None):
         from clip_cir.data.folder import folder_gallery, folder_queries
 
         gallery = folder_gallery(args.gallery_dir, images)
-        queries = getattr(args, "queries", None)
+        queries = getattr(args, "query_file", None)
         return [folder_queries(gallery, queries, triplet_format(args)) if queries else gallery]
     missing = [flag for flag, value in (("--dataset", args.dataset), ("--data-root", args.data_root))
                if value is MISSING]
@@ -329,7 +333,7 @@ def add_gallery_dir_arg(group: Group, queries: bool) -> None:
     group.add_argument("--gallery-dir", type=Path, default=None,
                        help="search every image under this folder (recursively) instead of a dataset's gallery")
     if queries:
-        group.add_argument("--queries", type=Path, default=None,
+        group.add_argument("--query-file", type=Path, default=None,
                            help="with --gallery-dir: CSV/TSV/JSONL of queries (reference image path relative to "
                                 "the file or absolute, caption; --csv-*-key name the columns)")
 

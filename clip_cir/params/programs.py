@@ -23,6 +23,7 @@ from clip_cir.params.groups import (
     add_data_args,
     add_data_root_arg,
     add_encode_args,
+    add_fashioniq_categories_arg,
     add_feature_cache_args,
     add_gallery_dir_arg,
     add_model_args,
@@ -280,8 +281,7 @@ def cli_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=[d for d in DATASETS if d != "triplets"], help="the benchmark")
     add_data_root_arg(p, "folder containing the benchmark in its published layout")
     add_output_arg(p, "folder to write (new or empty)", required=True)
-    p.add_argument("--fashioniq-categories", nargs="+", default=None, metavar="CAT",
-                   help="FashionIQ categories (default: all three)")
+    add_fashioniq_categories_arg(p, None)
     add_circo_args(p)
 
     p = sub.add_parser("export",
