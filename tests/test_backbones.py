@@ -179,6 +179,20 @@ def test_missing_package_is_one_line_naming_what_to_install(name, missing, expec
     assert result.err.strip().splitlines() == [f"clip-cir: error: {expected}"]
 
 
+def test_too_old_package_is_one_line_asking_for_a_newer_one(cli, synth_root, hf_standins, monkeypatch):
+    import importlib.machinery
+    import types
+
+    old = types.ModuleType("transformers")  # installed, but without the name open_clip imports
+    old.__spec__ = importlib.machinery.ModuleSpec("transformers", None)
+    monkeypatch.setitem(sys.modules, "transformers", old)
+    result = cli("eval", *_common(synth_root), "--model", "cir-tiny-siglip")
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("clip-cir: error: cir-tiny-siglip needs a newer transformers: "
+                           "pip install -U 'clip-cir[hf]' (cannot import name 'AutoTokenizer'")
+
+
 def test_missing_package_in_a_checkpoint_reload_is_one_line(cli, synth_root, hf_standins, tmp_path, monkeypatch):
     result = cli("finetune", *_common(synth_root), "--model", "cir-tiny-siglip", "--epochs", "1", "--batch-size", "60",
                  "--lr", "1e-3", "--output-dir", tmp_path, "--no-progress", "--experiment-name", "s1")

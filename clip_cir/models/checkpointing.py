@@ -74,8 +74,11 @@ def checkpoint_module(module: nn.Module) -> None:
         return
     if cls not in _CLASSES:
         name = f"Checkpointed{cls.__name__}"
-        _CLASSES[cls] = type(name, (Checkpointed, cls), {"__module__": __name__, "__qualname__": name})
-        globals().setdefault(name, _CLASSES[cls])  # picklable by name
+        while name in globals():  # another class of the same name (from another module)
+            name += "_"
+        # Registered under its name in this module, so that models with checkpointed modules pickle.
+        _CLASSES[cls] = globals()[name] = type(name, (Checkpointed, cls), {"__module__": __name__,
+                                                                           "__qualname__": name})
     module.__class__ = _CLASSES[cls]
 
 

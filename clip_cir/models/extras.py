@@ -11,6 +11,7 @@ neither cached nor downloadable, into one `CIRError` line.
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -61,7 +62,13 @@ def backbone_requirements(name: str, config: dict | None, part: str) -> Iterator
     try:
         yield
     except ImportError as e:
-        package = (e.name or "").split(".")[0] or _first_line(e)
+        package = (e.name or "").split(".")[0]
+        if not package:
+            raise CIRError(f"{name}: {_first_line(e)}") from None
+        if importlib.util.find_spec(package) is not None:  # installed, but without what open_clip imports
+            extra = EXTRAS.get(package)
+            install = f"pip install -U 'clip-cir[{extra}]'" if extra else f"pip install -U {package}"
+            raise CIRError(f"{name} needs a newer {package}: {install} ({_first_line(e)})") from None
         raise CIRError(missing_package_message(name, config, part, package)) from None
     except RuntimeError as e:
         text = str(e)
