@@ -8,7 +8,7 @@ them. This prints ONE table, every row measured in this run:
 
   - reading: `load_triplets` of a CSV with N rows (paths only: no image is opened,
     `ImageCheck(require_files=False)`), each in a fresh process: wall time and the peak resident
-    memory added by reading (peak RSS minus the RSS after imports), per row too;
+    memory the read splits hold (RSS after reading minus RSS after imports), per row too;
   - first step: `stage1/finetune.py --encoder both --pixel-cache off` (images decoded by the
     loader, as where the pixel cache would not fit) on a `--first-step-rows`-row file over
     `--images` rendered 500x375 PNG photos, from the call of the program to the end of its first
@@ -28,7 +28,7 @@ from pathlib import Path
 from common import header, markdown_table, render_photos, status, workspace
 
 READ_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.triplets import load_triplets
@@ -38,8 +38,7 @@ before = rss_kb()
 start = time.perf_counter()
 splits = load_triplets(Path(sys.argv[1]), "train", images=ImageCheck(require_files=False))
 seconds = time.perf_counter() - start
-peak = max(rss_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-print(json.dumps({"seconds": seconds, "kb": peak - before, "queries": len(splits[0].queries)}))
+print(json.dumps({"seconds": seconds, "kb": rss_kb() - before, "queries": len(splits[0].queries)}))
 """
 
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = first_step_seconds(root / "first", args.first_step_rows, args.images, args.seed)
         table.append([f"stage 1 both, {args.first_step_rows:,} rows: call to first step", f"{seconds:.1f} s", "", ""])
     print(header("Large triplet files", sys.argv[1:] if argv is None else argv))
-    print(markdown_table(["measure", "time", "peak RSS added", "per row"], table))
+    print(markdown_table(["measure", "time", "RSS added", "per row"], table))
 
 
 if __name__ == "__main__":
