@@ -87,8 +87,9 @@ class LoadedCLIP:
         """Gradient checkpointing on every tower that allows it, ResNet ones included: {tower: checkpointed}."""
         return enable_grad_checkpointing(self.model)
 
-    def tokenize(self, texts: list[str], remember: bool = False) -> torch.Tensor:
-        """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`).
+    def tokenize(self, texts: list[str], remember: bool = False, length_multiple: int = 1) -> torch.Tensor:
+        """Token ids, cut to the batch's longest caption where that is exact (`trim_tokens`, which
+        also takes `length_multiple`).
 
         `remember`: for training, which sees the same captions every epoch while open_clip's BPE
         runs in Python: each caption's ids are kept after its first batch, up to
@@ -97,13 +98,13 @@ class LoadedCLIP:
         """
         texts = list(texts)
         if not (remember and texts) or getattr(self.tokenizer, "reduction_fn", None) is not None:
-            return trim_tokens(self.model, self.tokenizer(texts))
+            return trim_tokens(self.model, self.tokenizer(texts), length_multiple)
         missing = list(dict.fromkeys(t for t in texts if t not in self._token_rows))
         if len(self._token_rows) + len(missing) > TOKEN_CACHE_ROWS:
-            return trim_tokens(self.model, self.tokenizer(texts))
+            return trim_tokens(self.model, self.tokenizer(texts), length_multiple)
         if missing:
             self._token_rows.update(zip(missing, self.tokenizer(missing).to(torch.int32)))
-        return trim_tokens(self.model, torch.stack([self._token_rows[t] for t in texts]).long())
+        return trim_tokens(self.model, torch.stack([self._token_rows[t] for t in texts]).long(), length_multiple)
 
 
 class _NoRandomInitWarning(logging.Filter):

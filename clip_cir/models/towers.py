@@ -12,6 +12,11 @@ from open_clip.model import CLIP
 
 log = logging.getLogger("clip_cir")
 
+COMPILED_LENGTH_MULTIPLE = 16
+"""Under `--compile` a trimmed caption batch is padded up to a multiple of this many tokens, so a
+77-token tower sees at most 5 lengths and compiles a graph for each once, instead of once per
+distinct longest caption (the padding is after every EOT token: features are unchanged)."""
+
 MEMORY_FORMATS = ("auto", "on", "off")
 """`--channels-last` choices: auto = channels-last for a convolutional image tower on a CUDA device."""
 
@@ -42,8 +47,9 @@ def can_trim_text(model: torch.nn.Module) -> bool:
             and (model.text_pool_type == "argmax" or getattr(model, "text_eos_id", None) is not None))
 
 
-def trim_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """`tokens` cut to the longest caption of the batch (through its EOT token), when exact.
+def trim_tokens(model: torch.nn.Module, tokens: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """`tokens` cut to the longest caption of the batch (through its EOT token), when exact;
+    with `multiple`, to the next multiple of it (at most the full length).
 
     CLIP text towers are causal and pool at the EOT token, so positions after it never reach
     the output: captions of 10-30 tokens need not pay for 77.
@@ -54,7 +60,8 @@ def trim_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         eot = tokens.argmax(dim=-1)
     else:
         eot = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    return tokens[:, : int(eot.max()) + 1]
+    length = -(-(int(eot.max()) + 1) // multiple) * multiple
+    return tokens[:, : min(length, tokens.shape[1])]
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

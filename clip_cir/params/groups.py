@@ -240,6 +240,15 @@ def add_channels_last_arg(group: Group) -> None:
                             "(default: %(default)s)")
 
 
+def add_compile_arg(group: Group) -> None:
+    """`--compile` for the programs that train CLIP towers (`training.datasets.ClipEncoder`)."""
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the trained towers' forward and backward (as open_clip's "
+                            "--torchcompile): the first steps compile, later ones run faster; caption batches "
+                            "are padded to a multiple of 16 tokens so few lengths compile; validation runs "
+                            "uncompiled")
+
+
 def add_num_workers_arg(group: Group, default: int | None = None) -> None:
     """--num-workers: automatic (None) for the programs that load data, a number for the quickstart."""
     group.add_argument("--num-workers", type=int, default=default,

@@ -19,6 +19,7 @@ from clip_cir.params.groups import (
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
+    add_compile_arg,
     add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
@@ -94,6 +95,7 @@ def stage1_parser(prog: str = "stage1/finetune.py", required: bool = True) -> ar
     add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
                       name="stage1")
     add_accum_arg(parser.add_argument_group("memory"))
+    add_compile_arg(parser.add_argument_group("speed"))
     return parser
 
 
@@ -131,6 +133,7 @@ def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> a
     add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
                       name="pretrain")
     add_accum_arg(parser.add_argument_group("memory"))
+    add_compile_arg(parser.add_argument_group("speed"))
     parser.set_defaults(dataset="captions")  # what the run directory's name and config call its data
     return parser
 

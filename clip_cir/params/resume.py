@@ -23,7 +23,7 @@ ParserBuilder = Callable[..., argparse.ArgumentParser]
 options default to `MISSING` (a resumed run's config supplies them)."""
 
 RESUME_OVERRIDABLE = ("epochs", "num_workers", "no_progress", "cpu", "cache_dir", "no_cache", "pixel_cache",
-                      "pixel_cache_dir", "accum_steps", "log_every", "channels_last")
+                      "pixel_cache_dir", "accum_steps", "log_every", "channels_last", "compile")
 """What a resumed run may change: how long and how it runs, not what it trains."""
 
 _NOT_GIVEN = object()

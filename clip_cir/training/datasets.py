@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -16,7 +17,7 @@ from clip_cir.data.io import load_image
 from clip_cir.data.types import CIRSplit, Query
 from clip_cir.encoding import features
 from clip_cir.encoding.pixels import PixelArray
-from clip_cir.models.towers import encode_text
+from clip_cir.models.towers import COMPILED_LENGTH_MULTIPLE, encode_text
 from clip_cir.models.transforms import ImageTransform
 
 
@@ -84,20 +85,33 @@ class TripletDataset(Dataset):
 
 
 class ClipEncoder(nn.Module):
-    """CLIP's two encoders behind one forward, so DDP sees every training forward pass."""
+    """CLIP's two encoders behind one forward, so DDP sees every training forward pass.
 
-    def __init__(self, clip_model: nn.Module):
+    `compile`: the two towers' encoders go through `torch.compile` (static shapes: training
+    batches have one size, and `COMPILED_LENGTH_MULTIPLE` keeps caption lengths few). The
+    compiled functions share the model's parameters and are not submodules, so the model's
+    saved keys stay its own; validation calls the model itself, uncompiled."""
+
+    def __init__(self, clip_model: nn.Module, compile: bool = False):
         super().__init__()
         self.clip = clip_model
+        self.compiled = compile
+        encoders = (clip_model.encode_image, partial(encode_text, clip_model))
+        self._encoders = tuple(torch.compile(f, dynamic=False) for f in encoders) if compile else encoders
+
+    @property
+    def length_multiple(self) -> int:
+        """Caption batches are padded to a multiple of this (`LoadedCLIP.tokenize`)."""
+        return COMPILED_LENGTH_MULTIPLE if self.compiled else 1
 
     def forward(self, images: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         image_features = text_features = None
         if images is not None:
-            image_features = self.clip.encode_image(images)
+            image_features = self._encoders[0](images)
             features.encode_counts["image"] += images.shape[0]
         if tokens is not None:
-            text_features = encode_text(self.clip, tokens)
+            text_features = self._encoders[1](tokens)
             features.encode_counts["text"] += tokens.shape[0]
         return image_features, text_features
 

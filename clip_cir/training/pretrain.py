@@ -117,8 +117,10 @@ class ImageCaptionPretraining(Stage):
 
     def __init__(self, clip: LoadedCLIP, encoder: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  val_loader: DataLoader, transform: ImageTransform, *, device: torch.device, rank: int,
-                 world_size: int, accum_steps: int, channels_last: bool = False):
+                 world_size: int, accum_steps: int, channels_last: bool = False, length_multiple: int = 1):
         super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
+        self.length_multiple = length_multiple
+        """Caption batches are padded to a multiple of this many tokens (`ClipEncoder.length_multiple`)."""
         self.clip, self.val_loader, self.transform, self.device = clip, val_loader, transform, device
         self.channels_last = channels_last
         self.clip_loss = open_clip.ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
@@ -127,7 +129,8 @@ class ImageCaptionPretraining(Stage):
     def encode(self, encoder: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image features, caption features, temperature rows) of a batch through `encoder`."""
         return encoder(images=self.transform.normalize(tower_input(batch["image"].to(self.device), self.channels_last)),
-                       tokens=self.clip.tokenize(batch["caption"], remember=True).to(self.device))
+                       tokens=self.clip.tokenize(batch["caption"], remember=True,
+                                                 length_multiple=self.length_multiple).to(self.device))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.encode(self.model, batch)
@@ -198,10 +201,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                betas=(0.9, 0.98), eps=1e-6)
     # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
     optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
-    encoder, optimizer, loader = accelerator.prepare(ImageCaptionEncoder(model), optimizer, loader)
+    encoder = ImageCaptionEncoder(model, compile=args.compile)
+    length_multiple = encoder.length_multiple
+    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
     stage = ImageCaptionPretraining(clip, encoder, optimizer, loader, val_loader, transform, device=device,
                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                    accum_steps=args.accum_steps, channels_last=channels_last)
+                                    accum_steps=args.accum_steps, channels_last=channels_last,
+                                    length_multiple=length_multiple)
     before = stage.validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
     if before is not None:
         log.info("held-out contrastive loss before training: %.4f", before)

@@ -69,9 +69,11 @@ class CLIPFineTuning(Stage):
                  transform: ImageTransform, *, device: torch.device, towers: str,
                  image_features: torch.Tensor | None, text_features: torch.Tensor | None,
                  text_offsets: torch.Tensor | None, val_splits: Sequence[CIRSplit], validation_encode: EncodeOptions,
-                 accum_steps: int, channels_last: bool = False):
+                 accum_steps: int, channels_last: bool = False, length_multiple: int = 1):
         super().__init__(encoder, optimizer, loader, accum_steps=accum_steps)
         self.clip, self.transform, self.towers = clip, transform, towers
+        self.length_multiple = length_multiple
+        """Caption batches are padded to a multiple of this many tokens (`ClipEncoder.length_multiple`)."""
         self.train_text, self.train_image = towers in ("text", "both"), towers in ("image", "both")
         self.device, self.channels_last = device, channels_last
         self.image_features, self.text_features, self.text_offsets = image_features, text_features, text_offsets
@@ -79,8 +81,10 @@ class CLIPFineTuning(Stage):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(query, target) per triplet: norm(f_I(r) + f_T(t)) and norm(f_I(target))."""
-        tokens = (self.clip.tokenize(batch["caption"], remember=True).to(self.device, non_blocking=True)
-                  if self.train_text else None)
+        tokens = None
+        if self.train_text:
+            tokens = self.clip.tokenize(batch["caption"], remember=True, length_multiple=self.length_multiple)
+            tokens = tokens.to(self.device, non_blocking=True)
         pixels = torch.cat([batch["reference_image"], batch["target_image"]]) if self.train_image else None
         images = self.transform.normalize(tower_input(pixels, self.channels_last)) if self.train_image else None
         encoded_images, encoded_text = self.model(images=images, tokens=tokens)
@@ -165,7 +169,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                         persistent_workers=train_image and pixels is not None and reads > 0)
     optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
-    encoder, optimizer, loader = accelerator.prepare(ClipEncoder(model), optimizer, loader)
+    encoder = ClipEncoder(model, compile=args.compile)
+    length_multiple = encoder.length_multiple
+    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
 
     validation_encode = encode.full_precision().on_this_process().without_cache(images=train_image, texts=train_text)
     if train_image:  # the gallery is encoded again at every validation
@@ -173,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     stage = CLIPFineTuning(clip, encoder, optimizer, loader, transform, device=device, towers=args.encoder,
                            image_features=image_features, text_features=text_features, text_offsets=text_offsets,
                            val_splits=val_splits, validation_encode=validation_encode, accum_steps=args.accum_steps,
-                           channels_last=channels_last)
+                           channels_last=channels_last, length_multiple=length_multiple)
     return train(accelerator, run_dir, stage, args, progress)
 
 
