@@ -15,9 +15,12 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
     full-length text; `common.published_text_epochs`);
   - stage1-both: stage 1 `--encoder both` triplets/s, the real program with its pixel cache and
     `--channels-last auto`, then `--channels-last off`, then also `--pixel-cache off` (decoding
-    every epoch, `--num-workers` automatic). Stage-1 rows train on synthetic CIRR data rendered
-    at the largest input size, `--train` triplets, batch `--batch-size`; triplets/s from the
-    steady epochs (2..N) of `train_metrics.csv`;
+    every epoch, `--num-workers` automatic);
+  - stage1-compile (only when asked for): `--encoder text --compile` and `--encoder both
+    --compile`, each against its uncompiled row (epoch 1, which compiles, is not timed).
+    Stage-1 rows train on synthetic CIRR data rendered at the largest input size, `--train`
+    triplets, batch `--batch-size`; triplets/s from the steady epochs (2..N) of
+    `train_metrics.csv`;
   - stage2: a stage-2 epoch on `--stage2-triplets` random-feature triplets at batch
     `--stage2-batch-size`, Combiner at its default size (4x/8x the embedding), through the
     library's loop and `FeatureBatches` (`common.stage2_epochs`; median of epochs 2..N);
@@ -72,7 +75,7 @@ from common import (
     workspace,
 )
 from compute import matmul_peak, measure_flops, tower_rate, trimmed_caption_length
-from gpu_report import GROUPS, ROWS, STAGE1, Column, print_report
+from gpu_report import DEFAULT_GROUPS, GROUPS, ROWS, STAGE1, Column, print_report
 
 from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, encode_images
 from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset
@@ -92,7 +95,8 @@ def stage1_rows(column: Column, keys: list[str], data_root: Path, root: Path, ar
                                   num_workers=None, seed=args.seed)
     runs = {"text": ["--encoder", "text"], "both": ["--encoder", "both"],
             "both_nchw": ["--encoder", "both", "--channels-last", "off"],
-            "both_decoded": ["--encoder", "both", "--pixel-cache", "off", "--channels-last", "off"]}
+            "both_decoded": ["--encoder", "both", "--pixel-cache", "off", "--channels-last", "off"],
+            "text_compiled": ["--encoder", "text", "--compile"], "both_compiled": ["--encoder", "both", "--compile"]}
     for key in [k for k in runs if k in keys]:
         status(f"{column.title}: stage 1 {' '.join(runs[key])} ...")
         reset_accelerator_state()  # the program builds its own Accelerator with --mixed-precision
@@ -199,9 +203,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="open_clip models, random init (default: RN50x4 ViT-B-16; with --smoke: the tiny ones)")
     parser.add_argument("--precisions", nargs="+", choices=("fp16", "bf16"), default=["fp16", "bf16"],
                         help="mixed precisions (default: %(default)s; a CPU runs bf16 only)")
-    parser.add_argument("--rows", nargs="+", choices=[*GROUPS, *(key for key, _ in ROWS)], default=list(GROUPS),
+    parser.add_argument("--rows", nargs="+", choices=[*GROUPS, *(key for key, _ in ROWS)], default=DEFAULT_GROUPS,
                         metavar="ROWS", help=f"row groups ({', '.join(GROUPS)}) or single rows "
-                                             f"({', '.join(key for key, _ in ROWS)}) to measure (default: all)")
+                                             f"({', '.join(key for key, _ in ROWS)}) to measure (default: all "
+                                             "groups but stage1-compile)")
     parser.add_argument("--train", type=int, default=1024,
                         help="stage-1 synthetic CIRR triplets (default: %(default)s)")
     parser.add_argument("--val", type=int, default=50,

@@ -17,6 +17,9 @@ ROWS = (
     ("both_nchw", "stage 1 `--encoder both`, pixel cache, `--channels-last off` (triplets/s)"),
     ("both_decoded", "stage 1 `--encoder both`, `--pixel-cache off --channels-last off`: decoded every epoch "
                      "(triplets/s)"),
+    ("text_compiled", "stage 1 `--encoder text --compile` (triplets/s; x = of `--encoder text`)"),
+    ("both_compiled", "stage 1 `--encoder both --compile`, pixel cache, `--channels-last auto` (triplets/s; "
+                      "x = of `--encoder both`)"),
     ("stage2", "stage 2 epoch, {stage2_triplets:,} triplets, batch {stage2_batch_size} (s)"),
     ("tower_forward", "image tower alone, forward, batch {inference_batch_size}, channels-last (images/s)"),
     ("tower_forward_nchw", "image tower alone, forward, batch {inference_batch_size}, default layout (images/s)"),
@@ -30,16 +33,20 @@ ROWS = (
 )
 """Table rows: key and label."""
 GROUPS = {"stage1-text": ("text", "text_published"), "stage1-both": ("both", "both_nchw", "both_decoded"),
+          "stage1-compile": ("text_compiled", "both_compiled"),
           "stage2": ("stage2",),
           "tower": ("tower_forward", "tower_forward_nchw", "tower_train", "tower_train_nchw"),
           "extraction": ("extract_cached", "extract_decoded"), "loader": ("loader_cached", "loader_decoded")}
 BASELINES = {"text": "text_published", "both": "both_nchw", "both_nchw": "both_decoded",
+             "text_compiled": "text", "both_compiled": "both",
              "tower_forward": "tower_forward_nchw", "tower_train": "tower_train_nchw",
              "loader_cached": "loader_decoded"}
 """A row's ratio is to this row (`extract_cached`'s: the bare forward in the layout it ran in)."""
 LOWER_IS_BETTER = {"stage2"}
-STAGE1 = set(GROUPS["stage1-text"] + GROUPS["stage1-both"])
+STAGE1 = set(GROUPS["stage1-text"] + GROUPS["stage1-both"] + GROUPS["stage1-compile"])
 """The rows that train on synthetic CIRR data."""
+DEFAULT_GROUPS = [g for g in GROUPS if g != "stage1-compile"]
+"""What `gpu.py` measures unless `--rows` says: compiling costs a minute or more per run."""
 
 
 @dataclass
