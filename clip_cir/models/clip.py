@@ -34,10 +34,12 @@ from clip_cir.models.checkpointing import enable_grad_checkpointing
 from clip_cir.models.checkpoints import read_safetensors
 from clip_cir.models.extras import backbone_requirements
 from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
+from clip_cir.models.tiny_timm import register as register_tiny_timm_models
 from clip_cir.models.towers import trim_tokens
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
+register_tiny_timm_models()  # the timm image tower `cir-tiny-eva` names
 OPENAI_STRIP_KEYS = ("input_resolution", "context_length", "vocab_size")
 TOKEN_CACHE_ROWS = 100_000
 """Training captions whose token ids `LoadedCLIP.tokenize(..., remember=True)` keeps: about 1 KB
