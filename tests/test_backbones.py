@@ -256,3 +256,26 @@ def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_p
     start = load_clip("cir-tiny-siglip").model.state_dict()
     assert torch.equal(trained["logit_bias"], start["logit_bias"])
     assert any(_changed(start, trained, "text")) and not any(_changed(start, trained, "image"))
+
+
+def test_two_processes_pretrain_a_siglip_style_model(synth_root, hf_standins, tmp_path):
+    """`clip-cir pretrain` uses CLIP's loss, in which SigLIP's logit bias takes no part: it stays
+    frozen, so DDP (which needs every parameter it trains in the loss) runs on 2 processes."""
+    import os
+    import subprocess
+
+    from test_training import ddp_launcher
+
+    args = ["pretrain", "--train-data", synth_root / "pretrain_captions.csv", "--model", "cir-tiny-siglip",
+            "--epochs", "1", "--batch-size", "16", "--output-dir", tmp_path, "--experiment-name", "ddp",
+            "--num-workers", "0", "--no-progress", "--cpu"]
+    cmd = [sys.executable, *ddp_launcher(2), "-m", "clip_cir.apps.cli", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2 |" in result.stderr
+    trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
+    seed_everything(0)
+    start = load_clip("cir-tiny-siglip").model.state_dict()
+    assert torch.equal(trained["logit_bias"], start["logit_bias"])
+    assert any(_changed(start, trained, "text")) and any(_changed(start, trained, "image"))
