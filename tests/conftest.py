@@ -8,7 +8,7 @@
   published-format checkpoint, for tests that need fixed weights across several commands.
 - ``tiny_runs``: a real 1-epoch stage-1 run and a 2-epoch stage-2 run on it (session-wide).
 - ``cli``: run ``clip-cir`` in-process and get exit code, stdout and stderr back.
-- ``hf_standins``: tiny Hugging Face tokenizers and text model in the session's HF cache, for the
+- ``hf_standins``: tiny Hugging Face tokenizers and text models in the session's HF cache, for the
   tiny SigLIP-style and HF-text-tower configs.
 - huggingface_hub (and open_clip through it) sees a session temp dir as its home and cache, no
   token, and ``HF_HUB_OFFLINE=1`` (set at import, inherited by subprocesses): no test reads the
@@ -85,10 +85,10 @@ def data_copy(synth_root, tmp_path):
 @pytest.fixture(scope="session")
 def hf_standins(synth_root) -> dict[str, Path]:
     """Tiny stand-ins of the Hugging Face repositories the tiny SigLIP-style (``cir-tiny-siglip``:
-    tokenizer ``timm/ViT-B-16-SigLIP``) and HF-text-tower (``cir-tiny-hftext``: a 2-layer RoBERTa
-    and its tokenizer) configs name, in the real file formats, written into the session's Hugging
-    Face cache so they load offline: ``{repo_id: snapshot folder}``. Tokenizers are trained on
-    ``synth_root``'s captions (see ``tests/hf_standins.py``)."""
+    tokenizer ``timm/ViT-B-16-SigLIP``) and HF-text-tower (``cir-tiny-hftext``, ``cir-tiny-xlmr``: a
+    2-layer RoBERTa or XLM-RoBERTa and its tokenizer) configs name, in the real file formats,
+    written into the session's Hugging Face cache so they load offline: ``{repo_id: snapshot
+    folder}``. Tokenizers are trained on ``synth_root``'s captions (see ``tests/hf_standins.py``)."""
     from hf_standins import build_hf_standins, dataset_captions
 
     return build_hf_standins(Path(os.environ["HF_HUB_CACHE"]), dataset_captions(synth_root))

@@ -8,6 +8,10 @@ naming them load offline (`HF_HUB_OFFLINE=1`) through transformers' and open_cli
 - `hf-internal-testing/tiny-random-RobertaModel` (the text tower of `cir-tiny-hftext`): a
   2-layer RoBERTa `config.json` + `model.safetensors` and a byte-level BPE tokenizer
   (`tokenizer.json`, `vocab.json`, `merges.txt`, configs), RoBERTa's special tokens and ids.
+- `hf-internal-testing/tiny-random-XLMRobertaModel` (the text tower of `cir-tiny-xlmr`, as
+  `xlm-roberta-base` is that of `xlm-roberta-base-ViT-B-32`): a 2-layer XLM-RoBERTa `config.json` +
+  `model.safetensors` and a SentencePiece-style Unigram `tokenizer.json` as XLM-R's (NFKC,
+  Metaspace, `<s> $A </s>`), with XLM-R's ids: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<mask>` last.
 
 Contents are ours (vocabularies trained on the synthetic captions, seeded random weights); the
 file names, formats and cache layout are those of the real repositories.
@@ -25,6 +29,7 @@ from typing import Iterable
 
 SIGLIP_TOKENIZER = "timm/ViT-B-16-SigLIP"
 HF_TEXT_MODEL = "hf-internal-testing/tiny-random-RobertaModel"
+XLMR_TEXT_MODEL = "hf-internal-testing/tiny-random-XLMRobertaModel"
 REVISION = "5a11ca5e" * 5
 """The commit hash `refs/main` points at for every stand-in."""
 
@@ -100,12 +105,51 @@ def roberta_files(folder: Path, captions: list[str]) -> None:
     RobertaModel(config, add_pooling_layer=False).save_pretrained(str(folder))
 
 
+def xlm_roberta_files(folder: Path, captions: list[str]) -> None:
+    import torch
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tokenizer.train_from_iterator(captions, trainer)
+    tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])  # the last id, as in XLM-R
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+               "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(folder / "tokenizer_config.json", {**special, "tokenizer_class": "XLMRobertaTokenizer",
+                                                   "model_max_length": 512})
+    config = XLMRobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=37, max_position_embeddings=514,
+                              type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(str(folder))
+
+
 def build_hf_standins(cache: Path, captions: list[str]) -> dict[str, Path]:
     """Install every stand-in into the Hugging Face cache folder `cache`: repo id -> snapshot folder."""
     snapshots = {}
     with tempfile.TemporaryDirectory() as staging:
         for repo_id, write, missing in ((SIGLIP_TOKENIZER, siglip_tokenizer_files, ["config.json"]),
-                                        (HF_TEXT_MODEL, roberta_files, [])):
+                                        (HF_TEXT_MODEL, roberta_files, []),
+                                        (XLMR_TEXT_MODEL, xlm_roberta_files, [])):
             folder = Path(staging) / repo_id.replace("/", "--")
             folder.mkdir()
             write(folder, captions)

@@ -1,6 +1,7 @@
 """Every backbone family through the toolkit, offline, on tiny configs: ResNet, ViT, SigLIP-style
-(Hugging Face tokenizer, no causal mask, last-token pooling, logit bias), a Hugging Face text tower
-(RoBERTa), ConvNeXt and EVA (timm image towers). Stage 1 (text and both towers), stage 2 and
+(Hugging Face tokenizer, no causal mask, last-token pooling, logit bias), Hugging Face text towers
+(RoBERTa, and multilingual XLM-RoBERTa as in `xlm-roberta-base-ViT-B-32`), ConvNeXt and EVA02
+(timm image towers). Stage 1 (text and both towers), stage 2 and
 `clip-cir eval` of what they wrote; text trimming exact or off per family; a missing optional
 package or an uncached Hugging Face repository as one error line."""
 
@@ -19,12 +20,12 @@ from clip_cir.models.clip import CONFIG_DIR, load_clip
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
 from clip_cir.training.run import seed_everything
 
-MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-convnext"]
-"""Families run through eval, stage 1 and stage 2 (EVA's timm ViT takes 224-px images: too slow
-for a CPU matrix; it is built and checked below)."""
+MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
+          "cir-tiny-eva"]
+"""Families run through eval, stage 1 and stage 2."""
 
 TRIMS = {"cir-tiny-rn": True, "cir-tiny-vit": True, "cir-tiny-convnext": True,
-         "cir-tiny-siglip": False, "cir-tiny-hftext": False, "cir-tiny-eva": False}
+         "cir-tiny-siglip": False, "cir-tiny-hftext": False, "cir-tiny-xlmr": False, "cir-tiny-eva": False}
 """Whether a family's text tower may be cut to the batch's longest caption: causal EOT-pooling
 `CLIP` towers only. SigLIP (no causal mask, last-token pooling) and Hugging Face towers
 (bidirectional) must not be; EVA's causal tower sits in a `CustomTextCLIP`, which is left at full
@@ -121,9 +122,9 @@ def test_text_trimming_is_exact_or_off(name, hf_standins):
 
 
 def test_tiny_families_are_what_their_names_say(hf_standins):
-    """The stand-ins are really used: the HF tokenizers' own ids, the RoBERTa tower's cached weights,
-    timm's towers, SigLIP's settings."""
-    from hf_standins import HF_TEXT_MODEL, SIGLIP_TOKENIZER
+    """The stand-ins are really used: the HF tokenizers' own ids, the (XLM-)RoBERTa towers' cached
+    weights, timm's towers (EVA02's blocks), SigLIP's settings."""
+    from hf_standins import HF_TEXT_MODEL, SIGLIP_TOKENIZER, XLMR_TEXT_MODEL
     from safetensors.torch import load_file as load
     from transformers import AutoTokenizer
 
@@ -141,10 +142,27 @@ def test_tiny_families_are_what_their_names_say(hf_standins):
     tokens = hftext.tokenizer(["is red"])
     assert tokens[0, 0] == 0 and 2 in tokens[0].tolist() and tokens[0, -1] == 1  # <s> ... </s> <pad>
 
+    xlmr = load_clip("cir-tiny-xlmr")
+    assert type(xlmr.model.text.transformer).__name__ == "XLMRobertaModel"
+    weights = load(str(hf_standins[XLMR_TEXT_MODEL] / "model.safetensors"))
+    tower = xlmr.model.text.transformer.state_dict()
+    assert weights and all(torch.equal(tower[k.removeprefix("roberta.")], v) for k, v in weights.items())
+    ids = AutoTokenizer.from_pretrained(XLMR_TEXT_MODEL)(["is red"]).input_ids[0]
+    tokens = xlmr.tokenizer(["is red"])
+    assert type(xlmr.tokenizer.tokenizer).__name__.startswith("XLMRobertaTokenizer")
+    assert tokens[0, : len(ids)].tolist() == ids and ids[0] == 0 and ids[-1] == 2  # <s> ... </s>
+    assert tokens[0, len(ids):].eq(1).all() and xlmr.model.text.config.pad_token_id == 1  # <pad>, masked out
+
     from timm.models import ConvNeXt, Eva
 
     assert isinstance(load_clip("cir-tiny-convnext").model.visual.trunk, ConvNeXt)
-    assert isinstance(load_clip("cir-tiny-eva").model.visual.trunk, Eva)
+    eva = load_clip("cir-tiny-eva")
+    trunk = eva.model.visual.trunk
+    assert isinstance(trunk, Eva) and type(eva.model).__name__ == "CustomTextCLIP" and eva.input_size == 64
+    # EVA02-CLIP's block: rotary position embedding, SwiGLU MLP with its norm, attention inner norm.
+    assert trunk.rope is not None and trunk.global_pool == "token"
+    block = trunk.blocks[0]
+    assert type(block.mlp).__name__ == "SwiGLU" and not isinstance(block.attn.norm, torch.nn.Identity)
 
 
 def _no_transformers(monkeypatch) -> None:
@@ -168,6 +186,12 @@ def _no_timm(monkeypatch) -> None:
     ("cir-tiny-hftext", _no_transformers,
      "cir-tiny-hftext needs a Hugging Face text tower (hf-internal-testing/tiny-random-RobertaModel): "
      "pip install 'clip-cir[hf]' (transformers is not installed)"),
+    ("cir-tiny-xlmr", _no_transformers,
+     "cir-tiny-xlmr needs a Hugging Face text tower (hf-internal-testing/tiny-random-XLMRobertaModel): "
+     "pip install 'clip-cir[hf]' (transformers is not installed)"),
+    ("cir-tiny-eva", _no_timm,
+     "cir-tiny-eva needs timm for its image tower (cir_eva02_pico_patch8_64): pip install timm "
+     "(timm is not installed)"),
     ("cir-tiny-convnext", _no_timm,
      "cir-tiny-convnext needs timm for its image tower (convnext_atto): pip install timm (timm is not installed)"),
 ])
@@ -232,3 +256,26 @@ def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_p
     start = load_clip("cir-tiny-siglip").model.state_dict()
     assert torch.equal(trained["logit_bias"], start["logit_bias"])
     assert any(_changed(start, trained, "text")) and not any(_changed(start, trained, "image"))
+
+
+def test_two_processes_pretrain_a_siglip_style_model(synth_root, hf_standins, tmp_path):
+    """`clip-cir pretrain` uses CLIP's loss, in which SigLIP's logit bias takes no part: it stays
+    frozen, so DDP (which needs every parameter it trains in the loss) runs on 2 processes."""
+    import os
+    import subprocess
+
+    from test_training import ddp_launcher
+
+    args = ["pretrain", "--train-data", synth_root / "pretrain_captions.csv", "--model", "cir-tiny-siglip",
+            "--epochs", "1", "--batch-size", "16", "--output-dir", tmp_path, "--experiment-name", "ddp",
+            "--num-workers", "0", "--no-progress", "--cpu"]
+    cmd = [sys.executable, *ddp_launcher(2), "-m", "clip_cir.apps.cli", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2 |" in result.stderr
+    trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
+    seed_everything(0)
+    start = load_clip("cir-tiny-siglip").model.state_dict()
+    assert torch.equal(trained["logit_bias"], start["logit_bias"])
+    assert any(_changed(start, trained, "text")) and any(_changed(start, trained, "image"))

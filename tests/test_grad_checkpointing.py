@@ -21,8 +21,9 @@ from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.run import seed_everything
 from clip_cir.training.stage1 import query_and_target
 
-FAMILIES = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-convnext"]
-"""Checked through a full stage-1 step; EVA (224-px timm ViT, slow on a CPU) through its forward pass below."""
+FAMILIES = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
+            "cir-tiny-eva"]
+"""Checked through a full stage-1 step."""
 CAPTIONS = ["is red and has a small circle", "make the large star blue", "remove the square", "x"]
 
 
@@ -77,18 +78,6 @@ def test_every_family_checkpoints_with_the_same_gradients(name, hf_standins):
         torch.testing.assert_close(checkpointed_grads[key], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item())
     for tower in ("image", "text"):
         assert checkpointed_kept[tower] < 0.6 * kept[tower], (tower, kept, checkpointed_kept)
-
-
-def test_eva_towers_keep_fewer_activations():
-    clip = load_clip("cir-tiny-eva")
-    model = clip.model.eval()
-    images, tokens = _inputs(clip, n=1)
-    plain = _per_tower(model, images, tokens)
-    assert enable_grad_checkpointing(model) == {"image": True, "text": True}
-    checkpointed = _per_tower(model, images, tokens)
-    for (features, kept), (checkpointed_features, checkpointed_kept) in zip(plain, checkpointed):
-        torch.testing.assert_close(checkpointed_features, features)
-        assert checkpointed_kept < 0.2 * kept
 
 
 def _per_tower(model, images, tokens):

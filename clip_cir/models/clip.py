@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import open_clip
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.model import CLIP
 
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
@@ -34,11 +34,24 @@ from clip_cir.models.checkpointing import enable_grad_checkpointing
 from clip_cir.models.checkpoints import read_safetensors
 from clip_cir.models.extras import backbone_requirements
 from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
+from clip_cir.models.saved import (
+    build_from_config,
+    image_preprocess,
+    infer_openai_config,
+    is_openai_state_dict,
+    load_state,
+    preprocess_cfg,
+    read_torch_file,
+    set_preprocess_cfg,
+    tokenizer_from_config,
+    unwrap_checkpoint,
+)
+from clip_cir.models.tiny_timm import register as register_tiny_timm_models
 from clip_cir.models.towers import trim_tokens
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
-OPENAI_STRIP_KEYS = ("input_resolution", "context_length", "vocab_size")
+register_tiny_timm_models()  # the timm image tower `cir-tiny-eva` names
 TOKEN_CACHE_ROWS = 100_000
 """Training captions whose token ids `LoadedCLIP.tokenize(..., remember=True)` keeps: about 1 KB
 each at 77 tokens (int32 ids, the caption string, the dict slot), so CIRR's 28k training
@@ -79,6 +92,12 @@ class LoadedCLIP:
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         cfg = open_clip.get_model_preprocess_cfg(self.model)
         return tuple(cfg["mean"]), tuple(cfg["std"])
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """open_clip's preprocessing settings for this model (mean/std, resize mode, interpolation:
+        its pretrained tag's or Hub config's), saved with our checkpoints so they reload with them."""
+        return preprocess_cfg(self.model)
 
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
@@ -151,22 +170,6 @@ def _tokenizer_for(model: CLIP, name: str | None) -> Callable:
     return open_clip.SimpleTokenizer(context_length=model.context_length)
 
 
-def _preprocess_for(model: CLIP) -> Callable:
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    if "mean" not in cfg:
-        # Built from a config / inferred from weights rather than by open_clip's factory, which is
-        # what attaches the preprocessing config: give it open_clip's defaults (OpenAI mean/std).
-        from dataclasses import asdict
-
-        from open_clip.model import set_model_preprocess_cfg
-        from open_clip.transform import PreprocessCfg
-
-        set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), "size": model.visual.image_size})
-        cfg = open_clip.get_model_preprocess_cfg(model)
-    return open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
-                                     interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
-
-
 def uses_quick_gelu(model: torch.nn.Module) -> bool:
     return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
 
@@ -175,91 +178,7 @@ def _finish(model: CLIP, name: str, source: str, config: dict, tokenizer: Callab
     model = model.float().eval()
     config = {**config, "quick_gelu": uses_quick_gelu(model)}
     return LoadedCLIP(model=model, tokenizer=tokenizer or _tokenizer_for(model, name),
-                      model_name=name, source=source, clip_preprocess=_preprocess_for(model), config=config)
-
-
-def is_openai_state_dict(state_dict: dict) -> bool:
-    return all(k in state_dict for k in ("text_projection", "positional_embedding", "token_embedding.weight",
-                                         "ln_final.weight")) and any(k.startswith("visual.") for k in state_dict)
-
-
-def infer_openai_config(state_dict: dict) -> dict:
-    """The architecture of an OpenAI-format CLIP state dict, as an open_clip model config.
-
-    Mirrors `open_clip.model.build_model_from_openai_state_dict`, which we cannot call directly
-    because it converts the model to float16 before loading (losing float32 fine-tuned weights).
-    """
-    if "visual.proj" in state_dict:
-        width = state_dict["visual.conv1.weight"].shape[0]
-        layers = len([k for k in state_dict if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
-        patch = state_dict["visual.conv1.weight"].shape[-1]
-        grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = {"layers": layers, "width": width, "patch_size": patch, "image_size": patch * grid}
-    else:
-        counts = [len({k.split(".")[2] for k in state_dict if k.startswith(f"visual.layer{b}")}) for b in (1, 2, 3, 4)]
-        out_width = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = {"layers": counts, "width": state_dict["visual.layer1.0.conv1.weight"].shape[0],
-                  "patch_size": None, "image_size": out_width * 32}
-    text_width = state_dict["ln_final.weight"].shape[0]
-    text = {"context_length": state_dict["positional_embedding"].shape[0],
-            "vocab_size": state_dict["token_embedding.weight"].shape[0], "width": text_width,
-            "heads": text_width // 64,
-            "layers": len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks")})}
-    return {"embed_dim": state_dict["text_projection"].shape[1], "quick_gelu": True,
-            "vision_cfg": vision, "text_cfg": text}
-
-
-def build_from_config(config: dict) -> CLIP:
-    return CLIP(config["embed_dim"], vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
-                text_cfg=CLIPTextCfg(**config["text_cfg"]), quick_gelu=config.get("quick_gelu", False))
-
-
-def _load_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    state_dict = {k: v for k, v in state_dict.items() if k not in OPENAI_STRIP_KEYS}
-    if next(iter(state_dict), "").startswith("module."):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
-    if "logit_scale" in state_dict and state_dict["logit_scale"].ndim != model.logit_scale.ndim:
-        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[:2]
-        raise CIRError(f"{source}: weights do not fit the model ({' '.join(first)[:300]})") from None
-
-
-def read_torch_file(path: Path) -> Any:
-    """torch.load with weights_only=True: a checkpoint from the internet must not run code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is not a weights checkpoint
-        text = str(e)
-        if "Unsupported global:" in text:
-            # torch's own message suggests weights_only=False (running the file's code): name the
-            # offending object instead.
-            culprit = text.split("Unsupported global:", 1)[1].split(" was not an allowed global")[0].strip()
-            raise CIRError(f"{path}: refused to load: the checkpoint holds Python objects ({culprit}), not only "
-                           f"weights, and unpickling them could run code (torch.load with weights_only=True)") from None
-        if "WeightsUnpickler error:" in text:
-            reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
-        else:
-            reason = text.strip().splitlines()[0] if text.strip() else ""
-        reason = reason[:200]
-        reason = f"{type(e).__name__}: {reason}" if len(reason) < 40 else reason
-        raise CIRError(f"{path}: not a readable weights checkpoint ({reason})") from None
-
-
-def _unwrap_checkpoint(obj: Any, path: Path) -> dict:
-    """The state dict inside the formats we meet: published `{"CLIP": ...}`, open_clip's
-    `{"state_dict": ...}`, or a bare state dict."""
-    if not isinstance(obj, dict):
-        raise CIRError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a state dict")
-    for key in ("CLIP", "state_dict", "model"):
-        if key in obj and isinstance(obj[key], dict):
-            return obj[key]
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CIRError(f"{path}: checkpoint has no 'CLIP' or 'state_dict' entry and is not a state dict "
-                       f"(keys: {', '.join(list(obj)[:6])})")
-    return obj
+                      model_name=name, source=source, clip_preprocess=image_preprocess(model), config=config)
 
 
 def resolve_clip_checkpoint(path: Path) -> Path:
@@ -273,18 +192,19 @@ def resolve_clip_checkpoint(path: Path) -> Path:
 
 
 def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
-
     path = resolve_clip_checkpoint(path)
+    meta: dict = {}
     if path.suffix == ".safetensors":
         state_dict, meta = read_safetensors(path)
         config = meta.get("model_config")
         name = meta.get("model_name") or model_name
     else:
         obj = read_torch_file(path)
-        state_dict, config, name = _unwrap_checkpoint(obj, path), None, model_name
+        state_dict, config, name = unwrap_checkpoint(obj, path), None, model_name
         if isinstance(obj, dict) and "CLIP" in obj:
             # The published fine-tuned checkpoints are OpenAI CLIPs: QuickGELU, whatever the name says.
             config = {**open_clip.get_model_config(name), "quick_gelu": True} if name else None
+    tokenizer = None
     # A registered name rebuilds from open_clip's config; `openai-inferred` and names open_clip does
     # not know (a model first loaded from the Hub) rebuild from the config saved with the weights.
     if name is not None and name != "openai-inferred" and (config is None or name in open_clip.list_models()):
@@ -300,11 +220,16 @@ def load_clip_checkpoint(path: Path, model_name: str | None) -> LoadedCLIP:
                 raise CIRError(f"{path}: cannot infer the architecture from these weights; pass --model NAME")
             config, name = infer_openai_config(state_dict), "openai-inferred"
         try:
-            model = build_from_config(config)
+            with backbone_requirements(name, config, "model"):
+                model = build_from_config(config)
         except (TypeError, KeyError, ValueError) as e:
             raise CIRError(f"{path}: unusable model config ({e})") from None
-    _load_state(model, state_dict, str(path))
-    return _finish(model, name, str(path), config)
+        with backbone_requirements(name, config, "tokenizer"):
+            tokenizer = tokenizer_from_config(config)
+    if "preprocess_cfg" in meta:  # the pretrained tag's or Hub config's, kept by the run that saved it
+        set_preprocess_cfg(model, meta["preprocess_cfg"])
+    load_state(model, state_dict, str(path))
+    return _finish(model, name, str(path), config, tokenizer)
 
 
 def load_clip(model_name: str | None = None, pretrained: str | None = None) -> LoadedCLIP:
@@ -376,17 +301,19 @@ def load_hub_clip(repo_id: str) -> LoadedCLIP:
         with _quiet_random_init(), backbone_requirements(name, config, "model"):
             # pretrained_text=False: never fetch a text tower's base weights; ours come next.
             model = open_clip.create_model(folder, load_weights=False, pretrained_text=False)
-        with backbone_requirements(name, config, "tokenizer"):
-            tokenizer = open_clip.get_tokenizer(folder)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         reason = " ".join(str(e).split())[:300]
         raise CIRError(f"{name}: {HF_CONFIG_NAME} does not describe an open_clip model "
                        f"({type(e).__name__}: {reason})") from None
+    with backbone_requirements(name, config, "tokenizer"):
+        # As open_clip's get_tokenizer("hf-hub:...") does: the Hugging Face tokenizer the config names
+        # (often this repository itself), not files of this snapshot, which holds only what we read.
+        tokenizer = tokenizer_from_config(config)
     if weights_path.suffix == ".safetensors":
         state_dict = read_safetensors(weights_path)[0]
     else:
-        state_dict = _unwrap_checkpoint(read_torch_file(weights_path), weights_path)
-    _load_state(model, state_dict, name)
+        state_dict = unwrap_checkpoint(read_torch_file(weights_path), weights_path)
+    load_state(model, state_dict, name)
     revision = snapshot_revision(weights_path)
     return _finish(model, name, f"{name}@{revision}" if revision else name, config, tokenizer)
 

@@ -180,6 +180,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     device = accelerator.device
     model = clip.model.to(device)
     channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
+    for name, param in model.named_parameters():
+        # SigLIP's logit bias and CoCa's caption decoder take no part in CLIP's loss: trainable, they
+        # would stop DDP, which needs every parameter it trains to reach the loss.
+        if name.startswith(("logit_bias", "text_decoder.")):
+            param.requires_grad = False
     progress = not args.no_progress and accelerator.is_main_process
     workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
     cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise

@@ -195,4 +195,5 @@ def report_skipped_images(run: Run, images: ImageCheck) -> None:
 def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **extra: Any) -> dict[str, Any]:
     """What a CLIP checkpoint records so it loads without a model name (`load_clip`)."""
     return {"kind": "clip", "stage": stage, "model_name": clip.model_name, "model_config": clip.config,
-            "source": clip.source, **extra, "epoch": epoch, "metrics": {k: round(v, 6) for k, v in metrics.items()}}
+            "preprocess_cfg": clip.preprocess_cfg, "source": clip.source, **extra, "epoch": epoch,
+            "metrics": {k: round(v, 6) for k, v in metrics.items()}}
