@@ -1,14 +1,16 @@
 """Large triplet files: reading time and memory, and the time to the first training step.
 
-    python benchmarks/large_data.py                          # 10^4, 10^5, 10^6 rows; ~2 minutes
+    python benchmarks/large_data.py                          # 10^4, 10^5, 10^6 rows; ~3 minutes
     python benchmarks/large_data.py --rows 10000 100000      # fewer sizes
+    python benchmarks/large_data.py --formats csv            # CSV only (JSONL is read row by row)
 
 Why: a team with a million synthetic triplets (LaSCo, CoVR, MegaPairs style) pretrains stage 1 on
 them. This prints ONE table, every row measured in this run:
 
-  - reading: `load_triplets` of a CSV with N rows (paths only: no image is opened,
-    `ImageCheck(require_files=False)`), each in a fresh process: wall time and the peak resident
-    memory the read splits hold (RSS after reading minus RSS after imports), per row too;
+  - reading: `load_triplets` of a CSV (and of the same rows as JSONL) with N rows (paths only: no
+    image is opened, `ImageCheck(require_files=False)`), each in a fresh process: wall and CPU
+    time, and the resident memory the read splits hold (RSS after reading minus RSS after
+    imports), per row too;
   - first step: `stage1/finetune.py --encoder both --pixel-cache off` (images decoded by the
     loader, as where the pixel cache would not fit) on a `--first-step-rows`-row file over
     `--images` rendered 500x375 PNG photos, from the call of the program to the end of its first
@@ -35,22 +37,26 @@ from clip_cir.data.triplets import load_triplets
 def rss_kb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
 before = rss_kb()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 splits = load_triplets(Path(sys.argv[1]), "train", images=ImageCheck(require_files=False))
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "kb": rss_kb() - before, "queries": len(splits[0].queries)}))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"seconds": seconds, "cpu": cpu, "kb": rss_kb() - before, "queries": len(splits[0].queries)}))
 """
 
 
 def write_rows(path: Path, rows: int, images: list[str], seed: int) -> None:
-    """A CSV of `rows` triplets over `images` (relative paths), captions of realistic length."""
+    """A CSV or JSONL (by suffix) of `rows` triplets over `images` (relative paths), captions of
+    realistic length."""
     rng = random.Random(seed)
     colours = ("red", "blue", "green", "black", "white", "striped", "floral")
     with open(path, "w", encoding="utf-8") as f:
-        f.write("reference,caption,target\n")
+        if path.suffix == ".csv":
+            f.write("reference,caption,target\n")
         for i in range(rows):
             reference, target = rng.sample(images, 2)
-            f.write(f"{reference},is {colours[i % 7]} with long sleeves and a {colours[(i * 3) % 7]} collar,{target}\n")
+            caption = f"is {colours[i % 7]} with long sleeves and a {colours[(i * 3) % 7]} collar"
+            f.write(f"{reference},{caption},{target}\n" if path.suffix == ".csv" else
+                    json.dumps({"reference": reference, "caption": caption, "target": target}) + "\n")
 
 
 class FirstStep(Exception):
@@ -87,6 +93,7 @@ def first_step_seconds(root: Path, rows: int, n_images: int, seed: int) -> float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--formats", nargs="+", choices=("csv", "jsonl"), default=["csv", "jsonl"])
     parser.add_argument("--first-step-rows", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=256, help="rendered photos the first-step file uses")
     parser.add_argument("--seed", type=int, default=0)
@@ -94,23 +101,25 @@ def main(argv: list[str] | None = None) -> None:
     table = []
     with workspace("clip_cir_large_data_") as root:
         images = [f"images/{i // 1000:04d}/{i:08d}.jpg" for i in range(max(args.rows))]
-        for rows in args.rows:
-            status(f"reading {rows:,} rows ...")
-            folder = root / f"rows{rows}"
-            folder.mkdir()
-            write_rows(folder / "train.csv", rows, images[:max(2, rows)], args.seed)
-            out = subprocess.run([sys.executable, "-c", READ_SCRIPT, str(folder)], capture_output=True, text=True,
-                                 check=True)
-            result = json.loads(out.stdout)
-            assert result["queries"] == rows
-            mb = result["kb"] / 1024
-            table.append([f"read {rows:,} rows", f"{result['seconds']:.2f} s", f"{mb:.0f} MB",
-                          f"{1024 * mb / rows:.2f} KB"])
+        for suffix in args.formats:
+            for rows in args.rows:
+                status(f"reading {rows:,} rows of {suffix.upper()} ...")
+                folder = root / f"{suffix}{rows}"
+                folder.mkdir()
+                write_rows(folder / f"train.{suffix}", rows, images[:max(2, rows)], args.seed)
+                out = subprocess.run([sys.executable, "-c", READ_SCRIPT, str(folder)], capture_output=True, text=True,
+                                     check=True)
+                result = json.loads(out.stdout)
+                assert result["queries"] == rows
+                table.append([f"read {rows:,} rows, {suffix.upper()}", f"{result['seconds']:.2f} s",
+                              f"{result['cpu']:.2f} s", f"{result['kb'] / 1024:.0f} MB",
+                              f"{1024 * result['kb'] / rows:.0f} B"])
         status(f"first training step on {args.first_step_rows:,} rows ...")
         seconds = first_step_seconds(root / "first", args.first_step_rows, args.images, args.seed)
-        table.append([f"stage 1 both, {args.first_step_rows:,} rows: call to first step", f"{seconds:.1f} s", "", ""])
+        table.append([f"stage 1 both, {args.first_step_rows:,} rows: call to first step", f"{seconds:.1f} s", "", "",
+                      ""])
     print(header("Large triplet files", sys.argv[1:] if argv is None else argv))
-    print(markdown_table(["measure", "time", "RSS added", "per row"], table))
+    print(markdown_table(["measure", "time", "CPU time", "RSS added", "per row"], table))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clip_cir.data.table import ImageFiles, QueryTable
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 
@@ -99,17 +101,35 @@ class ImageCheck:
                 bad.append(SkippedImage(name, path, reason, listed_in.name))
                 continue
             found[name] = path
+        self._settle(bad, len(candidates))
+        return found
+
+    def locate_files(self, files: ImageFiles, listed_in: Path) -> ImageFiles:
+        """`locate` for a gallery of one file per name, kept as arrays."""
+        if not self.require_files:
+            return files
+        bad: list[SkippedImage] = []
+        keep = np.ones(len(files), dtype=bool)
+        for i, (name, path) in enumerate(files.items()):
+            reason = "missing" if not os.path.isfile(path) else unreadable_reason(path) if self.readable else None
+            if reason is not None:
+                bad.append(SkippedImage(name, path, reason, listed_in.name))
+                keep[i] = False
+        self._settle(bad, len(files))
+        return files.take(keep) if bad else files
+
+    def _settle(self, bad: list[SkippedImage], listed: int) -> None:
+        """Stop at the first image that cannot be used, or (with `skip`) record them all."""
         if bad and not self.skip:
             first = bad[0]
             what = "is missing on disk" if first.reason.startswith("missing") else f"is {first.reason}"
             also = first.reason[len("missing"):] if first.reason.startswith("missing") else ""
-            others = f"; {len(bad) - 1} more of the {len(candidates)} images listed are missing or unreadable" \
+            others = f"; {len(bad) - 1} more of the {listed} images listed are missing or unreadable" \
                 if len(bad) > 1 else ""
             raise CIRError(f"{first.path}: image '{first.name}' listed in {first.listed_in} {what}{also}{others}; "
                            f"{self.hint}")
         for item in bad:
             self.skipped.setdefault(item.name, item)
-        return found
 
     def is_skipped(self, name: str) -> bool:
         return name in self.skipped
@@ -127,6 +147,12 @@ class ImageCheck:
         if len(split.gallery) < listed:
             self.pruned_galleries[key] = listed - len(split.gallery)
         if not self.skipped:
+            return split
+        if isinstance(split.queries, QueryTable):
+            keep = split.queries.using_none_of(self.skipped)
+            if not keep.all():
+                self.dropped_queries[key] = self.dropped_queries.get(key, 0) + int((~keep).sum())
+                split = dataclasses.replace(split, queries=split.queries.take(np.flatnonzero(keep)))
             return split
         queries = []
         for query in split.queries:

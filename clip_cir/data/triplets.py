@@ -19,15 +19,18 @@ Without a gallery file the gallery is every image the split names.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import pandas as pd
+
+from clip_cir.data.columns import check, csv_columns, normalise_paths, row_columns
 from clip_cir.data.images import ImageCheck
-from clip_cir.data.types import CIRSplit, Query
+from clip_cir.data.table import ImageFiles, QueryTable, return_freed_memory, strings
+from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 
 SUFFIXES = (".jsonl", ".csv", ".tsv")
@@ -129,129 +132,67 @@ def _key_hint(key: str, fmt: TripletFormat) -> str:
     return f"choose the column with {flag}" if flag else "check the column names"
 
 
-def _targets(value: Any, fmt: TripletFormat, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, list):
-        if not all(isinstance(v, str) and v.strip() for v in value):
-            raise CIRError(f"{where}: '{fmt.target_key}' should be image paths")
-        return tuple(v.strip() for v in value)
-    if not isinstance(value, str):
-        raise CIRError(f"{where}: '{fmt.target_key}' should be an image path or a list of them")
-    return tuple(v.strip() for v in value.split(fmt.target_separator) if v.strip())
-
-
-@dataclass
-class _Group:
-    queries: list[Query]
-    named: dict[str, Path]
-    """Image name -> file, in order of first appearance."""
-    lines: dict[str, int]
-    """Query id -> its line, for errors about it."""
-
-
-class _Names:
-    """Image path as written -> (name, file), each path parsed once however many rows use it."""
-
-    def __init__(self, base: Path):
-        self.base, self.seen = str(base), {}
-
-    def __call__(self, value: Any, key: str, where: str) -> tuple[str, Path]:
-        known = self.seen.get(value)
-        if known is not None:
-            return known
-        if not isinstance(value, str) or not value.strip():
-            raise CIRError(f"{where}: empty {key}")
-        name = os.path.normpath(value.strip())
-        known = self.seen[value] = (name, Path(name if os.path.isabs(name) else os.path.join(self.base, name)))
-        return known
-
-
-def _read_gallery(path: Path) -> dict[str, Path]:
-    gallery: dict[str, Path] = {}
-    names = _Names(path.parent)
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if line.strip():
-                name, file = names(line, "image path", f"{path}:{line_number}")
-                gallery.setdefault(name, file)
-    return gallery
+def read_gallery(path: Path) -> ImageFiles:
+    """A gallery file's images, one path per line, each once, in the file's order."""
+    text = path.read_text(encoding="utf-8")
+    listed = strings([line.strip() for line in text.split("\n") if line.strip()])
+    return ImageFiles(strings(pd.unique(normalise_paths(listed, "\x00" not in text))), path.parent)
 
 
 def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
                   images: ImageCheck | None = None) -> list[CIRSplit]:
-    """One CIRSplit per group of the split file (one if it has no group column)."""
+    """One CIRSplit per group of the split file (one if it has no group column); its queries are
+    a `QueryTable`, its gallery an `ImageFiles`: memory in proportion to the text, not to objects."""
     fmt, images = fmt or TripletFormat(), images or ImageCheck()
     path = split_file(root, split)
     protocol = read_protocol(root)
-    groups: dict[str, _Group] = {}
-    first_line: dict[str, int] = {}
-    with_targets = without_targets = 0
-    parse = _Names(path.parent)
-    for line_number, row in read_rows(path, fmt):
-        where = f"{path}:{line_number}"
-        reference, reference_file = parse(row.get(fmt.reference_key), "reference", where)
-        caption = row.get(fmt.caption_key)
-        if not isinstance(caption, str) or not caption.strip():
-            raise CIRError(f"{where}: empty caption")
-        caption = caption.strip()
-        targets = [parse(t, "target", where) for t in _targets(row.get(fmt.target_key), fmt, where)]
-        if len(targets) == 1 and targets[0][0] == reference:
-            raise CIRError(f"{where}: the reference '{reference}' is also its only target")
-        qid = row.get(fmt.id_key)
-        qid = str(line_number) if qid is None or qid == "" else str(qid)
-        if qid in first_line:
-            raise CIRError(f"{where}: duplicate query id '{qid}' (first at line {first_line[qid]})")
-        first_line[qid] = line_number
-        with_targets, without_targets = with_targets + bool(targets), without_targets + (not targets)
-        if with_targets and without_targets:
-            raise CIRError(f"{where}: some rows have a {fmt.target_key} and others none; "
-                           f"a split has targets for every query or for none")
-        aspects = row.get("aspects") or []
-        if not (isinstance(aspects, list) and all(isinstance(a, str) for a in aspects)):
-            raise CIRError(f"{where}: 'aspects' should be a list of names")
-        train_captions = row.get("train_captions") or [caption]
-        if not (isinstance(train_captions, list) and all(isinstance(c, str) and c for c in train_captions)):
-            raise CIRError(f"{where}: 'train_captions' should be a list of captions")
-        group_name = str(row.get(fmt.group_key) or "triplets")  # ungrouped: flat metric keys
-        group = groups.setdefault(group_name, _Group([], {}, {}))
-        group.lines[qid] = line_number
-        for name, file in [(reference, reference_file), *targets]:
-            group.named.setdefault(name, file)
-        target_names = tuple(name for name, _ in targets)
-        group.queries.append(Query(qid=qid, reference=reference, captions=(caption,),
-                                   train_captions=tuple(train_captions), eval_caption=caption,
-                                   target=target_names[0] if target_names else None,
-                                   ground_truths=target_names if len(target_names) > 1 else None,
-                                   aspects=tuple(aspects)))
-    if not groups:
-        raise CIRError(f"{path}: no queries")
-    several = any(q.ground_truths for g in groups.values() for q in g.queries)
-    if several:  # mAP@K ranks every query against its ground truths, a single one included
-        for group in groups.values():
-            group.queries = [q if q.ground_truths or q.target is None else
-                             dataclasses.replace(q, ground_truths=(q.target,)) for q in group.queries]
+    columns = csv_columns(path, fmt) if path.suffix != ".jsonl" else None
+    found = check(columns or row_columns(read_rows(path, fmt), fmt), path, fmt)
+    del columns
+    table, several = found.table, found.table.all_ground_truths
     exclude = fmt.exclude_reference if fmt.exclude_reference is not None else protocol.get("exclude_reference", True)
     recall_ks = tuple(protocol.get("recall_ks", RECALL_KS))
-    map_ks = tuple(protocol.get("map_ks", MAP_KS if several else ())) if with_targets else ()
+    map_ks = tuple(protocol.get("map_ks", MAP_KS if several else ())) if len(table.targets.values) else ()
     splits = []
-    for group_name, group in groups.items():
+    for group, group_name in enumerate(found.group_names):
+        queries, lines, named = table, found.lines, table.names  # one group: every row, every image
+        if len(found.group_names) > 1:
+            rows = np.flatnonzero(found.group_codes == group)
+            queries, lines = table.take(rows), found.lines[rows]
+            in_group = np.repeat(found.group_codes, 1 + table.targets.lengths) == group
+            named = table.names[pd.unique(found.image_codes[in_group])]  # in order of first appearance
         gallery_path = next((p for p in (root / f"{split}.{group_name}.gallery.txt", root / f"{split}.gallery.txt")
                              if p.is_file()), None)
-        listed = group.named
-        if gallery_path is not None:
-            listed = _read_gallery(gallery_path)
-            for query in group.queries:
-                for name in (query.reference, *(query.ground_truths or [query.target] * (query.target is not None))):
-                    if name not in listed:
-                        role = "reference" if name == query.reference else "target"
-                        raise CIRError(f"{path}:{group.lines[query.qid]}: {role} '{name}' is not in the gallery "
-                                       f"{gallery_path.name}")
-        used = {n for q in group.queries for n in (q.reference, *(q.ground_truths or (q.target,))) if n}
-        candidates = images.gallery_candidates(split, {n: [p] for n, p in listed.items()}, used)
-        gallery = images.locate(candidates, gallery_path or path)
+        if gallery_path is None:
+            candidates = ImageFiles(named, path.parent)
+        else:
+            candidates = read_gallery(gallery_path)
+            _check_listed(queries, lines, candidates, path, gallery_path)
+            if split in images.used_only:
+                candidates = candidates.take(pd.Index(named).get_indexer(candidates.names) >= 0)
+        gallery = images.locate_files(candidates, gallery_path or path)
         splits.append(images.drop_queries(
-            CIRSplit(dataset="triplets", name=group_name, split=split, queries=group.queries, gallery=gallery,
+            CIRSplit(dataset="triplets", name=group_name, split=split, queries=queries, gallery=gallery,
                      exclude_reference=bool(exclude), recall_ks=recall_ks, map_ks=map_ks),
             len(candidates)))
+    del found, table
+    return_freed_memory()
     return splits
+
+
+def _check_listed(queries: QueryTable, lines: np.ndarray, gallery: ImageFiles, path: Path, gallery_path: Path) -> None:
+    """A `CIRError` for the first row whose reference or a target is not in the gallery file."""
+    listed = pd.Index(gallery.names).get_indexer(queries.names) >= 0
+    bad_reference = ~listed[queries.reference]
+    bad_target = ~listed[queries.targets.values]
+    bad = bad_reference.copy()
+    bad[queries.targets.row_of_values()[bad_target]] = True
+    if not bad.any():
+        return
+    row = int(np.argmax(bad))
+    if bad_reference[row]:
+        role, code = "reference", queries.reference[row]
+    else:
+        start, stop = queries.targets.offsets[row:row + 2]
+        role, code = "target", queries.targets.values[start + int(np.argmax(bad_target[start:stop]))]
+    raise CIRError(f"{path}:{lines[row]}: {role} '{queries.names[code]}' is not in the gallery {gallery_path.name}")

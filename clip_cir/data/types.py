@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class CIRSplit:
     name: str
     """The benchmark's name in reports: `cirr`, or the FashionIQ category."""
     split: str
-    queries: list[Query]
-    gallery: dict[str, Path]
+    queries: Sequence[Query]
+    """A list, or for `--dataset triplets` a `QueryTable` (columns; a Query made per access)."""
+    gallery: Mapping[str, Path]
     """Image name -> file, in the split file's order (the gallery's index order)."""
     exclude_reference: bool
     """Remove each query's reference image from its own ranking (CIRR protocol)."""

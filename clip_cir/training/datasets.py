@@ -25,7 +25,8 @@ from clip_cir.models.transforms import ImageTransform
 class TrainingSet:
     """All training queries of a dataset (every FashionIQ category together) and their images."""
 
-    queries: list[Query]
+    queries: Sequence[Query]
+    """A list, or the split's own `QueryTable` when there is one split (no Python object per triplet)."""
     image_names: list[str]
     image_paths: list[Path]
 
@@ -37,7 +38,8 @@ class TrainingSet:
             for query in split.queries:
                 for name in (query.reference, query.target):
                     images.setdefault(name, split.gallery[name])
-        return cls(queries=[q for s in splits for q in s.queries], image_names=list(images),
+        queries = splits[0].queries if len(splits) == 1 else [q for s in splits for q in s.queries]
+        return cls(queries=queries, image_names=list(images),
                    image_paths=list(images.values()))
 
     @property
@@ -129,9 +131,9 @@ class FeatureBatches:
     def __init__(self, data: TrainingSet, batch_size: int, seed: int, device: torch.device | str = "cpu",
                  process_index: int = 0, num_processes: int = 1):
         index = data.image_index
-        self.reference = torch.tensor([index[q.reference] for q in data.queries], dtype=torch.long, device=device)
-        self.target = torch.tensor([index[q.target] for q in data.queries], dtype=torch.long, device=device)
-        self.forms = torch.tensor([len(q.train_captions) for q in data.queries], dtype=torch.long, device=device)
+        rows = [(index[q.reference], index[q.target], len(q.train_captions)) for q in data.queries]  # one pass
+        columns = torch.tensor(rows, dtype=torch.long).reshape(-1, 3).T.contiguous().to(device)
+        self.reference, self.target, self.forms = columns
         self.batch_size, self.seed, self.epoch, self.device = batch_size, seed, 0, device
         self.rank, self.processes = process_index, num_processes
 

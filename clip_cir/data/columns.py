@@ -1,0 +1,321 @@
+"""A split file's columns, read without a Python object per row where the file allows it.
+
+A CSV or TSV goes through numpy's C reader into numpy string arrays; a JSONL file, and any CSV the
+C reader could read differently from Python's `csv` module (a ragged row, a lone carriage return,
+a NUL byte, an over-long field), goes row by row through the same `read_rows` as always. Both give
+the same `Columns`; `check` then applies every rule to all rows at once and names the first
+offending row by its line, exactly as a row-by-row check would.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import posixpath
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from clip_cir.data.table import QueryTable, Ragged, strings, text_dtype
+from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:
+    from clip_cir.data.triplets import TripletFormat
+
+# The order in which one row's rules are checked: of two faults on one row, the first is reported.
+EMPTY_REFERENCE, EMPTY_CAPTION, TARGET_TYPE, ONLY_TARGET, DUPLICATE_ID, MIXED, ASPECTS, TRAIN_CAPTIONS = range(8)
+ASPECTS_MESSAGE = "'aspects' should be a list of names"
+TRAIN_CAPTIONS_MESSAGE = "'train_captions' should be a list of captions"
+
+
+@dataclass
+class Columns:
+    """Every row of a split file, column by column, strings stripped, before any rule is checked."""
+
+    lines: np.ndarray
+    reference: np.ndarray
+    caption: np.ndarray
+    targets: Ragged
+    """Target paths as written (stripped, none empty)."""
+    ids: np.ndarray | None = None
+    """As written, '' where a row has none (its line number is its id); None: no row has one."""
+    groups: np.ndarray | None = None
+    train_captions: Ragged | None = None
+    aspects: Ragged | None = None
+    problems: list[tuple[int, int, str]] = field(default_factory=list)
+    """(row, rule, message) of values of the wrong type, found while reading."""
+    plain: bool = True
+    """False when a value holds a NUL character, which numpy's string functions treat as padding."""
+    pending: CIRError | None = None
+    """The error that stopped reading (a malformed line): reported after the rows before it."""
+
+
+def split_targets(value: Any, fmt: TripletFormat) -> tuple[str, ...] | str:
+    """The target paths of one cell or JSON value, or the message saying why it is none."""
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        if not all(isinstance(v, str) and v.strip() for v in value):
+            return f"'{fmt.target_key}' should be image paths"
+        return tuple(v.strip() for v in value)
+    if not isinstance(value, str):
+        return f"'{fmt.target_key}' should be an image path or a list of them"
+    return tuple(v.strip() for v in value.split(fmt.target_separator) if v.strip())
+
+
+def row_columns(rows: Iterable[tuple[int, dict[str, Any]]], fmt: TripletFormat) -> Columns:
+    """Columns of (line number, row) pairs, as `read_rows` yields them."""
+    lines, references, captions, targets, target_counts, ids, groups = [], [], [], [], [], [], []
+    forms, form_counts, aspects, aspect_counts, problems = [], [], [], [], []
+    plain, pending = True, None
+    try:
+        for line, row in rows:
+            i = len(lines)
+            lines.append(line)
+            reference, caption = row.get(fmt.reference_key), row.get(fmt.caption_key)
+            references.append(reference.strip() if isinstance(reference, str) else "")
+            captions.append(caption.strip() if isinstance(caption, str) else "")
+            found = split_targets(row.get(fmt.target_key), fmt)
+            if isinstance(found, str):
+                problems.append((i, TARGET_TYPE, found))
+                found = ()
+            targets += found
+            target_counts.append(len(found))
+            qid = row.get(fmt.id_key)
+            ids.append("" if qid is None or qid == "" else str(qid))
+            groups.append(str(row.get(fmt.group_key) or "triplets"))
+            given = row.get("aspects") or []
+            if not (isinstance(given, list) and all(isinstance(a, str) for a in given)):
+                problems.append((i, ASPECTS, ASPECTS_MESSAGE))
+                given = []
+            aspects += given
+            aspect_counts.append(len(given))
+            given = row.get("train_captions") or []
+            if not (isinstance(given, list) and all(isinstance(c, str) and c for c in given)):
+                problems.append((i, TRAIN_CAPTIONS, TRAIN_CAPTIONS_MESSAGE))
+                given = []
+            forms += given
+            form_counts.append(len(given))
+            plain = plain and not any("\x00" in v for v in (references[-1], captions[-1], *found, ids[-1]))
+    except CIRError as e:
+        pending = e
+    return Columns(lines=np.asarray(lines, dtype=np.int64), reference=strings(references), caption=strings(captions),
+                   targets=Ragged.from_lengths(np.asarray(target_counts, dtype=np.int64), strings(targets)),
+                   ids=strings(ids) if any(ids) else None,
+                   groups=strings(groups) if any(g != "triplets" for g in groups) else None,
+                   train_captions=Ragged.from_lengths(np.asarray(form_counts, dtype=np.int64), strings(forms))
+                   if forms else None,
+                   aspects=Ragged.from_lengths(np.asarray(aspect_counts, dtype=np.int64), strings(aspects))
+                   if aspects else None,
+                   problems=problems, plain=plain, pending=pending)
+
+
+def csv_columns(path: Path, fmt: TripletFormat) -> Columns | None:
+    """The columns of a CSV/TSV file through numpy's C reader; None where the file needs the
+    row-by-row reader (which then reads it, or names what is wrong with it, as it always has)."""
+    separator = fmt.separator or ("\t" if path.suffix == ".tsv" else ",")
+    if len(separator) != 1 or separator in '"\r\n\x00' or not fmt.target_separator:
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter=separator)
+            header = next(reader, None)
+            if header is None or reader.line_num != 1:
+                return None
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    if fmt.reference_key not in header or fmt.caption_key not in header or len(set(header)) < len(header):
+        return None
+    layout = _physical_lines(path)
+    if layout is None or layout[1] > csv.field_size_limit():  # `csv` refuses a field that long
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "input contained no data": the row-by-row reader says so
+        try:
+            table = np.loadtxt(path, dtype=text_dtype(), delimiter=separator, quotechar='"', skiprows=1, comments=None,
+                               encoding="utf-8", ndmin=2)
+        except (ValueError, UnicodeDecodeError):  # a row with another number of fields
+            return None
+    if table.shape[0] == 0 or table.shape[1] != len(header):
+        return None
+    if layout[0] != len(table) + 1 and layout[2]:  # numpy reads a quoted "\r\n" as "\n"
+        return None
+    try:  # one record per line after the header, or (a quoted line break, a blank line) ask `csv`
+        lines = np.arange(2, len(table) + 2) if layout[0] == len(table) + 1 else _record_lines(path, separator)
+    except csv.Error:
+        return None
+    if len(lines) != len(table):
+        return None
+
+    def column(key: str) -> np.ndarray | None:
+        return table[:, header.index(key)] if key in header else None  # a view: copied, stripped or split below
+
+    targets = column(fmt.target_key)
+    columns = Columns(lines=lines, reference=np.strings.strip(column(fmt.reference_key)),
+                      caption=np.strings.strip(column(fmt.caption_key)),
+                      targets=_split_cells(targets, fmt.target_separator) if targets is not None else
+                      Ragged.from_lengths(np.zeros(len(table), dtype=np.int64), strings([])))
+    ids, groups = column(fmt.id_key), column(fmt.group_key)
+    columns.ids = ids.copy() if ids is not None and (ids != "").any() else None
+    if groups is not None:
+        columns.groups = np.where(groups == "", strings(["triplets"]), groups).astype(text_dtype())
+    for key, rule, message in (("aspects", ASPECTS, ASPECTS_MESSAGE),
+                               ("train_captions", TRAIN_CAPTIONS, TRAIN_CAPTIONS_MESSAGE)):
+        given = column(key)  # a CSV cell is never a list: any value is a fault
+        if given is not None and (given != "").any():
+            columns.problems.append((int(np.argmax(given != "")), rule, message))
+    return columns
+
+
+def _physical_lines(path: Path) -> tuple[int, int, bool] | None:
+    """(lines in the file, bytes in its longest line, whether a line ends in "\r\n"); None if it
+    holds a NUL byte or a lone carriage return, which numpy's reader and `csv` read differently."""
+    lines = longest = returns = pairs = offset = line_start = 0
+    previous = -1  # the last byte of the previous block
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            data = np.frombuffer(block, dtype=np.uint8)
+            if (data == 0).any():
+                return None
+            ends = np.flatnonzero(data == 10)
+            returns += int((data == 13).sum())
+            pairs += int((data[ends[ends > 0] - 1] == 13).sum())
+            pairs += int(len(ends) > 0 and ends[0] == 0 and previous == 13)  # "\r" ended the previous block
+            if len(ends):
+                ends += offset
+                longest = max(longest, int((ends - np.concatenate([[line_start], ends[:-1] + 1])).max()))
+                line_start = int(ends[-1]) + 1
+            lines += len(ends)
+            previous, offset = int(data[-1]), offset + len(data)
+    if returns != pairs:
+        return None
+    return lines + (offset > line_start), max(longest, offset - line_start), pairs > 0
+
+
+def _record_lines(path: Path, separator: str) -> np.ndarray:
+    """The line number `csv` gives each record (a quoted field may span lines; blank lines are no record)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=separator)
+        next(reader)
+        return np.fromiter((reader.line_num for row in reader if row), dtype=np.int64)
+
+
+def _split_cells(cells: np.ndarray, separator: str) -> Ragged:
+    """Each cell's `separator`-separated paths, stripped, empty ones left out."""
+    whole = np.strings.strip(cells)
+    lengths = (whole != "").astype(np.int64)
+    several = np.flatnonzero(np.strings.find(cells, separator) >= 0)
+    if not len(several):
+        return Ragged.from_lengths(lengths, whole[lengths.astype(bool)])
+    parts = [[p.strip() for p in cell.split(separator) if p.strip()] for cell in cells[several].tolist()]
+    lengths[several] = [len(p) for p in parts]
+    ragged = Ragged.from_lengths(lengths, np.empty(int(lengths.sum()), dtype=text_dtype()))
+    single = np.flatnonzero(lengths == 1)
+    single = np.setdiff1d(single, several, assume_unique=True)
+    ragged.values[ragged.offsets[single]] = whole[single]
+    at = np.concatenate([np.arange(ragged.offsets[i], ragged.offsets[i + 1]) for i in several])
+    ragged.values[at] = strings([p for row in parts for p in row])
+    return ragged
+
+
+def normalise_paths(paths: np.ndarray, plain: bool = True) -> np.ndarray:
+    """`os.path.normpath` of each path. A POSIX path changes only if it has an empty, '.' or '..'
+    part or ends with '/': only those (rarely many) go through Python."""
+    if plain and os.path is posixpath:
+        suspect = ((np.strings.find(paths, "//") >= 0) | (np.strings.find(paths, "/.") >= 0)
+                   | np.strings.startswith(paths, ".") | np.strings.endswith(paths, "/") | (paths == ""))
+        suspect = np.flatnonzero(suspect)
+    else:
+        suspect = np.arange(len(paths))
+    if not len(suspect):
+        return paths
+    paths = paths.copy()
+    paths[suspect] = strings([os.path.normpath(p) for p in paths[suspect].tolist()])
+    return paths
+
+
+def first_seen(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values in order of first appearance), codes as int32."""
+    codes, distinct = pd.factorize(values)
+    return codes.astype(np.int32), strings(distinct)
+
+
+@dataclass
+class Checked:
+    """The rows of a split file that passed every rule, as one table, and what galleries need."""
+
+    table: QueryTable
+    lines: np.ndarray
+    group_names: list[str]
+    group_codes: np.ndarray | None
+    """Each row's group (an index into `group_names`); None: one group."""
+    image_codes: np.ndarray
+    """The image code of each reference and target, row by row (reference first): the order in
+    which a group's images first appear is its default gallery order."""
+
+
+def check(columns: Columns, path: Path, fmt: TripletFormat) -> Checked:
+    """The columns as a `QueryTable`, or a `CIRError` naming the first offending row by its line."""
+    lines, targets, n = columns.lines, columns.targets, len(columns.lines)
+    lengths = targets.lengths
+    faults = list(columns.problems)
+
+    def fault(rows: np.ndarray, rule: int, message) -> None:
+        if len(rows) and rows.any():
+            row = int(np.argmax(rows))
+            faults.append((row, rule, message(row) if callable(message) else message))
+
+    fault(columns.reference == "", EMPTY_REFERENCE, "empty reference")
+    fault(columns.caption == "", EMPTY_CAPTION, "empty caption")
+    starts = targets.offsets[:-1]
+    events = np.empty(n + len(targets.values), dtype=object)  # what pandas hashes: no copy of the text
+    is_reference = np.zeros(len(events), dtype=bool)
+    is_reference[np.arange(n) + starts] = True
+    events[is_reference] = columns.reference.astype(object)
+    events[~is_reference] = targets.values.astype(object)
+    codes, names = first_seen(events)
+    del events
+    normalised = normalise_paths(names, columns.plain)
+    if normalised is not names:  # two ways of writing one path are one image
+        renamed, names = first_seen(normalised)
+        codes = renamed[codes]
+    reference, target_codes = codes[is_reference], codes[~is_reference]
+    single = lengths == 1
+    only = np.zeros(n, dtype=bool)
+    only[single] = target_codes[starts[single]] == reference[single]
+    fault(only, ONLY_TARGET, lambda row: f"the reference '{names[reference[row]]}' is also its only target")
+    ids = lines.astype(np.int32) if n and lines.max() < 2 ** 31 else lines
+    if columns.ids is not None:
+        ids = columns.ids.copy()
+        unnamed = ids == ""
+        ids[unnamed] = lines[unnamed].astype(text_dtype())
+        id_codes, distinct = first_seen(ids)
+        if len(distinct) < n:  # a row is a repeat when its code is not larger than every earlier one
+            before = np.concatenate([[-1], np.maximum.accumulate(id_codes)[:-1]])
+            fault(id_codes <= before, DUPLICATE_ID, lambda row: f"duplicate query id '{ids[row]}' (first at line "
+                  f"{lines[int(np.argmax(id_codes == id_codes[row]))]})")
+    has = lengths > 0
+    if has.any() and not has.all():
+        row = max(int(np.argmax(has)), int(np.argmax(~has)))
+        faults.append((row, MIXED, f"some rows have a {fmt.target_key} and others none; "
+                                   f"a split has targets for every query or for none"))
+    if faults:
+        row, _, message = min(faults, key=lambda f: (f[0], f[1]))
+        raise CIRError(f"{path}:{lines[row]}: {message}")
+    if columns.pending is not None:
+        raise columns.pending
+    if not n:
+        raise CIRError(f"{path}: no queries")
+    table = QueryTable(ids=ids, names=names, reference=reference, targets=Ragged(targets.offsets, target_codes),
+                       captions=columns.caption, train_captions=columns.train_captions, aspects=columns.aspects,
+                       all_ground_truths=bool((lengths > 1).any()))
+    group_names, group_codes = ["triplets"], None
+    if columns.groups is not None:
+        group_codes, distinct = first_seen(columns.groups)
+        group_names = distinct.tolist()
+    return Checked(table=table, lines=lines, group_names=group_names, group_codes=group_codes,
+                   image_codes=codes)
