@@ -157,3 +157,26 @@ def test_pretrain_decays_only_what_open_clip_decays():
     assert all(p.ndim < 2 or "bn" in names[id(p)] or "ln" in names[id(p)] or "logit_scale" in names[id(p)]
                for p in plain["params"])
     assert len(plain["params"]) + len(decayed["params"]) == len(list(model.parameters()))
+
+
+def test_feature_pass_leaves_train_mode_batchnorm_statistics_to_the_re_forward():
+    """Momentum 0.5, batch [0, 2, 4, 6] as two micro-batches [0, 2] and [4, 6]: the running mean
+    moves once per micro-batch, 0 -> 0.5 * 1 = 0.5 -> 0.5 * 0.5 + 0.5 * 5 = 2.75, and the
+    counter reads 2. A feature pass that also moved them would give 0.5 * ... four times."""
+    from accelerate import Accelerator
+
+    from clip_cir.training.accumulation import training_step
+
+    accelerator = Accelerator(cpu=True)
+    norm = torch.nn.BatchNorm1d(1, momentum=0.5, affine=False).train()
+    weight = torch.nn.Parameter(torch.ones(1))
+    x = torch.tensor([[0.0], [2.0], [4.0], [6.0]])
+
+    def forward(batch):
+        return (norm(batch * weight),)
+
+    training_step(accelerator, norm, forward, lambda f: f[0].pow(2).sum(), x, accum_steps=2)
+    assert norm.running_mean.item() == pytest.approx(2.75)
+    assert int(norm.num_batches_tracked) == 2
+    # Unbiased variances: [0, 2] -> 2, [4, 6] -> 2; 1 -> 0.5 + 1 = 1.5 -> 0.75 + 1 = 1.75.
+    assert norm.running_var.item() == pytest.approx(1.75)

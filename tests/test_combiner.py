@@ -47,6 +47,33 @@ def test_forward_is_the_formula():
     assert torch.allclose(combiner(image, text).norm(dim=-1), torch.ones(5))
 
 
+def test_train_mode_forward_drops_out_where_the_method_does():
+    """DESIGN.md §2 in train mode: dropout 0.5 on the two projections, on the combiner layer's
+    output and inside the dynamic scalar (after its ReLU), drawn in that order from one seed."""
+    torch.manual_seed(0)
+    combiner = Combiner(16, 24, 40).train()
+    sd = combiner.state_dict()
+    image, text = torch.randn(5, 16), torch.randn(5, 16)
+
+    def linear(x, name):
+        return x @ sd[f"{name}.weight"].t() + sd[f"{name}.bias"]
+
+    def drop(x):
+        return F.dropout(x, 0.5, training=True)
+
+    torch.manual_seed(7)
+    tp = drop(F.relu(linear(text, "text_projection_layer")))
+    ip = drop(F.relu(linear(image, "image_projection_layer")))
+    raw = torch.cat((tp, ip), -1)
+    c = drop(F.relu(linear(raw, "combiner_layer")))
+    lam = torch.sigmoid(linear(drop(F.relu(linear(raw, "dynamic_scalar.0"))), "dynamic_scalar.3"))
+    expected = F.normalize(linear(c, "output_layer") + lam * text + (1 - lam) * image, dim=-1)
+    torch.manual_seed(7)
+    out = combiner(image, text)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(out, reference_forward(sd, image, text), atol=1e-3)  # dropout did act
+
+
 def test_published_checkpoint_loads_unchanged_and_matches_ours(tmp_path):
     torch.manual_seed(1)
     trained = Combiner(32, 64, 96)

@@ -52,3 +52,19 @@ def test_stage1_query_and_target_are_unit_rows():
     # Each target row normalised on its own (not over the batch dimension).
     assert torch.allclose(key, torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]), atol=1e-7)
     assert torch.allclose(query.norm(dim=-1), torch.ones(3)) and torch.allclose(key.norm(dim=-1), torch.ones(3))
+
+
+def test_loss_on_rank_1_of_2_labels_its_queries_by_their_place_among_all_targets(monkeypatch):
+    """Under DDP the targets of every rank are gathered in rank order, so rank 1's query i is
+    positive with row B + i, not row i. Rank 0's targets here are rank 1's in the other order:
+    q0 = (1, 0) scores [0, 100 | 100, 0] with label 2 -> log 2; q1 likewise; labels 0, 1 would
+    pick a zero logit and give 100 + log 2."""
+    from clip_cir.training import losses
+
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    rank0_targets = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    monkeypatch.setattr(losses, "_distributed", lambda: True)
+    monkeypatch.setattr(losses, "gather_with_grad", lambda targets: torch.cat([rank0_targets, targets]))
+    monkeypatch.setattr(losses.dist, "get_rank", lambda: 1)
+    loss = batch_contrastive_loss(queries, queries.clone())
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)

@@ -12,6 +12,7 @@ from clip_cir.encoding.ranking import (
     Ranking,
     rank_gallery,
     rank_split,
+    rank_subsets,
     subset_candidates,
 )
 from clip_cir.evaluation.evaluate import metrics_from_features
@@ -112,6 +113,15 @@ def test_subset_candidates_are_members_minus_reference():
     candidates = subset_candidates(split, index)
     assert candidates.tolist() == [[1, 2, -1, -1, -1], [7, 8, 9, 0, 1]]
     assert subset_candidates(CIRSplit("fashioniq", "dress", "val", [], {}, False, (10, 50)), index) is None
+
+
+def test_subset_padding_ranks_last_even_where_gallery_item_0_scores_best():
+    """Padding (-1) reads gallery row 0 for its score; that score must never place it: query 0
+    scores g0 best (10), then g2 (9) > g1 (7); query 1 has g0 as a real candidate, ranked by its
+    own score: g8 (7) > g7 (6) > g0 (4)."""
+    queries, gallery = _features()
+    candidates = torch.tensor([[1, 2, -1, -1], [7, 0, 8, -1]])
+    assert rank_subsets(queries, gallery, candidates).tolist() == [[2, 1, -1, -1], [8, 7, 0, -1]]
 
 
 def test_split_metrics_by_hand():

@@ -70,6 +70,25 @@ def test_a_tower_without_causal_eot_pooling_keeps_the_full_length():
         torch.testing.assert_close(encode_text(model, tokens), model.encode_text(tokens), atol=0, rtol=0)
 
 
+def test_an_eos_pooling_tower_is_cut_after_its_eos_token_not_its_largest_id():
+    """A causal tower that pools at a given EOS id (open_clip's `pool_type: eos`, MetaCLIP 2's
+    "worldwide" models): the batch is cut after the last EOS (position 3), though larger ids sit
+    before it (40 at position 2): cut at the largest id, the first caption would lose its EOS."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(32, vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+                 text_cfg={"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 2,
+                           "pool_type": "eos", "eos_id": 5}).eval()
+    tokens = torch.tensor([[1, 30, 40, 5, 0, 0, 0, 0],
+                           [1, 7, 5, 0, 0, 0, 0, 0]])
+    assert can_trim_text(model)
+    trimmed = trim_tokens(model, tokens)
+    assert trimmed.tolist() == [[1, 30, 40, 5], [1, 7, 5, 0]]
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text(model, trimmed), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+
+
 def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
     from clip_cir.encoding.features import encode_texts
 

@@ -161,3 +161,46 @@ def test_bad_transform_options():
         build_transform("pad", SIZE)
     with pytest.raises(CIRError, match="--target-ratio must be >= 1, got 0.8"):
         build_transform("targetpad", SIZE, target_ratio=0.8)
+
+
+def _by_hand_tensor(image: Image.Image) -> torch.Tensor:
+    """ToTensor + Normalize written out: uint8 HWC -> float CHW / 255, minus mean, over std."""
+    import numpy as np
+
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return (x - MEAN) / STD
+
+
+def test_targetpad_pipeline_step_by_step_in_pil():
+    """The published targetpad transform rebuilt from PIL calls, each size worked out by hand:
+    100x37 -> pad 21 top and bottom (100x79) -> short side 79 to 64 with PIL's BICUBIC, the long
+    side int(64 * 100 / 79) = 81 -> centre crop 64, left = round((81 - 64) / 2) = round(8.5) = 8."""
+    image = Image.effect_noise((100, 37), 90).convert("RGB")
+    padded = Image.new("RGB", (100, 79), (0, 0, 0))
+    padded.paste(image, (0, 21))
+    resized = padded.resize((81, 64), Image.BICUBIC)
+    expected = _by_hand_tensor(resized.crop((8, 0, 72, 64)))
+    out = build_transform("targetpad", SIZE, target_ratio=1.25)(image)
+    assert out.shape == expected.shape == (3, SIZE, SIZE)
+    assert torch.allclose(out, expected, atol=1e-6)
+    # The interpolation is visible at this tolerance: CLIP's bicubic, not bilinear.
+    bilinear = _by_hand_tensor(padded.resize((81, 64), Image.BILINEAR).crop((8, 0, 72, 64)))
+    assert (bilinear - expected).abs().max() > 0.05
+
+
+def test_squarepad_pipeline_step_by_step_in_pil():
+    """37x100 -> pad 31 left and right (99x100) -> short side 99 to 64, long int(64 * 100 / 99) = 64
+    -> nothing left to crop."""
+    image = Image.effect_noise((37, 100), 90).convert("RGB")
+    padded = Image.new("RGB", (99, 100), (0, 0, 0))
+    padded.paste(image, (31, 0))
+    expected = _by_hand_tensor(padded.resize((64, 64), Image.BICUBIC))
+    assert torch.allclose(build_transform("squarepad", SIZE)(image), expected, atol=1e-6)
+
+
+def test_resize_keeps_the_aspect_ratio_and_crops_the_centre():
+    """80x64 is within targetpad's ratio (1.25, padded by 0) and its short side is already 64: no
+    resampling at all, only the centre crop of columns 8..71 (a squashing resize would blend them)."""
+    image = Image.effect_noise((80, 64), 90).convert("RGB")
+    expected = _by_hand_tensor(image.crop((8, 0, 72, 64)))
+    assert torch.allclose(build_transform("targetpad", SIZE)(image), expected, atol=1e-6)
