@@ -431,12 +431,14 @@ def test_cli_lists_demo(cli):
     assert result.code == 0 and "--host HOST" in result.out and "127.0.0.1" in result.out
 
 
-def _start_demo_script(synth_root: Path, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def _start_demo_script(synth_root: Path | None, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`python demo/app.py` as a user runs it after the quickstart: from its own working directory,
-    with a RELATIVE --data-root (Flask resolves relative file paths against its package folder)."""
+    with a RELATIVE --data-root (Flask resolves relative file paths against its package folder).
+    `synth_root` None: no --data-root, the gallery comes from `args` (`--gallery-dir`)."""
     env = {**os.environ, "CLIP_CIR_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
+    data = ["--data-root", os.path.relpath(synth_root, cwd)] if synth_root is not None else []
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo" / "app.py"), "--data-root", os.path.relpath(synth_root, cwd),
+        [sys.executable, str(ROOT / "demo" / "app.py"), *data,
          "--model", "cir-tiny-vit", "--num-workers", "0", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     line = ""
@@ -575,38 +577,51 @@ def demo_script(synth_root, tmp_path):
     _stop(process)
 
 
-def test_browser_end_to_end(browser, demo_script, engine, query):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+class _Page:
+    """The demo page in the browser, read as the browser tests need it."""
 
-    wait = WebDriverWait(browser, 20)
-    reference, caption = query
-    find = browser.find_element
+    def __init__(self, browser):
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    def listed(selector: str) -> list[dict]:
+        self.browser, self.wait = browser, WebDriverWait(browser, 20)
+
+    def listed(self, selector: str) -> list[dict]:
         """data-* of the matching elements, read in one script (the page re-renders lists)."""
-        return browser.execute_script(
+        return self.browser.execute_script(
             "return [...document.querySelectorAll(arguments[0])].map(e => Object.assign({}, e.dataset))", selector)
 
-    def results_of_turn(turn: int) -> list[tuple[str, float]]:
-        wait.until(lambda d: d.find_element(By.ID, "results").get_attribute("data-turn") == str(turn)
-                   and d.find_element(By.ID, "results").get_attribute("data-state") == "done")
-        return [(item["name"], float(item["score"])) for item in listed("#results li[data-name]")]
+    def results_of_turn(self, turn: int) -> list[tuple[str, float]]:
+        from selenium.webdriver.common.by import By
 
-    def images_decoded(selector: str) -> int:
+        self.wait.until(lambda d: d.find_element(By.ID, "results").get_attribute("data-turn") == str(turn)
+                        and d.find_element(By.ID, "results").get_attribute("data-state") == "done")
+        return [(item["name"], float(item["score"])) for item in self.listed("#results li[data-name]")]
+
+    def images_decoded(self, selector: str) -> int:
         """How many images under `selector` the browser really decoded (a 500 or 404 leaves
         naturalWidth at 0); waits until every one has finished loading."""
         script = ("const images = [...document.querySelectorAll(arguments[0])];"
                   "images.forEach(img => { img.loading = 'eager'; });"  # lazy ones below the fold too
                   "return images.every(img => img.complete) ? images.map(img => img.naturalWidth) : null")
-        widths = wait.until(lambda d: d.execute_script(script, selector))
+        widths = self.wait.until(lambda d: d.execute_script(script, selector))
         assert widths and all(width > 0 for width in widths), (selector, widths)
         return len(widths)
 
-    def same_as_api(shown: list[tuple[str, float]], api: list[dict]) -> None:
-        assert [name for name, _ in shown] == [hit["name"] for hit in api]
-        assert all(abs(score - hit["score"]) < 1e-6 for (_, score), hit in zip(shown, api))
+
+def _same_as_api(shown: list[tuple[str, float]], api: list[dict]) -> None:
+    assert [name for name, _ in shown] == [hit["name"] for hit in api]
+    assert all(abs(score - hit["score"]) < 1e-6 for (_, score), hit in zip(shown, api))
+
+
+def test_browser_end_to_end(browser, demo_script, engine, query):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    page = _Page(browser)
+    wait, listed, results_of_turn, images_decoded = page.wait, page.listed, page.results_of_turn, page.images_decoded
+    same_as_api = _same_as_api
+    reference, caption = query
+    find = browser.find_element
 
     live_server = demo_script
     browser.get(live_server + "/")
@@ -675,3 +690,56 @@ def test_browser_end_to_end(browser, demo_script, engine, query):
     screenshot = _artifact_dir() / "demo_screenshot.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+@pytest.fixture
+def nested_photos(synth_root, tmp_path) -> Path:
+    """A shop's photo folder: 12 synthetic CIRR val images spread over the folder itself, a
+    subfolder and four subfolders two levels deep (8 of the 12 are there)."""
+    folders = ["", "tops", "tops/long", "tops/short", "dresses/summer", "dresses/winter"]
+    shop = tmp_path / "shop"
+    for i, source in enumerate(sorted((synth_root / "cirr_dataset" / "dev").glob("*.png"))[:12]):
+        copy = shop / folders[i % len(folders)] / source.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+    return shop
+
+
+def test_browser_searches_a_nested_gallery_folder(browser, nested_photos, tmp_path):
+    """`python demo/app.py --gallery-dir` on nested subfolders, in a real browser: every image at
+    every depth is listed and decoded, and a search from a reference two levels deep shows results
+    from the nested subfolders, ranked as the JSON API ranks them."""
+    from selenium.webdriver.common.by import By
+
+    names = sorted(path.relative_to(nested_photos).as_posix() for path in nested_photos.rglob("*.png"))
+    assert len(names) == 12 and sum(name.count("/") == 2 for name in names) == 8
+    process, url = _start_demo_script(None, tmp_path, "--gallery-dir", str(nested_photos))
+    try:
+        page, find = _Page(browser), browser.find_element
+        browser.get(url + "/")
+        page.wait.until(lambda d: d.find_element(By.ID, "info-model").text == "cir-tiny-vit (random-init)")
+        page.wait.until(lambda d: d.find_element(By.ID, "gallery").get_attribute("data-state") == "done")
+        assert [item["name"] for item in page.listed("#gallery li[data-name]")] == names
+        assert page.images_decoded("#gallery img") == 12
+
+        reference = next(name for name in names if name.count("/") == 2)
+        find(By.ID, "filter").send_keys(reference)
+        page.wait.until(lambda d: [item["name"] for item in page.listed("#gallery li[data-name]")] == [reference])
+        find(By.CSS_SELECTOR, f'#gallery li[data-name="{reference}"] button').click()
+        assert find(By.ID, "reference-name").text == reference
+        page.images_decoded("#reference-image")  # its URL is built by the page from the nested name
+        find(By.ID, "caption").send_keys("has a red circle instead")
+        k = find(By.ID, "k")
+        k.clear()
+        k.send_keys("8")
+        find(By.ID, "search-button").click()
+        shown = page.results_of_turn(1)
+        _same_as_api(shown, _api_search(url, reference, "has a red circle instead", 8))
+        assert len(shown) == 8 and {name for name, _ in shown} <= set(names)
+        assert sum(name.count("/") == 2 for name, _ in shown) >= 4  # only 4 images are not that deep
+        sources = browser.execute_script(
+            "return [...document.querySelectorAll('#results li[data-name] img')].map(img => img.getAttribute('src'))")
+        assert sources == [f"/images/{name}" for name, _ in shown]
+        assert page.images_decoded("#results img") == 8
+    finally:
+        _stop(process)

@@ -1,14 +1,18 @@
 """Feature extraction and the on-disk feature cache (keyed by weights, preprocessing, inputs)."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
 from clip_cir.encoding.features import (
+    CHUNK_ROWS,
     FeatureCache,
+    chunk_plan,
     encode_counts,
     encode_images,
     encode_texts,
@@ -52,7 +56,8 @@ def test_cache_hits_and_misses(loaded, make_tiny_clip, val_paths, tmp_path):
         return features, encode_counts["image"] - before
 
     first, n = encoded(loaded, val_paths, targetpad)
-    assert n == 16 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    # One entry: a folder holding the 16 rows as one chunk (fewer rows than CHUNK_ROWS).
+    assert n == 16 and [p.name for p in (tmp_path / "cache").glob("*/*")] == ["rows-000000000-000000016.safetensors"]
     again, n = encoded(loaded, val_paths, targetpad)
     assert n == 0 and torch.equal(again, first)
     # A freshly loaded copy of the same weights hits the cache too.
@@ -102,15 +107,18 @@ def test_text_cache(loaded, tmp_path):
 
 
 def test_damaged_cache_entry_is_recomputed(loaded, val_paths, tmp_path, caplog):
-    cache = FeatureCache(tmp_path)
+    """A damaged chunk is encoded again, and only that chunk."""
+    cache = FeatureCache(tmp_path, chunk_rows=4)
     transform = build_transform("targetpad", 64)
-    first = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
-    (entry,) = tmp_path.glob("*.safetensors")
-    entry.write_bytes(b"garbage")
+    first = encode_images(loaded, val_paths[:8], transform, batch_size=4, cache=cache, progress=False)
+    entry = sorted(tmp_path.glob("*/rows-*.safetensors"))
+    assert [p.name for p in entry] == ["rows-000000000-000000004.safetensors", "rows-000000004-000000008.safetensors"]
+    entry[1].write_bytes(b"garbage")
     before = encode_counts["image"]
-    again = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
-    assert encode_counts["image"] - before == 8
-    assert torch.allclose(again, first) and "ignoring unreadable feature cache entry" in caplog.text
+    again = encode_images(loaded, val_paths[:8], transform, batch_size=4, cache=cache, progress=False)
+    assert encode_counts["image"] - before == 4
+    assert torch.equal(again, first) and "ignoring unreadable feature cache entry" in caplog.text
+    assert torch.equal(load_file(str(entry[1]))["features"], first[4:])  # written again, readable
 
 
 def test_second_eval_encodes_no_image(cli, synth_root, tiny_checkpoint, make_tiny_clip, tmp_path):
@@ -173,3 +181,110 @@ def test_inference_batch_default_is_one_number():
     args = cli_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])
     assert args.batch_size == EncodeOptions(transform=build_transform("targetpad", 64)).batch_size
     assert args.batch_size == INFERENCE_BATCH_SIZE == 256
+
+
+def test_chunk_plan_gives_each_process_whole_chunks():
+    assert chunk_plan(10, 1, 4) == [[(0, 4), (4, 8), (8, 10)]]
+    assert chunk_plan(10, 2, 4) == [[(0, 4)], [(4, 8), (8, 10)]]
+    assert chunk_plan(20, 4, 4) == [[(0, 4)], [(4, 8)], [(8, 12)], [(12, 16), (16, 20)]]
+    # Fewer chunks than processes: equal contiguous shares, so no process idles.
+    assert chunk_plan(10, 4, 16) == [[(0, 3)], [(3, 6)], [(6, 9)], [(9, 10)]]
+    assert chunk_plan(2, 4, 16) == [[(0, 1)], [(1, 2)], [], []]
+    assert CHUNK_ROWS % 256 == 0  # chunks split no batch of the default sizes
+
+
+def test_an_entry_loads_once_its_chunks_cover_every_row(tmp_path):
+    cache = FeatureCache(tmp_path, chunk_rows=4)
+    rows = torch.arange(40.0).reshape(10, 4)
+    cache.save_piece("k", (0, 4), rows[:4])
+    cache.save_piece("k", (4, 8), rows[4:8])
+    assert cache.load("k", 10) is None  # rows 8-9 are missing
+    assert torch.equal(cache.load_piece("k", (4, 8)), rows[4:8]) and cache.load_piece("k", (8, 10)) is None
+    cache.save_piece("k", (8, 10), rows[8:])
+    assert torch.equal(cache.load("k", 10), rows)
+    # Chunks left by runs with other numbers of processes overlap; any chain of them that covers
+    # every row is the entry.
+    cache.save_piece("mixed", (0, 4), rows[:4] + 100)  # no chunk starts at 4: a dead end
+    cache.save_piece("mixed", (0, 5), rows[:5])
+    cache.save_piece("mixed", (5, 10), rows[5:])
+    assert torch.equal(cache.load("mixed", 10), rows)
+    cache.save("whole", rows)
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == [
+        "rows-000000000-000000004.safetensors", "rows-000000004-000000008.safetensors",
+        "rows-000000008-000000010.safetensors"]
+    assert torch.equal(cache.load("whole", 10), rows)
+
+
+def test_chunked_extraction_equals_unchunked(loaded, val_paths, tmp_path):
+    transform = build_transform("targetpad", 64)
+    texts = [f"make shape {i} {colour}" for i, colour in enumerate(["red", "blue", "green", "grey", "pink"] * 2)]
+    whole = encode_images(loaded, val_paths, transform, batch_size=4, progress=False)
+    whole_text = encode_texts(loaded, texts, batch_size=2, progress=False)
+    cache = FeatureCache(tmp_path, chunk_rows=8)
+    before = dict(encode_counts)
+    chunked = encode_images(loaded, val_paths, transform, batch_size=4, cache=cache, progress=False)
+    chunked_text = encode_texts(loaded, texts, batch_size=2, cache=cache, progress=False)
+    assert torch.equal(chunked, whole) and torch.equal(chunked_text, whole_text)
+    # One folder per entry, its chunk files read back in order are the features.
+    entries = {}
+    for folder in tmp_path.iterdir():
+        files = sorted(folder.iterdir())
+        entries[tuple(f.name for f in files)] = torch.cat([load_file(str(f))["features"] for f in files])
+    images = ("rows-000000000-000000008.safetensors", "rows-000000008-000000016.safetensors")
+    captions = ("rows-000000000-000000008.safetensors", "rows-000000008-000000010.safetensors")
+    assert set(entries) == {images, captions}
+    assert torch.equal(entries[images], whole) and torch.equal(entries[captions], whole_text)
+    again = encode_images(loaded, val_paths, transform, batch_size=4, cache=cache, progress=False)
+    again_text = encode_texts(loaded, texts, batch_size=2, cache=cache, progress=False)
+    assert torch.equal(again, whole) and torch.equal(again_text, whole_text)
+    assert encode_counts["image"] - before.get("image", 0) == 16 and encode_counts["text"] - before["text"] == 10
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_an_interrupted_extraction_encodes_only_the_missing_chunks(kind, loaded, val_paths, tmp_path, monkeypatch):
+    transform = build_transform("targetpad", 64)
+    texts = [f"turn shape {i} around" for i in range(16)]
+    pixels = PixelCache(tmp_path / "pixels")
+
+    def extract(cache):
+        if kind == "image":
+            return encode_images(loaded, val_paths, transform, batch_size=4, cache=cache, progress=False,
+                                 pixel_cache=pixels)
+        return encode_texts(loaded, texts, batch_size=4, cache=cache, progress=False)
+
+    straight = extract(FeatureCache(None))
+    cache = FeatureCache(tmp_path / "features", chunk_rows=4)
+    written, save_piece = [], FeatureCache.save_piece
+
+    def save_then_die(self, key, piece, features):
+        save_piece(self, key, piece, features)
+        written.append(piece)
+        if len(written) == 2:
+            raise Interrupted("killed after two chunks")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FeatureCache, "save_piece", save_then_die)
+        with pytest.raises(Interrupted):
+            extract(cache)
+    assert written == [(0, 4), (4, 8)] and len(list((tmp_path / "features").glob("*/rows-*"))) == 2
+    before = encode_counts[kind]
+    resumed = extract(cache)
+    assert encode_counts[kind] - before == 8  # rows 8-15, the two chunks not on disk
+    assert torch.equal(resumed, straight)
+    assert len(list((tmp_path / "features").glob("*/rows-*"))) == 4
+
+
+def test_single_file_entries_of_earlier_versions_are_still_read(loaded, val_paths, tmp_path):
+    cache = FeatureCache(tmp_path)
+    transform = build_transform("targetpad", 64)
+    first = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
+    (folder,) = tmp_path.iterdir()
+    save_file({"features": first * 2}, str(tmp_path / f"{folder.name}.safetensors"))  # the same key, one file
+    shutil.rmtree(folder)
+    before = encode_counts["image"]
+    again = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
+    assert encode_counts["image"] == before and torch.equal(again, first * 2)

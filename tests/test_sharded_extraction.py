@@ -1,5 +1,6 @@
-"""Frozen-feature extraction under DDP: each rank encodes about half, and every rank ends with
-the same features one process computes."""
+"""Frozen-feature extraction under DDP: each rank encodes about half (whole feature cache chunks,
+written by the rank that encoded them), and every rank ends with the same features one process
+computes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_checkpoint, tmp_path):
+def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feature(synth_root, tiny_checkpoint,
+                                                                                   tmp_path):
+    """16-row cache chunks: rank 0 takes the first half of the chunks, rank 1 the rest, each
+    writes its own chunk files, and both end with every row."""
     from test_training import ddp_launcher
 
     from clip_cir.data import load_splits
@@ -24,7 +28,7 @@ def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_c
     from clip_cir.params import transform_for
 
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
-           str(synth_root), str(tiny_checkpoint), str(tmp_path)]
+           str(synth_root), str(tiny_checkpoint), str(tmp_path), "16"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,16 +36,27 @@ def test_two_processes_each_encode_half_and_get_every_feature(synth_root, tiny_c
     clip = load_clip(None, str(tiny_checkpoint))
     split = load_splits("cirr", synth_root, "val")[0]
     one = split_features(clip, split, EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), progress=False))
-    images, texts = len(split.gallery), len(split.queries)
+    # 180 gallery images = 11 chunks of 16 and one of 4: rank 0 gets 6 chunks (rows 0-95), rank 1
+    # the other 6 (96-179); 60 captions = 3 chunks of 16 and one of 12: rows 0-31 and 32-59.
+    assert (len(split.gallery), len(split.queries)) == (180, 60)
     counts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [c["image"] for c in counts] == [-(-images // 2), images - -(-images // 2)]
-    assert [c["text"] for c in counts] == [-(-texts // 2), texts - -(-texts // 2)]
+    assert [(c["image"], c["text"]) for c in counts] == [(96, 32), (84, 28)]
+    written = [json.loads((tmp_path / f"rank{r}_chunks.json").read_text()) for r in range(2)]
+    images = [f"rows-{start:09d}-{min(start + 16, 180):09d}.safetensors" for start in range(0, 180, 16)]
+    captions = [f"rows-{start:09d}-{min(start + 16, 60):09d}.safetensors" for start in range(0, 60, 16)]
+    assert [[name for _, name in w] for w in written] == [images[:6] + captions[:2], images[6:] + captions[2:]]
+    # Each entry folder holds exactly the chunks the two ranks wrote.
+    on_disk = sorted([p.parent.name, p.name] for p in (tmp_path / "cache").glob("*/*"))
+    assert on_disk == sorted(written[0] + written[1])
     for rank in range(2):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
         torch.testing.assert_close(got["gallery"], one.gallery, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["text"], one.text, atol=1e-5, rtol=1e-5)
-        # The second extraction found rank 0's cache file: nobody encoded anything more.
+        # The second extraction read the chunks both ranks wrote: nobody encoded anything more.
         assert json.loads((tmp_path / f"rank{rank}_again.json").read_text()) == counts[rank]
+    gallery_entry = next(folder for folder, name in written[1] if name == images[-1])
+    assert torch.equal(load_file(str(tmp_path / "cache" / gallery_entry / images[-1]))["features"],
+                       load_file(str(tmp_path / "rank0.safetensors"))["gallery"][176:])
 
 
 def test_a_rank_that_fails_stops_every_rank_with_its_reason(data_copy, tiny_checkpoint, tmp_path):

@@ -242,15 +242,31 @@ def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_chec
 
 
 def test_demo_engine_serves_a_nested_photo_folder(tmp_path, tiny_checkpoint):
+    """`demo --gallery-dir` over subfolders two levels deep: listed, served and searched by their
+    paths relative to the folder (the page builds each image's URL from the name)."""
     from clip_cir.apps.demo.app import _build_app
     from clip_cir.params import demo_parser
 
     shop = tmp_path / "shop"
-    _photos(shop, ["tops/a.png", "tops/long/b.png", "dresses/c.png"])
+    names = ["dresses/c.png", "tops/a.png", "tops/long/b.png", "tops/long/sleeved/e.png", "top-level.png"]
+    _photos(shop, names)
     args = demo_parser().parse_args(["--gallery-dir", str(shop), "--pretrained", str(tiny_checkpoint),
                                      "--cache-dir", str(tmp_path / "cache")])
     client = _build_app(args).test_client()
     info = client.get("/api/info").get_json()
-    assert info["gallery_size"] == 3 and info["dataset"] == "folder"
+    assert info["gallery_size"] == 5 and info["dataset"] == "folder"
     page = client.get("/api/gallery?per_page=10").get_json()
-    assert sorted(item["name"] for item in page["items"]) == ["dresses/c.png", "tops/a.png", "tops/long/b.png"]
+    assert [item["name"] for item in page["items"]] == sorted(names)  # sorted by path
+    assert {item["name"]: item["url"] for item in page["items"]}["tops/long/sleeved/e.png"] == \
+        "/images/tops/long/sleeved/e.png"
+    filtered = client.get("/api/gallery?filter=long/").get_json()
+    assert [item["name"] for item in filtered["items"]] == ["tops/long/b.png", "tops/long/sleeved/e.png"]
+    for name in names:
+        assert client.get(f"/images/{name}").data == (shop / name).read_bytes(), name
+    answer = client.post("/api/search", json={"reference": "tops/long/sleeved/e.png", "caption": "make it red",
+                                              "k": 5}).get_json()
+    assert answer["reference"] == "tops/long/sleeved/e.png"
+    assert sorted(hit["name"] for hit in answer["results"]) == sorted(names)  # the folder keeps the reference
+    for hit in answer["results"]:
+        assert hit["url"] == f"/images/{hit['name']}"
+        assert client.get(hit["url"]).data == (shop / hit["name"]).read_bytes()

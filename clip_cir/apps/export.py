@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -49,6 +50,10 @@ PLACEHOLDER_REPO = "ORG/NAME"
 PRIVATE_SETTINGS = {"data_root", "output_dir", "run_dir", "cache_dir", "resume", "experiment_name", "program",
                     "num_workers", "no_progress", "tracker", "no_cache", "cpu"}
 """Run options that describe one machine, not the model: kept out of a published card."""
+LAYOUT_SETTINGS = {"fashioniq_categories": "fashioniq", "circo_query_text": "circo", "keep_reference": "triplets",
+                   "csv_reference_key": "triplets", "csv_caption_key": "triplets", "csv_target_key": "triplets",
+                   "csv_separator": "triplets"}
+"""Data options only one `--dataset` reads: on the card of a run on that dataset only."""
 CITATIONS = (
     "@inproceedings{baldrati2022conditioned,\n"
     "  title={Conditioned and Composed Image Retrieval Combining and Partially Fine-Tuning CLIP-Based Features},\n"
@@ -127,9 +132,25 @@ def _public(value: Any) -> Any:
     return value
 
 
+def data_name(config: Mapping[str, Any]) -> str | None:
+    """What a `--dataset triplets` run trained on, for a reader of the card: the data folder's own
+    name (the rest of its path is this machine's). None for the benchmarks, which their name says."""
+    if config.get("dataset") != "triplets" or not config.get("data_root"):
+        return None
+    name = os.path.basename(os.path.normpath(str(config["data_root"])))
+    return name if name not in ("", ".", "..") else None
+
+
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    private = PRIVATE_SETTINGS | ({"fashioniq_categories"} if config.get("dataset") != "fashioniq" else set())
-    return {k: _public(v) for k, v in config.items() if k not in private and v is not None}
+    dataset = config.get("dataset")
+    private = PRIVATE_SETTINGS | {k for k, owner in LAYOUT_SETTINGS.items() if dataset and dataset != owner}
+    settings: dict[str, Any] = {}
+    for k, v in config.items():
+        if k not in private and v is not None:
+            settings[k] = _public(v)
+        if k == "dataset" and data_name(config):
+            settings["data"] = data_name(config)
+    return settings
 
 
 def _base_model(clip: LoadedCLIP, clip_from: Provenance) -> str:
@@ -150,8 +171,9 @@ def _metrics_block(title: str, origin: Provenance) -> str:
     if not metrics:
         return ""
     dataset = origin.runs[0].get("dataset", "") if origin.runs else ""
+    data = f"{dataset} `{data_name(origin.runs[0])}`" if origin.runs and data_name(origin.runs[0]) else dataset
     epoch = f", epoch {origin.metadata['epoch']}" if "epoch" in origin.metadata else ""
-    return f"\n### {title} ({dataset} val{epoch})\n\n```\n{format_metrics(metrics, dataset)}\n```\n"
+    return f"\n### {title} ({data} val{epoch})\n\n```\n{format_metrics(metrics, dataset)}\n```\n"
 
 
 def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | None, combiner_from: Provenance | None,
@@ -168,11 +190,15 @@ def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | Non
                                "Architecture": f"{clip.model_name}: open_clip config in open_clip_config.json "
                                                f"(embedding dim {clip.embed_dim}, input {clip.input_size} px, "
                                                f"QuickGELU {'yes' if clip.config.get('quick_gelu') else 'no'})"}
-    for run in runs:
-        stage = STAGES.get(run.get("program"), str(run.get("program")))
-        if stage not in seen:
-            seen.add(stage)
-            details[stage] = _settings(run)
+    stages = [STAGES.get(run.get("program"), str(run.get("program"))) for run in runs]
+    for stage, run in zip(stages, runs):
+        if stages.count(stage) > 1:  # stage 1 on a large triplet set, then on the benchmark: both shown
+            data = " ".join(filter(None, [run.get("dataset"), f"`{data_name(run)}`" if data_name(run) else None]))
+            stage = f"{stage} on {data}" if data else stage
+        while stage in seen:
+            stage += ", again"
+        seen.add(stage)
+        details[stage] = _settings(run)
     if combiner is not None:
         details["Combiner"] = combiner.dims
     dataset = next((r.get("dataset") for r in reversed(runs) if r.get("dataset")), None)

@@ -3,26 +3,32 @@
 Frozen towers give the same features every time, so image (and text) features are cached on
 disk, keyed by a hash of the tower's weights, the preprocessing and the exact list of inputs.
 Evaluating the same CLIP twice, or training stage 2 for 300 epochs, encodes each image once.
-Features are stored raw (un-normalised): the method sums raw image and text features.
+Features are stored raw (un-normalised): the method sums raw image and text features. They are
+written chunk by chunk as they are encoded (`feature_cache`), so an interrupted extraction of a
+large gallery resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter, deque
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from clip_cir.encoding.feature_cache import (  # noqa: F401 - CHUNK_ROWS, default_cache_dir: imported from here too
+    CHUNK_ROWS,
+    FeatureCache,
+    Piece,
+    chunk_plan,
+    default_cache_dir,
+)
 from clip_cir.encoding.pixels import PixelCache, files_digest, image_batches
 from clip_cir.errors import CIRError
-from clip_cir.models.checkpoints import atomic_write
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.towers import encode_text, is_channels_last, tower_fingerprint, tower_input
 from clip_cir.models.transforms import ImageTransform
@@ -50,39 +56,6 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CLIP_CIR_CACHE", Path.home() / ".cache" / "clip_cir")) / "features"
-
-
-class FeatureCache:
-    """Feature tensors on disk, one safetensors file per (weights, preprocessing, inputs) key."""
-
-    def __init__(self, root: str | os.PathLike | None):
-        self.root = Path(root) if root is not None else None
-
-    def key(self, *parts: str) -> str:
-        digest = hashlib.blake2b(digest_size=20)
-        for part in parts:
-            digest.update(part.encode())
-            digest.update(b"\0")
-        return digest.hexdigest()
-
-    def load(self, key: str) -> torch.Tensor | None:
-        if self.root is None or not (self.root / f"{key}.safetensors").is_file():
-            return None
-        try:
-            return load_file(str(self.root / f"{key}.safetensors"))["features"]
-        except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
-            log.warning("ignoring unreadable feature cache entry %s (%s)", key, e)
-            return None
-
-    def save(self, key: str, features: torch.Tensor) -> None:
-        if self.root is None:
-            return
-        tensors = {"features": features.detach().cpu().contiguous()}
-        atomic_write(self.root / f"{key}.safetensors", lambda tmp: save_file(tensors, tmp))
 
 
 def _list_digest(items: Sequence[str]) -> str:
@@ -118,27 +91,29 @@ class Shard:
     """This process's share of a frozen-feature extraction under DDP.
 
     Every rank would otherwise encode every image, so N GPUs would extract no faster than one:
-    rank r encodes the r-th contiguous 1/N of the inputs, and the rows are gathered back in
-    order. Only where every rank makes the same call (the extraction before training), never in
-    main-process-only work such as validation.
+    rank r encodes the r-th contiguous run of the cache's chunks (`chunk_plan`), writes them, and
+    the rows are gathered back in order. Only where every rank makes the same call (the
+    extraction before training), never in main-process-only work such as validation.
     """
 
-    def __init__(self, n: int, enabled: bool, device: torch.device | str):
+    def __init__(self, n: int, enabled: bool, device: torch.device | str, chunk_rows: int):
         import torch.distributed as dist
 
         self.n, self.device = n, torch.device(device)
         on = enabled and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.world = dist.get_world_size() if on else 1
         self.rank = dist.get_rank() if on else 0
-        self.per = -(-n // self.world)
-        self.start, self.stop = min(self.rank * self.per, n), min((self.rank + 1) * self.per, n)
+        plan = chunk_plan(n, self.world, chunk_rows)
+        self.spans = [(pieces[0][0], pieces[-1][1]) if pieces else (n, n) for pieces in plan]
+        self.pieces: list[Piece] = plan[self.rank]
+        self.start, self.stop = self.spans[self.rank]
 
     @property
     def active(self) -> bool:
         return self.world > 1
 
     def all_hit(self, hit: bool) -> bool:
-        """True only if every rank found the features in the cache (else all encode)."""
+        """True only if every rank found the features in the cache (else all take part in encoding)."""
         if not self.active:
             return hit
         import torch.distributed as dist
@@ -173,11 +148,58 @@ class Shard:
             return local
         import torch.distributed as dist
 
-        padded = torch.zeros(self.per, dim, dtype=torch.float32, device=self.device)
+        per = max(stop - start for start, stop in self.spans)
+        padded = torch.zeros(per, dim, dtype=torch.float32, device=self.device)
         padded[: len(local)] = local.to(self.device)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
-        return torch.cat(parts)[: self.n].cpu()
+        return torch.cat([part[:stop - start] for part, (start, stop) in zip(parts, self.spans)]).cpu()
+
+
+def _extract(n: int, dim: int, cache: FeatureCache, key: str, *, sharded: bool, device: torch.device | str,
+             encode: Callable[[list[Piece]], Iterable[torch.Tensor]], desc: str, progress: bool,
+             unit: str) -> torch.Tensor:
+    """The features of `n` inputs from the cache, encoding what is missing: this process's chunks
+    that are not on disk go through `encode(pieces)` (feature batches in row order, none
+    straddling two pieces), and each chunk is written as soon as its last batch is in."""
+    chunk_rows = cache.chunk_rows if cache.root is not None else max(n, 1)
+    shard = Shard(n, sharded, device, chunk_rows)
+    complete = cache.load(key, n) if cache.root is not None else None
+    if shard.all_hit(complete is not None):
+        log.info("%s: %d from cache", desc, n)
+        return complete
+
+    def encode_mine() -> torch.Tensor:
+        # Filled in place where the features are computed, and copied back once: no batch waits for
+        # its own result, and a large gallery (CIRCO: 123k x 640 floats, 315 MB) is never held
+        # twice as a list of batches plus their concatenation.
+        local = torch.empty(shard.stop - shard.start, dim, device=device)
+        todo = []
+        for start, stop in shard.pieces:
+            rows = complete[start:stop] if complete is not None else cache.load_piece(key, (start, stop))
+            if rows is None:
+                todo.append((start, stop))
+            else:
+                local[start - shard.start:stop - shard.start] = rows
+        if todo and len(todo) < len(shard.pieces):
+            log.info("%s: %d of %d chunks from cache, encoding the other %d", desc, len(shard.pieces) - len(todo),
+                     len(shard.pieces), len(todo))
+        batches = iter(encode(todo))
+        in_flight = InFlight(device)
+        with tqdm(total=sum(stop - start for start, stop in todo), desc=desc, unit=unit,
+                  disable=None if progress else True, leave=False) as bar:
+            for start, stop in todo:
+                at = start - shard.start
+                while at < stop - shard.start:
+                    batch = next(batches)
+                    local[at:at + len(batch)] = batch
+                    at += len(batch)
+                    in_flight.push()
+                    bar.update(len(batch))
+                cache.save_piece(key, (start, stop), local[start - shard.start:stop - shard.start])
+        return local.cpu()
+
+    return shard.collect(encode_mine, dim)
 
 
 @torch.no_grad()
@@ -187,46 +209,37 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
                   desc: str = "image features", progress: bool = True,
                   pixel_cache: PixelCache | None = None, sharded: bool = False) -> torch.Tensor:
     """Raw CLIP image features [N, D] (float32, CPU) for `paths`, from the cache when possible.
-    `sharded`: every DDP rank calls this, each encodes 1/N and all get every row."""
+    `sharded`: every DDP rank calls this, each encodes its chunks and all get every row."""
     cache = cache or FeatureCache(None)
+    paths = list(paths)
+    if not paths:
+        return torch.zeros(0, clip.embed_dim)
     key = cache.key("image", tower_fingerprint(clip.model, "image"), clip.signature, transform.signature, precision,
                     files_digest(paths)) if cache.root is not None else ""
-    shard = Shard(len(paths), sharded, device)
-    cached = cache.load(key)
-    if shard.all_hit(cached is not None and cached.shape[0] == len(paths)):
-        log.info("%s: %d images from cache", desc, len(paths))
-        return cached
-    mine = list(paths)[shard.start:shard.stop]
+    channels_last = is_channels_last(clip.model.visual)
 
-    def encode_mine() -> torch.Tensor:
-        # Keyed by the files: each DDP rank's share is its own cache file (written atomically).
-        pixels = pixel_cache.get(mine, transform, num_workers=num_workers, progress=progress,
+    def encode(pieces: list[Piece]) -> Iterator[torch.Tensor]:
+        if not pieces:
+            return
+        todo = [path for start, stop in pieces for path in paths[start:stop]]
+        offsets, at = [], 0
+        for start, stop in pieces:  # the pieces' rows within `todo`
+            offsets.append((at, at + stop - start))
+            at += stop - start
+        pixels = pixel_cache.get(todo, transform, num_workers=num_workers, progress=progress,
                                  desc=f"{desc} (pixels)") if pixel_cache else None
-        batches = image_batches(mine, transform, pixels, batch_size=batch_size, num_workers=num_workers,
-                                pin_memory=torch.device(device).type == "cuda")
-        channels_last = is_channels_last(clip.model.visual)
-        # Filled in place where the features are computed, and copied back once: no batch waits for
-        # its own result, and a large gallery (CIRCO: 123k x 640 floats, 315 MB) is never held
-        # twice as a list of batches plus their concatenation.
-        local = torch.empty(len(mine), clip.embed_dim, device=device)
-        filled = 0
-        in_flight = InFlight(device)
-        with eval_mode(clip.model):
-            for images in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True, leave=False):
-                # uint8 to the device (asynchronously from pinned memory), normalised there.
-                images = tower_input(images.to(device, non_blocking=True), channels_last)
-                with (autocast or nullcontext)():
-                    batch = clip.model.encode_image(transform.normalize(images))
-                local[filled:filled + len(batch)] = batch
-                filled += len(batch)
-                encode_counts["image"] += len(images)
-                in_flight.push()
-        return local.cpu()
+        for images in image_batches(todo, transform, pixels, batch_size=batch_size, num_workers=num_workers,
+                                    pin_memory=torch.device(device).type == "cuda", pieces=offsets):
+            # uint8 to the device (asynchronously from pinned memory), normalised there.
+            images = tower_input(images.to(device, non_blocking=True), channels_last)
+            with (autocast or nullcontext)():
+                batch = clip.model.encode_image(transform.normalize(images))
+            encode_counts["image"] += len(images)
+            yield batch
 
-    features = shard.collect(encode_mine, clip.embed_dim)
-    if shard.rank == 0:
-        cache.save(key, features)
-    return features
+    with eval_mode(clip.model):
+        return _extract(len(paths), clip.embed_dim, cache, key, sharded=sharded, device=device, encode=encode,
+                        desc=desc, progress=progress, unit="image")
 
 
 @torch.no_grad()
@@ -236,29 +249,21 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible (`sharded`: as
     for `encode_images`)."""
     cache = cache or FeatureCache(None)
+    texts = list(texts)
+    if not texts:
+        return torch.zeros(0, clip.embed_dim)
     key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.signature, precision,
-                    _list_digest(list(texts))) if cache.root is not None else ""
-    shard = Shard(len(texts), sharded, device)
-    cached = cache.load(key)
-    if shard.all_hit(cached is not None and cached.shape[0] == len(texts)):
-        return cached
-    mine = list(texts)[shard.start:shard.stop]
+                    _list_digest(texts)) if cache.root is not None else ""
 
-    def encode_mine() -> torch.Tensor:
-        local = torch.empty(len(mine), clip.embed_dim, device=device)  # as in encode_images: copied back once
-        in_flight = InFlight(device)
-        with eval_mode(clip.model):
-            for start in tqdm(range(0, len(mine), batch_size), desc=desc, unit="batch",
-                              disable=None if progress else True, leave=False):
-                tokens = clip.tokenize(mine[start:start + batch_size]).to(device, non_blocking=True)
+    def encode(pieces: list[Piece]) -> Iterator[torch.Tensor]:
+        for first, stop in pieces:
+            for start in range(first, stop, batch_size):
+                tokens = clip.tokenize(texts[start:min(start + batch_size, stop)]).to(device, non_blocking=True)
                 with (autocast or nullcontext)():
                     batch = encode_text(clip.model, tokens)
-                local[start:start + len(batch)] = batch
                 encode_counts["text"] += tokens.shape[0]
-                in_flight.push()
-        return local.cpu()
+                yield batch
 
-    features = shard.collect(encode_mine, clip.embed_dim)
-    if shard.rank == 0:
-        cache.save(key, features)
-    return features
+    with eval_mode(clip.model):
+        return _extract(len(texts), clip.embed_dim, cache, key, sharded=sharded, device=device, encode=encode,
+                        desc=desc, progress=progress, unit="text")

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from clip_cir.data.io import load_image
@@ -91,20 +91,43 @@ class PixelArray:
         return {"path": self.path, "_array": None}
 
 
+def batch_spans(n: int, batch_size: int, pieces: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Rows [start, stop) of each batch over `n` rows: consecutive, or restarting at each piece's
+    start so that no batch straddles two pieces (pieces tile [0, n) in order)."""
+    pieces = pieces if pieces is not None else [(0, n)]
+    return [(start, min(start + batch_size, stop))
+            for first, stop in pieces for start in range(first, stop, batch_size)]
+
+
+class SpanSampler(Sampler):
+    """A DataLoader's batches as given row spans (`batch_spans`), in order."""
+
+    def __init__(self, spans: Sequence[tuple[int, int]]):
+        self.spans = list(spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (list(range(start, stop)) for start, stop in self.spans)
+
+
 class PixelBatches:
     """A pixel cache file in consecutive batches, in order (what extraction reads): one slice copy
     per batch instead of a per-image read, a stack and a second copy into pinned memory."""
 
-    def __init__(self, pixels: PixelArray, batch_size: int, pin_memory: bool = False):
+    def __init__(self, pixels: PixelArray, batch_size: int, pin_memory: bool = False,
+                 spans: Sequence[tuple[int, int]] | None = None):
         self.pixels, self.batch_size, self.pin_memory = pixels, batch_size, pin_memory
+        self.spans = list(spans) if spans is not None else None
 
     def __len__(self) -> int:
-        return -(-len(self.pixels) // self.batch_size)
+        return len(self.spans) if self.spans is not None else -(-len(self.pixels) // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        n = len(self.pixels)
-        for start in range(0, n, self.batch_size):
-            yield self.pixels.rows(start, min(start + self.batch_size, n), self.pin_memory)
+        spans = self.spans if self.spans is not None else batch_spans(len(self.pixels), self.batch_size)
+        for start, stop in spans:
+            yield self.pixels.rows(start, stop, self.pin_memory)
 
 
 class PixelDataset(Dataset):
@@ -119,15 +142,18 @@ class PixelDataset(Dataset):
 
 
 def image_batches(paths: Sequence[Path], transform: ImageTransform, cached: PixelArray | None, *, batch_size: int,
-                  num_workers: int = 0, pin_memory: bool = False) -> Iterable[torch.Tensor]:
-    """uint8 pixels of `paths` in order, `batch_size` at a time: slices of the pixel cache when there
-    is one, else decoded by `num_workers` worker processes. `pin_memory` (for a CUDA device): in
-    page-locked memory, so the copy to the device can run asynchronously."""
+                  num_workers: int = 0, pin_memory: bool = False,
+                  pieces: Sequence[tuple[int, int]] | None = None) -> Iterable[torch.Tensor]:
+    """uint8 pixels of `paths` in order, `batch_size` at a time (no batch straddling two of
+    `pieces`): slices of the pixel cache when there is one, else decoded by `num_workers` worker
+    processes. `pin_memory` (for a CUDA device): in page-locked memory, so the copy to the device
+    can run asynchronously."""
+    spans = batch_spans(len(paths), batch_size, pieces)
     if cached is not None:
-        return PixelBatches(cached, batch_size, pin_memory)
+        return PixelBatches(cached, batch_size, pin_memory, spans)
     # Its own generator: encoding (which a warm cache skips) must not advance the global RNG that
     # training draws from.
-    return DataLoader(DecodedPixels(paths, transform), batch_size=batch_size, num_workers=num_workers, shuffle=False,
+    return DataLoader(DecodedPixels(paths, transform), batch_sampler=SpanSampler(spans), num_workers=num_workers,
                       pin_memory=pin_memory, generator=torch.Generator())
 
 

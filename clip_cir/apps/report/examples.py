@@ -164,7 +164,19 @@ def _show_image(ax, path: Path, title: str, label: str, framed: bool, title_colo
 
 
 def _short(name: str, width: int = 24) -> str:
-    return name if len(name) <= width else name[:width - 1] + "…"
+    """A gallery name that fits under a tile. A path (a `--dataset triplets` or folder gallery's
+    names) keeps its end, the file name and as many folders as fit; other names their start."""
+    if len(name) <= width:
+        return name
+    if "/" not in name:
+        return name[:width - 1] + "…"
+    parts = name.split("/")
+    tail = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + 1 + len(tail) > width - 2:
+            break
+        tail = f"{part}/{tail}"
+    return "…/" + tail if len(tail) <= width - 2 else "…" + tail[-(width - 1):]
 
 
 def _draw_example(subfig, example: Example) -> None:
