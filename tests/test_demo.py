@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_cir.apps.demo.app import MAX_K, create_app, make_server
+from clip_cir.apps.demo.app import MAX_K, create_app, decode_upload, make_server
 from clip_cir.apps.demo.engine import DemoEngine
 from clip_cir.data import load_splits
 from clip_cir.encoding.encode import EncodeOptions
@@ -298,6 +298,24 @@ def test_multipart_with_reference_name(client, engine, query):
     response = client.post("/api/search", data={"reference": reference, "caption": caption, "k": "4"},
                            content_type="multipart/form-data")
     assert [h["name"] for h in response.get_json()["results"]] == _expected_ranking(engine, reference, caption, 4)
+
+
+def test_an_uploaded_palette_png_is_converted_to_rgb_after_the_crop(engine, clip):
+    """Uploads are preprocessed as gallery files are: padded (with palette entry 0, red here) and
+    resized in their own mode, converted to RGB only after the crop."""
+    image = Image.new("P", (60, 20), 1)
+    image.putpalette([200, 30, 30, 0, 0, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    decoded = decode_upload(buffer.getvalue())
+    assert decoded.mode == "P" and decoded.size == (60, 20)
+    transform = engine.encode.transform
+    with torch.no_grad():
+        expected = clip.model.eval().encode_image(transform(decoded).unsqueeze(0)).float()
+        converted_first = clip.model.encode_image(transform(decoded.convert("RGB")).unsqueeze(0)).float()
+    got = engine._image_features(decoded)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, converted_first, atol=1e-3)
 
 
 def test_upload_rejections(client, query):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from test_training import stage1_args
+from test_transforms import _mode_image, _published
 
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelCache
@@ -47,6 +48,34 @@ def test_normalised_cached_pixels_are_the_decoded_tensors(real_sized_images, tmp
         expected = transform(load_image(path))
         assert cached[i].dtype == torch.uint8
         assert torch.equal(transform.normalize(cached[i].unsqueeze(0))[0], expected), path
+
+
+@pytest.fixture(scope="module")
+def mode_files(tmp_path_factory) -> dict[str, Path]:
+    """One small non-square file per mode CIRR's PNGs and FashionIQ's JPEGs may hold (CMYK: a JPEG)."""
+    root = tmp_path_factory.mktemp("modes")
+    files = {}
+    for mode in ["P", "RGBA", "LA", "1", "L", "RGB", "I;16", "CMYK"]:
+        path = root / f"{mode.replace(';', '_')}.{'jpg' if mode == 'CMYK' else 'png'}"
+        _mode_image(mode, 45, 22).save(path)
+        files[mode] = path
+    return files
+
+
+@pytest.mark.parametrize("name", ["targetpad", "squarepad"])
+def test_files_of_every_mode_are_decoded_and_cached_as_the_published_code_reads_them(mode_files, tmp_path, name):
+    """`load_image` keeps the file's mode; the cached uint8 pixels, normalised, equal the on-the-fly
+    transform and the published pipeline on `PIL.Image.open(path)`, bit for bit."""
+    transform = build_transform(name, 16)
+    paths = list(mode_files.values())
+    cached = PixelCache(tmp_path).get(paths, transform, progress=False)
+    assert cached is not None
+    for i, (mode, path) in enumerate(mode_files.items()):
+        image = load_image(path)
+        assert image.mode == mode
+        published = _published(name, 16)(Image.open(path))
+        assert torch.equal(transform(image), published), mode
+        assert torch.equal(transform.normalize(cached[i].unsqueeze(0))[0], published), mode
 
 
 def test_the_cache_is_written_once_and_keyed_by_files_and_preprocessing(real_sized_images, tmp_path, monkeypatch,

@@ -2,7 +2,9 @@
 
 DESIGN.md §2: pad = int((max/ratio - side) / 2) on each side of the short dimension, nothing
 when max/min < ratio (squarepad: ratio 1). Then Resize(short side -> size, bicubic),
-CenterCrop(size), RGB, ToTensor, Normalize.
+CenterCrop(size), RGB, ToTensor, Normalize. Padding, resizing and cropping happen in the image's
+own mode (palette, RGBA, CMYK, ...), as in the published code: each mode is checked against that
+pipeline written out again.
 """
 
 import math
@@ -10,12 +12,14 @@ import math
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from clip_cir.errors import CIRError
 from clip_cir.models.transforms import (
     OPENAI_MEAN,
     OPENAI_STD,
+    ImageTransform,
     SquarePad,
     TargetPad,
     build_transform,
@@ -204,3 +208,142 @@ def test_resize_keeps_the_aspect_ratio_and_crops_the_centre():
     image = Image.effect_noise((80, 64), 90).convert("RGB")
     expected = _by_hand_tensor(image.crop((8, 0, 72, 64)))
     assert torch.allclose(build_transform("targetpad", SIZE)(image), expected, atol=1e-6)
+
+
+# --- Image modes: padded, resized and cropped in the file's own mode, RGB after the crop --------
+
+PALETTE_0 = (200, 30, 30)  # a palette image pads with index 0: this red, not black
+
+
+def _mode_image(mode: str, w: int, h: int) -> Image.Image:
+    """A w x h image in `mode` with fixed pseudo-random content (alpha 0, 255 and in between)."""
+    import numpy as np
+
+    rng = np.random.default_rng(w * 100 + h)
+    if mode == "P":
+        image = Image.new("P", (w, h))
+        image.putpalette(list(PALETTE_0) + rng.integers(0, 256, 255 * 3).tolist())
+        image.frombytes(rng.integers(1, 256, w * h, dtype=np.uint8).tobytes())
+        return image
+    if mode == "1":
+        return Image.frombytes("L", (w, h), rng.integers(0, 256, w * h, dtype=np.uint8).tobytes()).convert(
+            "1", dither=Image.Dither.NONE)
+    if mode == "I;16":  # a 16-bit grayscale PNG: values above 255 become white in RGB
+        image = Image.new("I;16", (w, h))
+        image.frombytes(rng.integers(0, 600, w * h, dtype=np.uint16).astype("<u2").tobytes())
+        return image
+    bands = len(mode)  # L, LA, RGB, RGBA, CMYK: one byte per band
+    return Image.frombytes(mode, (w, h), rng.integers(0, 256, w * h * bands, dtype=np.uint8).tobytes())
+
+
+def _published(name: str, size: int, ratio: float = 1.25) -> T.Compose:
+    """The published CLIP4Cir transform, written out again: pad (fill 0, in the image's mode) ->
+    Resize(bicubic) -> CenterCrop -> convert('RGB') -> ToTensor -> Normalize."""
+    def pad(image):
+        w, h = image.size
+        if name == "targetpad" and max(w, h) / min(w, h) < ratio:
+            return image
+        side = max(w, h) / ratio if name == "targetpad" else max(w, h)
+        hp, vp = max(int((side - w) / 2), 0), max(int((side - h) / 2), 0)
+        return TF.pad(image, [hp, vp, hp, vp], 0, "constant")
+
+    return T.Compose([pad, T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                      lambda image: image.convert("RGB"), T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+
+
+MODES = ["P", "RGBA", "LA", "CMYK", "1", "L", "RGB", "I;16"]
+CHANGED_BY_CONVERTING_FIRST = {"P", "RGBA", "LA", "CMYK", "1", "I;16"}
+
+
+@pytest.mark.parametrize("name", ["targetpad", "squarepad"])
+@pytest.mark.parametrize("shape", [(23, 11), (9, 20)])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_is_preprocessed_as_the_published_code_does(mode, shape, name):
+    """Bit for bit the published pipeline on the image in its own mode, through both paths (the
+    whole transform, and uint8 pixels normalised later as the pixel cache does); for the modes where
+    the order matters, converting to RGB before padding would move some value by more than 0.5."""
+    image = _mode_image(mode, *shape)
+    assert image.mode == mode
+    transform = build_transform(name, 16)
+    expected = _published(name, 16)(image)
+    out = transform(image)
+    assert out.shape == (3, 16, 16)
+    assert torch.equal(out, expected)
+    pixels = transform.pixels(image)
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(transform.normalize(pixels.unsqueeze(0))[0], expected)
+    converted_first = _published(name, 16)(image.convert("RGB"))
+    assert ((converted_first - expected).abs().max() > 0.5) == (mode in CHANGED_BY_CONVERTING_FIRST)
+
+
+def test_palette_images_pad_with_palette_entry_0_and_resize_nearest():
+    """20x8, every pixel palette index 1 (blue); targetpad 1.25 -> 4 rows of index 0 above and below
+    (20x16); PIL resizes palette images with NEAREST, rows 1, 3, ..., 15 -> 10x8; crop columns 1..8.
+    Rows 0-1 and 6-7 are palette entry 0 (red), rows 2-5 blue: no black, no blend."""
+    image = Image.new("P", (20, 8), 1)
+    image.putpalette(list(PALETTE_0) + [0, 0, 255] + [0] * 762)
+    out = build_transform("targetpad", 8)(image)
+    red = (torch.tensor(PALETTE_0).view(3, 1, 1) / 255 - MEAN) / STD
+    blue = (torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1) - MEAN) / STD
+    for rows, colour in [((0, 2), red), ((2, 6), blue), ((6, 8), red)]:
+        band = out[:, rows[0]:rows[1]]
+        assert torch.allclose(band, colour.expand_as(band), atol=1e-6), rows
+
+
+def test_cmyk_pads_white_and_transparent_rgba_comes_out_black():
+    """Padding is 0 in the image's own mode: CMYK (0, 0, 0, 0) is white once converted. Pillow resizes
+    RGBA premultiplied, so a fully transparent red area loses its colour: black, not red."""
+    cmyk = build_transform("targetpad", 8)(Image.new("CMYK", (20, 8), (0, 0, 0, 255)))  # black ink
+    assert torch.allclose(cmyk[:, 0], WHITE[:, :, 0].expand(3, 8), atol=1e-6)  # padding row
+    assert torch.allclose(cmyk[:, 4], BLACK[:, :, 0].expand(3, 8), atol=1e-6)  # image row
+    rgba = Image.new("RGBA", (20, 16), (255, 0, 0, 0))
+    out = build_transform("targetpad", 8)(rgba)
+    assert torch.allclose(out, BLACK.expand_as(out), atol=1e-6)
+
+
+def test_a_mode_pillow_cannot_resize_is_converted_to_rgb_first():
+    """Where this Pillow raises ValueError on a mode (I;16 with bicubic before Pillow 11), the image is
+    converted to RGB first, in both paths; an RGB image's error is raised as it is."""
+    seen = []
+
+    def strict(image):
+        seen.append(image.mode)
+        if image.mode != "RGB":
+            raise ValueError("image has wrong mode")
+        return image
+
+    transform = ImageTransform(T.Compose([strict, T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)]), "strict")
+    image = Image.new("I;16", (4, 3), 300)
+    assert torch.equal(transform.pixels(image), torch.full((3, 3, 4), 255, dtype=torch.uint8))
+    assert torch.equal(transform(image), WHITE.expand(3, 3, 4))
+    assert seen == ["I;16", "RGB", "I;16", "RGB"]
+
+    def broken(image):
+        raise ValueError("broken")
+
+    with pytest.raises(ValueError, match="broken"):
+        ImageTransform(broken, "broken")(Image.new("RGB", (4, 3)))
+
+
+def test_signatures_record_the_conversion_order():
+    """Caches written when images were converted before padding must not be reused."""
+    assert build_transform("targetpad", SIZE).pixel_signature == (
+        "TargetPad(ratio=1.25)|resize64-bicubic|crop64|rgb-after-crop")
+    assert build_transform("squarepad", SIZE).pixel_signature == "SquarePad()|resize64-bicubic|crop64|rgb-after-crop"
+    assert build_transform("clip", SIZE, clip_preprocess=T.ToTensor()).signature == "clip:ToTensor()|rgb-after-crop"
+
+
+def test_open_clip_eval_transform_converts_after_the_crop():
+    """open_clip's own evaluation transform (`--transform clip`) also resizes and crops first; the
+    library hands it the image in its own mode. Written out: Resize(bicubic) -> CenterCrop -> RGB."""
+    from open_clip.transform import image_transform
+
+    transform = build_transform("clip", 16, clip_preprocess=image_transform(16, is_train=False))
+    expected_steps = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16),
+                                lambda image: image.convert("RGB"), T.ToTensor(),
+                                T.Normalize(OPENAI_MEAN, OPENAI_STD)])
+    for mode in MODES:
+        image = _mode_image(mode, 23, 11)
+        expected = expected_steps(image)
+        assert torch.equal(transform(image), expected), mode
+        assert torch.equal(transform.normalize(transform.pixels(image).unsqueeze(0))[0], expected), mode

@@ -42,11 +42,12 @@ def require_fields(path: Path, entry: Any, index: int, fields: Iterable[str]) ->
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image as RGB; a corrupt or unreadable file is a CIRError."""
+    """Open and fully decode an image in its file's own mode (the transforms convert to RGB after
+    the crop, as the published code does); a corrupt or unreadable file is a CIRError."""
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return image
     except FileNotFoundError:
         raise CIRError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -1,8 +1,11 @@
 """Image preprocessing: `targetpad` (the method's default), `squarepad` and `clip`.
 
 Padding before the resize keeps whole garments and scenes in the crop instead of cutting the
-long side off. Every transform carries a `signature` string: the feature cache keys on it,
-because features are only reusable when the pixels that produced them are.
+long side off. As in the published code, an image is padded, resized and cropped in its file's own
+mode (palette, RGBA, CMYK, ...) and converted to RGB only after the crop: converting first gives
+different pixels for every mode but RGB and L. Every transform carries a `signature` string: the
+feature and pixel caches key on it, because features are only reusable when the pixels that
+produced them are.
 """
 
 from __future__ import annotations
@@ -61,8 +64,25 @@ class SquarePad:
         return "SquarePad()"
 
 
+# In every signature: caches written when images were converted to RGB before padding (other
+# pixels for palette, RGBA, CMYK, ... files) are not reused.
+RGB_AFTER_CROP = "rgb-after-crop"
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
+
+
+def _in_own_mode(step: Callable[[Image.Image], object], image: Image.Image):
+    """`step(image)` in the image's own mode, as the published code runs it. A mode this Pillow
+    cannot pad or resize (16-bit 'I;16' before Pillow 11, with bicubic) raises ValueError there,
+    where the published code would fail: such an image is converted to RGB first instead."""
+    try:
+        return step(image)
+    except ValueError:
+        if image.mode == "RGB":
+            raise
+        return step(image.convert("RGB"))
 
 
 class ImageTransform:
@@ -72,7 +92,8 @@ class ImageTransform:
     split in two: `pixels` (PIL -> uint8 CHW tensor: padding, resizing, cropping) and `normalize`
     (uint8 batch -> float, on whatever device the batch is on). The uint8 pixels are what the
     pixel cache stores and what data loaders ship (4x fewer bytes than float32), and
-    `normalize(pixels(image))` is bit-identical to `transform(image)`.
+    `normalize(pixels(image))` is bit-identical to `transform(image)`. Images come in their file's
+    mode (`load_image` does not convert them): the conversion to RGB is the transform's last PIL step.
     """
 
     def __init__(self, fn: Callable[[Image.Image], torch.Tensor], signature: str):
@@ -86,7 +107,7 @@ class ImageTransform:
             self.mean, self.std = tuple(steps[-1].mean), tuple(steps[-1].std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.fn(image)
+        return _in_own_mode(self.fn, image)
 
     @property
     def splits(self) -> bool:
@@ -100,8 +121,8 @@ class ImageTransform:
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """uint8 [3, H, W] when the transform splits, else the full (float) transform."""
         if self.geometry is None:
-            return self.fn(image)
-        return TF.pil_to_tensor(self.geometry(image))
+            return _in_own_mode(self.fn, image)
+        return TF.pil_to_tensor(_in_own_mode(self.geometry, image))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 pixels -> the model's input, exactly as ToTensor + Normalize compute it; float
@@ -130,7 +151,7 @@ def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_M
     if name == "clip":
         if clip_preprocess is None:
             raise CIRError("--transform clip needs the model's open_clip preprocessing")
-        return ImageTransform(clip_preprocess, f"clip:{clip_preprocess!r}")
+        return ImageTransform(clip_preprocess, f"clip:{clip_preprocess!r}|{RGB_AFTER_CROP}")
     if name == "targetpad":
         pad: Callable = TargetPad(target_ratio)
     elif name == "squarepad":
@@ -145,6 +166,6 @@ def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_M
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
-    signature = (f"{pad!r}|resize{input_size}-bicubic|crop{input_size}|"
+    signature = (f"{pad!r}|resize{input_size}-bicubic|crop{input_size}|{RGB_AFTER_CROP}|"
                  f"mean{tuple(round(m, 8) for m in mean)}|std{tuple(round(s, 8) for s in std)}")
     return ImageTransform(compose, signature)

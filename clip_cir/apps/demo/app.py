@@ -96,7 +96,8 @@ def _int_field(value: Any, name: str, low: int, high: int) -> int:
 
 
 def decode_upload(data: bytes) -> Image.Image:
-    """The uploaded bytes as an RGB image, or a 4xx naming what is wrong."""
+    """The uploaded bytes as a decoded image in its own mode (the transform converts it to RGB after
+    the crop, as it does gallery files), or a 4xx naming what is wrong."""
     if not data:
         raise ClientError("the uploaded file is empty")
     try:
@@ -105,7 +106,7 @@ def decode_upload(data: bytes) -> Image.Image:
                 raise ClientError(f"uploaded image is {image.width}x{image.height} pixels, more than "
                                  f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels", 413)
             image.load()
-            return image.convert("RGB")
+            return image
     except ClientError:
         raise
     except UnidentifiedImageError:

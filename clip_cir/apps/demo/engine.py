@@ -139,7 +139,7 @@ class DemoEngine:
 
     @torch.no_grad()
     def _image_features(self, image: Image.Image) -> torch.Tensor:
-        pixels = tower_input(self.encode.transform(image.convert("RGB")).unsqueeze(0).to(self.encode.device),
+        pixels = tower_input(self.encode.transform(image).unsqueeze(0).to(self.encode.device),
                              self.channels_last)
         self.clip.model.eval()
         with (self.encode.autocast or nullcontext)():

@@ -146,7 +146,7 @@ def _show_image(ax, path: Path, title: str, label: str, framed: bool, title_colo
     """An image with its title above and a small label below; `framed` draws the target's green border."""
     from clip_cir.data.io import load_image
 
-    image = load_image(path)
+    image = load_image(path).convert("RGB")  # for showing only: imshow would draw palette indices
     ax.imshow(image)
     # Letterbox into a square tile: every tile the same size whatever the image's aspect ratio.
     width, height = image.size
