@@ -12,9 +12,11 @@ them. This prints ONE table, every row measured in this run:
     time, and the resident memory the read splits hold (RSS after reading minus RSS after
     imports), per row too;
   - first step: `stage1/finetune.py --encoder both --pixel-cache off` (images decoded by the
-    loader, as where the pixel cache would not fit) on a `--first-step-rows`-row file over
-    `--images` rendered 500x375 PNG photos, from the call of the program to the end of its first
-    optimizer step (tiny CLIP, batch 32, no workers on this CPU).
+    loader, as where the pixel cache would not fit) on a `--first-step-rows`-row file naming
+    each of `--distinct-images` files (hard links to `--images` rendered 500x375 PNG photos, so
+    each is a file of its own to check), from the call of the program to the end of its first
+    optimizer step (tiny CLIP, batch 32, no workers on this CPU). Before its first step the
+    program checks every distinct image's header once: this row grows with the distinct images.
 """
 
 from __future__ import annotations
@@ -63,9 +65,13 @@ class FirstStep(Exception):
     """Raised after the first optimizer step: the measurement is complete."""
 
 
-def first_step_seconds(root: Path, rows: int, n_images: int, seed: int) -> float:
-    photos = render_photos(root / "photos", "png", n_images, seed)
-    names = [str(p.relative_to(root)) for p in photos]
+def first_step_seconds(root: Path, rows: int, photos: list[Path], distinct: int, seed: int) -> float:
+    names = []
+    for i in range(distinct):
+        link = root / "images" / f"{i // 1000:04d}" / f"{i:08d}.png"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.hardlink_to(photos[i % len(photos)])
+        names.append(str(link.relative_to(root)))
     write_rows(root / "train.csv", rows, names, seed)
     write_rows(root / "val.csv", 64, names, seed + 1)
     from clip_cir.training import loop, stage1
@@ -95,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--formats", nargs="+", choices=("csv", "jsonl"), default=["csv", "jsonl"])
     parser.add_argument("--first-step-rows", type=int, default=100_000)
-    parser.add_argument("--images", type=int, default=256, help="rendered photos the first-step file uses")
+    parser.add_argument("--images", type=int, default=256, help="rendered photos the first-step files link to")
+    parser.add_argument("--distinct-images", type=int, nargs="+", default=[256, 100_000],
+                        help="distinct image files the first-step file names, one first-step row each")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     table = []
@@ -114,10 +122,12 @@ def main(argv: list[str] | None = None) -> None:
                 table.append([f"read {rows:,} rows, {suffix.upper()}", f"{result['seconds']:.2f} s",
                               f"{result['cpu']:.2f} s", f"{result['kb'] / 1024:.0f} MB",
                               f"{1024 * result['kb'] / rows:.0f} B"])
-        status(f"first training step on {args.first_step_rows:,} rows ...")
-        seconds = first_step_seconds(root / "first", args.first_step_rows, args.images, args.seed)
-        table.append([f"stage 1 both, {args.first_step_rows:,} rows: call to first step", f"{seconds:.1f} s", "", "",
-                      ""])
+        photos = render_photos(root / "photos", "png", args.images, args.seed)
+        for distinct in args.distinct_images:
+            status(f"first training step on {args.first_step_rows:,} rows over {distinct:,} images ...")
+            seconds = first_step_seconds(root / f"first{distinct}", args.first_step_rows, photos, distinct, args.seed)
+            table.append([f"stage 1 both, {args.first_step_rows:,} rows over {distinct:,} distinct images: call to "
+                          "first step", f"{seconds:.1f} s", "", "", ""])
     print(header("Large triplet files", sys.argv[1:] if argv is None else argv))
     print(markdown_table(["measure", "time", "CPU time", "RSS added", "per row"], table))
 

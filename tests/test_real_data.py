@@ -356,3 +356,39 @@ def test_loading_our_checkpoints_does_not_claim_a_random_init(synth_root, tmp_pa
         load_clip("cir-tiny-vit")  # a real random init says so, once, in our words
     said = [r.getMessage() for r in caplog.records if r.name == "clip_cir" or r.levelno >= logging.WARNING]
     assert said == ["cir-tiny-vit: random initialisation (no pretrained weights)"], said
+
+
+def test_file_checks_in_threads_keep_listing_order_and_name_the_first_bad_file(tmp_path, monkeypatch):
+    """Many files are checked by a thread pool in chunks; what each name resolves to, and which
+    bad file an error names first, are those of checking one by one in listing order."""
+    from clip_cir.data import images
+    from clip_cir.data.images import ImageCheck, check_files
+    from clip_cir.errors import CIRError
+
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not an image")
+    names, candidates = [], []
+    for i in range(23):
+        kind = "missing" if i in (5, 17) else "corrupt" if i in (9, 20) else "good"
+        if kind == "missing":
+            paths = (tmp_path / f"none{i}.png", tmp_path / f"alt{i}.png")
+        else:
+            (tmp_path / f"{i}.png").hardlink_to(tmp_path / f"{kind}.png")
+            paths = (tmp_path / f"absent{i}.png", tmp_path / f"{i}.png")  # the second candidate exists
+        names.append(str(i))
+        candidates.append(paths)
+    monkeypatch.setattr(images, "CHECK_CHUNK", 4)  # 6 chunks over the pool
+    checked = check_files(candidates, readable=True)
+    assert [path.name for path, _ in checked] == [
+        f"none{i}.png" if i in (5, 17) else f"{i}.png" for i in range(23)]
+    reasons = [reason for _, reason in checked]
+    assert [i for i, r in enumerate(reasons) if r is not None] == [5, 9, 17, 20]
+    assert reasons[5] == f"missing (also looked for {tmp_path / 'alt5.png'})" and reasons[9].startswith("unreadable")
+
+    skipping = ImageCheck(skip=True, readable=True)
+    found = skipping.locate(dict(zip(names, candidates)), tmp_path / "list.json")
+    assert list(found) == [n for i, n in enumerate(names) if i not in (5, 9, 17, 20)]
+    assert list(skipping.skipped) == ["5", "9", "17", "20"]
+    with pytest.raises(CIRError, match=r"none5\.png: image '5' listed in list\.json is missing on disk .*; "
+                                        r"3 more of the 23 images listed"):
+        ImageCheck(readable=True).locate(dict(zip(names, candidates)), tmp_path / "list.json")
