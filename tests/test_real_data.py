@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -358,9 +359,11 @@ def test_loading_our_checkpoints_does_not_claim_a_random_init(synth_root, tmp_pa
     assert said == ["cir-tiny-vit: random initialisation (no pretrained weights)"], said
 
 
-def test_file_checks_in_threads_keep_listing_order_and_name_the_first_bad_file(tmp_path, monkeypatch):
-    """Many files are checked by a thread pool in chunks; what each name resolves to, and which
-    bad file an error names first, are those of checking one by one in listing order."""
+@pytest.mark.parametrize("threads", [False, True], ids=["one-by-one", "threads"])
+def test_file_checks_keep_listing_order_and_name_the_first_bad_file(tmp_path, monkeypatch, threads):
+    """Files on slow storage are checked by a thread pool in chunks, after a first chunk one by
+    one: what each name resolves to, and which bad file an error names first, are those of
+    checking one by one in listing order."""
     from clip_cir.data import images
     from clip_cir.data.images import ImageCheck, check_files
     from clip_cir.errors import CIRError
@@ -377,12 +380,22 @@ def test_file_checks_in_threads_keep_listing_order_and_name_the_first_bad_file(t
             paths = (tmp_path / f"absent{i}.png", tmp_path / f"{i}.png")  # the second candidate exists
         names.append(str(i))
         candidates.append(paths)
-    monkeypatch.setattr(images, "CHECK_CHUNK", 4)  # 6 chunks over the pool
+    monkeypatch.setattr(images, "CHECK_CHUNK", 4)  # the first 4 one by one, then 5 chunks over the pool
+    monkeypatch.setattr(images, "SLOW_CHECK_SECONDS", 0.0 if threads else 1.0)
+    pools = []
+
+    class CountedPool(ThreadPoolExecutor):
+        def __init__(self, threads: int):
+            pools.append(threads)
+            super().__init__(threads)
+
+    monkeypatch.setattr(images, "ThreadPoolExecutor", CountedPool)
     checked = check_files(candidates, readable=True)
     assert [path.name for path, _ in checked] == [
         f"none{i}.png" if i in (5, 17) else f"{i}.png" for i in range(23)]
     reasons = [reason for _, reason in checked]
     assert [i for i, r in enumerate(reasons) if r is not None] == [5, 9, 17, 20]
+    assert pools == ([images.CHECK_THREADS] if threads else [])
     assert reasons[5] == f"missing (also looked for {tmp_path / 'alt5.png'})" and reasons[9].startswith("unreadable")
 
     skipping = ImageCheck(skip=True, readable=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,13 +47,14 @@ def unreadable_reason(path: Path) -> str | None:
     return None
 
 
-CHECK_THREADS = 16
-"""Files checked at once before any work. Each check waits on the file system (a stat, then a
-header read where asked): on a local disk a few tens of microseconds, on a network file system
-often a millisecond or more, which threads overlap. A million images are then a minute, not a
-quarter of an hour, of checks before the first step."""
 CHECK_CHUNK = 1024
-"""Files per task of the thread pool: a task per file would cost as much as a cached check."""
+"""Files checked one after another before deciding whether threads would help."""
+SLOW_CHECK_SECONDS = 0.5e-3
+"""A check (a stat, then a header read where asked) takes a few tens of microseconds on a local
+disk, where threads only add contention for the interpreter lock (three times slower measured);
+on a network file system it takes a millisecond or more. Above this mean time per file over the
+first chunk, the remaining files are checked by `CHECK_THREADS` threads, which overlap the waits."""
+CHECK_THREADS = 16
 
 
 def check_files(candidates: Sequence[Sequence[Path]], readable: bool) -> list[tuple[Path, str | None]]:
@@ -69,11 +71,14 @@ def check_files(candidates: Sequence[Sequence[Path]], readable: bool) -> list[tu
     def check_chunk(chunk: Sequence[Sequence[Path]]) -> list[tuple[Path, str | None]]:
         return [check(paths) for paths in chunk]
 
-    chunks = [candidates[i:i + CHECK_CHUNK] for i in range(0, len(candidates), CHECK_CHUNK)]
-    if len(chunks) <= 1:
-        return check_chunk(candidates)
+    started = time.perf_counter()
+    results = check_chunk(candidates[:CHECK_CHUNK])
+    rest = candidates[CHECK_CHUNK:]
+    if not rest or (time.perf_counter() - started) / len(results) <= SLOW_CHECK_SECONDS:
+        return results + check_chunk(rest)
+    chunks = [rest[i:i + CHECK_CHUNK] for i in range(0, len(rest), CHECK_CHUNK)]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        return [result for chunk in pool.map(check_chunk, chunks) for result in chunk]
+        return results + [result for chunk in pool.map(check_chunk, chunks) for result in chunk]
 
 
 @dataclass

@@ -37,7 +37,8 @@ class TrainingSet:
         for split in splits:
             for query in split.queries:
                 for name in (query.reference, query.target):
-                    images.setdefault(name, split.gallery[name])
+                    if name not in images:  # a file path is made once per image, not per use
+                        images[name] = split.gallery[name]
         queries = splits[0].queries if len(splits) == 1 else [q for s in splits for q in s.queries]
         return cls(queries=queries, image_names=list(images),
                    image_paths=list(images.values()))
