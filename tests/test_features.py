@@ -104,6 +104,11 @@ def test_text_cache(loaded, tmp_path):
         image_only.model.visual.conv1.weight.mul_(1.01)
     assert torch.equal(encode_texts(image_only, texts, cache=cache, progress=False), first)
     assert encode_counts["text"] - before == 9
+    # The same characters split into other captions are other texts: not a cache hit.
+    joined = ["remove the star\nadd a square"]
+    split = encode_texts(loaded, ["remove the star", "add a square"], cache=cache, progress=False)
+    assert encode_texts(loaded, joined, cache=cache, progress=False).shape == (1, split.shape[1])
+    assert encode_counts["text"] - before == 12
 
 
 def test_damaged_cache_entry_is_recomputed(loaded, val_paths, tmp_path, caplog):

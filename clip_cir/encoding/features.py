@@ -58,8 +58,15 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _list_digest(items: Sequence[str]) -> str:
-    return hashlib.blake2b("\n".join(items).encode(), digest_size=20).hexdigest()
+def list_digest(items: Sequence[str]) -> str:
+    """A key for an exact list of texts: each one's length goes in before it, so no two lists
+    share a key (joined by a separator, ["a\nb"] and ["a", "b"] would)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for item in items:
+        data = item.encode()
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 class InFlight:
@@ -253,7 +260,7 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
     if not texts:
         return torch.zeros(0, clip.embed_dim)
     key = cache.key("text", tower_fingerprint(clip.model, "text"), clip.signature, precision,
-                    _list_digest(texts)) if cache.root is not None else ""
+                    list_digest(texts)) if cache.root is not None else ""
 
     def encode(pieces: list[Piece]) -> Iterator[torch.Tensor]:
         for first, stop in pieces:
