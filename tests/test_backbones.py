@@ -2,27 +2,39 @@
 (Hugging Face tokenizer, no causal mask, last-token pooling, logit bias), Hugging Face text towers
 (RoBERTa, and multilingual XLM-RoBERTa as in `xlm-roberta-base-ViT-B-32`), ConvNeXt and EVA02
 (timm image towers). Stage 1 (text and both towers), stage 2 and
-`clip-cir eval` of what they wrote; text trimming exact or off per family; a missing optional
-package or an uncached Hugging Face repository as one error line."""
+`clip-cir eval` of what they wrote; `clip-cir export` of the runs, loaded back as an `hf-hub:`
+repository (features and metrics exactly the runs'), `clip-cir rank` and the demo with it, and
+`clip-cir pretrain`; text trimming exact or off per family; a missing optional package or an
+uncached Hugging Face repository as one error line."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import open_clip
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from clip_cir.data import load_splits
+from clip_cir.data.io import load_image
+from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import CONFIG_DIR, load_clip
+from clip_cir.models.combiner import load_combiner
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
+from clip_cir.params import transform_for
 from clip_cir.training.run import seed_everything
 
 MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
           "cir-tiny-eva"]
-"""Families run through eval, stage 1 and stage 2."""
+"""Families run through eval, stage 1, stage 2, export (loaded back from the Hub cache), rank, the
+demo and pretrain."""
 
 TRIMS = {"cir-tiny-rn": True, "cir-tiny-vit": True, "cir-tiny-convnext": True,
          "cir-tiny-siglip": False, "cir-tiny-hftext": False, "cir-tiny-xlmr": False, "cir-tiny-eva": False}
@@ -32,6 +44,12 @@ TRIMS = {"cir-tiny-rn": True, "cir-tiny-vit": True, "cir-tiny-convnext": True,
 length."""
 
 RECALL_KEYS = {f"recall_at{k}" for k in (1, 5, 10, 50)} | {f"recall_subset_at{k}" for k in (1, 2, 3)}
+HUB_ORG = "clip-cir-matrix"
+"""Exports of the matrix's runs are installed in the session's Hugging Face cache as HUB_ORG/<family>."""
+EXPORT_FILES = ["README.md", "combiner.json", "combiner.safetensors", "open_clip_config.json",
+                "open_clip_model.safetensors"]
+PRETRAIN_ROWS = 50
+"""Rows of the synthetic caption CSV each family pretrains on: 2 held out, 3 steps of 16."""
 CAPTIONS = ["is red", "has a small blue triangle on the left instead of the big green circle",
             "Same shirt but with long sleeves and a darker colour, no logo on the chest.", "x"]
 
@@ -69,6 +87,112 @@ def _refuse(*args, **kwargs):
     raise AssertionError("base weights loaded")
 
 
+def _export_to_hub_cache(cli, name: str, clip_run: Path, combiner_run: Path, tmp_path: Path) -> str:
+    """`clip-cir export` of a CLIP and a Combiner, laid out in the session's Hugging Face cache as a
+    download of HUB_ORG/<name> is (see tests/test_export.py): its `hf-hub:` name."""
+    from hf_standins import install_in_hub_cache
+
+    folder = tmp_path / "export"
+    result = cli("export", "--pretrained", clip_run, "--combiner", combiner_run, "--output-dir", folder)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in folder.iterdir()) == EXPORT_FILES
+    config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    expected = open_clip.get_model_config(name)
+    assert {k: config[k] for k in expected} == {k: expected[k] for k in expected}  # the whole architecture
+    install_in_hub_cache(folder, f"{HUB_ORG}/{name}", Path(os.environ["HF_HUB_CACHE"]))
+    return f"hf-hub:{HUB_ORG}/{name}"
+
+
+def _images(synth_root: Path, n: int = 3) -> list[Path]:
+    return sorted((synth_root / "cirr_dataset" / "dev").glob("*.png"))[:n]
+
+
+def _same_clip(source, shared, synth_root: Path) -> None:
+    """The exported CLIP is the source's: weights, tokens, preprocessing and features, exactly."""
+    a, b = source.model.state_dict(), shared.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert shared.embed_dim == source.embed_dim and shared.mean_std == source.mean_std
+    assert torch.equal(shared.tokenize(CAPTIONS), source.tokenize(CAPTIONS))
+    images = [load_image(p) for p in _images(synth_root)]
+    for transform in ("clip", "targetpad"):
+        pixels = [torch.stack([transform_for(c, transform, 1.25)(i) for i in images]) for c in (source, shared)]
+        assert torch.equal(*pixels), transform
+    pixels = pixels[0]  # targetpad's, as eval's
+    with torch.no_grad():
+        image = source.model.encode_image(pixels)
+        assert torch.equal(shared.model.encode_image(pixels), image)
+        text = [encode_text(c.model, c.tokenize(CAPTIONS)) for c in (source, shared)]
+    assert torch.equal(*text) and text[0].abs().max() > 1e-3
+    # open_clip's own loaders read the same repository to the same model, tokens and preprocessing.
+    model, _, preprocess = open_clip.create_model_and_transforms(shared.model_name)
+    tokens = open_clip.get_tokenizer(shared.model_name)(CAPTIONS)
+    assert torch.equal(tokens, source.tokenizer(CAPTIONS))
+    plain = torch.stack([preprocess(i) for i in images])
+    assert torch.equal(plain, torch.stack([source.clip_preprocess(i) for i in images]))
+    with torch.no_grad():
+        assert torch.equal(model.eval().encode_image(pixels), image)
+        assert torch.equal(model.encode_text(tokens), source.model.encode_text(tokens))
+
+
+def _rank_file(cli, synth_root: Path, model_args: list, split, clip, tmp_path: Path) -> list[dict]:
+    """`clip-cir rank` of CIRR's val split: a well-formed top-50 file, every query once, in order."""
+    out = tmp_path / "ranks" / "val.json"
+    result = cli("rank", *_common(synth_root), "--split", "val", *model_args, "--top-k", "50", "--output", out)
+    assert result.code == 0, result.err
+    written = json.loads(out.read_text())
+    assert {k: written[k] for k in ("dataset", "split", "top_k", "combining", "model")} == \
+        {"dataset": "cirr", "split": "val", "top_k": 50, "combining": "combiner", "model": clip.describe()}
+    assert [(q["qid"], q["reference"], q["caption"], q["target"]) for q in written["queries"]] == \
+        [(q.qid, q.reference, q.eval_caption, q.target) for q in split.queries]
+    for query in written["queries"]:
+        names, scores = [r["name"] for r in query["ranking"]], [r["score"] for r in query["ranking"]]
+        assert len(names) == 50 == len(set(names)) and set(names) <= set(split.gallery)
+        assert query["reference"] not in names  # CIRR's protocol
+        assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    return written["queries"]
+
+
+@torch.no_grad()
+def _direct_ranking(clip, combiner, split, queries, k: int) -> tuple[list[list[str]], list[list[float]]]:
+    """Top-k names and scores computed step by step through the library: every gallery image
+    through the eval transform and the image tower, the captions through the text tower, the
+    Combiner, cosine similarity, the reference left out."""
+    names = list(split.gallery)
+    transform = transform_for(clip, "targetpad", 1.25)
+    pixels = torch.stack([transform(load_image(split.gallery[n])) for n in names])
+    gallery = clip.model.eval().encode_image(pixels)
+    text = encode_text(clip.model, clip.tokenize([q.eval_caption for q in queries]))
+    references = torch.tensor([names.index(q.reference) for q in queries])
+    query = F.normalize(combiner.eval()(gallery[references], text), dim=-1)
+    scores, top = rank_gallery(query, F.normalize(gallery, dim=-1), k, references)
+    return [[names[i] for i in row] for row in top.tolist()], scores.tolist()
+
+
+def _demo_search_equals(synth_root: Path, model_args: list, clip, query, reference_file: Path,
+                        expected: list[str]) -> None:
+    """The demo, built from its command line as `clip-cir demo` builds it: a search by a gallery
+    reference, and one by that reference's file uploaded, return `expected`."""
+    pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir[demo]')")
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    args = demo_parser().parse_args([*map(str, _common(synth_root)), *map(str, model_args)])
+    client = _build_app(args).test_client()
+    info = client.get("/api/info").get_json()
+    assert info["model"] == clip.describe() and info["gallery_size"] == 180 and info["exclude_reference"]
+    answer = client.post("/api/search", json={"reference": query.reference, "caption": query.eval_caption,
+                                              "k": len(expected)}).get_json()
+    assert [hit["name"] for hit in answer["results"]] == expected, answer
+    # The reference's file uploaded goes through the demo's own image encoding: the same ranking, with
+    # the reference itself (only a search by name leaves it out) somewhere in it.
+    upload = {"image": (io.BytesIO(reference_file.read_bytes()), reference_file.name),
+              "caption": query.eval_caption, "k": str(len(expected) + 1)}
+    answer = client.post("/api/search", data=upload, content_type="multipart/form-data").get_json()
+    names = [hit["name"] for hit in answer["results"]]
+    assert answer["excluded_reference"] is False and [n for n in names if n != query.reference][:len(expected)] \
+        == expected, answer
+
+
 @pytest.mark.parametrize("name", MATRIX)
 def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_standins, tmp_path, monkeypatch):
     seed_everything(0)  # the runs' --seed: their random init (and a cached HF text tower) is this one
@@ -100,8 +224,67 @@ def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_stan
     assert result.code == 0, result.err
     meta = json.loads((tmp_path / "s2" / "last" / "combiner.json").read_text())
     assert meta["clip_feature_dim"] == open_clip.get_model_config(name)["embed_dim"]
-    _eval_equals_validation(cli, synth_root, tmp_path / "s2", tmp_path, "--pretrained", runs["text"] / "last",
-                            "--combiner", tmp_path / "s2" / "last")
+    metrics = _eval_equals_validation(cli, synth_root, tmp_path / "s2", tmp_path, "--pretrained",
+                                      runs["text"] / "last", "--combiner", tmp_path / "s2" / "last")
+
+    # Shared as users share them: exported, then loaded from the Hugging Face cache as hf-hub:ORG/NAME.
+    hub = _export_to_hub_cache(cli, name, runs["text"] / "last", tmp_path / "s2" / "last", tmp_path)
+    source = load_clip(None, str(runs["text"] / "last"))
+    shared = load_clip(None, hub)
+    _same_clip(source, shared, synth_root)
+    a, b = load_combiner(tmp_path / "s2" / "last").state_dict(), load_combiner(hub).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hub_args = ["--pretrained", hub, "--combiner", hub, "--cache-dir", tmp_path / "hub-cache"]  # encoded anew
+    out = tmp_path / "hub-eval.json"
+    result = cli("eval", *_common(synth_root), *hub_args, "--output", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text()) == metrics
+
+    # Ranked by `clip-cir rank` (a warm cache), by the library step by step, and by the demo.
+    split = load_splits("cirr", synth_root, "val")[0]
+    ranked = _rank_file(cli, synth_root, hub_args, split, shared, tmp_path)
+    for k in (1, 5, 10, 50):  # the ranking eval scored
+        hits = sum(q["target"] in [r["name"] for r in q["ranking"][:k]] for q in ranked)
+        assert 100 * hits / len(ranked) == pytest.approx(metrics[f"recall_at{k}"], abs=1e-3), k
+    few = split.queries[:3]
+    names, scores = _direct_ranking(shared, load_combiner(hub), split, few, k=10)
+    for query, entry, expected, expected_scores in zip(few, ranked, names, scores):
+        assert entry["qid"] == query.qid and [r["name"] for r in entry["ranking"][:10]] == expected
+        assert [r["score"] for r in entry["ranking"][:10]] == pytest.approx(expected_scores, abs=1e-5)
+    _demo_search_equals(synth_root, hub_args, shared, few[0], split.gallery[few[0].reference], names[0])
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_family_pretrains_and_its_checkpoint_reloads(name, cli, synth_root, hf_standins, tmp_path):
+    """`clip-cir pretrain` (CLIP's contrastive loss on image-caption pairs) trains both towers and
+    the temperature of every family; its checkpoint is a `--pretrained` like any other."""
+    seed_everything(0)  # the run's --seed: its random init is this one
+    start = load_clip(name).model.state_dict()
+    # The synthetic caption CSV's first rows (all 600 are 12 times the steps), image paths made absolute.
+    header, *rows = (synth_root / "pretrain_captions.csv").read_text().splitlines()[:PRETRAIN_ROWS + 1]
+    captions = tmp_path / "captions.csv"
+    captions.write_text("\n".join([header, *(f"{synth_root / row}" for row in rows)]) + "\n")
+    result = cli("pretrain", "--train-data", captions, "--model", name, "--epochs", "1", "--batch-size", "16",
+                 "--output-dir", tmp_path, "--experiment-name", "pt", "--num-workers", "0", "--no-progress")
+    assert result.code == 0, result.err
+    run = tmp_path / "pt"
+    trained = load_file(str(run / "last" / "clip.safetensors"))
+    assert trained.keys() == start.keys()
+    assert any(_changed(start, trained, "text")) and any(_changed(start, trained, "image"))
+    assert not torch.equal(trained["logit_scale"], start["logit_scale"])
+    if "logit_bias" in start:  # SigLIP's: no part of CLIP's loss, frozen
+        assert torch.equal(trained["logit_bias"], start["logit_bias"])
+    meta = json.loads((run / "last" / "clip.json").read_text())
+    assert meta["model_name"] == name and meta["stage"] == "pretrain"
+    reloaded = load_clip(None, str(run / "last")).model.state_dict()
+    assert all(torch.equal(reloaded[k], trained[k]) for k in trained)
+    losses = pd.read_csv(run / "validation_metrics.csv")["val_loss"].tolist()
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)  # before and after the epoch
+    out = tmp_path / "pt-eval.json"
+    result = cli("eval", *_common(synth_root), "--pretrained", run / "last", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+    assert RECALL_KEYS <= set(metrics) and all(0 <= metrics[k] <= 100 for k in RECALL_KEYS)
 
 
 @pytest.mark.parametrize("name", sorted(TRIMS))
