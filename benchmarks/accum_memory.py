@@ -61,39 +61,10 @@ def one_step(model_name: str, batch_size: int, accum: int, cpu: bool, seed: int,
              channels_last: str = "auto") -> dict:
     """Build, allocate the optimizer state, then measure one step. Runs in the child process."""
     import torch
-    import torch.nn.functional as F
-    from accelerate import Accelerator
+    from compute import stage1_step
 
-    from clip_cir.models.clip import load_clip
-    from clip_cir.models.combiner import element_wise_sum
-    from clip_cir.models.towers import set_memory_format, tower_input
-    from clip_cir.training.accumulation import training_step
-    from clip_cir.training.datasets import ClipEncoder
-    from clip_cir.training.losses import batch_contrastive_loss
-
-    torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
-    clip = load_clip(model_name)
-    model = clip.model.to(accelerator.device).eval()  # stage 1 keeps CLIP in eval mode while it trains
-    layout = set_memory_format(model, accelerator.device, channels_last)
-    size = clip.input_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    encoder, optimizer = accelerator.prepare(ClipEncoder(model), optimizer)
-    captions = [f"is red and has {i % 7} stripes instead of dots, larger" for i in range(batch_size)]
-    batch = {"reference": torch.rand(batch_size, 3, size, size, device=accelerator.device),
-             "target": torch.rand(batch_size, 3, size, size, device=accelerator.device),
-             "tokens": clip.tokenize(captions).to(accelerator.device)}
-
-    def forward(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        images, text = encoder(images=tower_input(torch.cat([b["reference"], b["target"]]), layout),
-                               tokens=b["tokens"])
-        reference, target = images.chunk(2)
-        return element_wise_sum(reference, text), F.normalize(target, dim=-1)
-
-    for p in model.parameters():  # optimizer state (Adam's two moments) allocated before measuring
-        p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    step = stage1_step(model_name, batch_size, cpu=cpu, seed=seed, precision=precision, channels_last=channels_last)
+    accelerator, layout = step.accelerator, step.channels_last
     cuda = accelerator.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -103,8 +74,7 @@ def one_step(model_name: str, batch_size: int, accum: int, cpu: bool, seed: int,
         reset_peak_rss()
         before = rss_bytes()
     started = time.perf_counter()
-    loss = training_step(accelerator, encoder, forward, lambda f: batch_contrastive_loss(*f), batch, accum)
-    optimizer.step()
+    loss = step.run(accum)
     if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()

@@ -162,3 +162,67 @@ def matmul_peak(device: torch.device, precision: str, size: int, steps: int = 10
         a @ b
     synchronize(device)
     return 2 * size ** 3 * steps / (time.perf_counter() - started) / 1e12
+
+
+@dataclass
+class Stage1Step:
+    """One stage-1 `--encoder both` optimizer step as the program takes it (`ClipEncoder` through
+    `accelerator.prepare`, `training_step`, the loss), on random pixels and fixed captions already
+    on the device: the work of a step without the data loading."""
+
+    accelerator: object
+    encoder: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: dict
+    channels_last: bool
+    forward: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]
+
+    def run(self, accum: int = 1) -> torch.Tensor:
+        from clip_cir.training.accumulation import training_step
+        from clip_cir.training.losses import batch_contrastive_loss
+
+        loss = training_step(self.accelerator, self.encoder, self.forward, lambda f: batch_contrastive_loss(*f),
+                             self.batch, accum)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def stage1_step(model_name: str, batch_size: int, *, cpu: bool, seed: int, precision: str = "no",
+                channels_last: str = "auto", compile: bool = False) -> Stage1Step:
+    """Build the model, optimizer (its state allocated by a zero-gradient step) and batch of a
+    stage-1 `--encoder both` step with random init."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from clip_cir.models.clip import load_clip
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.training.datasets import ClipEncoder
+    from clip_cir.training.optim import make_optimizer
+
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+    clip = load_clip(model_name)
+    model = clip.model.to(accelerator.device).eval()  # stage 1 keeps CLIP in eval mode while it trains
+    layout = set_memory_format(model, accelerator.device, channels_last)
+    size = clip.input_size
+    optimizer = make_optimizer(torch.optim.AdamW, list(model.parameters()), lr=2e-6, betas=(0.9, 0.999), eps=1e-7,
+                               weight_decay=0.01)  # stage 1's (fused where the device has it)
+    module = ClipEncoder(model, compile=compile)
+    encoder, optimizer = accelerator.prepare(module, optimizer)
+    captions = [f"is red and has {i % 7} stripes instead of dots, larger" for i in range(batch_size)]
+    batch = {"reference": torch.rand(batch_size, 3, size, size, device=accelerator.device),
+             "target": torch.rand(batch_size, 3, size, size, device=accelerator.device),
+             "tokens": clip.tokenize(captions, length_multiple=module.length_multiple).to(accelerator.device)}
+
+    def forward(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images, text = encoder(images=tower_input(torch.cat([b["reference"], b["target"]]), layout),
+                               tokens=b["tokens"])
+        reference, target = images.chunk(2)
+        return element_wise_sum(reference, text), F.normalize(target, dim=-1)
+
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return Stage1Step(accelerator, encoder, optimizer, batch, layout, forward)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU benchmark session, sized for a short lease on one GPU (expected to take about seven minutes
-# on an H100; every part has its own time limit, and all of them together stay under nine minutes).
+# on an H100; every part has its own time limit, and all of them together stay under 560 s).
 #
 #   bash benchmarks/gpu_session.sh                  # on the GPU machine, from the repository root
 #   GPU_SESSION_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_session.sh
@@ -13,9 +13,11 @@
 #      extraction from the pixel cache against the bare forward, and decoding; the loader.
 #      Decoding rows read 2,048 files.
 #   3. gpu.py on ViT-B-16 (224 px): the bare tower and extraction.
-#   4. accum_memory.py on RN50x4, global batch 128, K = 1, 4, 16.
+#   4. profile_step.py on RN50x4, batch 128: the stage-1 step's device time by kind of operation.
+#   5. accum_memory.py on RN50x4, global batch 128, K = 1, 4, 16.
 # A part stopped by its time limit still prints the rows it measured (gpu.py catches SIGTERM).
-# Writes $OUT/gpu_table.md (parts 1 to 3) and $OUT/accum_memory.md (part 4); prints everything.
+# Writes $OUT/gpu_table.md (parts 1 to 3), $OUT/profile_step.md (4) and $OUT/accum_memory.md (5);
+# prints everything.
 #
 # The machine has torch and accelerate but not open_clip_torch, ftfy or wcwidth: their wheels
 # travel in .whl/ (git-ignored) and are installed into /tmp/site first.
@@ -36,16 +38,18 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu_session_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-BUDGET=${GPU_SESSION_SECONDS:-540}  # all parts together; each also has its own cap below
+BUDGET=${GPU_SESSION_SECONDS:-560}  # all parts together; each also has its own cap below
 START=$SECONDS
 FAILED=()
 
 if [ -n "${GPU_SESSION_SMOKE:-}" ]; then  # tiny models and sizes: a check of the command lines
   RN=cir-tiny-rn VIT=cir-tiny-vit SIZES=(--smoke) ACCUM=(--batch-size 4 --accum 1 2)
+  PROFILE=(--batch-size 4 --warmup 1 --steps 1)
 else
   RN=RN50x4 VIT=ViT-B-16
   SIZES=(--train 1536 --epochs 3 --images 2048 --decode-images 2048 --unique-photos 128 --repeats 3)
   ACCUM=(--batch-size 128 --accum 1 4 16)
+  PROFILE=(--batch-size 128)
 fi
 
 # part NAME CAP_SECONDS TABLE_FILE COMMAND...: runs COMMAND under the smaller of CAP and the time
@@ -71,12 +75,15 @@ part() {
 
 : >"$OUT/gpu_table.md"
 : >"$OUT/accum_memory.md"
-part "gpu.py $RN, stage 1" 300 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" --precisions bf16 \
+: >"$OUT/profile_step.md"
+part "gpu.py $RN, stage 1" 270 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" --precisions bf16 \
   --rows stage1-both both_compiled "${SIZES[@]}"
 part "gpu.py $RN, tower and extraction" 110 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" \
   --precisions bf16 --rows tower extraction loader "${SIZES[@]}"
 part "gpu.py $VIT" 90 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$VIT" --precisions bf16 \
   --rows tower extraction "${SIZES[@]}"
+part "profile_step.py $RN" 60 "$OUT/profile_step.md" "$PY" benchmarks/profile_step.py --model "$RN" \
+  --mixed-precision bf16 "${PROFILE[@]}"
 part "accum_memory.py $RN" 100 "$OUT/accum_memory.md" "$PY" benchmarks/accum_memory.py --model "$RN" \
   --mixed-precision bf16 "${ACCUM[@]}"
 

@@ -110,6 +110,11 @@ def test_gpu_session_script_runs_its_command_lines(tmp_path):
                       COMPILED_BOTH_ROW]
     assert rn == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery", "loader"))]
     assert vit == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery"))]
+    profile = (tmp_path / "out" / "profile_step.md").read_text()
+    kinds_table = next(part for part in profile.split("\n\n") if part.startswith("| kind of operation"))
+    kinds = table_rows(kinds_table)[1:]  # each kind of operation's share of the step
+    assert kinds and abs(sum(float(row[2].rstrip("%")) for row in kinds) - 100) < 1, kinds
+    assert "convolution" in [row[0] for row in kinds]  # a ResNet image tower trains in the step
     assert "mixed precision: bf16" in accum_table
     k_rows = table_rows(accum_table)[1:]
     assert [(row[0], row[1]) for row in k_rows] == [("1", "4"), ("2", "2")]  # K, micro-batch
