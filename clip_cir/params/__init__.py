@@ -2,13 +2,13 @@
 
 The programs (`clip_cir.apps`, `clip_cir.training`) add no option of their own: they get their
 parser here. `groups` holds the option groups the programs share and the functions that read
-parsed options; `programs` each program's parser; `resume` parsing with --resume and the entry
-points' logging and one-line errors.
+parsed options; `training` the options and checks only the training programs have; `programs`
+each program's parser; `resume` parsing with --resume and the entry points' logging and
+one-line errors.
 """
 
 from clip_cir.params.groups import (
     MISSING,
-    add_accum_arg,
     add_batch_size_arg,
     add_circo_args,
     add_combiner_arg,
@@ -28,12 +28,9 @@ from clip_cir.params.groups import (
     add_seed_arg,
     add_skip_missing_arg,
     add_split_arg,
-    add_training_args,
     add_transform_args,
-    check_accum_steps,
     check_positive,
     check_search_args,
-    check_training_args,
     feature_cache,
     image_check,
     load_data,
@@ -66,6 +63,12 @@ from clip_cir.params.resume import (
     program_main,
     run_main,
     setup_logging,
+)
+from clip_cir.params.training import (
+    add_accum_arg,
+    add_training_args,
+    check_accum_steps,
+    check_training_args,
 )
 
 __all__ = [

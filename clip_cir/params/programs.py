@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from clip_cir.constants import DEMO_MAX_K, ENCODERS
 from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
-    add_accum_arg,
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
-    add_compile_arg,
     add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
@@ -35,9 +33,13 @@ from clip_cir.params.groups import (
     add_seed_arg,
     add_skip_missing_arg,
     add_split_arg,
-    add_training_args,
     add_transform_args,
     required_option,
+)
+from clip_cir.params.training import (
+    add_accum_arg,
+    add_compile_arg,
+    add_training_args,
 )
 
 if TYPE_CHECKING:
