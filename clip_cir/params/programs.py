@@ -37,8 +37,7 @@ from clip_cir.params.groups import (
     required_option,
 )
 from clip_cir.params.training import (
-    add_accum_arg,
-    add_compile_arg,
+    add_tower_training_args,
     add_training_args,
 )
 
@@ -96,8 +95,7 @@ def stage1_parser(prog: str = "stage1/finetune.py", required: bool = True) -> ar
                              "instead of keeping them (transformer, timm and ResNet towers, RN50x4's included)")
     add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
                       name="stage1")
-    add_accum_arg(parser.add_argument_group("memory"))
-    add_compile_arg(parser.add_argument_group("speed"))
+    add_tower_training_args(parser)
     return parser
 
 
@@ -134,8 +132,7 @@ def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> a
     add_transform_args(parser)
     add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
                       name="pretrain")
-    add_accum_arg(parser.add_argument_group("memory"))
-    add_compile_arg(parser.add_argument_group("speed"))
+    add_tower_training_args(parser)
     parser.set_defaults(dataset="captions")  # what the run directory's name and config call its data
     return parser
 

@@ -103,3 +103,10 @@ def add_compile_arg(group: Group) -> None:
                             "--torchcompile): the first steps compile, later ones run faster; caption batches "
                             "are padded to a multiple of 16 tokens so few lengths compile; validation runs "
                             "uncompiled")
+
+
+def add_tower_training_args(parser: argparse.ArgumentParser) -> None:
+    """What the programs that train CLIP towers (stage 1, pretrain) add to the training options:
+    `--accum-steps` (memory) and `--compile` (speed)."""
+    add_accum_arg(parser.add_argument_group("memory"))
+    add_compile_arg(parser.add_argument_group("speed"))
