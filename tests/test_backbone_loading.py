@@ -66,7 +66,7 @@ def test_a_tags_preprocessing_survives_a_checkpoint_reload(hf_standins, tmp_path
     assert torch.equal(again.clip_preprocess(_image()), clip.clip_preprocess(_image()))
     for a, b in zip(_features(again), _features(clip)):
         assert torch.equal(a, b)
-    # `clip-cir export` writes the model's preprocessing into open_clip_config.json.
+    # open_clip's config writer (what `clip-cir export` calls) sees the tag's preprocessing.
     from open_clip.push_to_hf_hub import save_config_for_hf
 
     save_config_for_hf(again.model, tmp_path / "open_clip_config.json", again.config)

@@ -1,4 +1,4 @@
-"""CIRCO (issue 12): mAP@K and Recall@K by hand, the reader, chunked ranking, submit-circo /
+"""CIRCO: mAP@K and Recall@K by hand, the reader, chunked ranking, submit-circo /
 score-circo against eval, the feature cache and the demo on a CIRCO gallery.
 
 Hand-computed values follow the official evaluation (miccunifi/CIRCO src/evaluation.py):

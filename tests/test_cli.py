@@ -64,7 +64,7 @@ def test_end_to_end_synth_eval_submit_score(cli, tmp_path, tiny_clip, tiny_check
     assert len(_read(root / "cirr_dataset/cirr/captions/cap.rc2.val.json")) == 40
     model = ["--pretrained", tiny_checkpoint]  # a published-format checkpoint, no model name
 
-    # 2. eval CIRR: keys exactly as issue 2 item 8, values equal to an independent computation
+    # 2. eval CIRR: the documented keys, values equal to an independent computation
     result = cli("eval", "--dataset", "cirr", "--data-root", root, *model, *FAST, "--output", tmp_path / "cirr.json")
     assert result.code == 0, result.err
     metrics = _read(tmp_path / "cirr.json")

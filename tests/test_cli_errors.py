@@ -1,4 +1,4 @@
-"""Bad input through the command line (issue 2, item 3): exit code 2, one line on stderr naming
+"""Bad input through the command line: exit code 2, one line on stderr naming
 the file and the problem, no traceback, and no output file left behind.
 
 Each case corrupts a private copy of the synthetic data (`data_copy`), runs `clip-cir` in-process,

@@ -42,9 +42,9 @@ def test_results_are_ordered_as_the_method_predicts(quickstart):
     stage1 = r10["stage 1 + sum"]
     combiner = r10["stage 1 + Combiner"]
     assert zero_shot > untrained + MARGIN_ZERO_SHOT, r10  # pretraining gives the "pretrained CLIP"
-    assert stage1 > zero_shot + MARGIN_STAGE1, r10        # stage 1 learns (issue 3)
+    assert stage1 > zero_shot + MARGIN_STAGE1, r10        # stage 1 learns
     assert stage1 > image_only + MARGIN_IMAGE, r10        # ... and uses the caption: beats the reference alone
-    assert combiner > stage1 + MARGIN_COMBINER, r10       # the Combiner beats the sum of the same CLIP (issue 4)
+    assert combiner > stage1 + MARGIN_COMBINER, r10       # the Combiner beats the sum of the same CLIP
     table = (quickstart / "results.md").read_text()
     for name, metrics in rows.items():
         assert f"| {name} | {metrics['recall_at1']:.2f} |" in table

@@ -1,4 +1,4 @@
-"""What real downloads and real backbones meet and synthetic runs did not show (issue 9):
+"""What real downloads and real backbones meet and synthetic runs did not show:
 frozen BatchNorm in stage 1, float32 validation, submission size at the real test1 scale,
 incomplete downloads, NLVR2's flat layout, honest log lines and CIRR's Avg."""
 

@@ -144,12 +144,13 @@ def data_name(config: Mapping[str, Any]) -> str | None:
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     dataset = config.get("dataset")
     private = PRIVATE_SETTINGS | {k for k, owner in LAYOUT_SETTINGS.items() if dataset and dataset != owner}
+    data = data_name(config)
     settings: dict[str, Any] = {}
     for k, v in config.items():
         if k not in private and v is not None:
             settings[k] = _public(v)
-        if k == "dataset" and data_name(config):
-            settings["data"] = data_name(config)
+        if k == "dataset" and data:  # the data's name right after its kind
+            settings["data"] = data
     return settings
 
 

@@ -50,10 +50,10 @@ def unreadable_reason(path: Path) -> str | None:
 CHECK_CHUNK = 1024
 """Files checked one after another before deciding whether threads would help."""
 SLOW_CHECK_SECONDS = 0.5e-3
-"""A check (a stat, then a header read where asked) takes a few tens of microseconds on a local
-disk, where threads only add contention for the interpreter lock (three times slower measured);
-on a network file system it takes a millisecond or more. Above this mean time per file over the
-first chunk, the remaining files are checked by `CHECK_THREADS` threads, which overlap the waits."""
+"""A check (a stat, then a header read where asked) is quick on a local disk, where threads only
+add contention for the interpreter lock (docs/benchmarks.md, large triplet files), and waits on a
+network file system. Above this mean time per file over the first chunk, the remaining files are
+checked by `CHECK_THREADS` threads, which overlap the waits."""
 CHECK_THREADS = 16
 
 

@@ -132,9 +132,8 @@ def set_preprocess_cfg(model: torch.nn.Module, cfg: dict[str, Any] | None) -> No
     from open_clip.model import set_model_preprocess_cfg
     from open_clip.transform import PreprocessCfg
 
-    known = {f.name for f in fields(PreprocessCfg)}
-    given = {k: v for k, v in (cfg or {}).items() if k in known}
-    set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), **given, "size": model.visual.image_size})
+    set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), **_known_settings(cfg or {}),
+                                     "size": model.visual.image_size})
 
 
 def image_preprocess(model: torch.nn.Module) -> Callable:
@@ -145,8 +144,15 @@ def image_preprocess(model: torch.nn.Module) -> Callable:
     if "mean" not in cfg:
         set_preprocess_cfg(model, None)
         cfg = open_clip.get_model_preprocess_cfg(model)
+    return image_transform_v2(PreprocessCfg(**_known_settings(cfg)), is_train=False)
+
+
+def _known_settings(cfg: dict) -> dict:
+    """The settings open_clip's `PreprocessCfg` has (configs may carry others)."""
+    from open_clip.transform import PreprocessCfg
+
     known = {f.name for f in fields(PreprocessCfg)}
-    return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in known}), is_train=False)
+    return {k: v for k, v in cfg.items() if k in known}
 
 
 def load_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:
