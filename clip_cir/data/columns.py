@@ -272,7 +272,7 @@ def check(columns: Columns, path: Path, fmt: TripletFormat) -> Checked:
     fault(columns.reference == "", EMPTY_REFERENCE, "empty reference")
     fault(columns.caption == "", EMPTY_CAPTION, "empty caption")
     starts = targets.offsets[:-1]
-    events = np.empty(n + len(targets.values), dtype=object)  # what pandas hashes: no copy of the text
+    events = np.empty(n + len(targets.values), dtype=object)  # what pandas hashes (one str per mention, freed after)
     is_reference = np.zeros(len(events), dtype=bool)
     is_reference[np.arange(n) + starts] = True
     events[is_reference] = columns.reference.astype(object)

@@ -154,13 +154,14 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     recall_ks = tuple(protocol.get("recall_ks", RECALL_KS))
     map_ks = tuple(protocol.get("map_ks", MAP_KS if several else ())) if len(table.targets.values) else ()
     splits = []
+    # Each image mention's group (a row's reference, then its targets), for the groups' galleries.
+    mention_groups = np.repeat(found.group_codes, 1 + table.targets.lengths) if len(found.group_names) > 1 else None
     for group, group_name in enumerate(found.group_names):
         queries, lines, named = table, found.lines, table.names  # one group: every row, every image
         if len(found.group_names) > 1:
             rows = np.flatnonzero(found.group_codes == group)
             queries, lines = table.take(rows), found.lines[rows]
-            in_group = np.repeat(found.group_codes, 1 + table.targets.lengths) == group
-            named = table.names[pd.unique(found.image_codes[in_group])]  # in order of first appearance
+            named = table.names[pd.unique(found.image_codes[mention_groups == group])]  # in order of first appearance
         gallery_path = next((p for p in (root / f"{split}.{group_name}.gallery.txt", root / f"{split}.gallery.txt")
                              if p.is_file()), None)
         if gallery_path is None:
