@@ -17,3 +17,4 @@ TRACKERS = ("none", "comet_ml")
 ENCODERS = ("text", "image", "both")  # stage 1's --encoder: which towers train
 COMBINING = ("sum", "image")  # --combining: `clip_cir.models.combiner.COMBINING_FUNCTIONS`
 DEMO_MAX_K = 100  # the demo's largest --top-k and API k
+VALIDATION_SCHEDULES = ("published", "every-nth-and-last")  # --validation-schedule (clip_cir.config.TrainingConfig)

@@ -2,7 +2,7 @@
 (or plain python). See `--help`; the work is done in `clip_cir.training.stage2`.
 """
 
-from clip_cir.training.stage2 import main
+from clip_cir.apps.train import train_combiner_main as main
 
 if __name__ == "__main__":
     main()

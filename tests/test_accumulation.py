@@ -75,11 +75,11 @@ def test_re_forward_replays_each_micro_batch_dropout():
 def test_stage1_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_path, encoder, model):
     """Three optimizer steps of batch 32 in 4 micro-batches of 8 give the weights of batch 32 in one
     piece: with a trained image tower (BatchNorm in eval mode) and with a frozen, precomputed one."""
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     common = ["--encoder", encoder, "--epochs", "1", "--batch-size", "32", "--model", model, "--log-every", "1"]
-    stage1.main(stage1_args(synth_root, tmp_path, "whole", *common))
-    stage1.main(stage1_args(synth_root, tmp_path, "accum", *common, "--accum-steps", "4"))
+    finetune_main(stage1_args(synth_root, tmp_path, "whole", *common))
+    finetune_main(stage1_args(synth_root, tmp_path, "accum", *common, "--accum-steps", "4"))
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
     accum = read_weights(tmp_path / "accum" / "last" / "clip.safetensors")
     per_tensor, overall = update_gaps(whole, accum, _start(model))
@@ -97,10 +97,10 @@ def test_stage1_accumulation_under_two_processes_equals_one_piece(synth_root, tm
     all-reduce per step == one process with the whole batch of 32."""
     import os
 
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     common = ["--encoder", "both", "--epochs", "1", "--batch-size", "32", "--model", "cir-tiny-rn", "--cpu"]
-    stage1.main(stage1_args(synth_root, tmp_path, "whole", *common))
+    finetune_main(stage1_args(synth_root, tmp_path, "whole", *common))
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "stage1" / "finetune.py"),
            *stage1_args(synth_root, tmp_path, "ddp", *common, "--accum-steps", "4")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
@@ -115,12 +115,12 @@ def test_stage1_accumulation_under_two_processes_equals_one_piece(synth_root, tm
 
 def test_pretrain_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_path):
     """The learnt temperature travels as per-example rows: it trains, and the same as in one piece."""
-    from clip_cir.training import pretrain
+    from clip_cir.apps.train import pretrain_main
 
     common = ["--train-data", str(synth_root / "pretrain_captions.csv"), "--model", "cir-tiny-vit", "--epochs", "1",
               "--batch-size", "32", "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress"]
-    pretrain.main([*common, "--experiment-name", "whole"])
-    pretrain.main([*common, "--experiment-name", "accum", "--accum-steps", "4"])
+    pretrain_main([*common, "--experiment-name", "whole"])
+    pretrain_main([*common, "--experiment-name", "accum", "--accum-steps", "4"])
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
     accum = read_weights(tmp_path / "accum" / "last" / "clip.safetensors")
     start = _start("cir-tiny-vit")
@@ -132,10 +132,10 @@ def test_pretrain_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_pa
 
 
 def test_accum_steps_that_do_not_divide_the_batch_get_one_line(synth_root, tmp_path, capsys):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     with pytest.raises(SystemExit) as exit_info:
-        stage1.main(stage1_args(synth_root, tmp_path, "bad", "--batch-size", "32", "--accum-steps", "3"))
+        finetune_main(stage1_args(synth_root, tmp_path, "bad", "--batch-size", "32", "--accum-steps", "3"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--accum-steps 3" in err[0] and "divisible by 3" in err[0]

@@ -28,7 +28,7 @@ from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import CONFIG_DIR, load_clip
 from clip_cir.models.combiner import load_combiner
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
-from clip_cir.params import transform_for
+from clip_cir.models.transforms import transform_for
 from clip_cir.training.run import seed_everything
 
 MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",

@@ -42,14 +42,14 @@ def test_trimmed_lengths_round_up_to_the_multiple_and_keep_features(make_tiny_cl
 def test_compiled_stage1_matches_eager_resumes_and_saves_clean_keys(synth_root, tmp_path):
     """Three steps an epoch (120 triplets, batch 40), both towers: two eager epochs against one
     compiled epoch and a compiled resume to the second."""
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     common = ("--encoder", "both", "--batch-size", "40", "--log-every", "1", "--pixel-cache", "off")
-    stage1.main(stage1_args(synth_root, tmp_path, "eager", *common, "--epochs", "2"))
+    finetune_main(stage1_args(synth_root, tmp_path, "eager", *common, "--epochs", "2"))
     graphs = counters["stats"]["unique_graphs"]
-    stage1.main(stage1_args(synth_root, tmp_path, "compiled", *common, "--epochs", "1", "--compile"))
+    finetune_main(stage1_args(synth_root, tmp_path, "compiled", *common, "--epochs", "1", "--compile"))
     first_run_graphs = counters["stats"]["unique_graphs"] - graphs
-    stage1.main(["--resume", str(tmp_path / "compiled"), "--epochs", "2", "--compile"])
+    finetune_main(["--resume", str(tmp_path / "compiled"), "--epochs", "2", "--compile"])
     print(f"graphs compiled: {first_run_graphs} in the first run, {counters['stats']['unique_graphs'] - graphs} in all")
     # It compiled: the image tower once, the text tower once per caption length bucket the
     # synthetic captions reach (at most 2 of 16 tokens in a 32-token context), not per batch.
@@ -80,14 +80,14 @@ def test_compiled_stage1_matches_eager_resumes_and_saves_clean_keys(synth_root, 
 
 def test_compiled_pretraining_matches_eager(synth_root, tmp_path):
     """Pretraining trains the learnt temperature and runs in train mode: compiled, the same."""
-    from clip_cir.training import pretrain
+    from clip_cir.apps.train import pretrain_main
 
     common = ["--train-data", str(synth_root / "pretrain_captions.csv"), "--model", "cir-tiny-vit", "--epochs", "1",
               "--batch-size", "32", "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress",
               "--log-every", "1", "--pixel-cache", "off"]
-    pretrain.main([*common, "--experiment-name", "eager"])
+    pretrain_main([*common, "--experiment-name", "eager"])
     graphs = counters["stats"]["unique_graphs"]
-    pretrain.main([*common, "--experiment-name", "compiled", "--compile"])
+    pretrain_main([*common, "--experiment-name", "compiled", "--compile"])
     assert counters["stats"]["unique_graphs"] > graphs  # it compiled
     eager_steps = pd.read_csv(tmp_path / "eager" / "train_steps.csv")
     compiled_steps = pd.read_csv(tmp_path / "compiled" / "train_steps.csv")

@@ -31,7 +31,7 @@ from clip_cir.encoding.features import FeatureCache, encode_counts, encode_texts
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import load_clip
 from clip_cir.models.combiner import Combiner, element_wise_sum
-from clip_cir.params import transform_for
+from clip_cir.models.transforms import transform_for
 
 pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir[demo]')")
 

@@ -144,15 +144,15 @@ def test_a_tower_that_cannot_be_checkpointed_is_named_in_one_line(caplog):
 
 
 def test_stage1_with_grad_checkpointing_trains_the_same_resnet(synth_root, tmp_path, capsys):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     common = ["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-rn", "--encoder", "both",
               "--epochs", "1", "--batch-size", "60", "--lr", "1e-3", "--output-dir", str(tmp_path), "--num-workers",
               "0", "--no-progress", "--validation-frequency", "1"]
-    stage1.main([*common, "--experiment-name", "checkpointed", "--grad-checkpointing"])
+    finetune_main([*common, "--experiment-name", "checkpointed", "--grad-checkpointing"])
     lines = capsys.readouterr().err.splitlines()
     assert "gradient checkpointing: image tower (ModifiedResNet), text tower (Transformer)" in lines
-    stage1.main([*common, "--experiment-name", "plain"])
+    finetune_main([*common, "--experiment-name", "plain"])
     assert not any(line.startswith("gradient checkpointing") for line in capsys.readouterr().err.splitlines())
     plain = load_file(str(tmp_path / "plain" / "last" / "clip.safetensors"))
     checkpointed = load_file(str(tmp_path / "checkpointed" / "last" / "clip.safetensors"))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from test_training import stage2_args
 
+from clip_cir.config import TrainingConfig
 from clip_cir.training.loop import Selection, Stage, fit
 from clip_cir.training.optim import LRSchedule
 from clip_cir.training.run import Run
@@ -79,8 +80,8 @@ def _fit(tmp_path, name: str, log_every: int, monkeypatch) -> tuple[int, pd.Data
 
     with monkeypatch.context() as patched:
         patched.setattr(torch.Tensor, "item", counted_item)
-        fit(accelerator, run, stage, EPOCHS, EPOCHS, LRSchedule("cosine", 0.1, 3, EPOCHS * STEPS_PER_EPOCH),
-            progress=False, log_every=log_every)
+        training = TrainingConfig(epochs=EPOCHS, validation_frequency=EPOCHS, log_every=log_every)
+        fit(accelerator, run, stage, training, LRSchedule("cosine", 0.1, 3, EPOCHS * STEPS_PER_EPOCH), progress=False)
     return len(calls), pd.read_csv(run.path / "train_steps.csv")
 
 
@@ -102,11 +103,11 @@ def test_loss_is_read_back_every_n_steps_and_at_each_epochs_end(tmp_path, monkey
 
 def test_stage2_logged_losses_equal_those_of_a_run_logging_every_step(synth_root, tmp_path):
     """120 triplets at batch 30: 4 steps an epoch, 12 in 3 epochs."""
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
     common = ["--epochs", str(EPOCHS), "--batch-size", "30", "--validation-frequency", "3"]
-    stage2.main(stage2_args(synth_root, tmp_path, "every", *common, "--log-every", "1"))
-    stage2.main(stage2_args(synth_root, tmp_path, "fifth", *common, "--log-every", "5"))
+    train_combiner_main(stage2_args(synth_root, tmp_path, "every", *common, "--log-every", "1"))
+    train_combiner_main(stage2_args(synth_root, tmp_path, "fifth", *common, "--log-every", "5"))
     every = pd.read_csv(tmp_path / "every" / "train_steps.csv").set_index("step")
     fifth = pd.read_csv(tmp_path / "fifth" / "train_steps.csv").set_index("step")
     assert list(every.index) == list(fifth.index) == list(range(1, 13))

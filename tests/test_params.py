@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from clip_cir import params
+from clip_cir.config import portable_config
 from clip_cir.errors import CIRError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ def _saved_run(tmp_path: Path, *extra: str) -> tuple[Path, dict]:
     data.mkdir(exist_ok=True)
     args = params.stage2_parser().parse_args(["--dataset", "cirr", "--data-root", str(data), "--lr", "0.001",
                                               "--epochs", "5", "--experiment-name", "run", *extra])
-    config = {"program": "stage2", **params.portable_config(args), "run_dir": str(run)}
+    config = {"program": "stage2", **portable_config(vars(args)), "run_dir": str(run)}
     (run / "config.json").write_text(json.dumps(config))
     return run, config
 
@@ -121,7 +122,7 @@ def test_resume_takes_the_runs_settings_with_their_types(tmp_path):
     args = _resume("--resume", str(run))
     assert (args.dataset, args.lr, args.epochs, args.hidden_dim) == ("cirr", 0.001, 5, 48)
     assert (args.fashioniq_categories, args.cpu) == (["dress"], True)
-    settings = {k: v for k, v in params.portable_config(args).items() if k != "resume"}
+    settings = {k: v for k, v in portable_config(vars(args)).items() if k != "resume"}
     assert settings == {k: v for k, v in config.items() if k not in ("program", "run_dir", "resume")}
     assert args.data_root == Path(config["data_root"])  # a Path, as the option's type makes it
     assert args.experiment_name == "run" and args.resume == run
@@ -173,20 +174,20 @@ def test_without_resume_argparse_reports_missing_required_options(capsys):
 
 def test_resumed_run_continues_to_the_abbreviated_epoch_count_and_refuses_a_new_lr(synth_root, tmp_path, capsys):
     """End to end: `--resume RUN --epoch 2` trains epoch 2; `--resume RUN --lr X` stops, one line."""
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
-    stage2.main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-vit", "--batch-size", "32",
-                 "--lr", "1e-3", "--output-dir", str(tmp_path), "--experiment-name", "run", "--no-progress",
-                 "--epochs", "1"])
+    train_combiner_main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-vit",
+                         "--batch-size", "32", "--lr", "1e-3", "--output-dir", str(tmp_path), "--experiment-name",
+                         "run", "--no-progress", "--epochs", "1"])
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert (config["program"], config["experiment_name"], config["run_dir"]) == ("stage2", "run", str(run.resolve()))
-    stage2.main(["--resume", str(run), "--epoch", "2", "--no-progress"])
+    train_combiner_main(["--resume", str(run), "--epoch", "2", "--no-progress"])
     assert list(pd.read_csv(run / "train_metrics.csv")["epoch"]) == [1, 2]
     assert json.loads((run / "config.json").read_text()) == {**config, "epochs": 2}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        stage2.main(["--resume", str(run), "--epochs", "3", "--lr", "0.5"], prog="stage2/train_combiner.py")
+        train_combiner_main(["--resume", str(run), "--epochs", "3", "--lr", "0.5"], prog="stage2/train_combiner.py")
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in err
     assert err.startswith("stage2/train_combiner.py: error: --lr 0.5 differs from the resumed run's 0.001")

@@ -122,7 +122,7 @@ def test_a_cache_that_would_fill_the_disk_is_not_written(real_sized_images, tmp_
 def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_images, tmp_path, tiny_checkpoint):
     from clip_cir.encoding.features import encode_counts, encode_images
     from clip_cir.models.clip import load_clip
-    from clip_cir.params import transform_for
+    from clip_cir.models.transforms import transform_for
 
     clip = load_clip(None, str(tiny_checkpoint))
     transform = transform_for(clip, "targetpad", 1.25)
@@ -135,12 +135,12 @@ def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_ima
 
 
 def test_stage1_both_encoders_train_identically_with_the_pixel_cache(synth_root, tmp_path):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5",
               "--pixel-cache-dir", str(tmp_path / "pixels")]
-    stage1.main(stage1_args(synth_root, tmp_path, "cached", *common))
-    stage1.main(stage1_args(synth_root, tmp_path, "decoded", *common, "--pixel-cache", "off"))
+    finetune_main(stage1_args(synth_root, tmp_path, "cached", *common))
+    finetune_main(stage1_args(synth_root, tmp_path, "decoded", *common, "--pixel-cache", "off"))
     assert len(list((tmp_path / "pixels").glob("*.npy"))) == 2  # training images and the val gallery
     cached = load_file(str(tmp_path / "cached" / "last" / "clip.safetensors"))
     decoded = load_file(str(tmp_path / "decoded" / "last" / "clip.safetensors"))

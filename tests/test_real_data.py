@@ -33,13 +33,13 @@ def _cirr_train_copy(synth_root: Path, tmp_path: Path) -> Path:
 # ---- 1. stage 1 keeps CLIP in eval mode: BatchNorm statistics stay the pretrained ones --------
 
 def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_path):
+    from clip_cir.apps.train import finetune_main
     from clip_cir.models.clip import load_clip
-    from clip_cir.training import stage1
     from clip_cir.training.run import seed_everything
 
     args = stage1_args(synth_root, tmp_path, "rn", "--encoder", "both", "--epochs", "1")
     args[args.index("cir-tiny-vit")] = "cir-tiny-rn"
-    stage1.main(args)
+    finetune_main(args)
     seed_everything(0)  # the run's seed: the same random init
     start = load_clip("cir-tiny-rn").model.state_dict()
     trained = load_file(str(tmp_path / "rn" / "last" / "clip.safetensors"))
@@ -56,7 +56,7 @@ def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_p
 # ---- 2. float32 validation; encoding restores each tower's own mode --------------------------
 
 def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, tmp_path, tiny_checkpoint, cli):
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
     args = stage2_args(synth_root, tmp_path, "bf16", "--epochs", "2", "--validation-frequency", "1",
                        "--mixed-precision", "bf16", "--pretrained", str(tiny_checkpoint), "--cpu")
@@ -65,7 +65,7 @@ def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, 
 
     AcceleratorState._reset_state(reset_partial_state=True)  # this process's Accelerator said "no" before
     try:
-        stage2.main(args)
+        train_combiner_main(args)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     run = tmp_path / "bf16"
@@ -157,7 +157,7 @@ def _triplets_using(captions_file: Path, names: set[str]) -> int:
 
 
 def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(synth_root, tmp_path, capsys):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     data = _cirr_train_copy(synth_root, tmp_path)
     split_file = data / "cirr_dataset/cirr/image_splits/split.rc2.train.json"
@@ -173,7 +173,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     common = ["--encoder", "text", "--epochs", "1", "--validation-frequency", "5"]
 
     with pytest.raises(SystemExit) as exit_info:
-        stage1.main(stage1_args(data, tmp_path / "runs", "strict", *common))
+        finetune_main(stage1_args(data, tmp_path / "runs", "strict", *common))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"stage1/finetune.py: error: {missing}: image '{missing_name}' listed in "
@@ -181,7 +181,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     assert "1 more of the" in err and "--skip-missing-images" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "strict").exists()
 
-    stage1.main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
+    finetune_main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
     run = tmp_path / "runs" / "skip"
     lines = (run / "skipped_images.txt").read_text().splitlines()
     rows = [line.split("\t") for line in lines if not line.startswith("#")]
@@ -200,7 +200,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
 def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_checked(synth_root, tmp_path):
     """A val image no query uses as reference or target still changes the validation numbers
     (it is a distractor and an image-set member); a training image no triplet uses is never read."""
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     data = _cirr_train_copy(synth_root, tmp_path)
     base = data / "cirr_dataset"
@@ -214,7 +214,7 @@ def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_check
     train_listing = _read(base / "cirr/image_splits/split.rc2.train.json")
     unused = next(n for n in train_listing if n not in used)
     (base / train_listing[unused]).write_bytes(b"not an image")
-    stage1.main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
+    finetune_main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
                               "--skip-missing-images"))
     run = tmp_path / "runs" / "gaps"
     rows = [line.split("\t")[0] for line in (run / "skipped_images.txt").read_text().splitlines()

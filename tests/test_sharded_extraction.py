@@ -25,7 +25,7 @@ def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feat
     from clip_cir.data import load_splits
     from clip_cir.encoding.encode import EncodeOptions, split_features
     from clip_cir.models.clip import load_clip
-    from clip_cir.params import transform_for
+    from clip_cir.models.transforms import transform_for
 
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
            str(synth_root), str(tiny_checkpoint), str(tmp_path), "16"]

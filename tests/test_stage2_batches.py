@@ -57,7 +57,8 @@ def test_two_ranks_split_every_global_batch(synth_root):
 def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, monkeypatch, schedule):
     """A run interrupted after its epoch-2 checkpoint and resumed ends where an uninterrupted one
     does: the same weights, losses and per-step learning rates (a restarted schedule would differ)."""
-    from clip_cir.training import loop, stage2
+    from clip_cir.apps.train import train_combiner_main
+    from clip_cir.training import loop
 
     common = ["--epochs", "4", "--validation-frequency", "2", *schedule]
 
@@ -66,7 +67,7 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
         args[args.index("--dataset") + 1] = "fashioniq"  # four caption forms to draw from
         return args
 
-    stage2.main(args_for("straight"))
+    train_combiner_main(args_for("straight"))
     save = loop.save_checkpoint_dir
 
     def save_then_stop(path, modules, state=None):
@@ -76,11 +77,11 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
 
     monkeypatch.setattr(loop, "save_checkpoint_dir", save_then_stop)
     with pytest.raises(SystemExit) as stopped:
-        stage2.main(args_for("resumed"))
+        train_combiner_main(args_for("resumed"))
     assert stopped.value.code == 130
     monkeypatch.setattr(loop, "save_checkpoint_dir", save)
     assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2]
-    stage2.main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
+    train_combiner_main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
     straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))
     assert straight.keys() == resumed.keys()

@@ -35,9 +35,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_path):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
-    stage1.main(stage1_args(synth_root, tmp_path, "text", "--encoder", "text", "--epochs", "3"))
+    finetune_main(stage1_args(synth_root, tmp_path, "text", "--encoder", "text", "--epochs", "3"))
     run = tmp_path / "text"
     train = pd.read_csv(run / "train_metrics.csv")
     assert list(train["epoch"]) == [1, 2, 3]
@@ -66,9 +66,9 @@ def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_pat
 
 
 def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
-    stage2.main(stage2_args(synth_root, tmp_path, "comb", "--epochs", "4", "--validation-frequency", "2"))
+    train_combiner_main(stage2_args(synth_root, tmp_path, "comb", "--epochs", "4", "--validation-frequency", "2"))
     train = pd.read_csv(tmp_path / "comb" / "train_metrics.csv")
     assert train["clip_images_encoded"].nunique() == 1 and train["clip_texts_encoded"].nunique() == 1
     run = tmp_path / "comb"
@@ -80,7 +80,7 @@ def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
     from clip_cir.encoding import features
 
     before = dict(features.encode_counts)
-    stage2.main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
+    train_combiner_main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
     assert features.encode_counts["image"] == before.get("image", 0)
     assert features.encode_counts["text"] == before.get("text", 0)
 
@@ -204,9 +204,9 @@ def _open_clip_lrs(kind: str, base_lr: float, warmup: int, steps: int) -> list[f
 @pytest.mark.parametrize("kind", ["cosine", "const"])
 def test_learning_rate_per_step_follows_open_clip(synth_root, tmp_path, kind):
     """120 triplets at batch 32: 3 steps an epoch, 12 in all, the first 5 warming up."""
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
-    stage2.main(stage2_args(synth_root, tmp_path, kind, "--epochs", "4", "--validation-frequency", "4",
+    train_combiner_main(stage2_args(synth_root, tmp_path, kind, "--epochs", "4", "--validation-frequency", "4",
                                     "--lr-scheduler", kind, "--warmup", "5"))
     steps = pd.read_csv(tmp_path / kind / "train_steps.csv")
     expected = _open_clip_lrs(kind, 1e-3, 5, 12)
@@ -220,11 +220,11 @@ def test_learning_rate_per_step_follows_open_clip(synth_root, tmp_path, kind):
 
 
 def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_path, monkeypatch):
-    from clip_cir.training import stage2
+    from clip_cir.apps.train import train_combiner_main
 
     monkeypatch.delenv("COMET_API_KEY", raising=False)
     monkeypatch.setenv("COMET_CONFIG", str(tmp_path / "no_comet_config"))
-    stage2.main(stage2_args(synth_root, tmp_path, "tracked", "--epochs", "2", "--tracker", "comet_ml"))
+    train_combiner_main(stage2_args(synth_root, tmp_path, "tracked", "--epochs", "2", "--tracker", "comet_ml"))
     run = tmp_path / "tracked"
     archives = list((run / "comet").glob("*.zip"))
     assert len(archives) == 1, list((run / "comet").iterdir()) if (run / "comet").exists() else "no comet dir"
@@ -237,7 +237,7 @@ def test_comet_tracker_without_api_key_writes_offline_archive(synth_root, tmp_pa
 
 
 def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsys):
-    from clip_cir.training import stage1
+    from clip_cir.apps.train import finetune_main
 
     cases = [
         (["--epochs", "0"], "--epochs must be positive"),
@@ -248,13 +248,13 @@ def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsy
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            stage1.main(stage1_args(synth_root, tmp_path, "bad", "--epochs", "1", *extra))
+            finetune_main(stage1_args(synth_root, tmp_path, "bad", "--epochs", "1", *extra))
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
-        stage1.main(["--resume", str(tmp_path / "nothing-here")])
+        finetune_main(["--resume", str(tmp_path / "nothing-here")])
     assert "config.json: not found" in capsys.readouterr().err
 
 

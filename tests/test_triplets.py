@@ -170,17 +170,17 @@ def test_training_on_a_converted_copy_equals_training_on_the_original(converted,
     import pandas as pd
     from test_training import stage1_args, stage2_args
 
-    from clip_cir.training import stage1, stage2
+    from clip_cir.apps.train import finetune_main, train_combiner_main
 
     def both_stages(dataset: str, root: Path, name: str) -> tuple[pd.DataFrame, ...]:
         runs = tmp_path / name
         args = stage1_args(root, runs, "s1", "--encoder", "text", "--epochs", "2")
         args[args.index("--dataset") + 1] = dataset
-        stage1.main(args)
+        finetune_main(args)
         args = stage2_args(root, runs, "s2", "--epochs", "2", "--validation-frequency", "1",
                            "--pretrained", str(runs / "s1"))
         args[args.index("--dataset") + 1] = dataset
-        stage2.main(args)
+        train_combiner_main(args)
         return tuple(pd.read_csv(runs / s / f) for s in ("s1", "s2") for f in ("train_metrics.csv",
                                                                                "validation_metrics.csv"))
 

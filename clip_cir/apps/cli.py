@@ -11,10 +11,18 @@ from functools import partial
 from pathlib import Path
 
 from clip_cir import params as opt
+from clip_cir.apps.entry import program_main, run_main, setup_logging
 from clip_cir.apps.prepare import prepare
 from clip_cir.errors import CIRError
 
 log = logging.getLogger("clip_cir")
+
+
+def search_index(args: argparse.Namespace):
+    """The command's nearest-neighbour index factory (None: exact), checked before any work."""
+    from clip_cir.encoding.search import index_factory
+
+    return index_factory(opt.ranking_settings(args).search)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -22,7 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.evaluation.metrics import format_metrics
     from clip_cir.models.checkpoints import write_json
 
-    index_factory = opt.search_index_factory(args)
+    index_factory = search_index(args)
     prepared = prepare(args, need_targets=True)
     metrics = evaluate(prepared.clip, prepared.splits, prepared.combine, prepared.encode, index_factory)
     print(format_metrics(metrics, label=args.dataset))
@@ -39,7 +47,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from clip_cir.models.checkpoints import write_json
 
     opt.check_positive(args, ["top_k"])
-    index_factory = opt.search_index_factory(args)
+    index_factory = search_index(args)
     prepared = prepare(args)
     clip = prepared.clip
     queries = []
@@ -68,8 +76,8 @@ def _submission_ranking(args: argparse.Namespace, test_split: str, k: int):
     if args.split not in (test_split, "val"):
         raise CIRError(f"--split must be {test_split} or val for a {args.dataset.upper()} submission, "
                        f"got '{args.split}'")
-    index_factory = opt.search_index_factory(args)
-    prepared = prepare(args)
+    index_factory = search_index(args)
+    prepared = prepare(args, purpose="submission")
     split = prepared.splits[0]
     return split, rank_features(split_features(prepared.clip, split, prepared.encode), prepared.combine, k=k,
                                 index_factory=index_factory)
@@ -185,15 +193,15 @@ def main(argv: list[str] | None = None) -> None:
         # Programs of their own (the training programs are also `accelerate launch`-able scripts): their
         # command line is parsed before their module, and torch, load.
         program, prog = opt.PROGRAMS[argv[0]], f"clip-cir {argv[0]}"
-        opt.program_main(partial(program.parser, prog), lambda args: importlib.import_module(program.module).run(args),
-                         argv[1:], prog)
+        run = lambda args: getattr(importlib.import_module(program.module), program.function)(args)  # noqa: E731
+        program_main(partial(program.parser, prog), run, argv[1:], prog)
         return
     parser = opt.cli_parser()
     args = parser.parse_args(argv)
     if args.command in opt.PROGRAMS:  # reached only after an option of clip-cir's own, e.g. -v
         parser.error(f"{args.command} must come first: clip-cir {args.command} [options]")
-    opt.setup_logging(args.verbose)
-    opt.run_main(lambda: COMMANDS[args.command](args), "clip-cir")
+    setup_logging(args.verbose)
+    run_main(lambda: COMMANDS[args.command](args), "clip-cir")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from clip_cir import params as opt
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
+    from clip_cir.config import CombiningConfig, QueryDataConfig, RankingConfig
     from clip_cir.data import CIRSplit
+    from clip_cir.data.images import ImageCheck
     from clip_cir.encoding.encode import EncodeOptions
     from clip_cir.models.clip import LoadedCLIP
 
@@ -36,35 +38,71 @@ class Prepared:
     skipped_images: int
 
 
-def accelerator_for(args: argparse.Namespace):
+def accelerator_for(config: RankingConfig):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    return Accelerator(cpu=config.device.cpu, mixed_precision=config.device.mixed_precision)
 
 
-def encode_options(args: argparse.Namespace, clip, accelerator):
+def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> EncodeOptions:
     from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.encoding.feature_cache import feature_cache_for
+    from clip_cir.encoding.pixels import loader_workers, pixel_cache_for
+    from clip_cir.models.transforms import transform_for
 
-    return EncodeOptions.for_accelerator(accelerator, opt.transform_for(clip, args.transform, args.target_ratio),
-                                         opt.feature_cache(args), batch_size=args.batch_size,
-                                         num_workers=opt.num_workers(args, accelerator.device.type == "cuda"),
-                                         pixel_cache=opt.pixel_cache(args, repeated=False))
+    model = config.model
+    return EncodeOptions.for_accelerator(accelerator, transform_for(clip, model.transform, model.target_ratio),
+                                         feature_cache_for(config.cache), batch_size=config.encode.batch_size,
+                                         num_workers=loader_workers(config.device.num_workers,
+                                                                    accelerator.device.type == "cuda"),
+                                         pixel_cache=pixel_cache_for(config.cache, repeated=False))
 
 
-def combining(args: argparse.Namespace) -> tuple[Callable[..., Any], str]:
-    """The --combining function, or a Combiner checkpoint (ours or published), and its name."""
+def combining(config: CombiningConfig) -> tuple[Callable[..., Any], str]:
+    """The combining function, or a Combiner checkpoint (ours or published), and its name."""
     from clip_cir.models.combiner import COMBINING_FUNCTIONS, load_combiner
 
-    if getattr(args, "combiner", None):
-        return load_combiner(args.combiner), f"Combiner ({args.combiner})"
-    return COMBINING_FUNCTIONS[args.combining]
+    if config.combiner:
+        return load_combiner(config.combiner), f"Combiner ({config.combiner})"
+    return COMBINING_FUNCTIONS[config.combining]
 
 
-def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False) -> Prepared:
-    """Everything before encoding, validated before any work: data, model, combining function."""
+def load_query_data(data: QueryDataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:
+    """The split(s) the settings name: a dataset's, or a folder of photos as the gallery (with a
+    file of queries, the queries of that file)."""
+    if data.gallery_dir:
+        from clip_cir.data.folder import folder_gallery, folder_queries
+        from clip_cir.data.registry import triplet_format
+
+        gallery = folder_gallery(data.gallery_dir, images)
+        return [folder_queries(gallery, data.query_file, triplet_format(data)) if data.query_file else gallery]
+    if data.dataset is None or data.data_root is None:
+        missing = [flag for flag, value in (("--dataset", data.dataset), ("--data-root", data.data_root))
+                   if value is None]
+        raise CIRError(f"the following arguments are required: {', '.join(missing)} (or --gallery-dir)")
+    from clip_cir.data.registry import load_data
+
+    return load_data(data, split or data.split, images)
+
+
+def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bool = False,
+            purpose: str = "evaluation") -> Prepared:
+    """`prepare_settings` of a command line."""
     opt.check_positive(args, ["batch_size", "target_ratio"])
-    images = opt.image_check(args)
-    splits = opt.load_data(args, split, images)
+    return prepare_settings(opt.ranking_settings(args), split, need_targets, purpose)
+
+
+def prepare_settings(config: RankingConfig, split: str | None = None, need_targets: bool = False,
+                     purpose: str = "evaluation") -> Prepared:
+    """Everything before encoding, validated before any work: data, model, combining function.
+    `purpose` is 'evaluation', or 'submission' (which ranks the whole split: no image may be skipped)."""
+    from clip_cir.data.images import ImageCheck
+    from clip_cir.encoding.search import index_factory
+    from clip_cir.models.clip import load_clip
+
+    index_factory(config.search)  # a missing faiss-cpu stops the command before any work
+    images = ImageCheck.for_purpose(purpose, config.data.skip_missing_images)
+    splits = load_query_data(config.data, split, images)
     if images.skipped:
         log.warning("%s. WARNING: these numbers are NOT comparable with published ones (the gallery or the "
                     "queries are incomplete)", images.summary())
@@ -72,17 +110,18 @@ def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bo
         from clip_cir.evaluation.evaluate import no_targets_message
 
         raise CIRError(no_targets_message(splits[0]))
-    clip = opt.load_model(args)
-    combine, combine_name = combining(args)
+    clip = load_clip(config.model.model, config.model.pretrained)
+    combine, combine_name = combining(config.combining)
     if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
         raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
                        f"but {clip.describe()} gives {clip.embed_dim}-d")
-    accelerator = accelerator_for(args)
+    accelerator = accelerator_for(config)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)
     from clip_cir.models.towers import set_memory_format
 
     clip.model.to(accelerator.device)
-    set_memory_format(clip.model, accelerator.device, args.channels_last)
+    set_memory_format(clip.model, accelerator.device, config.device.channels_last)
     log.info("model: %s | combining: %s | device: %s", clip.describe(), combine_name, accelerator.device)
-    return Prepared(splits, clip, combine, combine_name, encode_options(args, clip, accelerator), len(images.skipped))
+    return Prepared(splits, clip, combine, combine_name, encode_options(config, clip, accelerator),
+                    len(images.skipped))

@@ -3,9 +3,9 @@
 synthetic data -> pretrain a tiny CLIP -> zero-shot evaluation -> stage 1 -> evaluation ->
 stage 2 -> evaluation -> the CIRR-trained model on a CIRCO-layout world (zero-shot transfer,
 mAP@K) -> CIRR submission files -> plots, ending with results tables. Every step goes through
-the same public entry point a user runs by hand (`clip-cir synth`, `clip-cir pretrain`,
-`stage1/finetune.py`, `stage2/train_combiner.py`, `clip-cir eval`, `clip-cir submit-cirr`,
-`clip-cir report`), and every number is measured in this run.
+a public entry point a user has too: the training through the Python API (`clip_cir.pretrain`,
+`clip_cir.finetune`, `clip_cir.train_combiner`, which the training programs run), the rest
+through `clip-cir synth`, `eval`, `submit-cirr` and `report`; every number is measured in this run.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ MODEL = TINY_MODEL
 # batches: on a CPU an optimizer step costs about its batch, so at a fixed budget a smaller batch
 # buys more steps. The Combiner's steps are cheap (cached features): a larger batch at a
 # proportionally larger learning rate.
-PRETRAIN_RECIPE = ["--batch-size", "64", "--lr", "5e-4", "--weight-decay", "0.1", "--lr-scheduler", "cosine",
-                   "--warmup", "50"]
-STAGE1_RECIPE = ["--batch-size", "32", "--lr", "3e-4", "--lr-scheduler", "cosine", "--warmup", "50"]
-STAGE2_RECIPE = ["--batch-size", "256", "--lr", "2e-3", "--lr-scheduler", "cosine", "--warmup", "50",
-                 "--validation-frequency", "10"]
+# The Combiner's validation ranks cached features (milliseconds here), so it validates every epoch.
+PRETRAIN_RECIPE = dict(batch_size=64, lr=5e-4, weight_decay=0.1, lr_scheduler="cosine", warmup=50)
+STAGE1_RECIPE = dict(batch_size=32, lr=3e-4, lr_scheduler="cosine", warmup=50)
+STAGE2_RECIPE = dict(batch_size=256, lr=2e-3, lr_scheduler="cosine", warmup=50, validation_frequency=1)
 COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
            ("recall_subset_at1", "Rs@1"), ("recall_subset_at2", "Rs@2"), ("recall_subset_at3", "Rs@3"),
            ("recall_avg", "Avg")]
@@ -95,8 +94,8 @@ def results_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, st
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from clip_cir import api
     from clip_cir.apps.cli import main as cli_main
-    from clip_cir.training import pretrain, stage1, stage2
     from clip_cir.training.run import seed_everything
 
     opt.check_positive(args, ["train", "val", "test", "pretrain_epochs", "stage1_epochs", "stage2_epochs"])
@@ -106,16 +105,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         shutil.rmtree(runs)
     for folder in (evals, subs):
         folder.mkdir(parents=True, exist_ok=True)
-    workers = ["--num-workers", str(args.num_workers), "--no-progress"]
-    train_size = ["--seed", str(args.seed), "--output-dir", str(runs)]
+    common = dict(num_workers=args.num_workers, no_progress=True, seed=args.seed, output_dir=runs)
     step = Steps(9 + (not args.no_report) + (args.circo > 0))
 
     step(f"synthetic data (CIRR, FashionIQ{' and CIRCO' if args.circo else ''} layouts) -> {data}")
     _synth(args, data)
     step("pretrain the tiny CLIP on per-image captions (the method starts from a pretrained CLIP)")
-    pretrain.main(["--train-data", str(_cirr_caption_csv(data)), "--model", MODEL, "--epochs",
-                   str(args.pretrain_epochs), *PRETRAIN_RECIPE,
-                   "--experiment-name", "pretrain", *train_size, *workers])
+    api.pretrain(train_data=_cirr_caption_csv(data), model=MODEL, epochs=args.pretrain_epochs, **PRETRAIN_RECIPE,
+                 experiment_name="pretrain", **common)
     rows: dict[str, dict[str, float]] = {}
     step("baselines: untrained CLIP, image only, zero-shot element-wise sum")
     seed_everything(args.seed)  # the untrained row's random init: a function of --seed, not of what ran before
@@ -125,17 +122,13 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     rows["zero-shot sum (pretrained CLIP)"] = _eval(data, evals / "zero_shot.json",
                                                     ["--pretrained", str(runs / "pretrain")])
     step(f"stage 1: fine-tune CLIP ({args.encoder} encoder{'s' if args.encoder == 'both' else ''})")
-    stage1.main(["--dataset", "cirr", "--data-root", str(data), "--pretrained", str(runs / "pretrain"),
-                   "--encoder", args.encoder, "--epochs", str(args.stage1_epochs), *STAGE1_RECIPE,
-                   "--experiment-name", "stage1", *train_size, *workers],
-                  prog="stage1/finetune.py")
+    api.finetune(dataset="cirr", data_root=data, pretrained=str(runs / "pretrain"), encoder=args.encoder,
+                 epochs=args.stage1_epochs, **STAGE1_RECIPE, experiment_name="stage1", **common)
     step("evaluate stage 1 + element-wise sum")
     rows["stage 1 + sum"] = _eval(data, evals / "stage1.json", ["--pretrained", str(runs / "stage1")])
     step("stage 2: train the Combiner on the frozen stage-1 CLIP")
-    stage2.main(["--dataset", "cirr", "--data-root", str(data), "--pretrained", str(runs / "stage1"),
-                         "--epochs", str(args.stage2_epochs), *STAGE2_RECIPE, "--experiment-name", "stage2",
-                         *train_size, *workers],
-                        prog="stage2/train_combiner.py")
+    api.train_combiner(dataset="cirr", data_root=data, pretrained=str(runs / "stage1"), epochs=args.stage2_epochs,
+                       **STAGE2_RECIPE, experiment_name="stage2", **common)
     step("evaluate stage 1 + Combiner")
     rows["stage 1 + Combiner"] = _eval(data, evals / "stage2.json",
                                        ["--pretrained", str(runs / "stage1"), "--combiner", str(runs / "stage2")])
@@ -181,4 +174,6 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir quickstart") -> None:
-    opt.program_main(partial(opt.quickstart_parser, prog), run, argv, prog)
+    from clip_cir.apps.entry import program_main
+
+    program_main(partial(opt.quickstart_parser, prog), run, argv, prog)

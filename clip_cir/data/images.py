@@ -115,6 +115,17 @@ class ImageCheck:
     pruned_galleries: dict[str, int] = field(default_factory=dict)
     """`<dataset>/<benchmark>/<split>` -> gallery images left out there."""
 
+    @classmethod
+    def for_purpose(cls, purpose: str, skip: bool = False) -> "ImageCheck":
+        """What readers do with absent or unreadable images for a command's `purpose`: 'training'
+        (every image's header is opened up front, so a corrupt file stops the run before its first
+        step), 'evaluation' or 'submission' (which cannot skip: it ranks the whole split)."""
+        hints = {"training": TRAINING_HINT, "evaluation": EVALUATION_HINT, "submission": SUBMISSION_HINT}
+        if purpose not in hints:
+            raise ValueError(f"unknown purpose {purpose!r}")
+        training = purpose == "training"
+        return cls(skip=skip, readable=training or skip, hint=hints[purpose], used_only=("train",) if training else ())
+
     def locate(self, candidates: Mapping[str, Sequence[Path]], listed_in: Path) -> dict[str, Path]:
         """Name -> the first candidate file that exists (readable, if asked), in listing order.
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from clip_cir.data import circo, cirr, fashioniq, triplets
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:
+    from clip_cir.config import DataConfig
 
 DATASETS = ("cirr", "fashioniq", "circo", "triplets")
 
@@ -43,3 +46,19 @@ def load_splits(dataset: str, data_root: str | Path, split: str, categories: Seq
     if dataset == "triplets":
         return triplets.load_triplets(data_root, split, triplet_format, images)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+
+
+def triplet_format(data: DataConfig) -> triplets.TripletFormat:
+    """The generic layout's columns and protocol (`--dataset triplets`) from the data settings."""
+    return triplets.TripletFormat(reference_key=data.csv_reference_key, caption_key=data.csv_caption_key,
+                                  target_key=data.csv_target_key, separator=data.csv_separator,
+                                  exclude_reference=False if data.keep_reference else None)
+
+
+def load_data(data: DataConfig, split: str, images: ImageCheck) -> list[CIRSplit]:
+    """One split of the benchmark `data` names, read with its options."""
+    missing = [flag for flag, value in (("--dataset", data.dataset), ("--data-root", data.data_root)) if value is None]
+    if missing:
+        raise CIRError(f"the following arguments are required: {', '.join(missing)}")
+    return load_splits(data.dataset, data.data_root, split, data.fashioniq_categories, images,
+                       data.circo_query_text, triplet_format(data) if data.dataset == "triplets" else None)

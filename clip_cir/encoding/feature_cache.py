@@ -12,11 +12,15 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from clip_cir.models.checkpoints import atomic_write
+
+if TYPE_CHECKING:
+    from clip_cir.config import CacheConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,11 @@ _PIECE_FILE = re.compile(r"rows-(\d+)-(\d+)\.safetensors")
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIP_CIR_CACHE", Path.home() / ".cache" / "clip_cir")) / "features"
+
+
+def feature_cache_for(config: CacheConfig) -> FeatureCache:
+    """The feature cache the settings name: their folder, the default one, or none (`no_cache`)."""
+    return FeatureCache(None if config.no_cache else (config.cache_dir or default_cache_dir()))
 
 
 def chunk_plan(n: int, world: int, chunk_rows: int) -> list[list[Piece]]:

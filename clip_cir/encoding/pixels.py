@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 
 from clip_cir.data.io import load_image
 from clip_cir.models.transforms import ImageTransform
+
+if TYPE_CHECKING:
+    from clip_cir.config import CacheConfig
 
 log = logging.getLogger("clip_cir")
 
@@ -209,3 +212,23 @@ class PixelCache:
             if tmp.exists():
                 tmp.unlink()
         return PixelArray(path)
+
+
+def pixel_cache_for(config: CacheConfig, repeated: bool) -> PixelCache | None:
+    """The pixel cache for images decoded `repeated`ly (True) or once (False), per `pixel_cache`:
+    auto uses it only where images are decoded repeatedly, on always, off never."""
+    if config.pixel_cache == "off" or (config.pixel_cache == "auto" and not repeated):
+        return None
+    return PixelCache(config.pixel_cache_dir or default_pixel_dir())
+
+
+def loader_workers(requested: int | None, on_gpu: bool, processes_per_node: int = 1) -> int:
+    """`requested` data-loading workers, or (None) a number that suits the machine: decoding
+    workers on every spare core when a GPU does the math (the published code uses every core),
+    none on a CPU-only run, whose cores do the math."""
+    if requested is not None:
+        return requested
+    if not on_gpu:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores // max(processes_per_node, 1) - 1))

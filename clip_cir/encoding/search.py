@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
 from types import ModuleType
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ import torch
 from clip_cir.constants import FAISS_INDEXES, SEARCH_BACKENDS
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:
+    from clip_cir.config import SearchConfig
 
 
 class SearchIndex(Protocol):
@@ -182,3 +185,15 @@ def build_index(features: torch.Tensor, backend: str = "exact", **faiss_options)
     if backend == "faiss":
         return FaissSearch(features, **faiss_options)
     raise CIRError(f"unknown search back-end '{backend}' (choose from {', '.join(SEARCH_BACKENDS)})")
+
+
+def index_factory(config: SearchConfig) -> Callable[[torch.Tensor], SearchIndex] | None:
+    """`None` for exact search (evaluation's own chunked top-k), else a function that builds the
+    chosen FAISS index over normalised gallery features. FAISS is imported here, so a missing
+    faiss-cpu stops the command before any work."""
+    if config.faiss_nprobe is not None and config.faiss_nprobe <= 0:
+        raise CIRError(f"--faiss-nprobe must be positive, got {config.faiss_nprobe}")
+    if config.search == "exact":
+        return None
+    require_faiss()
+    return lambda gallery: build_index(gallery, config.search, index=config.faiss_index, nprobe=config.faiss_nprobe)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
 from clip_cir.constants import DEMO_MAX_K, ENCODERS
 from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
@@ -58,7 +59,7 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_encoder_arg(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--encoder", choices=ENCODERS, default="text", help=help)
+    parser.add_argument("--encoder", choices=ENCODERS, default=Stage1Config.encoder, help=help)
 
 
 def add_top_k_arg(parser: Group, default: int, help: str) -> None:
@@ -93,8 +94,7 @@ def stage1_parser(prog: str = "stage1/finetune.py", required: bool = True) -> ar
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="gradient checkpointing: recompute each tower's activations in the backward pass "
                              "instead of keeping them (transformer, timm and ResNet towers, RN50x4's included)")
-    add_training_args(parser, epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1,
-                      name="stage1")
+    add_training_args(parser, Stage1Config())
     add_tower_training_args(parser)
     return parser
 
@@ -106,13 +106,12 @@ def stage2_parser(prog: str = "stage2/train_combiner.py", required: bool = True)
                                "`accelerate launch` or plain python.")
     add_data_args(parser, split=False, required=required)
     add_model_args(parser)
-    parser.add_argument("--projection-dim", type=int, default=None,
+    parser.add_argument("--projection-dim", type=int, default=Stage2Config.projection_dim,
                         help="Combiner projection size (default: 4x the CLIP embedding size; 2560 for RN50x4)")
-    parser.add_argument("--hidden-dim", type=int, default=None,
+    parser.add_argument("--hidden-dim", type=int, default=Stage2Config.hidden_dim,
                         help="Combiner hidden size (default: 8x the CLIP embedding size; 5120 for RN50x4)")
     add_transform_args(parser)
-    add_training_args(parser, epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, validation_frequency=3,
-                      name="stage2")
+    add_training_args(parser, Stage2Config())
     return parser
 
 
@@ -124,16 +123,16 @@ def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> a
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", type=Path, **required_option(required),
                       help="CSV of images and captions (image paths relative to the CSV's folder or absolute)")
-    data.add_argument("--csv-img-key", default="filepath", help="image path column (default: %(default)s)")
-    add_csv_caption_args(data, caption="title", separator="\t", separator_help="column separator (default: tab)")
-    data.add_argument("--val-fraction", type=float, default=0.05,
+    data.add_argument("--csv-img-key", default=CaptionDataConfig.csv_img_key,
+                      help="image path column (default: %(default)s)")
+    add_csv_caption_args(data, caption=CaptionDataConfig.csv_caption_key, separator=CaptionDataConfig.csv_separator,
+                         separator_help="column separator (default: tab)")
+    data.add_argument("--val-fraction", type=float, default=CaptionDataConfig.val_fraction,
                       help="captions held out to measure the loss (default: %(default)s)")
     add_model_args(parser)
     add_transform_args(parser)
-    add_training_args(parser, epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1,
-                      name="pretrain")
+    add_training_args(parser, PretrainConfig())
     add_tower_training_args(parser)
-    parser.set_defaults(dataset="captions")  # what the run directory's name and config call its data
     return parser
 
 
@@ -205,21 +204,22 @@ def demo_parser(prog: str = "clip-cir demo") -> argparse.ArgumentParser:
 
 
 class Program(NamedTuple):
-    """A `clip-cir` subcommand that is a program of its own: its module's `run(args)` does the work."""
+    """A `clip-cir` subcommand that is a program of its own: `module.function(args)` does the work."""
 
     module: str
+    function: str
     parser: Callable[..., argparse.ArgumentParser]
     help: str
 
 
 PROGRAMS = {
-    "pretrain": Program("clip_cir.training.pretrain", pretrain_parser,
+    "pretrain": Program("clip_cir.apps.train", "pretrain", pretrain_parser,
                         "contrastive image-caption pretraining of a CLIP on a caption CSV"),
-    "finetune": Program("clip_cir.training.stage1", stage1_parser,
+    "finetune": Program("clip_cir.apps.train", "finetune", stage1_parser,
                         "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
-    "train-combiner": Program("clip_cir.training.stage2", stage2_parser,
+    "train-combiner": Program("clip_cir.apps.train", "train_combiner", stage2_parser,
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
-    "quickstart": Program("clip_cir.apps.quickstart", quickstart_parser,
+    "quickstart": Program("clip_cir.apps.quickstart", "run", quickstart_parser,
                           "the whole method on synthetic data in a few CPU minutes"),
 }
 

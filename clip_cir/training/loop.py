@@ -1,41 +1,31 @@
 """What stage 1, stage 2 and pretraining share: the `Stage` each of them is (its step,
 validation and saved modules), and the one training loop (`fit`) that drives a stage, with the
-run directory's resumable checkpoints and CSV logs.
+run directory's resumable checkpoints and CSV logs (docs/training.md, "The run directory").
 
-A run directory looks like:
-
-    RUN/config.json               resolved arguments
-    RUN/log.txt                   everything the run printed
-    RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
-    RUN/train_steps.csv           one row per optimizer step: its learning rate, and the main
-                                  process's loss on logged steps (every --log-every and each
-                                  epoch's last; empty on the others)
-    RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
-    RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
-    RUN/last/                     weights + optimizer + RNG state to resume from (written at each
-                                  validation and after the last epoch)
-    RUN/comet/                    offline comet_ml archive when tracking without an API key
-
-Resuming restores weights, optimizer, RNG, epoch and step count from `last/`; batch order and
-caption choices depend only on (seed, epoch) and the learning rate only on the step count, so a
-resumed run ends with the same weights as an uninterrupted one.
+Validation follows the published schedule by default (`TrainingConfig.validates_after`), and
+`last/` is written with every validation and after the last epoch. Resuming restores weights,
+optimizer, RNG, epoch and step count from `last/`; batch order and caption choices depend only
+on (seed, epoch) and the learning rate only on the step count, so a resumed run ends with the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
+from clip_cir.config import TrainingConfig
 from clip_cir.encoding import features
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpoints import (
@@ -52,6 +42,9 @@ from clip_cir.training.run import (
     seed_everything,
     set_rng_state,
 )
+
+if TYPE_CHECKING:
+    from clip_cir.training.setup import TrainingSetup
 
 log = logging.getLogger("clip_cir")
 
@@ -122,6 +115,47 @@ class Stage(ABC):
     def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
         """{name: (unwrapped module, metadata)}, written as `<name>.safetensors`."""
 
+    @staticmethod
+    def load(config: Any, images: Any) -> Any:
+        """The program's training data from its settings (`setup.start_training` calls it before
+        any model is built, so bad data stops the run before any work)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_setup(cls, setup: TrainingSetup) -> "Stage":
+        """The stage, built from its settings and what the shared start-up made."""
+        raise NotImplementedError
+
+    def before_training(self, run: Run, resumed: bool) -> None:  # noqa: B027 - optional, none by default
+        """Work before the first epoch (pretraining measures the held-out loss)."""
+
+
+@dataclass
+class TrainedRun:
+    """What a training program leaves: its run directory, the best validation numbers by which
+    its `best*/` checkpoints were kept, and the last validation's metrics."""
+
+    path: Path
+    best: dict[str, float]
+    metrics: dict[str, float]
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The folder of the checkpoint kept by the main selection score."""
+        return self.path / "best"
+
+
+@contextmanager
+def float32_matmuls() -> Iterator[None]:
+    """Full float32 matrix products inside (TF32 off on CUDA, as torch's default), whatever the run
+    set for its training steps: validation numbers are those `clip-cir eval` computes."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
 
 def check_batch_fits(batch_size: int, available: int, what: str) -> None:
     """Every optimizer step takes a whole batch (the last, partial one is dropped): refuse a
@@ -162,16 +196,19 @@ def resume_state(accelerator, run: Run, stage: Stage) -> tuple[int, int, dict[st
     return epoch, step, state.get("lr_schedule")
 
 
-def fit(accelerator, run: Run, stage: Stage, epochs: int, validation_frequency: int, schedule: LRSchedule,
-        start_epoch: int = 0, start_step: int = 0, progress: bool = True, log_every: int = 10) -> dict[str, float]:
+def fit(accelerator, run: Run, stage: Stage, training: TrainingConfig, schedule: LRSchedule,
+        start_epoch: int = 0, start_step: int = 0, progress: bool = True) -> dict[str, float]:
     """The training loop shared by every stage. Returns the last validation metrics.
+
+    Validates after the epochs `training.validates_after` names, keeps `best/` by the stage's
+    selection scores and writes `last/` with each validation and after the last epoch.
 
     `schedule` sets the learning rate before every optimizer step from the number of steps taken
     (`start_step` in a resumed run), as open_clip does. Reading a loss back waits for the device,
     so it happens only every `log_every` optimizer steps (counted over the run, so a resumed run
     logs the same steps) and at each epoch's last; the epoch's mean loss is summed on the device."""
     metrics: dict[str, float] = {}
-    step = start_step
+    step, epochs, log_every = start_step, training.epochs, training.log_every
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         # Through the prepared loader: Accelerate otherwise re-sets the sampler's epoch from its own
@@ -202,9 +239,10 @@ def fit(accelerator, run: Run, stage: Stage, epochs: int, validation_frequency: 
                "lr": stage.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         log.info("epoch %d/%d: loss %.4f (%d steps, lr %.3g, %.1fs)", epoch + 1, epochs, mean_loss, steps,
                  row["lr"], row["seconds"])
-        validate_now = (epoch + 1) % validation_frequency == 0 or epoch + 1 == epochs
+        validate_now = training.validates_after(epoch)
         if validate_now and accelerator.is_main_process:
-            metrics = stage.validate(epoch)
+            with float32_matmuls():
+                metrics = stage.validate(epoch)
             better = stage.selection.improved(metrics)
             run.append_csv("validation_metrics.csv", {"epoch": epoch + 1, **metrics})
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=epoch + 1)
@@ -219,38 +257,42 @@ def fit(accelerator, run: Run, stage: Stage, epochs: int, validation_frequency: 
         run.append_csv("train_metrics.csv", row)
         run.append_rows("train_steps.csv", step_rows)
         accelerator.log({"train/loss": mean_loss, "train/lr": row["lr"]}, step=epoch + 1)
-        if validate_now:  # `last/` goes with each validation: a Combiner epoch can cost less than its write
+        # `last/` goes with each validation (a Combiner epoch can cost less than its write) and
+        # after the last epoch, validated or not: a finished run resumes as finished.
+        if validate_now or epoch + 1 == epochs:
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             if accelerator.is_main_process:
                 state = {"epoch": epoch + 1, "step": step, "lr_schedule": asdict(schedule),
                          "optimizer": stage.optimizer.state_dict(), "rng": rngs, "best": dict(stage.selection.best)}
                 if accelerator.scaler is not None:  # fp16 loss scale: part of the optimisation state
                     state["scaler"] = accelerator.scaler.state_dict()
-                save_checkpoint_dir(run.path / "last", stage.saved_modules(epoch + 1, metrics), state)
+                saved_metrics = metrics if validate_now else {}
+                save_checkpoint_dir(run.path / "last", stage.saved_modules(epoch + 1, saved_metrics), state)
         accelerator.wait_for_everyone()
     return metrics
 
 
-def train(accelerator, run: Run, stage: Stage, args: argparse.Namespace, progress: bool) -> dict[str, float]:
+def train(setup: TrainingSetup, stage: Stage) -> TrainedRun:
     """Resume if asked, run the loop, close the trackers and say where the best checkpoint is."""
-    schedule = LRSchedule.from_args(args, steps_per_epoch=len(stage.loader))
-    if args.resume:
+    accelerator, run, config = setup.accelerator, setup.run, setup.config
+    training = config.training
+    schedule = LRSchedule.from_config(training, steps_per_epoch=len(stage.loader))
+    resumed = config.run.resume is not None
+    stage.before_training(run, resumed)
+    if resumed:
         start_epoch, start_step, saved = resume_state(accelerator, run, stage)
         if schedule.kind == "cosine" and saved is not None and saved["total_steps"] != schedule.total_steps:
             log.warning("--epochs %d moves the cosine schedule's end from step %d to %d: from step %d on the "
-                        "learning rates differ from those the run was started with", args.epochs,
+                        "learning rates differ from those the run was started with", training.epochs,
                         saved["total_steps"], schedule.total_steps, start_step)
     else:
         # From here on the random stream (dropout) depends only on the seed and the rank: not on
         # what loading, caching or encoding did before.
-        seed_everything(args.seed + accelerator.process_index)
+        seed_everything(training.seed + accelerator.process_index)
         start_epoch = start_step = 0
-    metrics = fit(accelerator, run, stage, args.epochs, args.validation_frequency, schedule, start_epoch,
-                  start_step, progress, args.log_every)
+    metrics = fit(accelerator, run, stage, training, schedule, start_epoch, start_step, setup.progress)
     accelerator.end_training()
     if accelerator.is_main_process:
         best = ", ".join(f"{k} {v:.4g}" for k, v in stage.selection.best.items())
         log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(stage.selection.keys[0]))
-    return metrics
-
-
+    return TrainedRun(path=run.path, best=dict(stage.selection.best), metrics=metrics)

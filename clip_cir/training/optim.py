@@ -3,13 +3,15 @@ it, open_clip's warmup + const/cosine schedule as a function of the step count a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from clip_cir.config import TrainingConfig
 
 log = logging.getLogger("clip_cir")
 
@@ -46,9 +48,9 @@ class LRSchedule:
         return lr
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LRSchedule":
-        schedule = cls(kind=args.lr_scheduler, base_lr=args.lr, warmup=args.warmup,
-                       total_steps=args.epochs * steps_per_epoch)
+    def from_config(cls, training: TrainingConfig, steps_per_epoch: int) -> "LRSchedule":
+        schedule = cls(kind=training.lr_scheduler, base_lr=training.lr, warmup=training.warmup,
+                       total_steps=training.epochs * steps_per_epoch)
         if schedule.warmup >= schedule.total_steps and schedule.warmup:
             log.warning("--warmup %d covers all %d optimizer steps: the learning rate never reaches --lr",
                         schedule.warmup, schedule.total_steps)

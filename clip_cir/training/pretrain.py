@@ -9,11 +9,9 @@ open_clip's CLIP loss with a learned temperature, and holds out captions to meas
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
-from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -23,23 +21,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from clip_cir import params as opt
+from clip_cir.config import PretrainConfig
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelArray
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import ClipEncoder, EpochSampler
-from clip_cir.training.loop import Stage, check_batch_fits, train
+from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.run import (
-    clip_metadata,
-    report_skipped_images,
-    seed_everything,
-    start_run,
-)
+from clip_cir.training.run import Run, clip_metadata
+from clip_cir.training.setup import TrainingSetup, run_training
 
 log = logging.getLogger("clip_cir")
 
@@ -154,71 +148,73 @@ class ImageCaptionPretraining(Stage):
     def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
         return {"clip": (self.clip.model, clip_metadata(self.clip, "pretrain", epoch, metrics))}
 
-
-def run(args: argparse.Namespace) -> dict[str, float]:
-    check_training_args(args)
-    if not 0 < args.val_fraction < 1:
-        raise CIRError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    rows = read_caption_csv(args.train_data, args.csv_img_key, args.csv_caption_key, args.csv_separator)
-    images = opt.image_check(args, training=True)
-    usable = images.locate({str(image): [image] for image, _ in rows}, args.train_data)
-    kept = [(image, caption) for image, caption in rows if str(image) in usable]
-    images.total_queries["captions"], images.dropped_queries["captions"] = len(rows), len(rows) - len(kept)
-    rows = kept
-    if not rows:
-        raise CIRError(f"{args.train_data}: no row has a usable image")
-    generator = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(rows), generator=generator).tolist()
-    n_val = max(1, int(len(rows) * args.val_fraction))
-    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
-    check_batch_fits(args.batch_size, len(train_rows), "training rows")
-    seed_everything(args.seed)  # before building the model: a random init is part of the run
-    clip = opt.load_model(args)
-    transform = opt.transform_for(clip, args.transform, args.target_ratio)
-    accelerator, run_dir = start_run(args, "pretrain")
-    report_skipped_images(run_dir, images)
-    device = accelerator.device
-    model = clip.model.to(device)
-    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
-    for name, param in model.named_parameters():
-        # SigLIP's logit bias and CoCa's caption decoder take no part in CLIP's loss: trainable, they
-        # would stop DDP, which needs every parameter it trains to reach the loss.
-        if name.startswith(("logit_bias", "text_decoder.")):
-            param.requires_grad = False
-    progress = not args.no_progress and accelerator.is_main_process
-    workers = opt.num_workers(args, device.type == "cuda", accelerator.num_processes)
-    cache = opt.pixel_cache(args, repeated=True)  # every epoch decodes every image again otherwise
-    pixels = {}
-    for name, part in (("train", train_rows), ("held-out", val_rows)):
-        pixels[name] = None
-        if cache is not None:
-            with accelerator.main_process_first():
-                pixels[name] = cache.get([p for p, _ in part], transform, num_workers=workers, progress=progress,
-                                         desc=f"{name} images (pixels)")
-    sampler = EpochSampler(len(train_rows), args.seed)
-    loader = DataLoader(CaptionedImages(train_rows, transform, pixels["train"]), batch_size=args.batch_size,
-                        sampler=sampler, num_workers=0 if pixels["train"] else workers, drop_last=True)
-    val_loader = DataLoader(CaptionedImages(val_rows, transform, pixels["held-out"]),
-                            batch_size=min(args.batch_size, len(val_rows)),
-                            sampler=EpochSampler(len(val_rows), args.seed, shuffle=False),
-                            num_workers=0 if pixels["held-out"] else workers)
-    optimizer = make_optimizer(torch.optim.AdamW, open_clip_param_groups(model, args.weight_decay), lr=args.lr,
-                               betas=(0.9, 0.98), eps=1e-6)
-    # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
-    optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
-    encoder = ImageCaptionEncoder(model, compile=args.compile)
-    length_multiple = encoder.length_multiple
-    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
-    stage = ImageCaptionPretraining(clip, encoder, optimizer, loader, val_loader, transform, device=device,
-                                    rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                    accum_steps=args.accum_steps, channels_last=channels_last,
-                                    length_multiple=length_multiple)
-    before = stage.validate(-1)["val_loss"] if accelerator.is_main_process and not args.resume else None
-    if before is not None:
+    def before_training(self, run: Run, resumed: bool) -> None:
+        """The held-out loss of the CLIP it starts from, as epoch 0 of validation_metrics.csv."""
+        if resumed or not run.is_main:
+            return
+        before = self.validate(-1)["val_loss"]
         log.info("held-out contrastive loss before training: %.4f", before)
-        run_dir.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
-    return train(accelerator, run_dir, stage, args, progress)
+        run.append_csv("validation_metrics.csv", {"epoch": 0, "val_loss": before, "score": -before})
+
+    @staticmethod
+    def load(config: PretrainConfig, images: ImageCheck) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+        """(training rows, held-out rows): the CSV's rows with a usable image, split by the seed."""
+        data = config.data
+        rows = read_caption_csv(data.train_data, data.csv_img_key, data.csv_caption_key, data.csv_separator)
+        usable = images.locate({str(image): [image] for image, _ in rows}, data.train_data)
+        kept = [(image, caption) for image, caption in rows if str(image) in usable]
+        images.total_queries["captions"], images.dropped_queries["captions"] = len(rows), len(rows) - len(kept)
+        if not kept:
+            raise CIRError(f"{data.train_data}: no row has a usable image")
+        generator = torch.Generator().manual_seed(config.training.seed)
+        order = torch.randperm(len(kept), generator=generator).tolist()
+        n_val = max(1, int(len(kept) * data.val_fraction))
+        val_rows, train_rows = [kept[i] for i in order[:n_val]], [kept[i] for i in order[n_val:]]
+        check_batch_fits(config.training.batch_size, len(train_rows), "training rows")
+        return train_rows, val_rows
+
+    @classmethod
+    def from_setup(cls, setup: TrainingSetup) -> "ImageCaptionPretraining":
+        config: PretrainConfig = setup.config
+        (train_rows, val_rows), clip, transform = setup.data, setup.clip, setup.transform
+        accelerator = setup.accelerator
+        device, workers, progress = setup.device, setup.workers, setup.progress
+        model = clip.model.to(device)
+        # Before the optimizer and DDP see the model.
+        channels_last = set_memory_format(model, device, config.device.channels_last)
+        for name, param in model.named_parameters():
+            # SigLIP's logit bias and CoCa's caption decoder take no part in CLIP's loss: trainable, they
+            # would stop DDP, which needs every parameter it trains to reach the loss.
+            if name.startswith(("logit_bias", "text_decoder.")):
+                param.requires_grad = False
+        cache = setup.pixel_cache(repeated=True)  # every epoch decodes every image again otherwise
+        pixels = {}
+        for name, part in (("train", train_rows), ("held-out", val_rows)):
+            pixels[name] = None
+            if cache is not None:
+                with accelerator.main_process_first():
+                    pixels[name] = cache.get([p for p, _ in part], transform, num_workers=workers, progress=progress,
+                                             desc=f"{name} images (pixels)")
+        training, seed = config.training, config.training.seed
+        loader = DataLoader(CaptionedImages(train_rows, transform, pixels["train"]), batch_size=training.batch_size,
+                            sampler=EpochSampler(len(train_rows), seed),
+                            num_workers=0 if pixels["train"] else workers, drop_last=True)
+        val_loader = DataLoader(CaptionedImages(val_rows, transform, pixels["held-out"]),
+                                batch_size=min(training.batch_size, len(val_rows)),
+                                sampler=EpochSampler(len(val_rows), seed, shuffle=False),
+                                num_workers=0 if pixels["held-out"] else workers)
+        optimizer = make_optimizer(torch.optim.AdamW, open_clip_param_groups(model, training.weight_decay),
+                                   lr=training.lr, betas=(0.9, 0.98), eps=1e-6)
+        # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
+        optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
+        encoder = ImageCaptionEncoder(model, compile=training.compile)
+        length_multiple = encoder.length_multiple
+        encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+        return cls(clip, encoder, optimizer, loader, val_loader, transform, device=device,
+                   rank=accelerator.process_index, world_size=accelerator.num_processes,
+                   accum_steps=training.accum_steps, channels_last=channels_last, length_multiple=length_multiple)
 
 
-def main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
-    program_main(partial(opt.pretrain_parser, prog), run, argv, prog)
+def run(config: PretrainConfig) -> TrainedRun:
+    """Pretrain a CLIP from its settings (what `clip-cir pretrain` and `clip_cir.pretrain` run)."""
+    return run_training(ImageCaptionPretraining, config)

@@ -1,24 +1,10 @@
 """The run directory a training program writes, and what makes a run reproducible: seeding,
-RNG state, atomic checkpoint folders, CSV logs, the Accelerator and tracker it runs with.
-
-A run directory looks like:
-
-    RUN/config.json               resolved arguments
-    RUN/log.txt                   everything the run printed
-    RUN/train_metrics.csv         one row per epoch (loss, learning rate, time, CLIP encodes so far)
-    RUN/train_steps.csv           one row per optimizer step (step, epoch, lr, loss): the learning
-                                  rate of every step; the loss only on steps it was read back
-                                  (every --log-every and each epoch's last), empty on the others
-    RUN/validation_metrics.csv    one row per validation (recalls, selection scores)
-    RUN/best/<name>.safetensors   best checkpoint by `score` (+ best_<key>/ for other selection keys)
-    RUN/last/                     weights + optimizer + RNG state to resume from (written at each
-                                  validation and after the last epoch)
-    RUN/comet/                    offline comet_ml archive when tracking without an API key
+RNG state, atomic checkpoint folders, CSV logs, the Accelerator and tracker it runs with. The
+run directory's layout is documented once, in docs/training.md ("The run directory").
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -32,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from clip_cir.config import TrainingProgramConfig, portable_config
 from clip_cir.data.images import ImageCheck
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpoints import (
@@ -41,7 +28,6 @@ from clip_cir.models.checkpoints import (
     write_json,
     write_text,
 )
-from clip_cir.params import check_accum_steps, portable_config
 from clip_cir.training.tracking import flat_config, tracker_setup
 
 log = logging.getLogger("clip_cir")
@@ -82,12 +68,13 @@ class Run:
     is_main: bool
 
     @classmethod
-    def create(cls, args: argparse.Namespace, prefix: str, is_main: bool, experiment_name: str | None) -> "Run":
-        """The --resume run directory, or a new one: --output-dir/`experiment_name`."""
-        if args.resume:
-            path = Path(args.resume)
+    def create(cls, config: TrainingProgramConfig, name: str, is_main: bool) -> "Run":
+        """The resumed run's directory, or a new one: output_dir/`name`."""
+        resume = config.run.resume
+        if resume:
+            path = Path(resume)
         else:
-            path = Path(args.output_dir) / experiment_name
+            path = Path(config.run.output_dir) / name
             if is_main and last_checkpoint(path) is not None:
                 raise CIRError(f"{path}: a run with this name exists; use --resume {path} or another --experiment-name")
         run = cls(path=path, is_main=is_main)
@@ -98,13 +85,13 @@ class Run:
             logging.getLogger().addHandler(handler)
             # A new run (or one that failed before its first epoch) writes its config; a resumed
             # run records only a raised --epochs.
-            config = {"program": prefix, **portable_config(run_settings(args, experiment_name, path))}
-            if (path / "config.json").exists() and args.resume:
-                config = {**json.loads((path / "config.json").read_text()), "epochs": args.epochs}
+            settings = {"program": config.program, **portable_config(run_settings(config, name, path))}
+            if (path / "config.json").exists() and resume:
+                settings = {**json.loads((path / "config.json").read_text()), "epochs": config.training.epochs}
             else:  # a fresh start (maybe after one that failed before its first checkpoint)
-                for name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
-                    (path / name).unlink(missing_ok=True)
-            write_json(path / "config.json", config)
+                for csv_name in ("train_metrics.csv", "train_steps.csv", "validation_metrics.csv"):
+                    (path / csv_name).unlink(missing_ok=True)
+            write_json(path / "config.json", settings)
         return run
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
@@ -128,9 +115,10 @@ class Run:
                 frame[frame["epoch"] <= last_epoch].to_csv(path, index=False)
 
 
-def run_settings(args: argparse.Namespace, experiment_name: str | None, path: Path) -> dict[str, Any]:
-    """The arguments with the run's name and directory: what config.json and the tracker record."""
-    return {**vars(args), "experiment_name": experiment_name, "run_dir": str(path)}
+def run_settings(config: TrainingProgramConfig, name: str, path: Path) -> dict[str, Any]:
+    """The flat settings with the data's name and the run's name and directory: what config.json
+    and the tracker record."""
+    return {"dataset": config.data_name, **config.to_options(), "experiment_name": name, "run_dir": str(path)}
 
 
 def save_checkpoint_dir(path: Path, modules: Mapping[str, tuple[nn.Module, dict]],
@@ -151,28 +139,44 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def start_run(args: argparse.Namespace, prefix: str):
-    """Accelerator (device, precision, processes), run directory and tracker for a training program."""
+def set_cuda_speed(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, what open_clip_train sets at start: cuDNN benchmark mode (it times the convolution
+    kernels for each input shape and keeps the fastest) and TF32 matrix products. Both change
+    results in the last bits from one run to the next; `deterministic` turns them off (and asks
+    cuDNN for deterministic kernels) for bit-exact reruns. Nothing changes on other devices."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+
+
+def open_run(config: TrainingProgramConfig):
+    """Accelerator (device, precision, processes, CUDA speed settings), run directory and tracker
+    for a training program."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import broadcast_object_list
 
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision,
-                              log_with=None if args.tracker == "none" else args.tracker,
+    run_config, device_config = config.run, config.device
+    accelerator = Accelerator(cpu=device_config.cpu, mixed_precision=device_config.mixed_precision,
+                              log_with=None if run_config.tracker == "none" else run_config.tracker,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if args.batch_size % accelerator.num_processes:
-        raise CIRError(f"--batch-size {args.batch_size} (global) must be divisible by the "
+    batch_size = config.training.batch_size
+    if batch_size % accelerator.num_processes:
+        raise CIRError(f"--batch-size {batch_size} (global) must be divisible by the "
                        f"{accelerator.num_processes} processes")
-    if hasattr(args, "accum_steps"):
-        check_accum_steps(args, accelerator.num_processes)
-    name = [args.experiment_name]
-    if not args.resume and not args.experiment_name:
-        name = [f"{prefix}-{getattr(args, 'dataset', 'data')}-{datetime.now():%Y%m%d-%H%M%S}"]
+    config.training.check_accum_steps(accelerator.num_processes)
+    set_cuda_speed(accelerator.device, device_config.deterministic)
+    name = [run_config.experiment_name]
+    if not run_config.resume and not run_config.experiment_name:
+        name = [f"{config.program}-{config.data_name}-{datetime.now():%Y%m%d-%H%M%S}"]
         if accelerator.num_processes > 1:
             broadcast_object_list(name)
-    run = Run.create(args, prefix, accelerator.is_main_process, name[0])
-    if args.tracker != "none":
-        accelerator.init_trackers("clip-cir", flat_config(run_settings(args, name[0], run.path)),
-                                  init_kwargs=tracker_setup(args.tracker, run.path, run.path.name))
+    run = Run.create(config, name[0], accelerator.is_main_process)
+    if run_config.tracker != "none":
+        accelerator.init_trackers("clip-cir", flat_config(run_settings(config, name[0], run.path)),
+                                  init_kwargs=tracker_setup(run_config.tracker, run.path, run.path.name))
     log.info("run directory: %s | processes: %d | device: %s | mixed precision: %s", run.path,
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     return accelerator, run

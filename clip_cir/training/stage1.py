@@ -8,10 +8,8 @@ the feature cache), so `--encoder text` encodes no image while it trains.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import replace
-from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -19,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from clip_cir import params as opt
+from clip_cir.config import Stage1Config
+from clip_cir.data.images import ImageCheck
+from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.encode import EncodeOptions, encode_captions, encode_image_files
 from clip_cir.evaluation.evaluate import evaluate
@@ -28,29 +28,19 @@ from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import (
     ClipEncoder,
     EpochSampler,
     TrainingSet,
     TripletDataset,
 )
-from clip_cir.training.loop import Stage, check_batch_fits, train
+from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.run import (
-    clip_metadata,
-    report_skipped_images,
-    seed_everything,
-    start_run,
-)
+from clip_cir.training.run import clip_metadata
+from clip_cir.training.setup import TrainingSetup, run_training
 
 log = logging.getLogger("clip_cir")
-
-
-def build_parser(prog: str = "stage1/finetune.py") -> argparse.ArgumentParser:
-    """The program's parser (defined in `clip_cir.params`); benchmarks read its defaults."""
-    return opt.stage1_parser(prog)
 
 
 def query_and_target(reference: torch.Tensor, text: torch.Tensor,
@@ -114,74 +104,76 @@ class CLIPFineTuning(Stage):
     def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
         return {"clip": (self.clip.model, clip_metadata(self.clip, "stage1", epoch, metrics, encoder=self.towers))}
 
+    @staticmethod
+    def load(config: Stage1Config, images: ImageCheck) -> tuple[TrainingSet, list[CIRSplit]]:
+        """(the training triplets, the validation splits)."""
+        data = TrainingSet.from_splits(load_data(config.data, "train", images))
+        val_splits = load_data(config.data, "val", images)
+        check_batch_fits(config.training.batch_size, len(data.queries), "training triplets")
+        return data, val_splits
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    check_training_args(args)
-    images = opt.image_check(args, training=True)
-    train_splits = opt.load_data(args, "train", images)
-    val_splits = opt.load_data(args, "val", images)
-    data = TrainingSet.from_splits(train_splits)
-    check_batch_fits(args.batch_size, len(data.queries), "training triplets")
-    seed_everything(args.seed)  # before building the model: a random init is part of the run
-    clip = opt.load_model(args)
-    transform = opt.transform_for(clip, args.transform, args.target_ratio)
-    train_text, train_image = args.encoder in ("text", "both"), args.encoder in ("image", "both")
-    accelerator, run_dir = start_run(args, "stage1")
-    report_skipped_images(run_dir, images)
-    cache = opt.feature_cache(args)
-    device = accelerator.device
-    model = clip.model.to(device)
-    channels_last = set_memory_format(model, device, args.channels_last)  # before the optimizer and DDP see it
-    for name, param in model.named_parameters():
-        param.requires_grad = ((train_image if name.startswith("visual.") else train_text)
-                               and not name.startswith(("logit_", "text_decoder.")))  # not in the loss
-    if args.grad_checkpointing:
-        clip.enable_grad_checkpointing()
-    progress = not args.no_progress and accelerator.is_main_process
+    @classmethod
+    def from_setup(cls, setup: TrainingSetup[tuple[TrainingSet, list[CIRSplit]]]) -> "CLIPFineTuning":
+        config: Stage1Config = setup.config
+        (data, val_splits), clip, transform, accelerator = setup.data, setup.clip, setup.transform, setup.accelerator
+        train_text, train_image = config.encoder in ("text", "both"), config.encoder in ("image", "both")
+        device, workers, progress = setup.device, setup.workers, setup.progress
+        model = clip.model.to(device)
+        # Before the optimizer and DDP see the model.
+        channels_last = set_memory_format(model, device, config.device.channels_last)
+        for name, param in model.named_parameters():
+            param.requires_grad = ((train_image if name.startswith("visual.") else train_text)
+                                   and not name.startswith(("logit_", "text_decoder.")))  # not in the loss
+        if config.grad_checkpointing:
+            clip.enable_grad_checkpointing()
 
-    # Frozen towers: their training features once, before any step.
-    workers = opt.num_workers(args, accelerator.device.type == "cuda", accelerator.num_processes)
-    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, num_workers=workers, progress=progress,
-                                           pixel_cache=opt.pixel_cache(args, repeated=False))
-    image_features = text_features = text_offsets = None
-    if not train_image:
-        image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
-    if not train_text:
-        texts, text_offsets = data.caption_table()
-        text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
-        text_offsets = text_offsets.to(device)
+        # Frozen towers: their training features once, before any step.
+        encode = EncodeOptions.for_accelerator(accelerator, transform, setup.feature_cache(), num_workers=workers,
+                                               progress=progress, pixel_cache=setup.pixel_cache(repeated=False))
+        image_features = text_features = text_offsets = None
+        if not train_image:
+            image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
+        if not train_text:
+            texts, text_offsets = data.caption_table()
+            text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
+            text_offsets = text_offsets.to(device)
 
-    pixels = None
-    if train_image:  # every epoch needs the training images again: decode them once
-        training_pixels = opt.pixel_cache(args, repeated=True)
-        if training_pixels is not None:
-            with accelerator.main_process_first():  # one process writes, the others read
-                pixels = training_pixels.get(data.image_paths, transform, num_workers=workers, progress=progress,
-                                             desc="training images (pixels)")
-    dataset = TripletDataset(data, args.seed, transform if train_image else None, pixels)
-    sampler = EpochSampler(len(dataset), args.seed)
-    # Without an image tower to feed, items are indices and captions: no workers. With the pixel
-    # cache, a memory-map read: at most two workers, kept across epochs, read (and on a GPU pin)
-    # the next batches while the device computes this one; none where the CPU does the math.
-    reads = min(workers, 2) if pixels is not None else workers
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=reads if train_image else 0,
-                        drop_last=True, pin_memory=device.type == "cuda" and train_image,
-                        persistent_workers=train_image and pixels is not None and reads > 0)
-    optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                               betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
-    encoder = ClipEncoder(model, compile=args.compile)
-    length_multiple = encoder.length_multiple
-    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+        pixels = None
+        if train_image:  # every epoch needs the training images again: decode them once
+            training_pixels = setup.pixel_cache(repeated=True)
+            if training_pixels is not None:
+                with accelerator.main_process_first():  # one process writes, the others read
+                    pixels = training_pixels.get(data.image_paths, transform, num_workers=workers, progress=progress,
+                                                 desc="training images (pixels)")
+        seed = config.training.seed
+        dataset = TripletDataset(data, seed, transform if train_image else None, pixels)
+        sampler = EpochSampler(len(dataset), seed)
+        # Without an image tower to feed, items are indices and captions: no workers. With the pixel
+        # cache, a memory-map read: at most two workers, kept across epochs, read (and on a GPU pin)
+        # the next batches while the device computes this one; none where the CPU does the math.
+        reads = min(workers, 2) if pixels is not None else workers
+        loader = DataLoader(dataset, batch_size=config.training.batch_size, sampler=sampler,
+                            num_workers=reads if train_image else 0, drop_last=True,
+                            pin_memory=device.type == "cuda" and train_image,
+                            persistent_workers=train_image and pixels is not None and reads > 0)
+        optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad],
+                                   lr=config.training.lr, betas=(0.9, 0.999), eps=1e-7,
+                                   weight_decay=config.training.weight_decay)
+        encoder = ClipEncoder(model, compile=config.training.compile)
+        length_multiple = encoder.length_multiple
+        encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
 
-    validation_encode = encode.full_precision().on_this_process().without_cache(images=train_image, texts=train_text)
-    if train_image:  # the gallery is encoded again at every validation
-        validation_encode = replace(validation_encode, pixel_cache=opt.pixel_cache(args, repeated=True))
-    stage = CLIPFineTuning(clip, encoder, optimizer, loader, transform, device=device, towers=args.encoder,
-                           image_features=image_features, text_features=text_features, text_offsets=text_offsets,
-                           val_splits=val_splits, validation_encode=validation_encode, accum_steps=args.accum_steps,
-                           channels_last=channels_last, length_multiple=length_multiple)
-    return train(accelerator, run_dir, stage, args, progress)
+        validation_encode = encode.full_precision().on_this_process().without_cache(images=train_image,
+                                                                                    texts=train_text)
+        if train_image:  # the gallery is encoded again at every validation
+            validation_encode = replace(validation_encode, pixel_cache=setup.pixel_cache(repeated=True))
+        return cls(clip, encoder, optimizer, loader, transform, device=device, towers=config.encoder,
+                   image_features=image_features, text_features=text_features, text_offsets=text_offsets,
+                   val_splits=val_splits, validation_encode=validation_encode,
+                   accum_steps=config.training.accum_steps, channels_last=channels_last,
+                   length_multiple=length_multiple)
 
 
-def main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
-    program_main(partial(opt.stage1_parser, prog), run, argv, prog)
+def run(config: Stage1Config) -> TrainedRun:
+    """Train stage 1 from its settings (what `clip-cir finetune` and `clip_cir.finetune` run)."""
+    return run_training(CLIPFineTuning, config)

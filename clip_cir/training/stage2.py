@@ -8,16 +8,17 @@ feature cache (a second run on the same CLIP encodes nothing). An epoch is Combi
 
 from __future__ import annotations
 
-import argparse
 import logging
-from functools import partial
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_cir import params as opt
+from clip_cir.config import Stage2Config
+from clip_cir.data.images import ImageCheck
+from clip_cir.data.registry import load_data
+from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.encode import (
     EncodeOptions,
     SplitFeatures,
@@ -30,19 +31,13 @@ from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import Combiner
 from clip_cir.models.towers import set_memory_format
-from clip_cir.params import check_training_args, program_main
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
-from clip_cir.training.loop import Float32Forward, Selection, Stage, check_batch_fits, train
+from clip_cir.training.loop import Float32Forward, Selection, Stage, TrainedRun, check_batch_fits
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.run import report_skipped_images, seed_everything, start_run
+from clip_cir.training.setup import TrainingSetup, run_training
 
 log = logging.getLogger("clip_cir")
-
-
-def build_parser(prog: str = "stage2/train_combiner.py") -> argparse.ArgumentParser:
-    """The program's parser (defined in `clip_cir.params`); benchmarks read its defaults."""
-    return opt.stage2_parser(prog)
 
 
 def feature_forward(combiner: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
@@ -90,49 +85,44 @@ class CombinerTraining(Stage):
                 "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         return {"combiner": (self.combiner, meta)}
 
+    @staticmethod
+    def load(config: Stage2Config, images: ImageCheck) -> tuple[TrainingSet, list[CIRSplit]]:
+        """(the training triplets, the validation splits)."""
+        data = TrainingSet.from_splits(load_data(config.data, "train", images))
+        val_splits = load_data(config.data, "val", images)
+        check_batch_fits(config.training.batch_size, len(data.queries), "training triplets")
+        return data, val_splits
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    check_training_args(args)
-    opt.check_positive(args, ["projection_dim", "hidden_dim"])
-    images = opt.image_check(args, training=True)
-    train_splits = opt.load_data(args, "train", images)
-    val_splits = opt.load_data(args, "val", images)
-    data = TrainingSet.from_splits(train_splits)
-    check_batch_fits(args.batch_size, len(data.queries), "training triplets")
-    seed_everything(args.seed)  # before building the model: a random init is part of the run
-    clip = opt.load_model(args)
-    dim = clip.embed_dim  # the Combiner is built now, so its init never depends on cache hits
-    combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
-    transform = opt.transform_for(clip, args.transform, args.target_ratio)
-    accelerator, run_dir = start_run(args, "stage2")
-    report_skipped_images(run_dir, images)
-    device = accelerator.device
-    clip.model.to(device).eval().requires_grad_(False)
-    set_memory_format(clip.model, device, args.channels_last)
-    cache = opt.feature_cache(args)
-    progress = not args.no_progress and accelerator.is_main_process
-    encode = EncodeOptions.for_accelerator(accelerator, transform, cache, progress=progress,
-                                           num_workers=opt.num_workers(args, device.type == "cuda",
-                                                                       accelerator.num_processes),
-                                           pixel_cache=opt.pixel_cache(args, repeated=False))
+    @classmethod
+    def from_setup(cls, setup: TrainingSetup[tuple[TrainingSet, list[CIRSplit]]]) -> "CombinerTraining":
+        config: Stage2Config = setup.config
+        (data, val_splits), clip, accelerator, device = setup.data, setup.clip, setup.accelerator, setup.device
+        dim = clip.embed_dim  # the Combiner is built first, so its init never depends on cache hits
+        combiner = Combiner(dim, config.projection_dim or 4 * dim, config.hidden_dim or 8 * dim)
+        clip.model.to(device).eval().requires_grad_(False)
+        set_memory_format(clip.model, device, config.device.channels_last)
+        encode = EncodeOptions.for_accelerator(accelerator, setup.transform, setup.feature_cache(),
+                                               progress=setup.progress, num_workers=setup.workers,
+                                               pixel_cache=setup.pixel_cache(repeated=False))
 
-    # Every CLIP feature, once.
-    image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
-    texts, offsets = data.caption_table()
-    text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
-    offsets = offsets.to(device)
-    val_features = [split_features(clip, split, encode.full_precision()) for split in val_splits]
-    clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
+        # Every CLIP feature, once.
+        image_features = encode_image_files(clip, data.image_paths, encode, "training image features").to(device)
+        texts, offsets = data.caption_table()
+        text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
+        offsets = offsets.to(device)
+        val_features = [split_features(clip, split, encode.full_precision()) for split in val_splits]
+        clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the Combiner
 
-    combiner = combiner.to(device)
-    batches = FeatureBatches(data, args.batch_size, args.seed, device, accelerator.process_index,
-                             accelerator.num_processes)
-    optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    prepared, optimizer = accelerator.prepare(combiner, optimizer)
-    stage = CombinerTraining(combiner, prepared, optimizer, batches, image_features, text_features, offsets,
-                             val_features, clip)
-    return train(accelerator, run_dir, stage, args, progress)
+        combiner = combiner.to(device)
+        batches = FeatureBatches(data, config.training.batch_size, config.training.seed, device,
+                                 accelerator.process_index, accelerator.num_processes)
+        optimizer = make_optimizer(torch.optim.Adam, combiner.parameters(), lr=config.training.lr,
+                                   weight_decay=config.training.weight_decay)
+        prepared, optimizer = accelerator.prepare(combiner, optimizer)
+        return cls(combiner, prepared, optimizer, batches, image_features, text_features, offsets, val_features,
+                   clip)
 
 
-def main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
-    program_main(partial(opt.stage2_parser, prog), run, argv, prog)
+def run(config: Stage2Config) -> TrainedRun:
+    """Train stage 2 from its settings (what `clip-cir train-combiner` and `clip_cir.train_combiner` run)."""
+    return run_training(CombinerTraining, config)

@@ -16,7 +16,7 @@ from clip_cir.data import load_splits
 from clip_cir.encoding.encode import EncodeOptions, split_features
 from clip_cir.encoding.features import FeatureCache, encode_counts
 from clip_cir.models.clip import load_clip
-from clip_cir.params import transform_for
+from clip_cir.models.transforms import transform_for
 
 data_root, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 cache = FeatureCache(out / "cache", *map(int, sys.argv[4:5]))

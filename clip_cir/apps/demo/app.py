@@ -252,6 +252,8 @@ def _is_loopback(host: str) -> bool:
 
 def run_demo(args: argparse.Namespace) -> None:
     """Validate, claim the port, load model and gallery features (cached when possible), serve."""
+    from clip_cir.encoding.search import index_factory
+
     try:
         import flask  # noqa: F401
     except ImportError:
@@ -261,7 +263,7 @@ def run_demo(args: argparse.Namespace) -> None:
     if not 1 <= args.top_k <= MAX_K:
         raise CIRError(f"--top-k must be from 1 to {MAX_K}, got {args.top_k}")
     opt.check_positive(args, ["max_upload_mb"])
-    opt.check_search_args(args)
+    index_factory(opt.ranking_settings(args).search)  # a missing faiss-cpu stops the demo before any work
     listening = listen(args.host, args.port)
     try:
         server = make_server(_build_app(args), args.host, args.port, listening)
@@ -294,6 +296,8 @@ def _build_app(args: argparse.Namespace) -> Flask:
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir demo") -> None:
     """Entry point of `python demo/app.py` (the `clip-cir demo` subcommand has the same options)."""
+    from clip_cir.apps.entry import run_main, setup_logging
+
     args = opt.demo_parser(prog).parse_args(argv)
-    opt.setup_logging(args.verbose)
-    opt.run_main(lambda: run_demo(args), prog)
+    setup_logging(args.verbose)
+    run_main(lambda: run_demo(args), prog)

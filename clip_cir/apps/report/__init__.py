@@ -85,15 +85,17 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from clip_cir.params import feature_cache
+    from clip_cir.config import CacheConfig
+    from clip_cir.encoding.feature_cache import feature_cache_for
 
-    for path in make_report(args.run_dir, args.output_dir, args.queries, args.split, seed=args.seed,
-                            cache=feature_cache(args)):
+    cache = feature_cache_for(CacheConfig(cache_dir=args.cache_dir, no_cache=args.no_cache))
+    for path in make_report(args.run_dir, args.output_dir, args.queries, args.split, seed=args.seed, cache=cache):
         print(path)
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir report") -> None:
-    from clip_cir.params import report_parser, run_main, setup_logging
+    from clip_cir.apps.entry import run_main, setup_logging
+    from clip_cir.params import report_parser
 
     args = report_parser(prog).parse_args(argv)
     setup_logging()

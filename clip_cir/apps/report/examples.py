@@ -112,7 +112,7 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     from clip_cir.data.images import EVALUATION_HINT, ImageCheck
     from clip_cir.encoding.encode import EncodeOptions, split_features
     from clip_cir.evaluation.evaluate import rank_features
-    from clip_cir.params import transform_for
+    from clip_cir.models.transforms import transform_for
 
     skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data
     splits = load_splits(_config_value(run, "dataset"), Path(_config_value(run, "data_root")), split,

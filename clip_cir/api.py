@@ -1,0 +1,65 @@
+"""clip-cir's Python API (docs/api.md): train from settings.
+
+`finetune`, `train_combiner` and `pretrain` run the same code as `clip-cir finetune`,
+`clip-cir train-combiner` and `clip-cir pretrain` (which call them): settings are a config object
+of `clip_cir.config`, flat options with the command line's names, or both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from clip_cir.config import (
+    PretrainConfig,
+    Stage1Config,
+    Stage2Config,
+    TrainingProgramConfig,
+    check_resumed_options,
+    read_run_config,
+)
+from clip_cir.training.loop import TrainedRun
+
+C = TypeVar("C", bound=TrainingProgramConfig)
+
+
+def training_settings(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
+    """Settings from a config and/or flat options (options win). With `resume=RUN` in the options,
+    the run's saved settings are the base, and only how long and how it runs may change."""
+    resume = options.get("resume")
+    if resume is None:
+        return cls.from_options(options, base=config)
+    known = cls.option_names()
+    saved = read_run_config(resume)
+    check_resumed_options(saved, options, known)
+    return cls.from_options(options, base=cls.from_options({k: v for k, v in saved.items() if k in known}))
+
+
+def _train(run: Callable[[C], TrainedRun], settings: C) -> TrainedRun:
+    import torch
+
+    # As the programs: denormal floats make CPU training several times slower as weights shrink.
+    torch.set_flush_denormal(True)
+    return run(settings)
+
+
+def finetune(config: Stage1Config | None = None, /, **options: Any) -> TrainedRun:
+    """Stage 1: fine-tune CLIP's towers so that norm(f_I(reference) + f_T(caption)) finds the
+    target. E.g. `finetune(dataset="cirr", data_root="DATA", model="RN50x4", pretrained="openai",
+    encoder="both")`. Returns the run (its folder, best and last validation numbers)."""
+    from clip_cir.training import stage1
+
+    return _train(stage1.run, training_settings(Stage1Config, config, options))
+
+
+def train_combiner(config: Stage2Config | None = None, /, **options: Any) -> TrainedRun:
+    """Stage 2: train a Combiner on the frozen features of a CLIP (`pretrained=` a stage-1 run)."""
+    from clip_cir.training import stage2
+
+    return _train(stage2.run, training_settings(Stage2Config, config, options))
+
+
+def pretrain(config: PretrainConfig | None = None, /, **options: Any) -> TrainedRun:
+    """Contrastive image-caption pretraining of a CLIP on a CSV of captions (`train_data=`)."""
+    from clip_cir.training import pretrain as pretraining
+
+    return _train(pretraining.run, training_settings(PretrainConfig, config, options))

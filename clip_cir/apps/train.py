@@ -1,0 +1,39 @@
+"""The training programs' entry points: `stage1/finetune.py` and `clip-cir finetune`,
+`stage2/train_combiner.py` and `clip-cir train-combiner`, `clip-cir pretrain`. Each parses its
+command line into its settings and runs the Python API's function with them."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from clip_cir import api
+from clip_cir.apps.entry import program_main
+from clip_cir.config import PretrainConfig, Stage1Config, Stage2Config
+from clip_cir.params import pretrain_parser, stage1_parser, stage2_parser
+from clip_cir.params.settings import program_settings
+from clip_cir.training.loop import TrainedRun
+
+
+def finetune(args: argparse.Namespace) -> TrainedRun:
+    return api.finetune(program_settings(Stage1Config, args))
+
+
+def train_combiner(args: argparse.Namespace) -> TrainedRun:
+    return api.train_combiner(program_settings(Stage2Config, args))
+
+
+def pretrain(args: argparse.Namespace) -> TrainedRun:
+    return api.pretrain(program_settings(PretrainConfig, args))
+
+
+def finetune_main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
+    program_main(partial(stage1_parser, prog), finetune, argv, prog)
+
+
+def train_combiner_main(argv: list[str] | None = None, prog: str = "stage2/train_combiner.py") -> None:
+    program_main(partial(stage2_parser, prog), train_combiner, argv, prog)
+
+
+def pretrain_main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
+    program_main(partial(pretrain_parser, prog), pretrain, argv, prog)
