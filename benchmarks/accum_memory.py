@@ -116,7 +116,8 @@ def main() -> None:
                   "autocast on a CPU (bf16 works there)", file=sys.stderr)
             sys.exit(2)
 
-    from common import header, load_average, markdown_table, status
+    from harness import status
+    from reporting import header, load_average, markdown_table
 
     print(header(f"Stage-1 `--encoder both` step memory vs --accum-steps ({args.model}, global batch "
                  f"{args.batch_size}, mixed precision {args.mixed_precision})", sys.argv))

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from common import header, load_average, markdown_table, quiet, status
+from harness import quiet, status
+from reporting import header, load_average, markdown_table
 from safetensors.torch import save_file
 from search import make_data
 

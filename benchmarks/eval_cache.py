@@ -24,16 +24,9 @@ import time
 from contextlib import redirect_stdout
 
 import torch
-from common import (
-    header,
-    load_average,
-    load_model,
-    make_synthetic_cirr,
-    markdown_table,
-    quiet,
-    status,
-    workspace,
-)
+from fixtures import load_model, make_synthetic_cirr
+from harness import quiet, status, workspace
+from reporting import header, load_average, markdown_table
 
 from clip_cir.apps import cli
 from clip_cir.data import load_splits

@@ -12,7 +12,7 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
 
   - stage1-text: stage 1 `--encoder text` triplets/s, the real program (`clip_cir.training.stage1`: image
     features reused, text trimmed) and the published code's way (images re-encoded every step,
-    full-length text; `common.published_text_epochs`);
+    full-length text; `baselines.published_text_epochs`);
   - stage1-both: stage 1 `--encoder both` triplets/s, the real program with its pixel cache and
     `--channels-last auto`, then `--channels-last off`, then also `--pixel-cache off` (decoding
     every epoch, `--num-workers` automatic);
@@ -23,7 +23,7 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
     `train_metrics.csv`;
   - stage2: a stage-2 epoch on `--stage2-triplets` random-feature triplets at batch
     `--stage2-batch-size`, Combiner at its default size (4x/8x the embedding), through the
-    library's loop and `FeatureBatches` (`common.stage2_epochs`; median of epochs 2..N);
+    library's loop and `FeatureBatches` (`baselines.stage2_epochs`; median of epochs 2..N);
   - tower: the image tower alone on random pixels already on the device (`compute.tower_rate`):
     forward at the inference batch (`--inference-batch-size`, extraction's) and forward+backward
     at `--tower-batch-size`, each channels-last and in the default layout: the ceiling for the
@@ -54,28 +54,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import (
-    Epochs,
-    fresh_accelerator,
-    header,
-    load_average,
-    load_model,
-    load_training_set,
-    loader_rate,
-    make_synthetic_cirr,
-    published_text_epochs,
-    published_workers,
-    quiet,
-    render_photos,
-    reset_accelerator_state,
-    stage1_run,
-    stage2_epochs,
-    status,
-    synthetic_triplets,
-    workspace,
-)
+from baselines import published_text_epochs, stage2_epochs
 from compute import matmul_peak, measure_flops, tower_rate, trimmed_caption_length
+from fixtures import load_model, load_training_set, make_synthetic_cirr, render_photos, synthetic_triplets
 from gpu_report import DEFAULT_GROUPS, GROUPS, ROWS, STAGE1, Column, print_report
+from harness import fresh_accelerator, quiet, reset_accelerator_state, status, workspace
+from options import published_workers, stage1_run
+from reporting import header, load_average
+from timing import Epochs, loader_rate
 
 from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, encode_images
 from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset

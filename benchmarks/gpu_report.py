@@ -7,8 +7,8 @@ import argparse
 from dataclasses import dataclass, field
 
 import torch
-from common import markdown_table
 from compute import Flops
+from reporting import markdown_table
 
 ROWS = (
     ("text", "stage 1 `--encoder text`, clip-cir: features reused, text trimmed (triplets/s)"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU benchmark session, sized for a short lease on one GPU (expected to take about seven minutes
-# on an H100; every part has its own time limit, and all of them together stay under 560 s).
+# The whole GPU measurement in one command, on one GPU (expected to take about seven minutes on an
+# H100; every part has its own time limit, and all of them together stay under 560 s).
 #
 #   bash benchmarks/gpu_session.sh                  # on the GPU machine, from the repository root
 #   GPU_SESSION_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_session.sh

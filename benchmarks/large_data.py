@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import header, markdown_table, render_photos, status, workspace
+from fixtures import render_photos
+from harness import status, workspace
+from reporting import header, markdown_table
 
 READ_SCRIPT = """
 import json, sys, time

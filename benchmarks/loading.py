@@ -30,16 +30,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import (
-    PHOTO_KINDS,
-    header,
-    load_average,
-    loader_rate,
-    markdown_table,
-    quiet,
-    render_photos,
-    status,
-)
+from fixtures import PHOTO_KINDS, render_photos
+from harness import quiet, status
+from reporting import header, load_average, markdown_table
+from timing import loader_rate
 from torch.utils.data import Dataset
 
 from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset

@@ -22,8 +22,9 @@ import sys
 import time
 
 import torch
-from common import header, markdown_table, status
 from compute import stage1_step, synchronize
+from harness import status
+from reporting import header, markdown_table
 
 KINDS = (
     ("compiled graphs (fused kernels)", ("compiled", "triton")),

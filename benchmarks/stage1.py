@@ -53,31 +53,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import (
-    Call,
-    Epochs,
-    add_benchmark_args,
-    baseline_device,
-    configure,
-    describe_one_off,
-    describe_setup,
-    duration,
-    fresh_accelerator,
-    header,
-    load_average,
-    load_model,
-    load_training_set,
-    make_synthetic_cirr,
-    markdown_table,
-    published_text_epochs,
-    published_workers,
-    stage1_run,
-    status,
-    timed_calls,
-    timed_feature_extraction,
-    training_extraction,
-    workspace,
-)
+from baselines import published_text_epochs
+from fixtures import load_model, load_training_set, make_synthetic_cirr
+from harness import baseline_device, fresh_accelerator, status, workspace
+from options import add_benchmark_args, configure, published_workers, stage1_run
+from reporting import describe_one_off, describe_setup, duration, header, load_average, markdown_table
+from timing import Call, Epochs, timed_calls, timed_feature_extraction, training_extraction
 
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.combiner import element_wise_sum

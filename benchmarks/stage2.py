@@ -38,31 +38,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import (
-    Epochs,
-    add_benchmark_args,
-    baseline_device,
-    configure,
-    describe_one_off,
-    describe_setup,
-    duration,
-    header,
-    image_triplet_loader,
-    load_average,
-    load_model,
-    load_training_set,
-    make_synthetic_cirr,
-    markdown_table,
-    program_args,
-    published_workers,
-    quiet,
-    status,
-    time_epochs,
-    timed_calls,
-    timed_feature_extraction,
-    training_extraction,
-    workspace,
-)
+from baselines import image_triplet_loader
+from fixtures import load_model, load_training_set, make_synthetic_cirr
+from harness import baseline_device, quiet, status, workspace
+from options import add_benchmark_args, configure, program_args, published_workers
+from reporting import describe_one_off, describe_setup, duration, header, load_average, markdown_table
+from timing import Epochs, time_epochs, timed_calls, timed_feature_extraction, training_extraction
 
 from clip_cir.models.combiner import Combiner
 from clip_cir.training import loop, stage2

@@ -34,17 +34,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import (
-    Epochs,
-    baseline_device,
-    fresh_accelerator,
-    header,
-    load_average,
-    markdown_table,
-    stage2_epochs,
-    status,
-    synthetic_triplets,
-)
+from baselines import stage2_epochs
+from fixtures import synthetic_triplets
+from harness import baseline_device, fresh_accelerator, status
+from reporting import header, load_average, markdown_table
+from timing import Epochs
 
 CIRR_TRIPLETS = 28_225
 SCHEDULE = 300

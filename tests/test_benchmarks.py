@@ -91,8 +91,8 @@ def test_gpu_smoke_prints_the_table(tmp_path):
 
 
 def test_gpu_session_script_runs_its_command_lines(tmp_path):
-    """`benchmarks/gpu_session.sh` with GPU_SESSION_SMOKE: the lead's GPU session's exact options on the
-    tiny models, so a typo cannot waste the GPU lease. Its tables land in $OUT."""
+    """`benchmarks/gpu_session.sh` with GPU_SESSION_SMOKE: the GPU measurement's exact options on the
+    tiny models, so a typo cannot cost GPU time. Its tables land in $OUT."""
     env = {**os.environ, "GPU_SESSION_SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
     result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_session.sh")], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)

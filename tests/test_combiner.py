@@ -17,7 +17,7 @@ PUBLISHED_KEYS = {
 
 
 def reference_forward(sd: dict, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md §2 written out with the raw weights (eval mode: dropout is the identity)."""
+    """docs/method.md#stage-2-the-combiner written out with the raw weights (eval mode: dropout is the identity)."""
     def linear(x, name):
         return x @ sd[f"{name}.weight"].t() + sd[f"{name}.bias"]
     tp = F.relu(linear(text, "text_projection_layer"))
@@ -48,7 +48,7 @@ def test_forward_is_the_formula():
 
 
 def test_train_mode_forward_drops_out_where_the_method_does():
-    """DESIGN.md §2 in train mode: dropout 0.5 on the two projections, on the combiner layer's
+    """docs/method.md#stage-2-the-combiner in train mode: dropout 0.5 on the two projections, on the combiner layer's
     output and inside the dynamic scalar (after its ReLU), drawn in that order from one seed."""
     torch.manual_seed(0)
     combiner = Combiner(16, 24, 40).train()

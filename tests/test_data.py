@@ -1,7 +1,7 @@
 """CIRR and FashionIQ readers on the synthetic data: counts, field mapping, caption forms.
 
 Expectations are read straight from the JSON files the readers parse, and the FashionIQ caption
-forms are rebuilt here from DESIGN.md §2, independently of clip_cir.data.fashioniq.
+forms are rebuilt here from docs/method.md#fashioniq-captions, independently of clip_cir.data.fashioniq.
 """
 
 import json

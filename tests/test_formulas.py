@@ -1,4 +1,5 @@
-"""The method's formulas, each against numbers written out by hand (DESIGN.md §2).
+"""The method's formulas, each against numbers written out by hand (docs/method.md: the normalised sum,
+stage 1's loss at scale 100, the Combiner).
 
 Every other test reaches these formulas through rankings, training or the demo, where a
 missing normalisation or a wrong scale can hide; these fail on the formula alone.

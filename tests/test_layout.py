@@ -212,3 +212,80 @@ def test_imports_go_one_way_through_the_layers():
             if LAYERS[target] > LAYERS[layer]:
                 upward.append(f"{path.relative_to(ROOT)}:{line} ({layer} imports {target})")
     assert not upward, upward
+
+
+# --- (f) no import cycles between modules ---------------------------------------------------------------
+
+
+def module_imports(root: Path, package: str = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, read from the source of every module under
+    `root / package`: imports at any depth (inside functions, under `if TYPE_CHECKING:`) count,
+    relative ones included. `from pkg import name` is an import of `pkg.name` when that is a module,
+    else of `pkg` (its `__init__`); the parent packages Python runs on the way are not counted."""
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join([*here[:len(here) - node.level + 1], *([node.module] if node.module else [])]) \
+                    if node.level else node.module
+                if base in modules:
+                    targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = targets - {name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles of imports, each a list of modules with the first repeated at the end, found by a
+    depth-first walk (one per edge that leads back into the walk's path); [] when there are none."""
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path, on_path, stack = [start], {start}, [iter(sorted(graph[start]))]
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:
+                stack.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+            elif step in on_path:
+                cycles.append([*path[path.index(step):], step])
+            elif step not in done:
+                path.append(step)
+                on_path.add(step)
+                stack.append(iter(sorted(graph.get(step, ()))))
+    return cycles
+
+
+def test_import_cycles_are_found_through_type_checking_and_lazy_imports(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for init in (package / "__init__.py", package / "sub" / "__init__.py"):
+        init.write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from ..c import g\n")
+    (package / "c.py").write_text("import pkg.a\n")
+    (package / "d.py").write_text("from pkg import a, c\nfrom pkg.sub.b import f\n")
+    graph = module_imports(tmp_path, "pkg")
+    assert graph["pkg.sub.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a", "pkg.c", "pkg.sub.b"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+    (package / "c.py").write_text("")
+    assert import_cycles(module_imports(tmp_path, "pkg")) == []
+
+
+def test_no_two_modules_import_each_other():
+    """At module granularity, within each subpackage and across them, lazy and TYPE_CHECKING
+    imports included: a type two modules share lives in a module below both."""
+    cycles = import_cycles(module_imports(ROOT))
+    assert not cycles, "modules that import each other:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -1,5 +1,5 @@
 """What each stage feeds the loss, against the method written out on features computed directly
-(DESIGN.md §2): stage 1's query norm(f_I(reference) + f_T(caption)) and key norm(f_I(target)),
+(docs/method.md, stages 1 and 2): stage 1's query norm(f_I(reference) + f_T(caption)) and key norm(f_I(target)),
 stage 2's Combiner(reference, drawn caption form) and norm(target).
 
 The other training tests compare runs of our code with runs of our code (accumulated or not,

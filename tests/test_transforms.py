@@ -1,6 +1,6 @@
 """targetpad / squarepad preprocessing on odd image shapes, pad sizes computed by hand.
 
-DESIGN.md §2: pad = int((max/ratio - side) / 2) on each side of the short dimension, nothing
+docs/method.md#preprocessing: pad = int((max/ratio - side) / 2) on each side of the short dimension, nothing
 when max/min < ratio (squarepad: ratio 1). Then Resize(short side -> size, bicubic),
 CenterCrop(size), RGB, ToTensor, Normalize. Padding, resizing and cropping happen in the image's
 own mode (palette, RGBA, CMYK, ...), as in the published code: each mode is checked against that

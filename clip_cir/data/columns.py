@@ -15,16 +15,14 @@ import posixpath
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from clip_cir.data.table import QueryTable, Ragged, strings, text_dtype
+from clip_cir.data.types import TripletFormat
 from clip_cir.errors import CIRError
-
-if TYPE_CHECKING:
-    from clip_cir.data.triplets import TripletFormat
 
 # The order in which one row's rules are checked: of two faults on one row, the first is reported.
 EMPTY_REFERENCE, EMPTY_CAPTION, TARGET_TYPE, ONLY_TARGET, DUPLICATE_ID, MIXED, ASPECTS, TRAIN_CAPTIONS = range(8)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,7 +29,7 @@ import pandas as pd
 from clip_cir.data.columns import check, csv_columns, normalise_paths, row_columns
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.table import ImageFiles, QueryTable, return_freed_memory, strings
-from clip_cir.data.types import CIRSplit
+from clip_cir.data.types import CIRSplit, TripletFormat
 from clip_cir.errors import CIRError
 
 SUFFIXES = (".jsonl", ".csv", ".tsv")
@@ -38,24 +37,6 @@ PROTOCOL_FILE = "clip_cir.json"
 RECALL_KS = (1, 5, 10, 50)
 MAP_KS = (5, 10, 25, 50)
 """Used when any query of a split has several targets (CIRCO's cut-offs)."""
-
-
-@dataclass(frozen=True)
-class TripletFormat:
-    """How the split files name their columns (open_clip's `--csv-*-key` convention), and the
-    protocol choices the command line may override."""
-
-    reference_key: str = "reference"
-    caption_key: str = "caption"
-    target_key: str = "target"
-    id_key: str = "id"
-    group_key: str = "benchmark"
-    separator: str | None = None
-    """CSV separator; default by suffix: ',' for .csv, tab for .tsv."""
-    target_separator: str = "|"
-    """Between several targets in one CSV cell."""
-    exclude_reference: bool | None = None
-    """Remove each reference from its own ranking; None: the protocol file's choice, else True."""
 
 
 def split_file(root: Path, split: str) -> Path:

@@ -72,3 +72,22 @@ class CIRSplit:
     def __repr__(self) -> str:
         return (f"CIRSplit({self.dataset}/{self.name}/{self.split}: {len(self.queries)} queries, "
                 f"{len(self.gallery)} gallery images)")
+
+
+@dataclass(frozen=True)
+class TripletFormat:
+    """How the split files of `--dataset triplets` (`clip_cir.data.triplets`) name their columns
+    (open_clip's `--csv-*-key` convention), and the protocol choices the command line may override.
+    Here rather than in `triplets.py` because `columns.py`, which `triplets.py` imports, needs it too."""
+
+    reference_key: str = "reference"
+    caption_key: str = "caption"
+    target_key: str = "target"
+    id_key: str = "id"
+    group_key: str = "benchmark"
+    separator: str | None = None
+    """CSV separator; default by suffix: ',' for .csv, tab for .tsv."""
+    target_separator: str = "|"
+    """Between several targets in one CSV cell."""
+    exclude_reference: bool | None = None
+    """Remove each reference from its own ranking; None: the protocol file's choice, else True."""

@@ -1,11 +1,12 @@
 """Test-server submissions (CIRR and CIRCO): build, check, and score offline against val.
 
-The checks are the servers' rules (DESIGN.md §4-5), applied before anything is written, so a
-submission that leaves this module is one the server accepts. Both servers take, per query id,
-a ranked list of gallery images (CIRR: names, plus a version/metric header and a subset file;
-CIRCO: integer COCO ids); what the two share (every query exactly once, lists of the right
-length without repeats, only gallery images, duplicate keys rejected on reading) is one code
-path here. Offline scores come from the same metric functions as `clip-cir eval`.
+The checks are the servers' rules (docs/datasets.md, "CIRR test-server submission" and CIRCO's
+"Submission"), applied before anything is written, so a submission that leaves this module is one
+the server accepts. Both servers take, per query id, a ranked list of gallery images (CIRR:
+names, plus a version/metric header and a subset file; CIRCO: integer COCO ids); what the two
+share (every query exactly once, lists of the right length without repeats, only gallery images,
+duplicate keys rejected on reading) is one code path here. Offline scores come from the same
+metric functions as `clip-cir eval`.
 """
 
 from __future__ import annotations

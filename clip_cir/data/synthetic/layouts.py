@@ -1,4 +1,4 @@
-"""The synthetic world written out in the real CIRR, FashionIQ and CIRCO layouts (DESIGN.md §3),
+"""The synthetic world written out in the real CIRR, FashionIQ and CIRCO layouts (docs/datasets.md#layouts),
 with images rendered in parallel and a caption CSV for pretraining."""
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ loaders, trainers and evaluators are exercised on a small 2-D world in the spiri
 benchmark: a scene holds 1-3 coloured shapes on a 3x3 grid, and a query is a reference scene
 plus a caption describing one edit (recolour, reshape, resize, add, remove, move). Captions
 name objects unambiguously, so the target is fully determined by reference + caption and the
-task is learnable. The files are written in exactly the layouts described in DESIGN.md §3, so
-the same code paths read synthetic and real data.
+task is learnable. The files are written in exactly the layouts described in
+docs/datasets.md#layouts, so the same code paths read synthetic and real data.
 
 Everything is derived from ``random.Random`` instances seeded by strings built from ``seed``:
 the same arguments give byte-identical files.

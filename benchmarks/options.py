@@ -1,0 +1,81 @@
+"""The command-line options the training benchmarks share, and the real programs' runs they make
+with them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from fixtures import SYNTH_SIZE
+from harness import quiet
+
+
+def add_benchmark_args(parser: argparse.ArgumentParser, *, train: int, epochs: int, rounds: int,
+                       image_size: int = SYNTH_SIZE, image_size_why: str = "the tiny CLIP's input") -> None:
+    """The size options both training benchmarks share."""
+    parser.add_argument("--train", type=int, default=train,
+                        help="synthetic CIRR training triplets (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help="epochs per path and round, at least 3: epoch 1 is warm-up (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128, help="triplets per step (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers for every path (default: each path's own: the programs' automatic "
+                             "choice, none on a CPU-only machine and one per spare core with a GPU; every core for "
+                             "the published code's way, as it does)")
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help="run every path this many times, interleaved, and pool their epochs: steadier "
+                             "ratios on a busy machine (default: %(default)s)")
+    parser.add_argument("--model", default="cir-tiny-vit",
+                        help="open_clip model, random init (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=image_size,
+                        help=f"short side of the synthetic images in px (default: %(default)s, {image_size_why}; "
+                             "larger files cost more to decode, as the real datasets' 375-600 px ones do)")
+    parser.add_argument("--seed", type=int, default=0, help="data and model seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every path (default: torch's own choice, what the "
+                             "programs get). On a machine shared with other work, 1 avoids threads waiting "
+                             "on each other and gives much steadier numbers")
+
+
+def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Validate the shared options and apply --threads (process-wide: the real programs run
+    in this process, so every path gets the same setting)."""
+    if (args.epochs < 3 or args.rounds < 1 or (args.num_workers is not None and args.num_workers < 0)
+            or not 0 < args.batch_size <= args.train or args.image_size < 16):
+        parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0, 0 < --batch-size <= --train and "
+                     "--image-size >= 16")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+
+
+def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: argparse.Namespace) -> list[str]:
+    """Options of a real training program run: the benchmark's sizes, validation only after
+    the last epoch, no progress bars, and its own feature and pixel cache folders (cold for
+    every round). `args.num_workers` None leaves the program's automatic choice."""
+    workers = [] if args.num_workers is None else ["--num-workers", str(args.num_workers)]
+    return ["--dataset", "cirr", "--data-root", str(data_root), "--model", args.model, "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), *workers, "--validation-frequency", str(args.epochs),
+            "--seed", str(args.seed), "--cache-dir", str(cache_dir), "--pixel-cache-dir", str(cache_dir / "pixels"),
+            "--output-dir", str(runs), "--experiment-name", name, "--no-progress"]
+
+
+def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: argparse.Namespace,
+               options: Sequence[str]) -> Path:
+    """One run of the real stage-1 program (`clip_cir.training.stage1.main`, in this process, quiet)
+    with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
+    from clip_cir.training import stage1
+
+    with quiet():
+        stage1.main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
+    return root / "runs" / name
+
+
+def published_workers(args: argparse.Namespace) -> int:
+    """The published code's DataLoader workers: every core (`multiprocessing.cpu_count()` there),
+    unless --num-workers sets one value for every path."""
+    return args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
