@@ -48,14 +48,14 @@ def published_text_epochs(accelerator: "Accelerator", data_root: Path, model_nam
     code builds it (torch's default implementation), where clip-cir asks for the fused one
     (`clip_cir.training.optim.make_optimizer`). Timed by `time_epochs`, the library loop's rule.
     """
+    from clip_cir.config import Stage1Config
     from clip_cir.models.combiner import element_wise_sum
-    from clip_cir.training import stage1
     from clip_cir.training.losses import batch_contrastive_loss
 
-    defaults = stage1.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
+    defaults = Stage1Config().training  # the program's defaults
     device = accelerator.device
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as the programs' start_run
+        torch.set_flush_denormal(True)  # as the programs' entry points
     clip, transform = load_model(model_name, seed)
     model = clip.model.to(device)
     for name, param in model.named_parameters():  # the text tower trains, as with --encoder text
@@ -112,6 +112,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     Accelerate), the baseline; `"replayed"` is `ReplayedBatches` of `FeatureBatches`. Validation
     is a no-op here, so the loop's one `last/` write after the final epoch is the only extra
     (outside the epoch times)."""
+    from clip_cir.config import Stage2Config, TrainingConfig
     from clip_cir.models.combiner import Combiner
     from clip_cir.training import stage2
     from clip_cir.training.datasets import FeatureBatches
@@ -119,7 +120,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     from clip_cir.training.optim import LRSchedule, make_optimizer
     from clip_cir.training.run import Run
 
-    defaults = stage2.build_parser().parse_args(["--dataset", "cirr", "--data-root", "."])
+    defaults = Stage2Config().training  # the program's defaults
     device = accelerator.device
     seed_everything(seed)
     combiner = Combiner(image_features.shape[1], projection_dim, hidden_dim).to(device)
@@ -152,5 +153,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = LRSchedule("const", defaults.lr, 0, epochs * len(loader))
     with quiet():
-        fit(accelerator, Run(path=run_dir, is_main=True), stage, epochs, epochs, schedule, progress=False)
+        fit(accelerator, Run(path=run_dir, is_main=True), stage,
+            TrainingConfig(epochs=epochs, validation_frequency=epochs, validation_schedule="every-nth-and-last"),
+            schedule, progress=False)
     return Epochs.from_run(run_dir, batch_size)

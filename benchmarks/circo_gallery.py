@@ -133,7 +133,7 @@ def tiny_encode_rows(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     from clip_cir.constants import TINY_MODEL
     from clip_cir.data.synthetic import generate
     from clip_cir.models.clip import load_clip
-    from clip_cir.params import transform_for
+    from clip_cir.models.transforms import transform_for
 
     count = args.encode_images
     with quiet():

@@ -12,8 +12,7 @@ from harness import quiet
 from clip_cir.data import load_splits
 from clip_cir.data.synthetic import generate
 from clip_cir.models.clip import LoadedCLIP, load_clip
-from clip_cir.models.transforms import ImageTransform
-from clip_cir.params import transform_for
+from clip_cir.models.transforms import ImageTransform, transform_for
 from clip_cir.training.datasets import TrainingSet
 from clip_cir.training.run import seed_everything
 

@@ -64,9 +64,8 @@ from reporting import header, load_average
 from timing import Epochs, loader_rate
 
 from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, encode_images
-from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset
+from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset, loader_workers
 from clip_cir.models.towers import set_memory_format, tower_input
-from clip_cir.params import num_workers as automatic_workers
 
 SMOKE = {"models": ["cir-tiny-vit", "cir-tiny-rn"], "precisions": ["bf16"], "train": 4, "val": 2, "batch_size": 4,
          "epochs": 2, "stage2_triplets": 128, "stage2_batch_size": 64, "stage2_epochs": 2, "images": 8,
@@ -301,7 +300,7 @@ def measure(args: argparse.Namespace, device: torch.device, precisions: list[str
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     on_gpu = torch.cuda.is_available()
-    args.workers = automatic_workers(argparse.Namespace(num_workers=None), on_gpu)
+    args.workers = loader_workers(None, on_gpu)
     precisions = [p for p in args.precisions if on_gpu or p == "bf16"]
     skipped = [p for p in args.precisions if p not in precisions]
     if not precisions:

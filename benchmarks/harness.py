@@ -97,7 +97,7 @@ def reset_accelerator_state() -> None:
 
 def fresh_accelerator(mixed_precision: str = "no", cpu: bool = False) -> "Accelerator":
     """An Accelerator with this precision even if an earlier one in this process had another
-    (`reset_accelerator_state`), configured as the training programs' `start_run` does."""
+    (`reset_accelerator_state`), configured as the training programs' `open_run` does."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
     reset_accelerator_state()
@@ -107,7 +107,7 @@ def fresh_accelerator(mixed_precision: str = "no", cpu: bool = False) -> "Accele
 
 def baseline_device() -> torch.device:
     """Where Accelerate puts a single-process run (the real paths), so baselines match it.
-    On CPU, flush denormals as the programs' `start_run` does: without it early steps are
+    On CPU, flush denormals as the programs' entry points do: without it early steps are
     several times slower and the comparison would depend on which path ran first."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":

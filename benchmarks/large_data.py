@@ -76,7 +76,8 @@ def first_step_seconds(root: Path, rows: int, photos: list[Path], distinct: int,
         names.append(str(link.relative_to(root)))
     write_rows(root / "train.csv", rows, names, seed)
     write_rows(root / "val.csv", 64, names, seed + 1)
-    from clip_cir.training import loop, stage1
+    from clip_cir.apps.train import finetune_main
+    from clip_cir.training import loop
 
     original = loop.training_step
 
@@ -87,10 +88,10 @@ def first_step_seconds(root: Path, rows: int, photos: list[Path], distinct: int,
     loop.training_step = step_then_stop
     start = time.perf_counter()
     try:
-        stage1.main(["--dataset", "triplets", "--data-root", str(root), "--model", "cir-tiny-vit", "--encoder", "both",
-                     "--pixel-cache", "off", "--batch-size", "32", "--epochs", "1", "--num-workers", "0",
-                     "--output-dir", str(root / "runs"), "--experiment-name", "first-step", "--no-progress",
-                     "--cache-dir", str(root / "cache")])
+        finetune_main(["--dataset", "triplets", "--data-root", str(root), "--model", "cir-tiny-vit", "--encoder",
+                       "both", "--pixel-cache", "off", "--batch-size", "32", "--epochs", "1", "--num-workers", "0",
+                       "--output-dir", str(root / "runs"), "--experiment-name", "first-step", "--no-progress",
+                       "--cache-dir", str(root / "cache")])
     except FirstStep:
         return time.perf_counter() - start
     finally:

@@ -60,18 +60,19 @@ def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: 
     workers = [] if args.num_workers is None else ["--num-workers", str(args.num_workers)]
     return ["--dataset", "cirr", "--data-root", str(data_root), "--model", args.model, "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), *workers, "--validation-frequency", str(args.epochs),
+            "--validation-schedule", "every-nth-and-last",
             "--seed", str(args.seed), "--cache-dir", str(cache_dir), "--pixel-cache-dir", str(cache_dir / "pixels"),
             "--output-dir", str(runs), "--experiment-name", name, "--no-progress"]
 
 
 def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: argparse.Namespace,
                options: Sequence[str]) -> Path:
-    """One run of the real stage-1 program (`clip_cir.training.stage1.main`, in this process, quiet)
-    with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
-    from clip_cir.training import stage1
+    """One run of the real stage-1 program (`stage1/finetune.py`'s entry point, in this process,
+    quiet) with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
+    from clip_cir.apps.train import finetune_main
 
     with quiet():
-        stage1.main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
+        finetune_main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
     return root / "runs" / name
 
 

@@ -43,9 +43,9 @@ def header(title: str, argv: Sequence[str]) -> str:
 def describe_workers(args: argparse.Namespace) -> str:
     if args.num_workers is not None:
         return f"{args.num_workers} DataLoader workers"
-    from clip_cir.params import num_workers
+    from clip_cir.encoding.pixels import loader_workers
 
-    automatic = num_workers(argparse.Namespace(num_workers=None), torch.cuda.is_available())
+    automatic = loader_workers(None, torch.cuda.is_available())
     return (f"DataLoader workers: {automatic} in the programs (their automatic choice), {published_workers(args)} "
             f"in the published way (every core)")
 

@@ -16,7 +16,7 @@ preprocessed pixels need not be decoded again every epoch: the pixel cache store
 This prints ONE table, same tiny CLIP (`cir-tiny-vit`, random init: speed does not depend on
 the weights) and same synthetic CIRR data in one process:
 
-  (a) `--encoder text`, the real program (`clip_cir.training.stage1.main`): features reused, text trimmed;
+  (a) `--encoder text`, the real program (`stage1/finetune.py`'s entry point): features reused, text trimmed;
   (b) `--encoder text` the published way, implemented here: the library's image DataLoader,
       reference and target images through the frozen image tower under no_grad every step,
       captions at the full context length, then the same loss and an AdamW step as the published

@@ -11,7 +11,7 @@ CLIP (under no_grad) before the Combiner step, every epoch of a 300-epoch schedu
 prints ONE table, same tiny CLIP (`cir-tiny-vit`, random init: speed does not depend on the
 weights) and same synthetic CIRR data in one process:
 
-  - features reused: the real program (`clip_cir.training.stage2.main`);
+  - features reused: the real program (`stage2/train_combiner.py`'s entry point);
   - re-encoded every batch, implemented here the published way: the library's image
     DataLoader, CLIP encodes under no_grad, then the same Combiner and loss, and an Adam step
     as the published code builds it (torch's default kernel; the real program asks for the
@@ -45,8 +45,10 @@ from options import add_benchmark_args, configure, program_args, published_worke
 from reporting import describe_one_off, describe_setup, duration, header, load_average, markdown_table
 from timing import Epochs, time_epochs, timed_calls, timed_feature_extraction, training_extraction
 
+from clip_cir.apps.train import train_combiner_main
+from clip_cir.config import Stage2Config
 from clip_cir.models.combiner import Combiner
-from clip_cir.training import loop, stage2
+from clip_cir.training import loop
 from clip_cir.training.datasets import TrainingSet
 from clip_cir.training.losses import batch_contrastive_loss
 
@@ -63,7 +65,7 @@ def real_run(data: TrainingSet, data_root: Path, root: Path, round_: int, args: 
     durations of its `last/` checkpoint writes (empty if they could not be seen)."""
     name = f"stage2-reuse-round{round_ + 1}"
     with timed_feature_extraction() as calls, timed_calls(loop, "save_checkpoint_dir") as saves, quiet():
-        stage2.main(program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args))
+        train_combiner_main(program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args))
     extraction_s = training_extraction(calls, data, "clip_cir.training.stage2", texts=True)
     last = [c.seconds for c in saves if Path(str(c.given)).name == "last"]
     return Epochs.from_run(root / "runs" / name, args.batch_size), extraction_s, last
@@ -76,13 +78,14 @@ def published_baseline(data_root: Path, args: argparse.Namespace) -> Epochs:
     program (its own parser's defaults). What differs: where the CLIP features come from, and
     the optimizer's kernel (torch's default here, as the published code; fused in the program).
     """
-    defaults = stage2.build_parser().parse_args(["--dataset", "cirr", "--data-root", str(data_root)])
+    defaults = Stage2Config()
     device = baseline_device()
     clip, transform = load_model(args.model, args.seed)
     model = clip.model.to(device).eval().requires_grad_(False)
     dim = clip.embed_dim
     combiner = Combiner(dim, defaults.projection_dim or 4 * dim, defaults.hidden_dim or 8 * dim).to(device).train()
-    optimizer = torch.optim.Adam(combiner.parameters(), lr=defaults.lr, weight_decay=defaults.weight_decay)
+    optimizer = torch.optim.Adam(combiner.parameters(), lr=defaults.training.lr,
+                                 weight_decay=defaults.training.weight_decay)
     loader, sampler = image_triplet_loader(load_training_set(data_root), transform, args.batch_size,
                                            published_workers(args), args.seed)
 

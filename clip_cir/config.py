@@ -225,8 +225,6 @@ class TrainingConfig(Options):
     the published code; every-nth-and-last: after epochs N, 2N, ... and the last."""
     log_every: int = 10
     seed: int = 0
-    accum_steps: int = 1
-    compile: bool = False
 
     def validates_after(self, epoch: int) -> bool:
         """Whether the loop validates after 0-based `epoch` (docs/training.md)."""
@@ -236,7 +234,7 @@ class TrainingConfig(Options):
         return (epoch + 1) % n == 0 or epoch + 1 == self.epochs
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "validation_frequency", "log_every", "accum_steps"):
+        for name in ("epochs", "batch_size", "lr", "validation_frequency", "log_every"):
             if getattr(self, name) <= 0:
                 raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.warmup < 0:
@@ -244,16 +242,27 @@ class TrainingConfig(Options):
         if self.validation_schedule not in VALIDATION_SCHEDULES:
             raise CIRError(f"--validation-schedule must be one of {', '.join(VALIDATION_SCHEDULES)}, "
                            f"got {self.validation_schedule!r}")
-        self.check_accum_steps(1)
 
-    def check_accum_steps(self, num_processes: int) -> None:
+    def check_batch_split(self, num_processes: int, accum_steps: int = 1) -> None:
         """The global batch splits into equal per-process batches, and each of those into
         `accum_steps` equal micro-batches."""
+        if accum_steps <= 0:
+            raise CIRError(f"--accum-steps must be positive, got {accum_steps}")
         local = self.batch_size // num_processes
-        if self.batch_size % num_processes or local % self.accum_steps:
+        if self.batch_size % num_processes or local % accum_steps:
             raise CIRError(f"--batch-size {self.batch_size} over {num_processes} process(es) does not split into "
-                           f"--accum-steps {self.accum_steps} equal micro-batches; pick a batch size divisible by "
-                           f"{num_processes * self.accum_steps}")
+                           f"--accum-steps {accum_steps} equal micro-batches; pick a batch size divisible by "
+                           f"{num_processes * accum_steps}")
+
+
+@dataclass(frozen=True)
+class TowerTrainingConfig(Options):
+    """What the programs that train CLIP towers (stage 1, pretraining) add: exact gradient
+    accumulation (memory) and torch.compile (speed)."""
+
+    accum_steps: int = 1
+    """Micro-batches per optimizer step; the contrastive loss still sees the whole batch."""
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,8 +337,14 @@ class TrainingProgramConfig(Options):
         """What the run directory's default name and config.json call the data."""
         return self.data.dataset or "data"
 
+    @property
+    def accum_steps(self) -> int:
+        """Micro-batches per optimizer step (1 where the program has no such setting)."""
+        return 1
+
     def check(self) -> None:
         self.training.check()
+        self.training.check_batch_split(1, self.accum_steps)
         if self.device.num_workers is not None and self.device.num_workers < 0:
             raise CIRError(f"--num-workers must not be negative, got {self.device.num_workers}")
 
@@ -342,8 +357,13 @@ class Stage1Config(TrainingProgramConfig):
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1))
+    towers: TowerTrainingConfig = field(default_factory=TowerTrainingConfig)
     encoder: str = "text"
     grad_checkpointing: bool = False
+
+    @property
+    def accum_steps(self) -> int:
+        return self.towers.accum_steps
 
 
 @dataclass(frozen=True)
@@ -365,8 +385,6 @@ class Stage2Config(TrainingProgramConfig):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise CIRError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.training.accum_steps != 1 or self.training.compile:
-            raise CIRError("stage 2 trains on cached features: accum_steps and compile do not apply")
 
 
 @dataclass(frozen=True)
@@ -377,10 +395,15 @@ class PretrainConfig(TrainingProgramConfig):
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1))
+    towers: TowerTrainingConfig = field(default_factory=TowerTrainingConfig)
 
     @property
     def data_name(self) -> str:
         return "captions"
+
+    @property
+    def accum_steps(self) -> int:
+        return self.towers.accum_steps
 
     def check(self) -> None:
         super().check()

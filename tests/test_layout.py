@@ -182,8 +182,8 @@ def test_docs_relative_links_resolve(page):
     assert not broken, f"docs/{page} links to missing files: {broken}"
 
 
-LAYERS = {"errors": 0, "constants": 0, "data": 1, "models": 2, "encoding": 3, "evaluation": 4, "params": 5,
-          "training": 6, "apps": 7}
+LAYERS = {"errors": 0, "constants": 0, "config": 0, "data": 1, "models": 2, "encoding": 3, "evaluation": 4,
+          "training": 5, "params": 6, "api": 7, "apps": 8}
 """The package's layers, bottom to top: a module may import its own layer and those below."""
 
 
@@ -199,7 +199,7 @@ def _clip_cir_imports(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_imports_go_one_way_through_the_layers():
-    """apps -> training -> params -> evaluation -> encoding -> models -> data, lazy imports included."""
+    """apps -> api -> params -> training -> evaluation -> encoding -> models -> data, lazy imports included."""
     package = ROOT / "clip_cir"
     assert set(LAYERS) == {p.name.removesuffix(".py") for p in package.iterdir()
                            if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"} - {"__init__"}
@@ -212,6 +212,48 @@ def test_imports_go_one_way_through_the_layers():
             if LAYERS[target] > LAYERS[layer]:
                 upward.append(f"{path.relative_to(ROOT)}:{line} ({layer} imports {target})")
     assert not upward, upward
+
+
+LIBRARY = ("data", "models", "encoding", "evaluation", "training")
+"""The layers below the programs: they take typed settings (`clip_cir.config`), never a command line."""
+
+
+def namespace_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where a module imports argparse, names `Namespace`, or has a parameter called `args` (the
+    name a parsed command line goes by): (line, what)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            found.append((node.lineno, "imports argparse"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+            found.append((node.lineno, "imports from argparse"))
+        elif isinstance(node, (ast.Name, ast.Attribute)) and (getattr(node, "id", None) == "Namespace"
+                                                               or getattr(node, "attr", None) == "Namespace"):
+            found.append((node.lineno, "names Namespace"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "Namespace" in node.value \
+                and len(node.value) < 80:  # string annotations
+            found.append((node.lineno, "names Namespace in an annotation"))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            params = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            found += [(node.lineno, "takes `args`") for a in params if a.arg == "args"]
+    return found
+
+
+def test_namespace_uses_finds_each_kind():
+    source = ("import argparse\nfrom argparse import Namespace\ndef f(args): pass\n"
+              "def g(x: 'argparse.Namespace', *args): return argparse.Namespace()\n")
+    kinds = sorted({what for _, what in namespace_uses(ast.parse(source))})
+    assert kinds == ["imports argparse", "imports from argparse", "names Namespace", "names Namespace in an annotation",
+                     "takes `args`"]
+    assert namespace_uses(ast.parse("def f(*args, **kwargs): return args\n")) == []
+
+
+def test_no_library_module_imports_argparse_or_takes_a_namespace():
+    package = ROOT / PACKAGE
+    found = [f"{path.relative_to(ROOT)}:{line}: {what}"
+             for layer in LIBRARY for path in sorted((package / layer).rglob("*.py"))
+             for line, what in namespace_uses(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not found, found
 
 
 # --- (f) no import cycles between modules ---------------------------------------------------------------

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clip_cir.config import DeviceConfig, RunConfig, TrainingConfig, TrainingProgramConfig
+from clip_cir.config import DeviceConfig, RunConfig, TowerTrainingConfig, TrainingProgramConfig
 from clip_cir.constants import LR_SCHEDULERS, TRACKERS, VALIDATION_SCHEDULES
 from clip_cir.params.groups import (
     add_batch_size_arg,
@@ -81,7 +81,7 @@ def add_training_args(parser: argparse.ArgumentParser, program: TrainingProgramC
 
 
 def add_accum_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--accum-steps", type=int, default=TrainingConfig.accum_steps, metavar="K",
+    parser.add_argument("--accum-steps", type=int, default=TowerTrainingConfig.accum_steps, metavar="K",
                         help="split each batch into K micro-batches: features of all K without gradients, the "
                              "contrastive loss over the whole batch, then each micro-batch again with gradients. "
                              "The gradient is the whole batch's; memory is a micro-batch's (like open_clip's "

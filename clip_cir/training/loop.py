@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from accelerate.utils import gather_object
@@ -36,15 +36,13 @@ from clip_cir.training.accumulation import Features, training_step
 from clip_cir.training.optim import LRSchedule, load_optimizer_state
 from clip_cir.training.run import (
     Run,
+    TrainingSetup,
     last_checkpoint,
     rng_state,
     save_checkpoint_dir,
     seed_everything,
     set_rng_state,
 )
-
-if TYPE_CHECKING:
-    from clip_cir.training.setup import TrainingSetup
 
 log = logging.getLogger("clip_cir")
 

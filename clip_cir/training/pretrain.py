@@ -32,8 +32,8 @@ from clip_cir.models.transforms import ImageTransform
 from clip_cir.training.datasets import ClipEncoder, EpochSampler
 from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.run import Run, clip_metadata
-from clip_cir.training.setup import TrainingSetup, run_training
+from clip_cir.training.run import Run, TrainingSetup, clip_metadata
+from clip_cir.training.setup import run_training
 
 log = logging.getLogger("clip_cir")
 
@@ -207,12 +207,12 @@ class ImageCaptionPretraining(Stage):
                                    lr=training.lr, betas=(0.9, 0.98), eps=1e-6)
         # open_clip keeps the temperature in [0, ln 100] by clamping the parameter after every step.
         optimizer.register_step_post_hook(lambda *_: model.logit_scale.data.clamp_(0, math.log(100)))
-        encoder = ImageCaptionEncoder(model, compile=training.compile)
+        encoder = ImageCaptionEncoder(model, compile=config.towers.compile)
         length_multiple = encoder.length_multiple
         encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
         return cls(clip, encoder, optimizer, loader, val_loader, transform, device=device,
                    rank=accelerator.process_index, world_size=accelerator.num_processes,
-                   accum_steps=training.accum_steps, channels_last=channels_last, length_multiple=length_multiple)
+                   accum_steps=config.accum_steps, channels_last=channels_last, length_multiple=length_multiple)
 
 
 def run(config: PretrainConfig) -> TrainedRun:

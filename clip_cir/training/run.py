@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Generic, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,8 @@ from torch import nn
 
 from clip_cir.config import TrainingProgramConfig, portable_config
 from clip_cir.data.images import ImageCheck
+from clip_cir.encoding.feature_cache import FeatureCache, feature_cache_for
+from clip_cir.encoding.pixels import PixelCache, loader_workers, pixel_cache_for
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpoints import (
     save_torch_state,
@@ -28,9 +30,13 @@ from clip_cir.models.checkpoints import (
     write_json,
     write_text,
 )
+from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.transforms import ImageTransform
 from clip_cir.training.tracking import flat_config, tracker_setup
 
 log = logging.getLogger("clip_cir")
+
+D = TypeVar("D")
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +172,7 @@ def open_run(config: TrainingProgramConfig):
     if batch_size % accelerator.num_processes:
         raise CIRError(f"--batch-size {batch_size} (global) must be divisible by the "
                        f"{accelerator.num_processes} processes")
-    config.training.check_accum_steps(accelerator.num_processes)
+    config.training.check_batch_split(accelerator.num_processes, config.accum_steps)
     set_cuda_speed(accelerator.device, device_config.deterministic)
     name = [run_config.experiment_name]
     if not run_config.resume and not run_config.experiment_name:
@@ -201,3 +207,39 @@ def clip_metadata(clip, stage: str, epoch: int, metrics: Mapping[str, float], **
     return {"kind": "clip", "stage": stage, "model_name": clip.model_name, "model_config": clip.config,
             "preprocess_cfg": clip.preprocess_cfg, "source": clip.source, **extra, "epoch": epoch,
             "metrics": {k: round(v, 6) for k, v in metrics.items()}}
+
+
+@dataclass
+class TrainingSetup(Generic[D]):
+    """What a stage is built from: its settings, its training data (as its program reads it), the
+    CLIP and preprocessing, and the Accelerator and run directory it runs in."""
+
+    config: Any
+    data: D
+    images: ImageCheck
+    clip: LoadedCLIP
+    transform: ImageTransform
+    accelerator: Any
+    run: Run
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars: on the main process, unless the settings turn them off."""
+        return not self.config.run.no_progress and self.accelerator.is_main_process
+
+    @property
+    def workers(self) -> int:
+        """Data-loading workers per process (the settings' number, or one that suits the machine)."""
+        return loader_workers(self.config.device.num_workers, self.device.type == "cuda",
+                              self.accelerator.num_processes)
+
+    def feature_cache(self) -> FeatureCache:
+        return feature_cache_for(self.config.cache)
+
+    def pixel_cache(self, repeated: bool) -> PixelCache | None:
+        """The pixel cache for images decoded `repeated`ly (every epoch) or once."""
+        return pixel_cache_for(self.config.cache, repeated)

@@ -37,8 +37,8 @@ from clip_cir.training.datasets import (
 from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.run import clip_metadata
-from clip_cir.training.setup import TrainingSetup, run_training
+from clip_cir.training.run import TrainingSetup, clip_metadata
+from clip_cir.training.setup import run_training
 
 log = logging.getLogger("clip_cir")
 
@@ -159,7 +159,7 @@ class CLIPFineTuning(Stage):
         optimizer = make_optimizer(torch.optim.AdamW, [p for p in model.parameters() if p.requires_grad],
                                    lr=config.training.lr, betas=(0.9, 0.999), eps=1e-7,
                                    weight_decay=config.training.weight_decay)
-        encoder = ClipEncoder(model, compile=config.training.compile)
+        encoder = ClipEncoder(model, compile=config.towers.compile)
         length_multiple = encoder.length_multiple
         encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
 
@@ -170,7 +170,7 @@ class CLIPFineTuning(Stage):
         return cls(clip, encoder, optimizer, loader, transform, device=device, towers=config.encoder,
                    image_features=image_features, text_features=text_features, text_offsets=text_offsets,
                    val_splits=val_splits, validation_encode=validation_encode,
-                   accum_steps=config.training.accum_steps, channels_last=channels_last,
+                   accum_steps=config.accum_steps, channels_last=channels_last,
                    length_multiple=length_multiple)
 
 

@@ -35,7 +35,8 @@ from clip_cir.training.datasets import FeatureBatches, TrainingSet
 from clip_cir.training.loop import Float32Forward, Selection, Stage, TrainedRun, check_batch_fits
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
-from clip_cir.training.setup import TrainingSetup, run_training
+from clip_cir.training.run import TrainingSetup
+from clip_cir.training.setup import run_training
 
 log = logging.getLogger("clip_cir")
 
