@@ -100,7 +100,7 @@ def test_settings_check_themselves(options, message):
 
 
 def test_stage2_refuses_settings_that_do_not_apply_to_it():
-    with pytest.raises(CIRError, match="unknown option for Stage2Config: accum_steps, compile"):
+    with pytest.raises(CIRError, match="unknown options for Stage2Config: accum_steps, compile"):
         Stage2Config.from_options({"compile": True, "accum_steps": 2})
     with pytest.raises(CIRError, match="--hidden-dim must be positive, got 0"):
         Stage2Config.from_options({"hidden_dim": 0}).check()
