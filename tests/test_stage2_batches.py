@@ -55,8 +55,9 @@ def test_two_ranks_split_every_global_batch(synth_root):
 
 @pytest.mark.parametrize("schedule", [[], ["--lr-scheduler", "cosine", "--warmup", "3"]], ids=["const", "cosine"])
 def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, monkeypatch, schedule):
-    """A run interrupted after its epoch-2 checkpoint and resumed ends where an uninterrupted one
-    does: the same weights, losses and per-step learning rates (a restarted schedule would differ)."""
+    """A run interrupted after its epoch-3 checkpoint (validations after epochs 1 and 3) and resumed
+    ends where an uninterrupted one does: the same weights, losses and per-step learning rates (a
+    restarted schedule would differ)."""
     from clip_cir.apps.train import train_combiner_main
     from clip_cir.training import loop
 
@@ -72,7 +73,7 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
 
     def save_then_stop(path, modules, state=None):
         save(path, modules, state)
-        if state is not None and state["epoch"] == 2:
+        if state is not None and state["epoch"] == 3:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint_dir", save_then_stop)
@@ -80,7 +81,7 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
         train_combiner_main(args_for("resumed"))
     assert stopped.value.code == 130
     monkeypatch.setattr(loop, "save_checkpoint_dir", save)
-    assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2]
+    assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2, 3]
     train_combiner_main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
     straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))

@@ -262,12 +262,12 @@ def test_bad_training_arguments_fail_before_training(synth_root, tmp_path, capsy
 def test_a_batch_larger_than_the_training_data_is_refused_in_one_line(synth_root, tmp_path, capsys, stage):
     """Both stages refuse alike (an epoch of whole batches would have no step), before any run
     directory exists."""
-    from clip_cir.training import stage1, stage2
+    from clip_cir.apps.train import finetune_main, train_combiner_main
 
-    module, args, prog = {"stage1": (stage1, stage1_args, "stage1/finetune.py"),
-                          "stage2": (stage2, stage2_args, "stage2/train_combiner.py")}[stage]
+    main, args, prog = {"stage1": (finetune_main, stage1_args, "stage1/finetune.py"),
+                        "stage2": (train_combiner_main, stage2_args, "stage2/train_combiner.py")}[stage]
     with pytest.raises(SystemExit) as exit_info:
-        module.main(args(synth_root, tmp_path, "big", "--batch-size", "121"))
+        main(args(synth_root, tmp_path, "big", "--batch-size", "121"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{prog}: error: --batch-size 121 is larger than the 120 training triplets: give a "
