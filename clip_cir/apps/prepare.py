@@ -74,9 +74,9 @@ def prepare(args: argparse.Namespace, split: str | None = None, need_targets: bo
         raise CIRError(no_targets_message(splits[0]))
     clip = opt.load_model(args)
     combine, combine_name = combining(args)
-    if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
-        raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
-                       f"but {clip.describe()} gives {clip.embed_dim}-d")
+    from clip_cir.models.combiner import check_combiner_fits
+
+    check_combiner_fits(combine, clip)
     accelerator = accelerator_for(args)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)

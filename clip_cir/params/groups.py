@@ -285,10 +285,7 @@ def feature_cache(args: argparse.Namespace) -> FeatureCache:
 
 
 def transform_for(clip: LoadedCLIP, name: str, target_ratio: float) -> ImageTransform:
-    from clip_cir.models.transforms import build_transform
-
-    mean, std = clip.mean_std
-    return build_transform(name, clip.input_size, mean, std, target_ratio, clip.clip_preprocess)
+    return clip.image_transform(name, target_ratio)
 
 
 def add_skip_missing_arg(parser: Group, training: bool) -> None:
