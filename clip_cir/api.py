@@ -54,10 +54,11 @@ ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 """An image: a file path, a decoded PIL image, or already-preprocessed pixels ([3, H, W] or a
 [N, 3, H, W] batch: uint8 pixels as the transform crops them, or the float tensor it returns)."""
 
-TEXT_CACHE_MIN = 256
-"""Caption lists at least this long (one text batch) go through the feature cache; a shorter list
-is encoded directly, since its cache key hashes the whole text tower, which costs more than
-encoding a few captions. Cached or not, the features are the same."""
+CACHE_MIN_ROWS = 256
+"""Lists of image files or captions at least this long (a default batch) go through the feature
+cache; a shorter list is encoded directly, since a cache key hashes the whole tower, which costs
+more than encoding a few inputs (and a service's queries would each leave an entry). Cached or
+not, the features are the same. `index` always uses the cache."""
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -241,15 +242,16 @@ class CIRModel:
 
     def image_features(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         """Raw CLIP image features [N, D]. Files are encoded as `clip-cir eval` encodes a gallery
-        (the same batches and feature cache key for the same list of files); PIL images and pixel
-        tensors in batches of the same size, without the cache."""
+        (the same batches, and for lists of `CACHE_MIN_ROWS` files or more the same feature cache
+        entry for the same list); PIL images and pixel tensors in batches of the same size."""
         items = _image_list(images)
         files = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+        options = self.encode if len(files) >= CACHE_MIN_ROWS else replace(self.encode, image_cache=None)
         if len(files) == len(items):
-            return encode_image_files(self.clip, [_image_file(p) for p in items], self.encode, "image features")
+            return encode_image_files(self.clip, [_image_file(p) for p in items], options, "image features")
         out = torch.empty(len(items), self.embed_dim)
         if files:
-            out[files] = encode_image_files(self.clip, [_image_file(items[i]) for i in files], self.encode,
+            out[files] = encode_image_files(self.clip, [_image_file(items[i]) for i in files], options,
                                             "image features")
         listed = set(files)
         others = [i for i in range(len(items)) if i not in listed]
@@ -287,7 +289,7 @@ class CIRModel:
         texts = [texts] if isinstance(texts, str) else list(texts)
         for text in texts:
             check_caption(text)
-        options = self.encode if len(texts) >= TEXT_CACHE_MIN else replace(self.encode, text_cache=None)
+        options = self.encode if len(texts) >= CACHE_MIN_ROWS else replace(self.encode, text_cache=None)
         return encode_captions(self.clip, texts, options, "text features")
 
     def compose_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,29 @@ def test_index_of_a_folder_shares_rank_gallery_dirs_cache_entry(tiny_runs, photo
     assert [name for name, _ in hits] == [hit["name"] for hit in ranked]
 
 
+def test_feature_cache_for_galleries_and_long_lists_only(tiny_runs, photos, val, tmp_path):
+    """`index` always reads and writes the feature cache; encode_images and encode_texts only for
+    lists of a batch or more (a cache key hashes the tower): short lists leave no entry."""
+    from clip_cir.api import CACHE_MIN_ROWS
+    from clip_cir.encoding.features import encode_counts
+
+    cache = tmp_path / "cache"
+    model = clip_cir.load(tiny_runs["stage1"], cache=cache, progress=False)
+    entries = lambda: sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []  # noqa: E731
+    model.encode_images([photos / "a.jpg", photos / "b.jpg"])
+    model.encode_texts(["is red"] * (CACHE_MIN_ROWS - 1))
+    assert entries() == []
+    model.index(photos)
+    assert len(entries()) == 1
+    files = [*val.gallery.values()] * 2
+    first = model.encode_images(files[:CACHE_MIN_ROWS])
+    assert len(entries()) == 2
+    before = encode_counts.copy()
+    assert torch.equal(model.encode_images(files[:CACHE_MIN_ROWS]), first) and encode_counts == before
+    assert torch.equal(clip_cir.load(tiny_runs["stage1"], cache=False, progress=False)
+                       .encode_images(files[:CACHE_MIN_ROWS]), first)
+
+
 # --- search: references and exclusion -------------------------------------------------------------------
 
 
