@@ -234,6 +234,18 @@ def test_search_leaves_out_a_gallery_reference_by_name_or_path_unless_asked(tiny
     assert keeping.search("a.jpg", "anything", k=1)[0][0] == "a.jpg"
 
 
+def test_faiss_backend_answers_as_the_exact_one(stage1, photos):
+    """`index(..., backend="faiss", index="flat")`: exact inner products through FAISS, so the same
+    names and, to float rounding, the same scores, reference left out alike."""
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    exact = stage1.index(photos).search("a.jpg", "is blue", k=6)
+    flat = stage1.index(photos, backend="faiss", index="flat")
+    assert flat.index.description == "faiss flat (exact)"
+    found = flat.search("a.jpg", "is blue", k=6)
+    assert [n for n, _ in found] == [n for n, _ in exact]
+    assert [s for _, s in found] == pytest.approx([s for _, s in exact], abs=1e-5)
+
+
 # --- load --------------------------------------------------------------------------------------------------
 
 
