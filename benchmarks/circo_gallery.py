@@ -133,7 +133,6 @@ def tiny_encode_rows(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
     from clip_cir.constants import TINY_MODEL
     from clip_cir.data.synthetic import generate
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.transforms import transform_for
 
     count = args.encode_images
     with quiet():
@@ -141,7 +140,7 @@ def tiny_encode_rows(n: int, args: argparse.Namespace, work: Path) -> list[Row]:
                  progress=False)
         clip = load_clip(TINY_MODEL)
     paths = sorted((work / "data" / "CIRCO" / "COCO2017_unlabeled" / "unlabeled2017").iterdir())[:count]
-    transform = transform_for(clip, "targetpad", 1.25)
+    transform = clip.image_transform("targetpad", 1.25)
     encode = lambda: encode_images(clip, paths, transform, batch_size=64, num_workers=args.num_workers,  # noqa: E731
                                    progress=False)
     encode()  # warm-up: worker start-up, first-batch allocations

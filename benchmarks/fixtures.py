@@ -12,7 +12,7 @@ from harness import quiet
 from clip_cir.data import load_splits
 from clip_cir.data.synthetic import generate
 from clip_cir.models.clip import LoadedCLIP, load_clip
-from clip_cir.models.transforms import ImageTransform, transform_for
+from clip_cir.models.transforms import ImageTransform
 from clip_cir.training.datasets import TrainingSet
 from clip_cir.training.run import seed_everything
 
@@ -44,7 +44,7 @@ def load_model(model_name: str, seed: int) -> tuple[LoadedCLIP, ImageTransform]:
     seed_everything(seed)
     with quiet():
         clip = load_clip(model_name)
-    return clip, transform_for(clip, "targetpad", 1.25)
+    return clip, clip.image_transform("targetpad", 1.25)
 
 
 PHOTO_KINDS: dict[str, tuple[int, int, str]] = {"png": (500, 375, "PNG"), "jpeg": (400, 600, "JPEG")}

@@ -28,7 +28,6 @@ from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import CONFIG_DIR, load_clip
 from clip_cir.models.combiner import load_combiner
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
-from clip_cir.models.transforms import transform_for
 from clip_cir.training.run import seed_everything
 
 MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
@@ -115,7 +114,7 @@ def _same_clip(source, shared, synth_root: Path) -> None:
     assert torch.equal(shared.tokenize(CAPTIONS), source.tokenize(CAPTIONS))
     images = [load_image(p) for p in _images(synth_root)]
     for transform in ("clip", "targetpad"):
-        pixels = [torch.stack([transform_for(c, transform, 1.25)(i) for i in images]) for c in (source, shared)]
+        pixels = [torch.stack([c.image_transform(transform, 1.25)(i) for i in images]) for c in (source, shared)]
         assert torch.equal(*pixels), transform
     pixels = pixels[0]  # targetpad's, as eval's
     with torch.no_grad():
@@ -158,7 +157,7 @@ def _direct_ranking(clip, combiner, split, queries, k: int) -> tuple[list[list[s
     through the eval transform and the image tower, the captions through the text tower, the
     Combiner, cosine similarity, the reference left out."""
     names = list(split.gallery)
-    transform = transform_for(clip, "targetpad", 1.25)
+    transform = clip.image_transform("targetpad", 1.25)
     pixels = torch.stack([transform(load_image(split.gallery[n])) for n in names])
     gallery = clip.model.eval().encode_image(pixels)
     text = encode_text(clip.model, clip.tokenize([q.eval_caption for q in queries]))

@@ -330,10 +330,9 @@ def test_demo_engine_serves_a_circo_gallery(synth_root, tiny_checkpoint, tmp_pat
     from clip_cir.encoding.features import FeatureCache
     from clip_cir.models.clip import load_clip
     from clip_cir.models.combiner import element_wise_sum
-    from clip_cir.models.transforms import transform_for
 
     clip = load_clip(None, str(tiny_checkpoint))
-    encode = EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), image_cache=FeatureCache(tmp_path),
+    encode = EncodeOptions(transform=clip.image_transform("targetpad", 1.25), image_cache=FeatureCache(tmp_path),
                            progress=False)
     splits = load_splits("circo", synth_root, "test")
     engine = DemoEngine.from_splits(clip, element_wise_sum, splits, encode, combining_name="sum")

@@ -31,7 +31,6 @@ from clip_cir.encoding.features import FeatureCache, encode_counts, encode_texts
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import load_clip
 from clip_cir.models.combiner import Combiner, element_wise_sum
-from clip_cir.models.transforms import transform_for
 
 pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir[demo]')")
 
@@ -50,7 +49,7 @@ def clip():
 @pytest.fixture(scope="module")
 def encode(clip, tmp_path_factory) -> EncodeOptions:
     cache = FeatureCache(tmp_path_factory.mktemp("demo_cache"))
-    return EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), num_workers=0, batch_size=64,
+    return EncodeOptions(transform=clip.image_transform("targetpad", 1.25), num_workers=0, batch_size=64,
                          image_cache=cache, progress=False)
 
 

@@ -122,10 +122,9 @@ def test_a_cache_that_would_fill_the_disk_is_not_written(real_sized_images, tmp_
 def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_images, tmp_path, tiny_checkpoint):
     from clip_cir.encoding.features import encode_counts, encode_images
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.transforms import transform_for
 
     clip = load_clip(None, str(tiny_checkpoint))
-    transform = transform_for(clip, "targetpad", 1.25)
+    transform = clip.image_transform("targetpad", 1.25)
     decoded = encode_images(clip, real_sized_images, transform, progress=False)
     cached = encode_images(clip, real_sized_images, transform, progress=False, pixel_cache=PixelCache(tmp_path))
     assert torch.equal(decoded, cached)

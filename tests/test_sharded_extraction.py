@@ -25,7 +25,6 @@ def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feat
     from clip_cir.data import load_splits
     from clip_cir.encoding.encode import EncodeOptions, split_features
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.transforms import transform_for
 
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),
            str(synth_root), str(tiny_checkpoint), str(tmp_path), "16"]
@@ -35,7 +34,7 @@ def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feat
 
     clip = load_clip(None, str(tiny_checkpoint))
     split = load_splits("cirr", synth_root, "val")[0]
-    one = split_features(clip, split, EncodeOptions(transform=transform_for(clip, "targetpad", 1.25), progress=False))
+    one = split_features(clip, split, EncodeOptions(transform=clip.image_transform("targetpad", 1.25), progress=False))
     # 180 gallery images = 11 chunks of 16 and one of 4: rank 0 gets 6 chunks (rows 0-95), rank 1
     # the other 6 (96-179); 60 captions = 3 chunks of 16 and one of 12: rows 0-31 and 32-59.
     assert (len(split.gallery), len(split.queries)) == (180, 60)

@@ -48,10 +48,9 @@ def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> Enco
     from clip_cir.encoding.encode import EncodeOptions
     from clip_cir.encoding.feature_cache import feature_cache_for
     from clip_cir.encoding.pixels import loader_workers, pixel_cache_for
-    from clip_cir.models.transforms import transform_for
 
     model = config.model
-    return EncodeOptions.for_accelerator(accelerator, transform_for(clip, model.transform, model.target_ratio),
+    return EncodeOptions.for_accelerator(accelerator, clip.image_transform(model.transform, model.target_ratio),
                                          feature_cache_for(config.cache), batch_size=config.encode.batch_size,
                                          num_workers=loader_workers(config.device.num_workers,
                                                                     accelerator.device.type == "cuda"),
@@ -99,6 +98,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
     from clip_cir.data.images import ImageCheck
     from clip_cir.encoding.search import index_factory
     from clip_cir.models.clip import load_clip
+    from clip_cir.models.combiner import check_combiner_fits
 
     index_factory(config.search)  # a missing faiss-cpu stops the command before any work
     images = ImageCheck.for_purpose(purpose, config.data.skip_missing_images)
@@ -112,9 +112,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
         raise CIRError(no_targets_message(splits[0]))
     clip = load_clip(config.model.model, config.model.pretrained)
     combine, combine_name = combining(config.combining)
-    if hasattr(combine, "dims") and combine.dims["clip_feature_dim"] != clip.embed_dim:
-        raise CIRError(f"Combiner expects {combine.dims['clip_feature_dim']}-d CLIP features, "
-                       f"but {clip.describe()} gives {clip.embed_dim}-d")
+    check_combiner_fits(combine, clip)
     accelerator = accelerator_for(config)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)

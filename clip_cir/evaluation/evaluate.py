@@ -20,13 +20,20 @@ from clip_cir.models.combiner import CombiningFunction
 
 
 @torch.no_grad()
-def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
-    """Normalised query vectors; `combine` runs on the device its parameters live on."""
+def compose_features(combine: CombiningFunction, reference: torch.Tensor, text: torch.Tensor,
+                     batch_size: int = 4096) -> torch.Tensor:
+    """Normalised query vectors [Q, D] (float32, CPU) from raw reference-image and caption
+    features; `combine` runs on the device its parameters live on."""
     params = list(combine.parameters()) if isinstance(combine, torch.nn.Module) else []
     device = params[0].device if params else torch.device("cpu")
-    parts = [combine(features.reference[i:i + batch_size].to(device), features.text[i:i + batch_size].to(device))
-             .float().cpu() for i in range(0, len(features.reference), batch_size)]
-    return torch.cat(parts) if parts else torch.empty(0, features.gallery.shape[1])
+    parts = [combine(reference[i:i + batch_size].to(device), text[i:i + batch_size].to(device)).float().cpu()
+             for i in range(0, len(reference), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, reference.shape[1])
+
+
+def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
+    """The split's normalised query vectors (`compose_features` of its references and captions)."""
+    return compose_features(combine, features.reference, features.text, batch_size)
 
 
 IndexFactory = Callable[[torch.Tensor], GallerySearch]

@@ -28,6 +28,7 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
+from clip_cir.config import ModelConfig
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpointing import enable_grad_checkpointing
@@ -48,6 +49,7 @@ from clip_cir.models.saved import (
 )
 from clip_cir.models.tiny_timm import register as register_tiny_timm_models
 from clip_cir.models.towers import trim_tokens
+from clip_cir.models.transforms import ImageTransform, build_transform
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -101,6 +103,13 @@ class LoadedCLIP:
 
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
+
+    def image_transform(self, name: str = ModelConfig.transform,
+                        target_ratio: float = ModelConfig.target_ratio) -> ImageTransform:
+        """The preprocessing `--transform NAME` (and `--target-ratio`) gives this model: its input
+        size and normalisation; `clip` is its own open_clip preprocessing."""
+        mean, std = self.mean_std
+        return build_transform(name, self.input_size, mean, std, target_ratio, self.clip_preprocess)
 
     def enable_grad_checkpointing(self) -> dict[str, bool]:
         """Gradient checkpointing on every tower that allows it, ResNet ones included: {tower: checkpointed}."""

@@ -110,6 +110,14 @@ def load_combiner(path: str | Path) -> Combiner:
     return combiner_from_state_dict(state_dict, str(path))
 
 
+def check_combiner_fits(combine: CombiningFunction, clip) -> None:
+    """A Combiner must take the features of the CLIP it is given (`clip`: a `LoadedCLIP`)."""
+    dims = getattr(combine, "dims", None)
+    if dims is not None and dims["clip_feature_dim"] != clip.embed_dim:
+        raise CIRError(f"Combiner expects {dims['clip_feature_dim']}-d CLIP features, "
+                       f"but {clip.describe()} gives {clip.embed_dim}-d")
+
+
 def image_only(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """Baseline that ignores the caption: the reference image alone is the query."""
     return torch.nn.functional.normalize(image_features, dim=-1)

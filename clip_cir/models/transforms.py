@@ -11,7 +11,7 @@ produced them are.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torchvision.transforms.functional as TF
@@ -20,9 +20,6 @@ from torchvision import transforms as T
 
 from clip_cir.constants import TRANSFORMS
 from clip_cir.errors import CIRError
-
-if TYPE_CHECKING:
-    from clip_cir.models.clip import LoadedCLIP
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -173,9 +170,3 @@ def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_M
                  f"mean{tuple(round(m, 8) for m in mean)}|std{tuple(round(s, 8) for s in std)}")
     return ImageTransform(compose, signature)
 
-
-def transform_for(clip: LoadedCLIP, name: str, target_ratio: float) -> ImageTransform:
-    """The `name` preprocessing (targetpad, squarepad, clip) at the model's input size, with its
-    mean and std."""
-    mean, std = clip.mean_std
-    return build_transform(name, clip.input_size, mean, std, target_ratio, clip.clip_preprocess)

@@ -12,7 +12,6 @@ from typing import Any, Callable, TypeVar
 from clip_cir.config import TrainingProgramConfig
 from clip_cir.data.images import ImageCheck
 from clip_cir.models.clip import load_clip
-from clip_cir.models.transforms import transform_for
 from clip_cir.training.loop import Stage, TrainedRun, train
 from clip_cir.training.run import TrainingSetup, open_run, report_skipped_images, seed_everything
 
@@ -30,7 +29,7 @@ def start_training(config: TrainingProgramConfig, load: Callable[[Any, ImageChec
     data = load(config, images)
     seed_everything(config.training.seed)
     clip = load_clip(config.model.model, config.model.pretrained)
-    transform = transform_for(clip, config.model.transform, config.model.target_ratio)
+    transform = clip.image_transform(config.model.transform, config.model.target_ratio)
     accelerator, run = open_run(config)
     report_skipped_images(run, images)
     return TrainingSetup(config=config, data=data, images=images, clip=clip, transform=transform,

@@ -16,7 +16,6 @@ from clip_cir.data import load_splits
 from clip_cir.encoding.encode import EncodeOptions, split_features
 from clip_cir.encoding.features import FeatureCache, encode_counts
 from clip_cir.models.clip import load_clip
-from clip_cir.models.transforms import transform_for
 
 data_root, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 cache = FeatureCache(out / "cache", *map(int, sys.argv[4:5]))
@@ -34,7 +33,7 @@ FeatureCache.save_piece = save_and_record
 accelerator = Accelerator(cpu=True)  # under torchrun: joins the other CPU processes over gloo
 clip = load_clip(None, checkpoint)
 split = load_splits("cirr", data_root, "val")[0]
-encode = EncodeOptions.for_accelerator(accelerator, transform_for(clip, "targetpad", 1.25),
+encode = EncodeOptions.for_accelerator(accelerator, clip.image_transform("targetpad", 1.25),
                                        cache, progress=False)
 features = split_features(clip, split, encode)
 rank = accelerator.process_index

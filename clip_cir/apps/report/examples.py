@@ -112,7 +112,6 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     from clip_cir.data.images import EVALUATION_HINT, ImageCheck
     from clip_cir.encoding.encode import EncodeOptions, split_features
     from clip_cir.evaluation.evaluate import rank_features
-    from clip_cir.models.transforms import transform_for
 
     skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data
     splits = load_splits(_config_value(run, "dataset"), Path(_config_value(run, "data_root")), split,
@@ -123,7 +122,7 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     clip.model.to(device)
     if hasattr(combine, "to"):
         combine = combine.to(device)
-    encode = EncodeOptions(transform=transform_for(clip, run.config.get("transform", "targetpad"),
+    encode = EncodeOptions(transform=clip.image_transform(run.config.get("transform", "targetpad"),
                                                    float(run.config.get("target_ratio", 1.25))),
                            device=device, image_cache=cache, text_cache=None, progress=progress)
     # text_cache=None: a handful of captions is cheap, and caching each random selection would litter the cache

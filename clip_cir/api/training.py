@@ -1,4 +1,4 @@
-"""clip-cir's Python API (docs/api.md): train from settings.
+"""Training from Python (docs/api.md): settings in, a trained run out.
 
 `finetune`, `train_combiner` and `pretrain` run the same code as `clip-cir finetune`,
 `clip-cir train-combiner` and `clip-cir pretrain` (which call them): settings are a config object

@@ -1,0 +1,451 @@
+"""The Python API: load a model in one call, then encode, compose and search.
+
+    import clip_cir
+    model = clip_cir.load("runs/cirr-stage2")          # its CLIP and its Combiner
+    gallery = model.index("photos/")                    # features through the feature cache
+    hits = gallery.search("photos/a.jpg", "is red with long sleeves", k=10)   # [(name, score), ...]
+
+Every number comes from the functions `clip-cir eval` runs: the same loaders, the same transform
+(`--transform` default targetpad), the same image encoding and feature cache keys, the same
+combining function and normalisation, the same search back-ends. The web demo answers its
+queries through these objects too. Documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_cir.config import ModelConfig
+from clip_cir.constants import TRANSFORMS
+from clip_cir.data.folder import folder_gallery
+from clip_cir.data.types import CIRSplit
+from clip_cir.encoding.encode import EncodeOptions, encode_captions, encode_image_files
+from clip_cir.encoding.features import (
+    INFERENCE_BATCH_SIZE,
+    FeatureCache,
+    default_cache_dir,
+    encode_counts,
+    eval_mode,
+)
+from clip_cir.encoding.search import SearchIndex, build_index
+from clip_cir.errors import CIRError
+from clip_cir.evaluation.evaluate import compose_features
+from clip_cir.models.clip import LoadedCLIP, load_clip
+from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction, check_combiner_fits, load_combiner
+from clip_cir.models.hub import hub_repo_id
+from clip_cir.models.towers import MEMORY_FORMATS, is_channels_last, set_memory_format, tower_input
+from clip_cir.models.transforms import ImageTransform
+
+log = logging.getLogger("clip_cir")
+
+ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+"""An image: a file path, a decoded PIL image, or already-preprocessed pixels ([3, H, W] or a
+[N, 3, H, W] batch: uint8 pixels as the transform crops them, or the float tensor it returns)."""
+
+CACHE_MIN_ROWS = 256
+"""Lists of image files or captions at least this long (a default batch) go through the feature
+cache; a shorter list is encoded directly, since a cache key hashes the whole tower, which costs
+more than encoding a few inputs (and a service's queries would each leave an entry). Cached or
+not, the features are the same. `index` always uses the cache."""
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CIRError(f"unknown device '{device}' ({str(e).splitlines()[0][:120]})") from None
+
+
+def _feature_cache(cache: bool | str | os.PathLike | None) -> FeatureCache | None:
+    if cache is True:
+        return FeatureCache(default_cache_dir())
+    if cache is None or cache is False:
+        return None
+    return FeatureCache(cache)
+
+
+def _stage2_config(source: str | None) -> dict[str, Any] | None:
+    """The config.json of a stage-2 run directory (it names the run's CLIP), else None."""
+    if source is None or hub_repo_id(source) is not None:
+        return None
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CIRError(f"{path}: unreadable run config ({e})") from None
+    return config if isinstance(config, dict) and config.get("program") == "stage2" else None
+
+
+def load(pretrained: str | os.PathLike | None = None, *, model: str | None = None,
+         combiner: str | os.PathLike | None = None, combining: str | None = None,
+         device: str | torch.device | None = None, transform: str | ImageTransform = ModelConfig.transform,
+         target_ratio: float = ModelConfig.target_ratio, batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
+         cache: bool | str | os.PathLike | None = True, channels_last: str = "auto",
+         progress: bool = True) -> CIRModel:
+    """A CLIP and its combining function, ready to encode, compose and search.
+
+    `pretrained` is anything `--pretrained` takes (an open_clip tag with `model`, a checkpoint
+    file, a stage-1 run directory, `hf-hub:ORG/NAME`) or a stage-2 run directory, whose
+    config.json names its CLIP: that CLIP and the run's Combiner are loaded. `combiner` is
+    anything `--combiner` takes; an `hf-hub:` repository written by `clip-cir export` brings its
+    own `combiner.safetensors`. Otherwise queries combine by `combining`: "sum" (the default) or
+    "image". With neither `pretrained` nor `model`: RN50x4 with OpenAI's weights, as the commands.
+
+    `device`: None means CUDA when available, else the CPU. `transform`, `target_ratio`,
+    `batch_size`, `num_workers`, `channels_last` are the encoding commands' options of those
+    names; `cache`: True (the feature cache `clip-cir eval` uses), False, or a folder.
+    """
+    source = None if pretrained is None else os.fspath(pretrained)
+    if combining is not None and combining not in COMBINING_FUNCTIONS:
+        raise CIRError(f"unknown combining '{combining}' (choose from {', '.join(COMBINING_FUNCTIONS)}, "
+                       f"or give a Combiner)")
+    if combining is not None and combiner is not None:
+        raise CIRError("give combiner or combining, not both")
+    if transform not in TRANSFORMS and not isinstance(transform, ImageTransform):
+        raise CIRError(f"unknown transform {transform!r} (choose from {', '.join(TRANSFORMS)}, or an ImageTransform)")
+    for name, value in (("batch_size", batch_size), ("target_ratio", target_ratio)):
+        if value <= 0:
+            raise CIRError(f"{name} must be positive, got {value}")
+    if channels_last not in MEMORY_FORMATS:
+        raise CIRError(f"channels_last must be one of {', '.join(MEMORY_FORMATS)}, got {channels_last!r}")
+    device = _device(device)
+
+    run = _stage2_config(source)
+    combiner_source = None if combiner is None else os.fspath(combiner)
+    if run is not None:
+        if combiner_source is not None:
+            raise CIRError(f"{source} is a stage-2 run and brings its own Combiner; to combine its CLIP with "
+                           f"another, pass that CLIP as pretrained")
+        clip = load_clip(model or run.get("model"), run.get("pretrained"))
+        combiner_source = None if combining is not None else source
+    else:
+        clip = load_clip(model, source)
+        repo_id = hub_repo_id(source) or hub_repo_id(model)
+        if combiner_source is None and combining is None and repo_id is not None:
+            combiner_source = _hub_combiner(repo_id)
+
+    if combiner_source is not None:
+        combine: CombiningFunction = load_combiner(combiner_source)
+        check_combiner_fits(combine, clip)
+        combine = combine.to(device)
+        name = f"Combiner ({combiner_source})"
+    else:
+        combine, name = COMBINING_FUNCTIONS[combining or "sum"]
+    clip.model.to(device)
+    set_memory_format(clip.model, device, channels_last)
+    if not isinstance(transform, ImageTransform):
+        transform = clip.image_transform(transform, target_ratio)
+    features = _feature_cache(cache)
+    encode = EncodeOptions(transform=transform, device=device, batch_size=batch_size, num_workers=num_workers,
+                           image_cache=features, text_cache=features, progress=progress)
+    log.info("model: %s | combining: %s | device: %s", clip.describe(), name, device)
+    return CIRModel(clip, combine, encode, combining=name)
+
+
+def _hub_combiner(repo_id: str) -> str | None:
+    """`hf-hub:ORG/NAME` when the repository holds a Combiner (a `clip-cir export`), else None."""
+    from clip_cir.models.combiner import COMBINER_FILE
+    from clip_cir.models.hub import HUB_PREFIX, hub_file
+
+    try:
+        hub_file(repo_id, COMBINER_FILE)
+    except CIRError as e:
+        log.info("%s; combining with the element-wise sum", e)
+        return None
+    return f"{HUB_PREFIX}{repo_id}"
+
+
+def check_caption(caption: object) -> str:
+    """A caption as given, once checked: a string with some text in it."""
+    if not isinstance(caption, str):
+        raise CIRError(f"caption must be a string, got {type(caption).__name__}")
+    if not caption.strip():
+        raise CIRError("caption is empty: type how the reference should change")
+    return caption
+
+
+def _image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """One image or several as a list; a [N, 3, H, W] tensor is N images."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise CIRError(f"a pixel tensor must be [3, H, W] or [N, 3, H, W], got shape {tuple(images.shape)}")
+    if not isinstance(images, Sequence):
+        raise CIRError(f"images must be paths, PIL images or tensors, got {type(images).__name__}")
+    out = []
+    for image in images:
+        if isinstance(image, torch.Tensor) and image.ndim != 3:
+            raise CIRError(f"a pixel tensor in a list must be [3, H, W], got shape {tuple(image.shape)}")
+        if not isinstance(image, (str, os.PathLike, Image.Image, torch.Tensor)):
+            raise CIRError(f"an image must be a path, a PIL image or a tensor, got {type(image).__name__}")
+        out.append(image)
+    return out
+
+
+def _image_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CIRError(f"{path}: image file not found")
+    return path
+
+
+class CIRModel:
+    """A CLIP, its combining function and how to encode (device, transform, batches, cache).
+
+    Made by `load`. Image and text features are rows of float32 CPU tensors."""
+
+    def __init__(self, clip: LoadedCLIP, combine: CombiningFunction, encode: EncodeOptions, *,
+                 combining: str = "element-wise sum"):
+        self.clip = clip
+        self.combine = combine
+        self.encode = encode
+        self.combining = combining
+        """The combining function's name for people: a Combiner and its source, or the sum's."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.encode.device)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.embed_dim
+
+    @property
+    def transform(self) -> ImageTransform:
+        return self.encode.transform
+
+    def __repr__(self) -> str:
+        return (f"CIRModel({self.clip.describe()}, combining={self.combining}, device={self.device}, "
+                f"transform={self.transform.signature.split('|')[0]})")
+
+    # --- raw features (what the feature cache stores and the combining function takes) -----------------
+
+    def image_features(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """Raw CLIP image features [N, D]. Files are encoded as `clip-cir eval` encodes a gallery
+        (the same batches, and for lists of `CACHE_MIN_ROWS` files or more the same feature cache
+        entry for the same list); PIL images and pixel tensors in batches of the same size."""
+        items = _image_list(images)
+        files = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+        options = self.encode if len(files) >= CACHE_MIN_ROWS else replace(self.encode, image_cache=None)
+        if len(files) == len(items):
+            return encode_image_files(self.clip, [_image_file(p) for p in items], options, "image features")
+        out = torch.empty(len(items), self.embed_dim)
+        if files:
+            out[files] = encode_image_files(self.clip, [_image_file(items[i]) for i in files], options,
+                                            "image features")
+        listed = set(files)
+        others = [i for i in range(len(items)) if i not in listed]
+        out[others] = self._encode_in_memory([items[i] for i in others])
+        return out
+
+    @torch.no_grad()
+    def _encode_in_memory(self, images: list[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """Decoded images and pixel tensors through the image tower, batch by batch, as
+        `features.encode_images` runs files: uint8 pixels to the device, normalised there."""
+        transform, device = self.encode.transform, self.device
+        channels_last = is_channels_last(self.clip.model.visual)
+        size = self.clip.input_size
+        for image in images:
+            if isinstance(image, torch.Tensor) and tuple(image.shape) != (3, size, size):
+                raise CIRError(f"a pixel tensor for this model is [3, {size}, {size}] (preprocessed by "
+                               f"model.transform), got shape {tuple(image.shape)}")
+        parts = []
+        with eval_mode(self.clip.model):
+            for start in range(0, len(images), self.encode.batch_size):
+                pixels = [transform.pixels(image) if isinstance(image, Image.Image) else image.cpu()
+                          for image in images[start:start + self.encode.batch_size]]
+                if len({p.dtype for p in pixels}) > 1:  # uint8 pixels next to float ones: all as model input
+                    pixels = [transform.normalize(p) for p in pixels]
+                batch = torch.stack(pixels)
+                batch = tower_input(batch.to(device), channels_last)
+                with (self.encode.autocast or nullcontext)():
+                    features = self.clip.model.encode_image(transform.normalize(batch))
+                encode_counts["image"] += len(batch)
+                parts.append(features.float().cpu())
+        return torch.cat(parts)
+
+    def text_features(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Raw CLIP text features [N, D], encoded as `clip-cir eval` encodes a split's captions."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for text in texts:
+            check_caption(text)
+        options = self.encode if len(texts) >= CACHE_MIN_ROWS else replace(self.encode, text_cache=None)
+        return encode_captions(self.clip, texts, options, "text features")
+
+    def compose_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Query vectors [N, D] from raw image and text features: the combining function, as evaluation runs it."""
+        return compose_features(self.combine, image_features, text_features)
+
+    # --- the API ----------------------------------------------------------------------------------------
+
+    def encode_images(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """Image features [N, D] with unit rows: what a gallery is searched by."""
+        return F.normalize(self.image_features(images), dim=-1)
+
+    def encode_texts(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Text features [N, D] with unit rows."""
+        return F.normalize(self.text_features(texts), dim=-1)
+
+    def compose(self, images: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]) -> torch.Tensor:
+        """Query vectors [N, D] with unit rows: reference image i changed by caption i."""
+        items = _image_list(images)
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if len(items) != len(captions):
+            raise CIRError(f"{len(items)} images but {len(captions)} captions: give one caption per image")
+        text = self.text_features(captions)
+        return self.compose_features(self.image_features(items), text)
+
+    def index(self, images: GallerySource, *, exclude_reference: bool = True, backend: str = "exact",
+              **faiss_options: Any) -> Gallery:
+        """A searchable gallery: a folder (every image below it, named by its path in the folder,
+        as `--gallery-dir`), a list of image files (named as given), a mapping name -> file, or
+        dataset splits (`clip_cir.data.load_splits`; their galleries' union). Features come
+        from the feature cache when `clip-cir eval`, `rank` or the demo computed them.
+        `backend`: "exact" or "faiss" (with `index="flat"|"ivf"|"hnsw"`, `nprobe=`)."""
+        images = self.gallery_features(images)
+        return Gallery(self, images.names, images.paths, images.features, exclude_reference=exclude_reference,
+                       backend=backend, **faiss_options)
+
+    def gallery_features(self, images: GallerySource) -> GalleryFeatures:
+        """What `index` searches, without the index: names, files and raw features."""
+        if isinstance(images, (str, os.PathLike)):
+            root = Path(images)
+            if root.is_file():
+                raise CIRError(f"{root}: a gallery is a folder or a list of images, not one file")
+            splits = [folder_gallery(root)]
+        elif isinstance(images, CIRSplit):
+            splits = [images]
+        elif isinstance(images, Sequence) and images and all(isinstance(s, CIRSplit) for s in images):
+            splits = list(images)
+        else:
+            splits = [_listed_gallery(images)]
+        names: list[str] = []
+        paths: dict[str, Path] = {}
+        parts = []
+        for split in splits:  # each split's files as evaluation lists them: its feature cache entry
+            features = encode_image_files(self.clip, list(split.gallery.values()), self.encode,
+                                          f"{split.name} {split.split} gallery")
+            keep = []
+            for i, (name, path) in enumerate(split.gallery.items()):
+                if name not in paths:
+                    keep.append(i)
+                    names.append(name)
+                    paths[name] = path
+            parts.append(features if len(keep) == len(features) else features[keep])  # no copy of a large gallery
+        if not names:
+            raise CIRError("the gallery is empty: it lists no images")
+        return GalleryFeatures(names, paths, parts[0] if len(parts) == 1 else torch.cat(parts))
+
+
+@dataclass(eq=False)
+class GalleryFeatures:
+    """Named gallery images, their files and their raw CLIP features, in index order."""
+
+    names: list[str]
+    paths: dict[str, Path]
+    features: torch.Tensor
+
+
+GallerySource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Mapping[str, Union[str, os.PathLike]],
+                      CIRSplit, Sequence[CIRSplit]]
+"""What `CIRModel.index` takes: a folder, image files, name -> file, or dataset splits."""
+
+
+def _listed_gallery(images: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]) -> CIRSplit:
+    """A list of image files (named as given) or a mapping name -> file, as a split without queries."""
+    if isinstance(images, Mapping):
+        listed = [(str(name), file) for name, file in images.items()]
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        listed = [(os.fspath(file) if isinstance(file, (str, os.PathLike)) else file, file) for file in images]
+    else:
+        raise CIRError(f"a gallery is a folder, a list of image files or a mapping name -> file, "
+                       f"got {type(images).__name__}")
+    gallery: dict[str, Path] = {}
+    for name, file in listed:
+        if not isinstance(file, (str, os.PathLike)):
+            raise CIRError(f"a gallery image must be a file path, got {type(file).__name__}")
+        if name in gallery:
+            raise CIRError(f"'{name}' is listed twice in the gallery")
+        gallery[name] = _image_file(file)
+    return CIRSplit(dataset="files", name="listed", split="gallery", queries=[], gallery=gallery,
+                    exclude_reference=False, recall_ks=())
+
+
+class Gallery(GalleryFeatures):
+    """Named images, their raw CLIP features (index order) and a search index over them."""
+
+    def __init__(self, model: CIRModel, names: Sequence[str], paths: Mapping[str, Path], features: torch.Tensor,
+                 *, exclude_reference: bool = True, backend: str = "exact", **faiss_options: Any):
+        self.model = model
+        self.names = list(names)
+        self.paths = dict(paths)
+        self.features = features
+        """Raw features [N, D], as the feature cache stores them; the index holds them normalised."""
+        self.exclude_reference = exclude_reference
+        self.index_of = {name: i for i, name in enumerate(self.names)}
+        self.index: SearchIndex = build_index(F.normalize(features, dim=-1), backend, **faiss_options)
+        self._by_file: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Gallery({len(self)} images, search: {self.index.description})"
+
+    def locate(self, reference: ImageInput) -> int | None:
+        """The gallery row a reference is (a name, or the path of a gallery file), else None."""
+        if isinstance(reference, str) and reference in self.index_of:
+            return self.index_of[reference]
+        if isinstance(reference, (str, os.PathLike)):
+            if self._by_file is None:
+                self._by_file = {os.path.normcase(os.path.abspath(p)): i
+                                 for i, p in enumerate(self.paths[n] for n in self.names)}
+            row = self._by_file.get(os.path.normcase(os.path.abspath(reference)))
+            if row is None and not Path(reference).is_file():
+                raise CIRError(f"reference '{os.fspath(reference)[:200]}' is neither an image of the gallery "
+                               f"nor an image file")
+            return row
+        if isinstance(reference, (Image.Image, torch.Tensor)):
+            return None
+        raise CIRError(f"a reference is a gallery name, a path, a PIL image or a tensor, "
+                       f"got {type(reference).__name__}")
+
+    def search(self, reference: ImageInput, caption: str, k: int = 10, *,
+               exclude_reference: bool | None = None) -> list[tuple[str, float]]:
+        """The k gallery images that best match `reference` changed by `caption`: (name, score)
+        best first, scores being cosine similarities. A reference that is a gallery image (by name
+        or path) is left out of its own results unless `exclude_reference=False` (default: the
+        gallery's setting, True unless `index` was told otherwise)."""
+        caption = check_caption(caption)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CIRError(f"k must be a positive integer, got {k!r}")
+        row = self.locate(reference)
+        image = self.features[row:row + 1] if row is not None else self.model.image_features([reference])
+        query = self.model.compose_features(image, self.model.text_features([caption]))
+        exclude = self.exclude_reference if exclude_reference is None else exclude_reference
+        return self.search_features(query, k, row if exclude else None)
+
+    def search_features(self, query: torch.Tensor, k: int, exclude: int | None = None) -> list[tuple[str, float]]:
+        """(name, score) of the k gallery images nearest one query vector, minus row `exclude`."""
+        scores, indices = self.index.search(query.reshape(1, -1), k,
+                                            None if exclude is None else torch.tensor([exclude]))
+        return [(self.names[i], float(s)) for i, s in zip(indices[0].tolist(), scores[0].tolist()) if i >= 0]
