@@ -86,6 +86,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if hint is Path or (Path in args and isinstance(value, str)):
         return Path(value)
+    if (hint is str or str in args) and isinstance(value, os.PathLike):  # a checkpoint path as `pretrained`
+        return os.fspath(value)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]

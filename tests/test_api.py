@@ -402,3 +402,31 @@ def test_import_clip_cir_and_help_load_no_torch_and_the_api_loads_on_first_use()
     assert "usage: clip-cir" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'fine_tune'"):
         clip_cir.fine_tune  # noqa: B018 - not a name of the API
+
+
+def test_readme_training_example_runs_on_synthetic_data(synth_root, tmp_path, monkeypatch):
+    """README.md's training block, with the synthetic data for DATA and, for a CPU, the tiny model
+    and one short epoch: stage 1 then stage 2 on its CLIP, whose best numbers are the ones its
+    validation logged, and which `clip_cir.load` then composes with."""
+    import pandas as pd
+
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8")
+                      .split("## Python API", 1)[1], re.DOTALL)[1]
+    small = 'epochs=1, batch_size=40, lr=1e-4, num_workers=0, no_progress=True'
+    for old, new in [('"DATA"', repr(str(synth_root))),
+                     ('model="RN50x4", pretrained="openai"', f'model="cir-tiny-vit", pretrained=None, {small}'),
+                     ('experiment_name="cirr-stage2"', f'experiment_name="cirr-stage2", {small}')]:
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile("import clip_cir\n" + code, "README.md", "exec"), namespace)
+    stage1, stage2 = namespace["stage1"], namespace["stage2"]
+    assert stage1.path == Path("runs/cirr-stage1") and stage2.path == Path("runs/cirr-stage2")
+    config = json.loads((stage2.path / "config.json").read_text())
+    assert config["pretrained"] == str(stage1.path.resolve()) and config["program"] == "stage2"
+    val = pd.read_csv(stage2.path / "validation_metrics.csv")
+    assert stage2.best["score"] == pytest.approx(val["score"].max())
+    assert json.loads((stage1.path / "config.json").read_text())["encoder"] == "both"
+    model = clip_cir.load(stage2.path)
+    assert "Combiner" in model.combining

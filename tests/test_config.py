@@ -76,6 +76,8 @@ def test_options_may_override_a_base_and_sections_may_be_given_whole():
     assert Stage2Config.from_options({"training": training}).training is training
     # A section named like one of its options: the option goes into the section.
     assert Stage1Config.from_options({"model": "RN50"}).model.model == "RN50"
+    # A path where a setting takes a string (a checkpoint or run folder as `pretrained`).
+    assert Stage2Config.from_options({"pretrained": Path("runs/s1")}).model.pretrained == "runs/s1"
 
 
 def test_unknown_and_misspelt_options_are_refused():
