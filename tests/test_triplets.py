@@ -101,6 +101,10 @@ BAD_ROWS = {
                      '{"id": "7", "reference": "b.png", "caption": "y", "target": "a.png"}\n',
                      ":2: duplicate query id '7' (first at line 1)"),
     "malformed line": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n{oops\n', ":2: malformed JSON"),
+    "repeated query": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                       '{"reference": "b.png", "caption": "x", "target": "a.png"}\n'
+                       '{"reference": "a.png", "caption": "x", "target": "b.png"}\n',
+                       ": lines 1, 3: the same query (reference, caption, target) listed 2 times"),
     "missing image": ('{"reference": "a.png", "caption": "x", "target": "gone.png"}\n',
                       "image 'gone.png' listed in val.jsonl is missing on disk"),
 }

@@ -13,7 +13,9 @@ empty or absent in test splits. `caption` is the relative caption. Optional: `id
 unique; default: the line number), `benchmark` (a group: one CIRSplit per value, ranked against
 its own gallery, as FashionIQ's categories) and, in JSONL, `train_captions` (the caption forms
 training draws from) and `aspects` (semantic aspects: mAP@10 is reported per aspect, as CIRCO's).
-Without a gallery file the gallery is every image the split names.
+Without a gallery file the gallery is every image the split names. A split that is evaluated lists
+each query once (rows without an `id` that repeat a group, reference, caption and targets are an
+error); a split trained on may repeat one, which weighs that triplet more.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     path = split_file(root, split)
     protocol = read_protocol(root)
     columns = csv_columns(path, fmt) if path.suffix != ".jsonl" else None
-    found = check(columns or row_columns(read_rows(path, fmt), fmt), path, fmt)
+    # The splits a run trains on (`used_only`) may repeat a query; an evaluated one may not.
+    found = check(columns or row_columns(read_rows(path, fmt), fmt), path, fmt, allow_repeats=split in images.used_only)
     del columns
     table, several = found.table, found.table.all_ground_truths
     exclude = fmt.exclude_reference if fmt.exclude_reference is not None else protocol.get("exclude_reference", True)
