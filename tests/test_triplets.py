@@ -11,6 +11,7 @@ import pytest
 
 from clip_cir.data import load_splits
 from clip_cir.data.convert import convert
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.triplets import TripletFormat, load_triplets
 from clip_cir.errors import CIRError
 
@@ -106,7 +107,7 @@ BAD_ROWS = {
                        '{"reference": "a.png", "caption": "x", "target": "b.png"}\n',
                        ": lines 1, 3: the same query (reference, caption, target) listed 2 times"),
     "missing image": ('{"reference": "a.png", "caption": "x", "target": "gone.png"}\n',
-                      "image 'gone.png' listed in val.jsonl is missing on disk"),
+                      "image 'gone.png' listed in val.jsonl:1 is missing on disk"),
 }
 
 
@@ -124,6 +125,35 @@ def test_bad_input_is_one_line_naming_file_and_line(case, tmp_path, cli, tiny_ch
     assert where in result.err and not out.exists()
 
 
+@pytest.mark.parametrize("variant", ["csv", "ragged csv", "jsonl"])
+def test_a_missing_image_or_a_path_out_of_the_folder_names_the_line_that_lists_it(variant, tmp_path):
+    """Both readers: the first row naming the image (a reference or a target, the path however
+    written), in the error and in what --skip-missing-images records."""
+    data = tmp_path / "data"
+    _photos(data, ["a.png", "b.png", "c.png"])
+    rows = [("a.png", "x", "b.png"), ("c.png", "y", "../../elsewhere/gone.png"), ("b.png", "z", "gone.png"),
+            ("./gone.png", "w", "a.png")]
+    if variant == "jsonl":
+        (data / "val.jsonl").write_text("".join(json.dumps(dict(zip(("reference", "caption", "target"), row))) + "\n"
+                                                for row in rows))
+        first, second = 2, 3
+    else:
+        extra = ",extra" if variant == "ragged csv" else ""  # a row with a field more: read row by row
+        (data / "val.csv").write_text("reference,caption,target\n" + ",".join(rows[0]) + extra + "\n"
+                                      + "".join(",".join(row) + "\n" for row in rows[1:]))
+        first, second = 3, 4
+    name = f"val.{'jsonl' if variant == 'jsonl' else 'csv'}"
+    with pytest.raises(CIRError) as error:
+        load_triplets(data, "val")
+    assert str(error.value).startswith(f"{data / '../../elsewhere/gone.png'}: image '../../elsewhere/gone.png' "
+                                       f"listed in {name}:{first} is missing on disk; 1 more of the 5 images")
+    check = ImageCheck(skip=True)
+    (split,) = load_triplets(data, "val", images=check)
+    assert {s.name: s.listed_in for s in check.skipped.values()} == {"../../elsewhere/gone.png": f"{name}:{first}",
+                                                                     "gone.png": f"{name}:{second}"}
+    assert [q.reference for q in split.queries] == ["a.png"]
+
+
 def test_csv_missing_column_names_the_columns_and_the_flag(tmp_path):
     (tmp_path / "train.csv").write_text("reference,text,target\na.png,x,b.png\n")
     with pytest.raises(CIRError, match=r"train.csv:1: no column 'caption' \(columns: reference, text, target; "
@@ -139,7 +169,7 @@ def test_gallery_file_that_lacks_a_target_or_names_a_missing_image(tmp_path, cli
     with pytest.raises(CIRError, match=r"val.jsonl:2: target 'c.png' is not in the gallery val.gallery.txt"):
         load_triplets(tmp_path, "val")
     (tmp_path / "val.gallery.txt").write_text("c.png\nb.png\na.png\nextra.png\n")
-    with pytest.raises(CIRError, match="image 'extra.png' listed in val.gallery.txt is missing on disk"):
+    with pytest.raises(CIRError, match="image 'extra.png' listed in val.gallery.txt:4 is missing on disk"):
         load_triplets(tmp_path, "val")
     shutil.copy(tmp_path / "a.png", tmp_path / "extra.png")
     (split,) = load_triplets(tmp_path, "val")
@@ -149,9 +179,7 @@ def test_gallery_file_that_lacks_a_target_or_names_a_missing_image(tmp_path, cli
     result = cli("eval", "--dataset", "triplets", "--data-root", tmp_path, "--pretrained", tiny_checkpoint)
     assert result.code == 2 and result.err.strip().splitlines()[-1].endswith(
         f"{tmp_path / 'c.png'}: corrupt or unreadable image (cannot identify image file '{tmp_path / 'c.png'}')")
-    from clip_cir.data.images import ImageCheck
-
-    with pytest.raises(CIRError, match="c.png' listed in val.gallery.txt is unreadable"):
+    with pytest.raises(CIRError, match="c.png' listed in val.gallery.txt:1 is unreadable"):
         load_triplets(tmp_path, "val", images=ImageCheck(readable=True))
     check = ImageCheck(skip=True, readable=True)
     (split,) = load_triplets(tmp_path, "val", images=check)

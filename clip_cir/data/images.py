@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -134,8 +134,10 @@ class ImageCheck:
         self._settle(bad, len(candidates))
         return found
 
-    def locate_files(self, files: ImageFiles, listed_in: Path) -> ImageFiles:
-        """`locate` for a gallery of one file per name, kept as arrays."""
+    def locate_files(self, files: ImageFiles, listed_in: Path,
+                     where: Callable[[str], str] | None = None) -> ImageFiles:
+        """`locate` for a gallery of one file per name, kept as arrays. `where(name)` says which
+        line lists an image (`val.csv:3`), asked only for the images that cannot be used."""
         if not self.require_files:
             return files
         bad: list[SkippedImage] = []
@@ -143,7 +145,7 @@ class ImageCheck:
         checked = check_files([(path,) for path in files.values()], self.readable)
         for i, (name, (path, reason)) in enumerate(zip(files, checked)):
             if reason is not None:
-                bad.append(SkippedImage(name, path, reason, listed_in.name))
+                bad.append(SkippedImage(name, path, reason, where(name) if where else listed_in.name))
                 keep[i] = False
         self._settle(bad, len(files))
         return files.take(keep) if bad else files

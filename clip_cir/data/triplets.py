@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from clip_cir.data.columns import check, csv_columns, normalise_paths, row_columns
+from clip_cir.data.columns import Checked, check, csv_columns, normalise_paths, row_columns
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.table import ImageFiles, QueryTable, return_freed_memory, strings
 from clip_cir.data.types import CIRSplit
@@ -174,7 +175,8 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
             _check_listed(queries, lines, candidates, path, gallery_path)
             if split in images.used_only:
                 candidates = candidates.take(pd.Index(named).get_indexer(candidates.names) >= 0)
-        gallery = images.locate_files(candidates, gallery_path or path)
+        where = _gallery_lines(gallery_path) if gallery_path else _row_lines(found, path)
+        gallery = images.locate_files(candidates, gallery_path or path, where)
         splits.append(images.drop_queries(
             CIRSplit(dataset="triplets", name=group_name, split=split, queries=queries, gallery=gallery,
                      exclude_reference=bool(exclude), recall_ks=recall_ks, map_ks=map_ks),
@@ -182,6 +184,34 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     del found, table
     return_freed_memory()
     return splits
+
+
+def _row_lines(found: Checked, path: Path) -> Callable[[str], str]:
+    """name -> `file:line` of the first row that names the image, for errors about it: worked out
+    on the first call, which only an unusable image makes."""
+    first_line: list[np.ndarray] = []
+
+    def where(name: str) -> str:
+        if not first_line:
+            table = found.table
+            mention_rows = np.repeat(np.arange(len(table)), 1 + table.targets.lengths)
+            codes, first = np.unique(found.image_codes, return_index=True)
+            lines = np.zeros(len(table.names), dtype=np.int64)
+            lines[codes] = found.lines[mention_rows[first]]
+            first_line.append(lines)
+        return f"{path.name}:{first_line[0][pd.Index(found.table.names).get_loc(name)]}"
+    return where
+
+
+def _gallery_lines(path: Path) -> Callable[[str], str]:
+    """name -> `file:line` of the gallery file's first line that names the image (read again on
+    each call: only an unusable image makes one)."""
+    def where(name: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            line = next((number for number, text in enumerate(f, 1)
+                         if text.strip() and os.path.normpath(text.strip()) == name), None)
+        return f"{path.name}:{line}" if line else path.name
+    return where
 
 
 def _check_listed(queries: QueryTable, lines: np.ndarray, gallery: ImageFiles, path: Path, gallery_path: Path) -> None:
