@@ -239,6 +239,26 @@ def test_a_folder_of_photos_is_a_gallery(tmp_path):
         folder_gallery(tmp_path / "empty")
 
 
+def test_a_gallery_dir_that_is_a_file_is_not_a_folder(tmp_path, cli, tiny_checkpoint):
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    _photos(tmp_path, ["photo.png"])
+    (tmp_path / "queries.csv").write_text("reference,caption\nphoto.png,red\n")
+    message = f"{tmp_path / 'photo.png'}: not a folder (--gallery-dir takes the folder that holds the photos)"
+    result = cli("rank", "--gallery-dir", tmp_path / "photo.png", "--query-file", tmp_path / "queries.csv",
+                 "--pretrained", tiny_checkpoint, "--output", tmp_path / "ranks.json")
+    assert result.code == 2 and result.error_lines == [f"clip-cir: error: {message}"], result.err
+    args = demo_parser().parse_args(["--gallery-dir", str(tmp_path / "photo.png"),
+                                     "--pretrained", str(tiny_checkpoint)])
+    with pytest.raises(CIRError) as error:
+        _build_app(args)
+    assert str(error.value) == message
+    result = cli("rank", "--gallery-dir", tmp_path / "absent", "--query-file", tmp_path / "queries.csv",
+                 "--pretrained", tiny_checkpoint, "--output", tmp_path / "ranks.json")
+    assert result.error_lines == [f"clip-cir: error: {tmp_path / 'absent'}: gallery folder not found"]
+
+
 def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_checkpoint, cli, tmp_path):
     out = tmp_path / "cirr-triplets"
     result = cli("convert", "cirr", "--data-root", synth_root, "--output", out)

@@ -22,6 +22,8 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 def folder_gallery(root: str | os.PathLike, images: ImageCheck | None = None) -> CIRSplit:
     """The images under `root` (any depth, hidden folders skipped) as a CIRSplit without queries."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise CIRError(f"{root}: not a folder (--gallery-dir takes the folder that holds the photos)")
     if not root.is_dir():
         raise CIRError(f"{root}: gallery folder not found")
     root = root.absolute()
