@@ -318,7 +318,34 @@ def test_demo_engine_serves_a_nested_photo_folder(tmp_path, tiny_checkpoint):
     answer = client.post("/api/search", json={"reference": "tops/long/sleeved/e.png", "caption": "make it red",
                                               "k": 5}).get_json()
     assert answer["reference"] == "tops/long/sleeved/e.png"
-    assert sorted(hit["name"] for hit in answer["results"]) == sorted(names)  # the folder keeps the reference
+    assert sorted(hit["name"] for hit in answer["results"]) == sorted(set(names) - {answer["reference"]})
     for hit in answer["results"]:
         assert hit["url"] == f"/images/{hit['name']}"
         assert client.get(hit["url"]).data == (shop / hit["name"]).read_bytes()
+
+
+def test_demo_and_rank_rank_a_folder_query_alike_without_its_reference(tmp_path, tiny_checkpoint, cli):
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    shop = tmp_path / "shop"
+    names = [f"{folder}/{i}.png" for folder in ("tops", "dresses/long") for i in range(4)]
+    _photos(shop, names)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    args = demo_parser().parse_args(["--gallery-dir", str(shop), "--pretrained", str(tiny_checkpoint), *cache])
+    client = _build_app(args).test_client()
+    assert client.get("/api/info").get_json()["exclude_reference"] is True
+    rows = "".join(f"shop/{name},make it red\n" for name in names)
+    (tmp_path / "queries.csv").write_text("reference,caption\n" + rows)
+    ranks = tmp_path / "ranks.json"
+    result = cli("rank", "--gallery-dir", shop, "--query-file", tmp_path / "queries.csv", "--pretrained",
+                 tiny_checkpoint, "--top-k", len(names), "--output", ranks, *cache)
+    assert result.code == 0, result.err
+    for query in json.loads(ranks.read_text())["queries"]:
+        answer = client.post("/api/search", json={"reference": query["reference"], "caption": "make it red",
+                                                  "k": len(names)}).get_json()
+        assert answer["excluded_reference"] is True and len(answer["results"]) == len(names) - 1
+        assert query["reference"] not in [hit["name"] for hit in answer["results"]]
+        assert [hit["name"] for hit in answer["results"]] == [hit["name"] for hit in query["ranking"]]
+        assert [hit["score"] for hit in answer["results"]] == pytest.approx([hit["score"] for hit in query["ranking"]],
+                                                                            abs=1e-5)
