@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq, triplets
+from clip_cir.data import circo, cirr, fashioniq
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:  # numpy and pandas load with the triplet reader, not when the parsers import this (--help)
+    from clip_cir.data.triplets import TripletFormat
 
 DATASETS = ("cirr", "fashioniq", "circo", "triplets")
 
@@ -20,7 +23,7 @@ def dataset_splits(dataset: str) -> tuple[str, ...]:
 
 def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
                 images: ImageCheck | None = None, circo_query_text: str = "caption",
-                triplet_format: triplets.TripletFormat | None = None) -> list[CIRSplit]:
+                triplet_format: TripletFormat | None = None) -> list[CIRSplit]:
     """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
 
     Image paths are absolute, so a split means the same files from any working directory (the
@@ -41,5 +44,7 @@ def load_splits(dataset: str, data_root: str | Path, split: str, categories: Seq
     if dataset == "circo":
         return circo.load_circo(data_root, split, circo_query_text, images)
     if dataset == "triplets":
-        return triplets.load_triplets(data_root, split, triplet_format, images)
+        from clip_cir.data.triplets import load_triplets
+
+        return load_triplets(data_root, split, triplet_format, images)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
