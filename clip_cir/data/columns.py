@@ -332,8 +332,8 @@ def _refuse_repeats(columns: Columns, reference: np.ndarray, targets: Ragged, pa
 
     Rows with an id of their own are distinct queries whatever they hold (a benchmark may ask one
     question twice); the others are compared on (group, reference, caption, targets) in a few
-    vectorised passes: image codes and caption lengths first, the captions of rows that share
-    those after (hashing every caption would double the time to read a large file)."""
+    vectorised passes: image codes and caption lengths first, then the captions themselves (the
+    costly part) of only the rows that share those."""
     every = columns.ids is None
     rows = np.arange(len(reference)) if every else np.flatnonzero(columns.ids == "")
     if len(rows) < 2:
