@@ -2,13 +2,17 @@
 differ from OpenAI's CLIP: a pretrained tag's own mean/std and resize mode, which our checkpoints
 must carry on; a Hub repository in open_clip's layout (SigLIP-style: Hugging Face tokenizer named
 by its config, logit bias, its own preprocessing) and a checkpoint trained from it, reloaded
-without the repository; open_clip checkpoints of Hugging Face text towers as open_clip loads them."""
+without the repository; open_clip checkpoints of Hugging Face text towers as open_clip loads them;
+Hub-hosted tags fetched without huggingface_hub's retries, failing in one line when not at hand."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -130,3 +134,67 @@ def test_an_open_clip_checkpoint_of_a_hugging_face_text_tower_loads_as_open_clip
     tokens = clip.tokenizer(TEXTS)
     with torch.no_grad():
         assert torch.equal(clip.model.encode_text(tokens), reference.encode_text(tokens))
+
+
+def test_a_hub_hosted_tag_loads_from_the_cache_as_open_clip_loads_it(siglip_hub, monkeypatch):
+    """Tags whose weights live on the Hub are fetched by `hub_file`, then built with the tag's
+    preprocessing: the same model and pixels as open_clip's own download of the tag."""
+    from open_clip.pretrained import _PRETRAINED, _slpcfg
+
+    monkeypatch.setitem(_PRETRAINED, "cir-tiny-siglip", {"webli_hub": _slpcfg(hf_hub=f"{siglip_hub}/")})
+    clip = load_clip("cir-tiny-siglip", "webli_hub")
+    model = open_clip.create_model("cir-tiny-siglip", pretrained="webli_hub").eval()
+    assert clip.source == "webli_hub" and clip.mean_std == ((0.5,) * 3, (0.5,) * 3)
+    assert clip.model.visual.preprocess_cfg == model.visual.preprocess_cfg
+    with torch.no_grad():
+        assert torch.equal(clip.model.encode_image(clip.clip_preprocess(_image()).unsqueeze(0)),
+                           model.encode_image(clip.clip_preprocess(_image()).unsqueeze(0)))
+
+
+NO_RETRY_SCRIPT = """
+import socket, sys, time
+connects, sleeps = [], []
+connect = socket.socket.connect
+def counted(self, address):
+    connects.append(address)
+    return connect(self, address)
+socket.socket.connect = counted
+time.sleep = lambda seconds: sleeps.append(seconds)  # huggingface_hub sleeps before each retry
+from clip_cir.apps.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print(len(connects), len(sleeps))
+"""
+
+
+def test_a_tag_without_network_fails_at_once_in_one_whole_line(synth_root):
+    """HF_HUB_OFFLINE unset and no network (the Hub's address refuses connections): no retries,
+    and one line naming the model and tag that says what is needed."""
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed.getsockname()[1]}",
+               "PYTHONPATH": str(Path(__file__).parents[1])}
+        env.pop("HF_HUB_OFFLINE")
+        args = ["eval", "--dataset", "cirr", "--data-root", str(synth_root), "--num-workers", "0",
+                "--model", "ViT-B-16-SigLIP", "--pretrained", "webli"]
+        done = subprocess.run([sys.executable, "-c", NO_RETRY_SCRIPT, *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+    connects, sleeps = map(int, done.stdout.split())
+    # One connection for the weights, plus at most huggingface_hub's own one-off request for its
+    # agent registry; its retries would make 6 per file and sleep between them.
+    assert done.returncode == 2 and sleeps == 0 and connects <= 2, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("clip-cir: error: ViT-B-16-SigLIP 'webli' weights (hf-hub:timm/ViT-B-16-SigLIP): ")
+    assert "the Hugging Face Hub could not be reached" in line
+    assert line.endswith("downloading it needs internet access once (or use a local weights file instead)")
+
+
+def test_a_tag_offline_and_not_cached_gets_one_whole_line(cli, synth_root):
+    result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--num-workers", "0",
+                 "--model", "ViT-B-16-SigLIP", "--pretrained", "webli")
+    assert result.code == 2 and result.err.count("\n") == 1 and len(result.error_lines) == 1, result.err
+    line = result.error_lines[0]
+    assert "ViT-B-16-SigLIP 'webli' weights" in line and "HF_HUB_OFFLINE is set" in line
+    assert line.endswith("(or use a local weights file instead)")

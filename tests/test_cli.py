@@ -298,3 +298,33 @@ def test_score_cirr_rejects_malformed_submission(case, cli, synth_root, valid_va
     assert result.error_lines[0].startswith(f"clip-cir: error: {path}: ")
     assert reason in result.error_lines[0]
     assert not (tmp_path / "scores.json").exists()
+
+
+HELP_SCRIPT = """
+import contextlib, io, sys
+from clip_cir import params
+from clip_cir.apps.cli import COMMANDS, main
+for argv in (["--help"], *([name, "--help"] for name in [*COMMANDS, *params.PROGRAMS])):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0 and "usage: clip-cir" in out.getvalue(), (argv, e.code)
+for build in (params.cli_parser, params.demo_parser, params.report_parser, params.stage1_parser,
+              params.stage2_parser, params.pretrain_parser, params.quickstart_parser):
+    build().format_help()
+print(" ".join(sorted(m for m in ("numpy", "pandas", "torch", "open_clip") if m in sys.modules)) or "none")
+"""
+
+
+def test_help_imports_no_numerical_package():
+    """`clip-cir --help` and every program's parser and --help, in a fresh process: building the
+    parsers imports neither pandas nor numpy nor torch (they cost most of a second)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", HELP_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["none"]

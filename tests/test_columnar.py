@@ -4,6 +4,7 @@ Query field, the gallery and its order, and for bad input the same one-line erro
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -20,10 +21,13 @@ from clip_cir.errors import CIRError
 NO_FILES = ImageCheck(require_files=False)
 
 
-def _row_by_row(path: Path, fmt: TripletFormat) -> list[tuple[str, list[Query], dict[str, Path]]]:
-    """The reference: each row read, checked and made into a Query in turn (group, queries, gallery)."""
+def _row_by_row(path: Path, fmt: TripletFormat,
+                repeats: bool = False) -> list[tuple[str, list[Query], dict[str, Path]]]:
+    """The reference: each row read, checked and made into a Query in turn (group, queries, gallery);
+    then, unless `repeats`, the first query listed more than once among rows without an id."""
     groups: dict[str, tuple[list[Query], dict[str, Path]]] = {}
     first_line: dict[str, int] = {}
+    listings: dict[tuple, list[int]] = {}
     kinds: set[bool] = set()
 
     def name(value, key: str, where: str) -> tuple[str, Path]:
@@ -64,7 +68,10 @@ def _row_by_row(path: Path, fmt: TripletFormat) -> list[tuple[str, list[Query], 
         forms = row.get("train_captions") or [caption]
         if not (isinstance(forms, list) and all(isinstance(c, str) and c for c in forms)):
             raise CIRError(f"{where}: 'train_captions' should be a list of captions")
-        queries, named = groups.setdefault(str(row.get(fmt.group_key) or "triplets"), ([], {}))
+        group = str(row.get(fmt.group_key) or "triplets")
+        if row.get(fmt.id_key) is None or row.get(fmt.id_key) == "":
+            listings.setdefault((group, reference[0], caption, tuple(n for n, _ in targets)), []).append(line)
+        queries, named = groups.setdefault(group, ([], {}))
         for image, file in [reference, *targets]:
             named.setdefault(image, file)
         names = tuple(n for n, _ in targets)
@@ -73,6 +80,14 @@ def _row_by_row(path: Path, fmt: TripletFormat) -> list[tuple[str, list[Query], 
                              ground_truths=names if len(names) > 1 else None, aspects=tuple(aspects)))
     if not groups:
         raise CIRError(f"{path}: no queries")
+    repeated = [lines for lines in listings.values() if len(lines) > 1]
+    if repeated and not repeats:
+        lines, others = repeated[0], len(repeated) - 1
+        what = ", ".join([fmt.reference_key, fmt.caption_key] + [fmt.target_key] * (True in kinds))
+        more = f" ({others} other quer{'y is' if others == 1 else 'ies are'} repeated too)" if others else ""
+        raise CIRError(f"{path}: lines {', '.join(map(str, lines[:10]))}{', ...' if len(lines) > 10 else ''}: "
+                       f"the same query ({what}) listed {len(lines)} times{more}; an evaluation would count "
+                       f"each listing: list it once")
     if any(q.ground_truths for queries, _ in groups.values() for q in queries):
         groups = {g: ([q if q.ground_truths or q.target is None else dataclasses.replace(q, ground_truths=(q.target,))
                        for q in queries], named) for g, (queries, named) in groups.items()}
@@ -270,3 +285,67 @@ def test_table_and_gallery_behave_as_a_list_and_a_dict(tmp_path):
         gallery["nope"]
     assert gallery == dict(gallery.items()) and list(gallery.values())[0] == tmp_path / "i0.png"
     assert list(ImageFiles(strings([]), tmp_path)) == [] and np.asarray(queries.ids).dtype.kind == "i"
+
+
+REPEATS = ("reference,caption,target\n"
+           "a.png,make it red,b.png\n"
+           "c.png,add a hat,d.png\n"
+           "./a.png, make it red ,b.png\n"
+           "b.png,make it red,c.png\n"
+           "a.png,make it red,img/../b.png\n")
+"""Three listings of one query (however its paths and spaces are written) among five rows."""
+
+
+@pytest.mark.parametrize("variant", ["csv", "ragged csv", "jsonl"])
+def test_a_query_listed_several_times_is_refused_in_an_evaluated_split(variant, tmp_path):
+    text, suffix = REPEATS, ".csv"
+    if variant == "ragged csv":  # one row with an extra field: read row by row
+        text = text.replace("c.png,add a hat,d.png\n", "c.png,add a hat,d.png,extra\n")
+    elif variant == "jsonl":
+        rows = [line.split(",") for line in REPEATS.splitlines()[1:]]
+        text, suffix = "".join(json.dumps(dict(zip(("reference", "caption", "target"), row))) + "\n"
+                               for row in rows), ".jsonl"
+    path = tmp_path / f"val{suffix}"
+    path.write_text(text)
+    fast = csv_columns(path, TripletFormat()) if suffix == ".csv" else None
+    assert (fast is not None) == (variant == "csv")
+    lines = "1, 3, 5" if variant == "jsonl" else "2, 4, 6"
+    expected = (f"{path}: lines {lines}: the same query (reference, caption, target) listed 3 times; "
+                f"an evaluation would count each listing: list it once")
+    with pytest.raises(CIRError) as error:
+        load_triplets(tmp_path, "val", images=NO_FILES)
+    assert str(error.value) == expected
+    with pytest.raises(CIRError) as reference:
+        _row_by_row(path, TripletFormat())
+    assert str(reference.value) == expected
+    # A split trained on keeps every listing (a repeat weighs its triplet more).
+    (split,) = load_triplets(tmp_path, "val", images=ImageCheck(require_files=False, used_only=("val",)))
+    assert len(split.queries) == 5 and [q.reference for q in split.queries].count("a.png") == 3
+    assert list(split.queries) == _row_by_row(path, TripletFormat(), repeats=True)[0][1]
+
+
+@pytest.mark.parametrize("case", ["ids", "groups", "captions", "targets"])
+def test_rows_that_differ_in_id_group_caption_or_targets_are_distinct_queries(case, tmp_path):
+    text = {"ids": "id,reference,caption,target\nq1,a.png,x,b.png\nq2,a.png,x,b.png\n",
+            "groups": "reference,caption,target,benchmark\na.png,x,b.png,dress\na.png,x,b.png,shirt\n",
+            "captions": "reference,caption,target\na.png,x,b.png\na.png,y,b.png\n",
+            "targets": "reference,caption,target\na.png,x,b.png|c.png\na.png,x,c.png|b.png\na.png,x,b.png\n"}[case]
+    (tmp_path / "val.csv").write_text(text)
+    splits = _same_as_row_by_row(tmp_path, "val")
+    assert sum(len(s.queries) for s in splits) == text.count("\n") - 1
+
+
+def test_repeats_in_a_test_split_and_in_lists_of_targets_name_every_line(tmp_path):
+    (tmp_path / "test.csv").write_text("reference,caption\n" + "a.png,x\nb.png,y\n" * 12)
+    message = (f"{tmp_path / 'test.csv'}: lines 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ...: the same query "
+               f"(reference, caption) listed 12 times (1 other query is repeated too); an evaluation would "
+               f"count each listing: list it once")
+    with pytest.raises(CIRError) as error:
+        load_triplets(tmp_path, "test", images=NO_FILES)
+    assert str(error.value) == message
+    (tmp_path / "val.jsonl").write_text('{"reference": "a.png", "caption": "x", "target": ["b.png", "c.png"]}\n'
+                                        '{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                                        '{"reference": "a.png", "caption": "x", "target": "b.png|c.png"}\n')
+    with pytest.raises(CIRError, match=r"val.jsonl: lines 1, 3: the same query \(reference, caption, target\) "
+                                       r"listed 2 times;"):
+        load_triplets(tmp_path, "val", images=NO_FILES)

@@ -760,3 +760,35 @@ def test_browser_searches_a_nested_gallery_folder(browser, nested_photos, tmp_pa
         assert page.images_decoded("#results img") == 8
     finally:
         _stop(process)
+
+
+def test_the_command_the_quickstart_prints_serves_its_runs(synth_root, tiny_runs, tmp_path):
+    """`clip-cir quickstart` ends with `demo_command(WORKDIR)`: parsed as `clip-cir` parses it, it
+    builds the demo on the work folder's data, stage-1 CLIP and Combiner (a work folder laid out as
+    the quickstart lays it out, around `tiny_runs`; a space in its path)."""
+    import shlex
+
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.apps.quickstart import demo_command
+    from clip_cir.params import cli_parser
+
+    work = tmp_path / "my quickstart"
+    (work / "runs").mkdir(parents=True)
+    (work / "data").symlink_to(synth_root)
+    for stage in ("stage1", "stage2"):
+        (work / "runs" / stage).symlink_to(tiny_runs[stage])
+    for doc in ("README.md", "docs/demo.md"):  # the default --workdir's command, as the docs give it
+        assert demo_command(Path("quickstart")) in (ROOT / doc).read_text(), doc
+    command = shlex.split(demo_command(work))
+    assert command[:2] == ["clip-cir", "demo"]
+    args = cli_parser().parse_args(command[1:])
+    assert (args.command, args.data_root, args.pretrained, args.combiner) == (
+        "demo", work / "data", str(work / "runs" / "stage1"), str(work / "runs" / "stage2"))
+    client = _build_app(args).test_client()
+    info = client.get("/api/info").get_json()
+    assert (info["dataset"], info["split"]) == ("cirr", "val")
+    assert info["model"] == f"cir-tiny-vit ({work / 'runs' / 'stage1' / 'best' / 'clip.safetensors'})"
+    assert info["combining"] == f"Combiner ({work / 'runs' / 'stage2'})"
+    name = client.get("/api/gallery?per_page=1").get_json()["items"][0]["name"]
+    answer = _search(client, reference=name, caption="make it red", k=5).get_json()
+    assert len(answer["results"]) == 5 and name not in [hit["name"] for hit in answer["results"]]

@@ -11,6 +11,7 @@ import pytest
 
 from clip_cir.data import load_splits
 from clip_cir.data.convert import convert
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.triplets import TripletFormat, load_triplets
 from clip_cir.errors import CIRError
 
@@ -101,8 +102,12 @@ BAD_ROWS = {
                      '{"id": "7", "reference": "b.png", "caption": "y", "target": "a.png"}\n',
                      ":2: duplicate query id '7' (first at line 1)"),
     "malformed line": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n{oops\n', ":2: malformed JSON"),
+    "repeated query": ('{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+                       '{"reference": "b.png", "caption": "x", "target": "a.png"}\n'
+                       '{"reference": "a.png", "caption": "x", "target": "b.png"}\n',
+                       ": lines 1, 3: the same query (reference, caption, target) listed 2 times"),
     "missing image": ('{"reference": "a.png", "caption": "x", "target": "gone.png"}\n',
-                      "image 'gone.png' listed in val.jsonl is missing on disk"),
+                      "image 'gone.png' listed in val.jsonl:1 is missing on disk"),
 }
 
 
@@ -120,6 +125,35 @@ def test_bad_input_is_one_line_naming_file_and_line(case, tmp_path, cli, tiny_ch
     assert where in result.err and not out.exists()
 
 
+@pytest.mark.parametrize("variant", ["csv", "ragged csv", "jsonl"])
+def test_a_missing_image_or_a_path_out_of_the_folder_names_the_line_that_lists_it(variant, tmp_path):
+    """Both readers: the first row naming the image (a reference or a target, the path however
+    written), in the error and in what --skip-missing-images records."""
+    data = tmp_path / "data"
+    _photos(data, ["a.png", "b.png", "c.png"])
+    rows = [("a.png", "x", "b.png"), ("c.png", "y", "../../elsewhere/gone.png"), ("b.png", "z", "gone.png"),
+            ("./gone.png", "w", "a.png")]
+    if variant == "jsonl":
+        (data / "val.jsonl").write_text("".join(json.dumps(dict(zip(("reference", "caption", "target"), row))) + "\n"
+                                                for row in rows))
+        first, second = 2, 3
+    else:
+        extra = ",extra" if variant == "ragged csv" else ""  # a row with a field more: read row by row
+        (data / "val.csv").write_text("reference,caption,target\n" + ",".join(rows[0]) + extra + "\n"
+                                      + "".join(",".join(row) + "\n" for row in rows[1:]))
+        first, second = 3, 4
+    name = f"val.{'jsonl' if variant == 'jsonl' else 'csv'}"
+    with pytest.raises(CIRError) as error:
+        load_triplets(data, "val")
+    assert str(error.value).startswith(f"{data / '../../elsewhere/gone.png'}: image '../../elsewhere/gone.png' "
+                                       f"listed in {name}:{first} is missing on disk; 1 more of the 5 images")
+    check = ImageCheck(skip=True)
+    (split,) = load_triplets(data, "val", images=check)
+    assert {s.name: s.listed_in for s in check.skipped.values()} == {"../../elsewhere/gone.png": f"{name}:{first}",
+                                                                     "gone.png": f"{name}:{second}"}
+    assert [q.reference for q in split.queries] == ["a.png"]
+
+
 def test_csv_missing_column_names_the_columns_and_the_flag(tmp_path):
     (tmp_path / "train.csv").write_text("reference,text,target\na.png,x,b.png\n")
     with pytest.raises(CIRError, match=r"train.csv:1: no column 'caption' \(columns: reference, text, target; "
@@ -135,7 +169,7 @@ def test_gallery_file_that_lacks_a_target_or_names_a_missing_image(tmp_path, cli
     with pytest.raises(CIRError, match=r"val.jsonl:2: target 'c.png' is not in the gallery val.gallery.txt"):
         load_triplets(tmp_path, "val")
     (tmp_path / "val.gallery.txt").write_text("c.png\nb.png\na.png\nextra.png\n")
-    with pytest.raises(CIRError, match="image 'extra.png' listed in val.gallery.txt is missing on disk"):
+    with pytest.raises(CIRError, match="image 'extra.png' listed in val.gallery.txt:4 is missing on disk"):
         load_triplets(tmp_path, "val")
     shutil.copy(tmp_path / "a.png", tmp_path / "extra.png")
     (split,) = load_triplets(tmp_path, "val")
@@ -145,9 +179,7 @@ def test_gallery_file_that_lacks_a_target_or_names_a_missing_image(tmp_path, cli
     result = cli("eval", "--dataset", "triplets", "--data-root", tmp_path, "--pretrained", tiny_checkpoint)
     assert result.code == 2 and result.err.strip().splitlines()[-1].endswith(
         f"{tmp_path / 'c.png'}: corrupt or unreadable image (cannot identify image file '{tmp_path / 'c.png'}')")
-    from clip_cir.data.images import ImageCheck
-
-    with pytest.raises(CIRError, match="c.png' listed in val.gallery.txt is unreadable"):
+    with pytest.raises(CIRError, match="c.png' listed in val.gallery.txt:1 is unreadable"):
         load_triplets(tmp_path, "val", images=ImageCheck(readable=True))
     check = ImageCheck(skip=True, readable=True)
     (split,) = load_triplets(tmp_path, "val", images=check)
@@ -205,6 +237,26 @@ def test_a_folder_of_photos_is_a_gallery(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CIRError, match="no images"):
         folder_gallery(tmp_path / "empty")
+
+
+def test_a_gallery_dir_that_is_a_file_is_not_a_folder(tmp_path, cli, tiny_checkpoint):
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    _photos(tmp_path, ["photo.png"])
+    (tmp_path / "queries.csv").write_text("reference,caption\nphoto.png,red\n")
+    message = f"{tmp_path / 'photo.png'}: not a folder (--gallery-dir takes the folder that holds the photos)"
+    result = cli("rank", "--gallery-dir", tmp_path / "photo.png", "--query-file", tmp_path / "queries.csv",
+                 "--pretrained", tiny_checkpoint, "--output", tmp_path / "ranks.json")
+    assert result.code == 2 and result.error_lines == [f"clip-cir: error: {message}"], result.err
+    args = demo_parser().parse_args(["--gallery-dir", str(tmp_path / "photo.png"),
+                                     "--pretrained", str(tiny_checkpoint)])
+    with pytest.raises(CIRError) as error:
+        _build_app(args)
+    assert str(error.value) == message
+    result = cli("rank", "--gallery-dir", tmp_path / "absent", "--query-file", tmp_path / "queries.csv",
+                 "--pretrained", tiny_checkpoint, "--output", tmp_path / "ranks.json")
+    assert result.error_lines == [f"clip-cir: error: {tmp_path / 'absent'}: gallery folder not found"]
 
 
 def test_convert_command_then_eval_and_rank_a_photo_folder(synth_root, tiny_checkpoint, cli, tmp_path):
@@ -266,7 +318,34 @@ def test_demo_engine_serves_a_nested_photo_folder(tmp_path, tiny_checkpoint):
     answer = client.post("/api/search", json={"reference": "tops/long/sleeved/e.png", "caption": "make it red",
                                               "k": 5}).get_json()
     assert answer["reference"] == "tops/long/sleeved/e.png"
-    assert sorted(hit["name"] for hit in answer["results"]) == sorted(names)  # the folder keeps the reference
+    assert sorted(hit["name"] for hit in answer["results"]) == sorted(set(names) - {answer["reference"]})
     for hit in answer["results"]:
         assert hit["url"] == f"/images/{hit['name']}"
         assert client.get(hit["url"]).data == (shop / hit["name"]).read_bytes()
+
+
+def test_demo_and_rank_rank_a_folder_query_alike_without_its_reference(tmp_path, tiny_checkpoint, cli):
+    from clip_cir.apps.demo.app import _build_app
+    from clip_cir.params import demo_parser
+
+    shop = tmp_path / "shop"
+    names = [f"{folder}/{i}.png" for folder in ("tops", "dresses/long") for i in range(4)]
+    _photos(shop, names)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    args = demo_parser().parse_args(["--gallery-dir", str(shop), "--pretrained", str(tiny_checkpoint), *cache])
+    client = _build_app(args).test_client()
+    assert client.get("/api/info").get_json()["exclude_reference"] is True
+    rows = "".join(f"shop/{name},make it red\n" for name in names)
+    (tmp_path / "queries.csv").write_text("reference,caption\n" + rows)
+    ranks = tmp_path / "ranks.json"
+    result = cli("rank", "--gallery-dir", shop, "--query-file", tmp_path / "queries.csv", "--pretrained",
+                 tiny_checkpoint, "--top-k", len(names), "--output", ranks, *cache)
+    assert result.code == 0, result.err
+    for query in json.loads(ranks.read_text())["queries"]:
+        answer = client.post("/api/search", json={"reference": query["reference"], "caption": "make it red",
+                                                  "k": len(names)}).get_json()
+        assert answer["excluded_reference"] is True and len(answer["results"]) == len(names) - 1
+        assert query["reference"] not in [hit["name"] for hit in answer["results"]]
+        assert [hit["name"] for hit in answer["results"]] == [hit["name"] for hit in query["ranking"]]
+        assert [hit["score"] for hit in answer["results"]] == pytest.approx([hit["score"] for hit in query["ranking"]],
+                                                                            abs=1e-5)

@@ -29,6 +29,7 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import format_metrics
 from clip_cir.models.checkpoints import (
+    atomic_write,
     read_safetensors_metadata,
     save_weights,
     write_dir,
@@ -266,7 +267,7 @@ def write_export(folder: Path, clip: LoadedCLIP, combiner: Combiner | None, card
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in clip.model.state_dict().items()}
-    save_file(tensors, str(folder / HF_SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    atomic_write(folder / HF_SAFE_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     save_config_for_hf(clip.model, folder / HF_CONFIG_NAME, model_config=clip.config)
     if combiner is not None:
         save_weights(folder / COMBINER_FILE, combiner.state_dict(), dict(combiner_metadata))

@@ -5,7 +5,8 @@ stage 2 -> evaluation -> the CIRR-trained model on a CIRCO-layout world (zero-sh
 mAP@K) -> CIRR submission files -> plots, ending with results tables. Every step goes through
 a public entry point a user has too: the training through the Python API (`clip_cir.pretrain`,
 `clip_cir.finetune`, `clip_cir.train_combiner`, which the training programs run), the rest
-through `clip-cir synth`, `eval`, `submit-cirr` and `report`; every number is measured in this run.
+through `clip-cir synth`, `eval`, `submit-cirr` and `report`; every number is measured in this run. It ends with
+the `clip-cir demo` command that serves its runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import json
 import logging
+import shlex
 import shutil
 import time
 from functools import partial
@@ -93,6 +95,14 @@ def results_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, st
     return "\n".join(lines)
 
 
+def demo_command(workdir: Path) -> str:
+    """The `clip-cir demo` command that serves a quickstart's runs (its data, stage-1 CLIP and
+    Combiner), ready to paste into a shell: the next thing a newcomer wants to try."""
+    data, runs = workdir / "data", workdir / "runs"
+    return shlex.join(["clip-cir", "demo", "--dataset", "cirr", "--data-root", str(data), "--pretrained",
+                       str(runs / "stage1"), "--combiner", str(runs / "stage2")])
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from clip_cir import api
     from clip_cir.apps.cli import main as cli_main
@@ -170,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if plots:
         print(f"plots:       {', '.join(str(p) for p in plots)}")
     print(f"table:       {work / 'results.md'}")
+    print(f"\nnext: search the val gallery in the web demo (then open http://127.0.0.1:8000):\n  {demo_command(work)}")
     return rows
 
 

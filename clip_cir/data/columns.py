@@ -256,8 +256,12 @@ class Checked:
     which a group's images first appear is its default gallery order."""
 
 
-def check(columns: Columns, path: Path, fmt: TripletFormat) -> Checked:
-    """The columns as a `QueryTable`, or a `CIRError` naming the first offending row by its line."""
+def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool = False) -> Checked:
+    """The columns as a `QueryTable`, or a `CIRError` naming the first offending row by its line.
+
+    A query listed more than once (same group, reference, caption and targets, no id of its own)
+    is an error too, naming its lines, unless `allow_repeats` (a split trained on, where a repeat
+    only weighs its triplet more): evaluated, every listing would count in the metrics."""
     lines, targets, n = columns.lines, columns.targets, len(columns.lines)
     lengths = targets.lengths
     faults = list(columns.problems)
@@ -308,6 +312,8 @@ def check(columns: Columns, path: Path, fmt: TripletFormat) -> Checked:
         raise columns.pending
     if not n:
         raise CIRError(f"{path}: no queries")
+    if not allow_repeats:
+        _refuse_repeats(columns, reference, Ragged(targets.offsets, target_codes), path, fmt)
     table = QueryTable(ids=ids, names=names, reference=reference, targets=Ragged(targets.offsets, target_codes),
                        captions=columns.caption, train_captions=columns.train_captions, aspects=columns.aspects,
                        all_ground_truths=bool((lengths > 1).any()))
@@ -317,3 +323,50 @@ def check(columns: Columns, path: Path, fmt: TripletFormat) -> Checked:
         group_names = distinct.tolist()
     return Checked(table=table, lines=lines, group_names=group_names, group_codes=group_codes,
                    image_codes=codes)
+
+
+def _refuse_repeats(columns: Columns, reference: np.ndarray, targets: Ragged, path: Path, fmt: TripletFormat) -> None:
+    """A `CIRError` naming the lines of the first query listed more than once, if any.
+
+    Rows with an id of their own are distinct queries whatever they hold (a benchmark may ask one
+    question twice); the others are compared on (group, reference, caption, targets) in a few
+    vectorised passes: image codes and caption lengths first, then the captions themselves (the
+    costly part) of only the rows that share those."""
+    every = columns.ids is None
+    rows = np.arange(len(reference)) if every else np.flatnonzero(columns.ids == "")
+    if len(rows) < 2:
+        return
+
+    def of(values: np.ndarray) -> np.ndarray:
+        return values if every else values[rows]
+
+    lengths = of(targets.lengths)
+    target_key = np.full(len(rows), -1, dtype=np.int64)  # no target
+    single = lengths == 1
+    target_key[single] = targets.values[targets.offsets[rows[single]]]
+    several = np.flatnonzero(lengths > 1)
+    if len(several):  # rare: each list of targets as one code, after the image codes
+        lists = [tuple(targets.values[targets.offsets[r]:targets.offsets[r + 1]].tolist())
+                 for r in rows[several].tolist()]
+        target_key[several] = len(reference) + pd.factorize(pd.Series(lists, dtype=object))[0]
+    captions = of(columns.caption)
+    keys = pd.DataFrame({"reference": of(reference), "target": target_key, "length": np.strings.str_len(captions)})
+    if columns.groups is not None:
+        keys["group"] = pd.factorize(of(columns.groups).astype(object))[0]
+    candidates = np.flatnonzero(keys.duplicated(keep=False).to_numpy())
+    if not len(candidates):
+        return
+    keys = keys.iloc[candidates].assign(caption=pd.factorize(captions[candidates].astype(object))[0])
+    query = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+    counts = np.bincount(query)
+    repeated = counts[query] > 1
+    if not repeated.any():
+        return
+    first = int(np.argmax(repeated))  # rows are in file order: the first repeated query
+    lines = columns.lines[rows[candidates[query == query[first]]]].tolist()
+    shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+    what = ", ".join([fmt.reference_key, fmt.caption_key] + ([fmt.target_key] if targets.offsets[-1] else []))
+    others = int((counts > 1).sum()) - 1
+    more = f" ({others} other quer{'y is' if others == 1 else 'ies are'} repeated too)" if others else ""
+    raise CIRError(f"{path}: lines {shown}: the same query ({what}) listed {len(lines)} times{more}; "
+                   f"an evaluation would count each listing: list it once")

@@ -20,8 +20,13 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 def folder_gallery(root: str | os.PathLike, images: ImageCheck | None = None) -> CIRSplit:
-    """The images under `root` (any depth, hidden folders skipped) as a CIRSplit without queries."""
+    """The images under `root` (any depth, hidden folders skipped) as a CIRSplit without queries.
+
+    A query by one of its images never gets that image back (`exclude_reference`, as CIRR's
+    protocol): the demo and `rank` search a folder alike."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise CIRError(f"{root}: not a folder (--gallery-dir takes the folder that holds the photos)")
     if not root.is_dir():
         raise CIRError(f"{root}: gallery folder not found")
     root = root.absolute()
@@ -35,7 +40,7 @@ def folder_gallery(root: str | os.PathLike, images: ImageCheck | None = None) ->
     images = images or ImageCheck()
     gallery = images.locate({name: [root / name] for name in sorted(found)}, root)
     return CIRSplit(dataset="folder", name=root.name, split="gallery", queries=[], gallery=gallery,
-                    exclude_reference=False, recall_ks=())
+                    exclude_reference=True, recall_ks=())
 
 
 def folder_queries(gallery: CIRSplit, path: str | os.PathLike, fmt: TripletFormat | None = None) -> CIRSplit:
@@ -66,4 +71,4 @@ def folder_queries(gallery: CIRSplit, path: str | os.PathLike, fmt: TripletForma
                              train_captions=(caption.strip(),), eval_caption=caption.strip()))
     if not queries:
         raise CIRError(f"{path}: no queries")
-    return dataclasses.replace(gallery, queries=queries, exclude_reference=True)
+    return dataclasses.replace(gallery, queries=queries)

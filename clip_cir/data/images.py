@@ -17,14 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clip_cir.data.table import ImageFiles, QueryTable
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
+
+if TYPE_CHECKING:  # numpy loads when a split is read, not when the parsers import this module (--help)
+    from clip_cir.data.table import ImageFiles
 
 log = logging.getLogger("clip_cir")
 
@@ -145,8 +146,12 @@ class ImageCheck:
         self._settle(bad, len(candidates))
         return found
 
-    def locate_files(self, files: ImageFiles, listed_in: Path) -> ImageFiles:
-        """`locate` for a gallery of one file per name, kept as arrays."""
+    def locate_files(self, files: ImageFiles, listed_in: Path,
+                     where: Callable[[str], str] | None = None) -> ImageFiles:
+        """`locate` for a gallery of one file per name, kept as arrays. `where(name)` says which
+        line lists an image (`val.csv:3`), asked only for the images that cannot be used."""
+        import numpy as np
+
         if not self.require_files:
             return files
         bad: list[SkippedImage] = []
@@ -154,7 +159,7 @@ class ImageCheck:
         checked = check_files([(path,) for path in files.values()], self.readable)
         for i, (name, (path, reason)) in enumerate(zip(files, checked)):
             if reason is not None:
-                bad.append(SkippedImage(name, path, reason, listed_in.name))
+                bad.append(SkippedImage(name, path, reason, where(name) if where else listed_in.name))
                 keep[i] = False
         self._settle(bad, len(files))
         return files.take(keep) if bad else files
@@ -189,7 +194,11 @@ class ImageCheck:
             self.pruned_galleries[key] = listed - len(split.gallery)
         if not self.skipped:
             return split
+        from clip_cir.data.table import QueryTable
+
         if isinstance(split.queries, QueryTable):
+            import numpy as np
+
             keep = split.queries.using_none_of(self.skipped)
             if not keep.all():
                 self.dropped_queries[key] = self.dropped_queries.get(key, 0) + int((~keep).sum())

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq, triplets
+from clip_cir.data import circo, cirr, fashioniq
 from clip_cir.data.images import ImageCheck
-from clip_cir.data.types import CIRSplit
+from clip_cir.data.types import CIRSplit, TripletFormat
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def dataset_splits(dataset: str) -> tuple[str, ...]:
 
 def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
                 images: ImageCheck | None = None, circo_query_text: str = "caption",
-                triplet_format: triplets.TripletFormat | None = None) -> list[CIRSplit]:
+                triplet_format: TripletFormat | None = None) -> list[CIRSplit]:
     """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
 
     Image paths are absolute, so a split means the same files from any working directory (the
@@ -44,15 +44,17 @@ def load_splits(dataset: str, data_root: str | Path, split: str, categories: Seq
     if dataset == "circo":
         return circo.load_circo(data_root, split, circo_query_text, images)
     if dataset == "triplets":
-        return triplets.load_triplets(data_root, split, triplet_format, images)
+        from clip_cir.data.triplets import load_triplets
+
+        return load_triplets(data_root, split, triplet_format, images)
     raise CIRError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
 
 
-def triplet_format(data: DataConfig) -> triplets.TripletFormat:
+def triplet_format(data: DataConfig) -> TripletFormat:
     """The generic layout's columns and protocol (`--dataset triplets`) from the data settings."""
-    return triplets.TripletFormat(reference_key=data.csv_reference_key, caption_key=data.csv_caption_key,
-                                  target_key=data.csv_target_key, separator=data.csv_separator,
-                                  exclude_reference=False if data.keep_reference else None)
+    return TripletFormat(reference_key=data.csv_reference_key, caption_key=data.csv_caption_key,
+                         target_key=data.csv_target_key, separator=data.csv_separator,
+                         exclude_reference=False if data.keep_reference else None)
 
 
 def load_data(data: DataConfig, split: str, images: ImageCheck) -> list[CIRSplit]:

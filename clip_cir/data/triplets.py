@@ -13,20 +13,23 @@ empty or absent in test splits. `caption` is the relative caption. Optional: `id
 unique; default: the line number), `benchmark` (a group: one CIRSplit per value, ranked against
 its own gallery, as FashionIQ's categories) and, in JSONL, `train_captions` (the caption forms
 training draws from) and `aspects` (semantic aspects: mAP@10 is reported per aspect, as CIRCO's).
-Without a gallery file the gallery is every image the split names.
+Without a gallery file the gallery is every image the split names. A split that is evaluated lists
+each query once (rows without an `id` that repeat a group, reference, caption and targets are an
+error); a split trained on may repeat one, which weighs that triplet more.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from clip_cir.data.columns import check, csv_columns, normalise_paths, row_columns
+from clip_cir.data.columns import Checked, check, csv_columns, normalise_paths, row_columns
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.table import ImageFiles, QueryTable, return_freed_memory, strings
 from clip_cir.data.types import CIRSplit, TripletFormat
@@ -128,7 +131,8 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     path = split_file(root, split)
     protocol = read_protocol(root)
     columns = csv_columns(path, fmt) if path.suffix != ".jsonl" else None
-    found = check(columns or row_columns(read_rows(path, fmt), fmt), path, fmt)
+    # The splits a run trains on (`used_only`) may repeat a query; an evaluated one may not.
+    found = check(columns or row_columns(read_rows(path, fmt), fmt), path, fmt, allow_repeats=split in images.used_only)
     del columns
     table, several = found.table, found.table.all_ground_truths
     exclude = fmt.exclude_reference if fmt.exclude_reference is not None else protocol.get("exclude_reference", True)
@@ -152,7 +156,8 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
             _check_listed(queries, lines, candidates, path, gallery_path)
             if split in images.used_only:
                 candidates = candidates.take(pd.Index(named).get_indexer(candidates.names) >= 0)
-        gallery = images.locate_files(candidates, gallery_path or path)
+        where = _gallery_lines(gallery_path) if gallery_path else _row_lines(found, path)
+        gallery = images.locate_files(candidates, gallery_path or path, where)
         splits.append(images.drop_queries(
             CIRSplit(dataset="triplets", name=group_name, split=split, queries=queries, gallery=gallery,
                      exclude_reference=bool(exclude), recall_ks=recall_ks, map_ks=map_ks),
@@ -160,6 +165,34 @@ def load_triplets(root: Path, split: str, fmt: TripletFormat | None = None,
     del found, table
     return_freed_memory()
     return splits
+
+
+def _row_lines(found: Checked, path: Path) -> Callable[[str], str]:
+    """name -> `file:line` of the first row that names the image, for errors about it: worked out
+    on the first call, which only an unusable image makes."""
+    first_line: list[np.ndarray] = []
+
+    def where(name: str) -> str:
+        if not first_line:
+            table = found.table
+            mention_rows = np.repeat(np.arange(len(table)), 1 + table.targets.lengths)
+            codes, first = np.unique(found.image_codes, return_index=True)
+            lines = np.zeros(len(table.names), dtype=np.int64)
+            lines[codes] = found.lines[mention_rows[first]]
+            first_line.append(lines)
+        return f"{path.name}:{first_line[0][pd.Index(found.table.names).get_loc(name)]}"
+    return where
+
+
+def _gallery_lines(path: Path) -> Callable[[str], str]:
+    """name -> `file:line` of the gallery file's first line that names the image (read again on
+    each call: only an unusable image makes one)."""
+    def where(name: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            line = next((number for number, text in enumerate(f, 1)
+                         if text.strip() and os.path.normpath(text.strip()) == name), None)
+        return f"{path.name}:{line}" if line else path.name
+    return where
 
 
 def _check_listed(queries: QueryTable, lines: np.ndarray, gallery: ImageFiles, path: Path, gallery_path: Path) -> None:

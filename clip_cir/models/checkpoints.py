@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,14 +24,30 @@ from clip_cir.errors import CIRError
 META_KEY = "clip_cir"
 
 
+def _new_temp_file(path: Path) -> tuple[str, int]:
+    """A new empty file beside `path`, and the mode `open()` gave it (0666 less the umask)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp), stat.S_IMODE(os.stat(tmp).st_mode)
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, then rename the temporary file over `path`."""
+    """Call `write(tmp_path)`, then rename the temporary file over `path`.
+
+    The file ends with the mode a plain `open()` gives a new file under the umask, whatever mode
+    the writer left (safetensors replaces the file with a 0600 one): checkpoints and results are
+    as readable by others as the user's umask says."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, mode = _new_temp_file(path)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

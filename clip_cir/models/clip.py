@@ -1,6 +1,7 @@
 """One loader for every CLIP a user may bring.
 
-- an open_clip model name with a pretrained tag (downloaded by open_clip when online),
+- an open_clip model name with a pretrained tag (downloaded when online; Hub-hosted weights
+  through `hub_file`, so an unreachable Hub fails at once, with one line),
 - a local open_clip checkpoint (with `--model`),
 - an OpenAI-format state dict, or a published fine-tuned `{"epoch": n, "CLIP": state_dict}`,
   whose architecture is inferred from the weights (no model name needed),
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,7 +34,7 @@ from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
 from clip_cir.models.checkpointing import enable_grad_checkpointing
 from clip_cir.models.checkpoints import read_safetensors
-from clip_cir.models.extras import backbone_requirements
+from clip_cir.models.extras import backbone_requirements, first_line
 from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
 from clip_cir.models.saved import (
     build_from_config,
@@ -270,19 +271,43 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None) -> L
                            f"(known tags: {', '.join(tags) or 'none'})")
     # open_clip only warns when a tag's weights were trained with QuickGELU (OpenAI's) and the
     # config says GELU; building the model with the activation its weights expect is our job.
-    quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+    quick_gelu = bool(tag_cfg.get("quick_gelu"))
+    weights, tag_preprocess = _tag_weights(model_name, pretrained, tag_cfg)
     try:
         with _quiet_random_init(), backbone_requirements(model_name, open_clip.get_model_config(model_name), "model"):
-            model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+            model = open_clip.create_model(model_name, pretrained=weights, force_quick_gelu=quick_gelu,
+                                           force_preprocess_cfg=tag_preprocess)
     except RuntimeError as e:
-        raise CIRError(f"could not load {model_name} weights '{pretrained}': {str(e).splitlines()[0][:300]} "
-                       f"(downloading pretrained weights needs internet)") from None
+        raise CIRError(f"could not load {model_name} weights '{pretrained}': {first_line(e)} "
+                       f"(downloading pretrained weights needs internet access, or pass a local checkpoint "
+                       f"file)") from None
     loaded = _finish(model, model_name, pretrained or "random-init", open_clip.get_model_config(model_name))
     if pretrained is None:
         text_model = (loaded.config.get("text_cfg") or {}).get("hf_model_name")
         text = f"; text tower from the Hugging Face model {text_model}" if text_model else ""
         logging.getLogger("clip_cir").info("%s: random initialisation (no pretrained weights%s)", model_name, text)
     return loaded
+
+
+def _tag_weights(model_name: str, tag: str | None, tag_cfg: dict) -> tuple[str | None, dict | None]:
+    """What to pass open_clip for a pretrained tag: the tag itself, or, for weights hosted on the
+    Hugging Face Hub, the file `hub_file` fetched (or found in the cache) with the tag's
+    preprocessing. open_clip's own download retries an unreachable Hub for a minute and fails with a
+    message cut short; `hub_file` asks once and names the model and tag in one line."""
+    if not tag or "file" in tag_cfg or not tag_cfg.get("hf_hub"):
+        return tag, None
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo_id, filename = os.path.split(tag_cfg["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    # open_clip's order: a safetensors twin of the file first, the file itself after.
+    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else (
+        f"{filename[:-4]}.safetensors" if filename.endswith((".bin", ".pth")) else None)
+    path = hub_file(repo_id, [name for name in (safe, filename) if name], label=f"{model_name} '{tag}' weights")
+    keys = {f.name for f in fields(open_clip.transform.PreprocessCfg)} - {"size"}  # the size is the model's
+    preprocess = {key: value for key, value in tag_cfg.items() if key in keys and value is not None}
+    return str(path), preprocess
 
 
 def load_hub_clip(repo_id: str) -> LoadedCLIP:

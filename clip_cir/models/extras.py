@@ -49,9 +49,12 @@ def missing_package_message(name: str, config: dict | None, part: str, package: 
     return f"{name} needs {_needed_for(config, part, package)}: {install} ({package} is not installed)"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An error's first line, whitespace collapsed, shortened at a word (with "...") past `limit`
+    characters: a reason to quote inside one `CIRError` line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return " ".join(lines[0].split())[:300] if lines else type(error).__name__
+    line = " ".join(lines[0].split()) if lines else type(error).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + "..."
 
 
 @contextmanager
@@ -64,11 +67,11 @@ def backbone_requirements(name: str, config: dict | None, part: str) -> Iterator
     except ImportError as e:
         package = (e.name or "").split(".")[0]
         if not package:
-            raise CIRError(f"{name}: {_first_line(e)}") from None
+            raise CIRError(f"{name}: {first_line(e)}") from None
         if importlib.util.find_spec(package) is not None:  # installed, but without what open_clip imports
             extra = EXTRAS.get(package)
             install = f"pip install -U 'clip-cir[{extra}]'" if extra else f"pip install -U {package}"
-            raise CIRError(f"{name} needs a newer {package}: {install} ({_first_line(e)})") from None
+            raise CIRError(f"{name} needs a newer {package}: {install} ({first_line(e)})") from None
         raise CIRError(missing_package_message(name, config, part, package)) from None
     except RuntimeError as e:
         text = str(e)
@@ -85,7 +88,7 @@ def backbone_requirements(name: str, config: dict | None, part: str) -> Iterator
             raise
         what = "tokenizer" if part == "tokenizer" else "text model"
         offline = " (offline: only the Hugging Face cache is read)" if _offline() else ""
-        raise CIRError(f"{name}: could not load the Hugging Face {what} {repo}{offline}: {_first_line(e)}") from None
+        raise CIRError(f"{name}: could not load the Hugging Face {what} {repo}{offline}: {first_line(e)}") from None
 
 
 def _offline() -> bool:

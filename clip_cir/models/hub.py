@@ -49,12 +49,28 @@ def _cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def hub_file(repo_id: str, filenames: str | Sequence[str]) -> Path:
+def _reachable(hf, repo_id: str, name: str) -> bool:
+    """Whether the Hub answers at all: one request, no retries. Asked before downloading a file
+    the cache lacks, because huggingface_hub retries an unreachable Hub with backoff (about 25 s
+    and a warning per try, for each file) before saying what one failed request already shows."""
+    from huggingface_hub.utils import HfHubHTTPError, HFValidationError
+
+    try:
+        hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, name))
+    except (HfHubHTTPError, HFValidationError):
+        return True  # the Hub answered (no such file or repository, no access...): the download says which
+    except Exception:  # noqa: BLE001 - DNS, refused connection, proxy and timeout errors come in many types
+        return False
+    return True
+
+
+def hub_file(repo_id: str, filenames: str | Sequence[str], label: str | None = None) -> Path:
     """The local path of the first of `filenames` that the repository has, downloaded into (or
     found in) the Hugging Face cache.
 
     Several names allow a preferred file with a fallback (open_clip's safetensors weights, else its
-    pickle). Offline, only the cache is looked at.
+    pickle). Offline, or when the Hub cannot be reached, only the cache is looked at, at once.
+    `label` names what the files are for in errors, before the `hf-hub:` source.
     """
     hf = _huggingface_hub()
     from huggingface_hub.utils import (
@@ -68,21 +84,25 @@ def hub_file(repo_id: str, filenames: str | Sequence[str]) -> Path:
 
     names = [filenames] if isinstance(filenames, str) else list(filenames)
     source = f"{HUB_PREFIX}{repo_id}"
+    who = source if label is None else f"{label} ({source})"
     not_cached = False
+    cached_only = _offline()
     for name in names:
         try:
-            return Path(hf.hf_hub_download(repo_id=repo_id, filename=name))
+            if not cached_only and not isinstance(hf.try_to_load_from_cache(repo_id, name), str):
+                cached_only = not _reachable(hf, repo_id, name)
+            return Path(hf.hf_hub_download(repo_id=repo_id, filename=name, local_files_only=cached_only))
         except HFValidationError:
             raise CIRError(f"'{source}': not a Hugging Face Hub repository id "
                            f"(expected {HUB_PREFIX}ORG/NAME)") from None
         except GatedRepoError:
-            raise CIRError(f"{source}: the repository is gated: accept its terms on huggingface.co and log in "
+            raise CIRError(f"{who}: the repository is gated: accept its terms on huggingface.co and log in "
                            f"(`hf auth login` or HF_TOKEN)") from None
         except RepositoryNotFoundError:
-            raise CIRError(f"{source}: no such repository on the Hugging Face Hub (or it is private: log in "
+            raise CIRError(f"{who}: no such repository on the Hugging Face Hub (or it is private: log in "
                            f"with `hf auth login` or set HF_TOKEN)") from None
         except RevisionNotFoundError:
-            raise CIRError(f"{source}: the repository has no 'main' revision") from None
+            raise CIRError(f"{who}: the repository has no 'main' revision") from None
         except LocalEntryNotFoundError:
             not_cached = True  # offline or unreachable, and not in the cache: maybe the next name is
         except EntryNotFoundError:
@@ -90,9 +110,10 @@ def hub_file(repo_id: str, filenames: str | Sequence[str]) -> Path:
     wanted = " or ".join(names)
     if not_cached:
         why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub could not be reached"
-        raise CIRError(f"{source}: {wanted} is not in the Hugging Face cache ({_cache_dir()}) and {why}; "
-                       f"download it once with network access (or check the name)")
-    raise CIRError(f"{source}: the repository has no {wanted}")
+        raise CIRError(f"{who}: {wanted} is not in the Hugging Face cache ({_cache_dir()}) and {why}; "
+                       f"downloading it needs internet access once "
+                       f"({'or check the name' if label is None else 'or use a local weights file instead'})")
+    raise CIRError(f"{who}: the repository has no {wanted}")
 
 
 def snapshot_revision(path: Path) -> str | None:
