@@ -9,7 +9,7 @@ weights):
 - activations kept for the backward pass per training triplet (`--encoder text`: one caption;
   `--encoder both`: two images and one caption), counted by autograd's saved-tensor hooks on
   the meta device in float32 (model parameters excluded), with and without gradient
-  checkpointing (`clip_cir.models.checkpointing`). Captions at the full context length (causal
+  checkpointing (`clip_cir.models.grad_checkpointing`). Captions at the full context length (causal
   CLIP towers trim them to the batch's longest, far shorter on CIRR and FashionIQ).
 
 A step's peak is the state plus the larger of its two phases: forward and backward hold the bf16
@@ -90,7 +90,7 @@ def checkpoint_units(model) -> list[str]:
     ours (`Checkpointed`) and the blocks of every module open_clip or timm set `grad_checkpointing` on."""
     from torch import nn
 
-    from clip_cir.models.checkpointing import Checkpointed
+    from clip_cir.models.grad_checkpointing import Checkpointed
 
     names = {module: name for name, module in model.named_modules()}
     units = []
@@ -118,7 +118,7 @@ def activations_per_sample(name: str, batch: int = 2) -> dict[str, dict[str, flo
     """Per image and per caption (all parameters trainable): bytes kept for backward without and
     with checkpointing, and the largest checkpointed unit's own activations, which the backward
     pass holds again while it recomputes that unit."""
-    from clip_cir.models.checkpointing import enable_grad_checkpointing
+    from clip_cir.models.grad_checkpointing import enable_grad_checkpointing
     from clip_cir.models.towers import encode_text
 
     plain, checkpointed = build(name), build(name)
@@ -199,7 +199,7 @@ def measure(name: str, micro: int) -> list[dict]:
     import torch.nn.functional as F
 
     import clip_cir.models.clip  # noqa: F401 - registers the tiny configs
-    from clip_cir.models.checkpointing import enable_grad_checkpointing
+    from clip_cir.models.grad_checkpointing import enable_grad_checkpointing
     from clip_cir.models.towers import encode_text
 
     with torch.device("cuda"):

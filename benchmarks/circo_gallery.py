@@ -9,7 +9,7 @@ gallery (d=640, RN50x4's width; `--data clustered` CLIP-like vectors by default)
 
 - encoding: the feature cache's write and read of the whole [N, 640] float32 matrix (what every
   run after the first does instead of encoding), and the tiny CPU CLIP's encode rate through
-  `clip_cir.encoding.features.encode_images` on `--encode-images` real (synthetic) image files, whose
+  `clip_cir.encoding.extraction.encode_images` on `--encode-images` real (synthetic) image files, whose
   time for N images is PROJECTED from that rate (marked as such; a real backbone belongs on a GPU);
 - ranking (`--queries` x N, top `--k`): the baseline, one [queries x N] score matrix then
   top-k (what a naive evaluation does), against clip-cir's exact search chunked over queries
@@ -43,7 +43,7 @@ from reporting import header, load_average, markdown_table
 from safetensors.torch import save_file
 from search import make_data
 
-from clip_cir.encoding.features import FeatureCache, encode_images
+from clip_cir.encoding.extraction import FeatureCache, encode_images
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.encoding.search import FaissSearch
 

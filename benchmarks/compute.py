@@ -197,7 +197,7 @@ def stage1_step(model_name: str, batch_size: int, *, cpu: bool, seed: int, preci
 
     from clip_cir.models.clip import load_clip
     from clip_cir.models.combiner import element_wise_sum
-    from clip_cir.training.datasets import ClipEncoder
+    from clip_cir.training.encoders import ClipEncoder
     from clip_cir.training.optim import make_optimizer
 
     torch.manual_seed(seed)

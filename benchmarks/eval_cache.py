@@ -30,19 +30,19 @@ from reporting import header, load_average, markdown_table
 
 from clip_cir.apps import cli
 from clip_cir.data import load_splits
-from clip_cir.encoding import features
+from clip_cir.encoding import extraction
 
 
 def timed_eval(command: list[str]) -> tuple[float, int, int, str]:
     """Seconds, images and captions encoded, and the printed metrics of one `clip-cir eval`."""
-    before = dict(features.encode_counts)
+    before = dict(extraction.encode_counts)
     out = io.StringIO()
     started = time.perf_counter()
     with quiet(), redirect_stdout(out):
         cli.main(command)
     seconds = time.perf_counter() - started
-    return (seconds, features.encode_counts["image"] - before.get("image", 0),
-            features.encode_counts["text"] - before.get("text", 0), out.getvalue())
+    return (seconds, extraction.encode_counts["image"] - before.get("image", 0),
+            extraction.encode_counts["text"] - before.get("text", 0), out.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:

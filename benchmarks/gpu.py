@@ -28,7 +28,7 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
     forward at the inference batch (`--inference-batch-size`, extraction's) and forward+backward
     at `--tower-batch-size`, each channels-last and in the default layout: the ceiling for the
     extraction and stage-1 rows;
-  - extraction: gallery extraction images/s (`clip_cir.encoding.features.encode_images`, no
+  - extraction: gallery extraction images/s (`clip_cir.encoding.extraction.encode_images`, no
     feature cache, `--channels-last auto`) on rendered 500x375 PNG photos (~320 KB, as CIRR's):
     from a warm pixel cache (`--images` files) as a fraction of the bare forward in the same
     layout, and decoding with the automatic workers (`--decode-images` files, enough for the
@@ -63,7 +63,7 @@ from options import published_workers, stage1_run
 from reporting import header, load_average
 from timing import Epochs, loader_rate
 
-from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, encode_images
+from clip_cir.encoding.extraction import INFERENCE_BATCH_SIZE, encode_images
 from clip_cir.encoding.pixels import DecodedPixels, PixelCache, PixelDataset, loader_workers
 from clip_cir.models.towers import set_memory_format, tower_input
 

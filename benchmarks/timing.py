@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from clip_cir.encoding import features
+from clip_cir.encoding import extraction
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.training.datasets import EpochSampler, TrainingSet
 
@@ -49,14 +49,15 @@ def _timed(fn: Callable, calls: list[Call], given: Callable[[tuple, dict], objec
 
 @contextmanager
 def timed_feature_extraction() -> Iterator[dict[str, list[Call]]]:
-    """Time every call of the library's two CLIP feature primitives, `clip_cir.encoding.features.
+    """Time every call of the library's two CLIP feature primitives, `clip_cir.encoding.extraction.
     encode_images` and `encode_texts`, made while the context is open; yields {"images": [...],
     "texts": [...]} with each call's input list.
 
     This is how a real run's one-off extraction is measured inside that run (rather than by a
     second, separate extraction). The primitives are replaced wherever a loaded `clip_cir`
     module holds them, so the timing survives refactors of which module calls them. A module
-    first imported inside the context picks the replacement up from `clip_cir.encoding.features` itself;
+    first imported inside the context picks the replacement up from `clip_cir.encoding.extraction`
+    itself;
     on exit every `clip_cir` module holding a replacement gets the original back, so a later
     context sees every call again. `training_extraction` then picks the calls on the training set.
     """
@@ -67,7 +68,7 @@ def timed_feature_extraction() -> Iterator[dict[str, list[Call]]]:
         return [m for n, m in list(sys.modules.items()) if n.split(".")[0] == "clip_cir" and m is not None]
 
     for kind, name, arg in (("images", "encode_images", "paths"), ("texts", "encode_texts", "texts")):
-        original = getattr(features, name)
+        original = getattr(extraction, name)
         wrapper = _timed(original, calls[kind], lambda a, k, arg=arg: list(a[1] if len(a) > 1 else k.get(arg, [])))
         replaced.append((wrapper, original))
         for module in clip_cir_modules():
@@ -93,7 +94,7 @@ def training_extraction(calls: dict[str, list[Call]], data: TrainingSet, program
     image_calls = [c for c in calls["images"] if {str(p) for p in c.given} == images]
     text_calls = [c for c in calls["texts"] if c.given == captions] if texts else []
     if not image_calls or (texts and not text_calls):
-        raise RuntimeError(f"{program}: no call of clip_cir.encoding.features.encode_images/encode_texts on the "
+        raise RuntimeError(f"{program}: no call of clip_cir.encoding.extraction.encode_images/encode_texts on the "
                            f"training set was seen; the benchmark's timing hook needs updating")
     return sum(c.seconds for c in image_calls + text_calls)
 

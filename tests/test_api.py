@@ -151,7 +151,7 @@ def test_encode_images_of_paths_pil_and_tensors_equal_evaluations_features(stage
     with eval's default options) against the API given the same files as paths, as PIL images
     and as preprocessed pixels: bit for bit (same batches, same operations, on the CPU)."""
     from clip_cir.data.io import load_image
-    from clip_cir.encoding.encode import EncodeOptions, split_features
+    from clip_cir.encoding.split_features import EncodeOptions, split_features
 
     options = EncodeOptions(transform=stage1.clip.image_transform("targetpad", 1.25), batch_size=256, progress=False)
     evaluated = F.normalize(split_features(stage1.clip, val, options).gallery, dim=-1)
@@ -170,7 +170,7 @@ def test_encode_images_of_paths_pil_and_tensors_equal_evaluations_features(stage
 def test_index_of_a_folder_shares_rank_gallery_dirs_cache_entry(tiny_runs, photos, cli, tmp_path):
     """`index("photos/")` names images by their path in the folder (recursively) and reads the
     feature cache entry `clip-cir rank --gallery-dir` wrote: nothing is encoded again."""
-    from clip_cir.encoding.features import encode_counts
+    from clip_cir.encoding.extraction import encode_counts
 
     cache = tmp_path / "cache"
     queries = tmp_path / "queries.csv"
@@ -192,7 +192,7 @@ def test_feature_cache_for_galleries_and_long_lists_only(tiny_runs, photos, val,
     """`index` always reads and writes the feature cache; encode_images and encode_texts only for
     lists of a batch or more (a cache key hashes the tower): short lists leave no entry."""
     from clip_cir.api import CACHE_MIN_ROWS
-    from clip_cir.encoding.features import encode_counts
+    from clip_cir.encoding.extraction import encode_counts
 
     cache = tmp_path / "cache"
     model = clip_cir.load(tiny_runs["stage1"], cache=cache, progress=False)

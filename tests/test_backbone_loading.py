@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from clip_cir.models.checkpoints import save_weights
 from clip_cir.models.clip import load_clip
+from clip_cir.models.files import save_weights
 from clip_cir.training.run import clip_metadata
 
 TEXTS = ["is red and has a small circle", "Make the large star BLUE.", "x"]

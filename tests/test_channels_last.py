@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from clip_cir.data import load_splits
-from clip_cir.encoding.features import encode_images
+from clip_cir.encoding.extraction import encode_images
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP, load_clip
 from clip_cir.models.towers import (

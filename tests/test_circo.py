@@ -185,7 +185,7 @@ def _read(path: Path) -> dict:
 
 
 def test_submit_val_then_score_equals_eval_and_gallery_is_encoded_once(cli, synth_root, tiny_checkpoint, tmp_path):
-    from clip_cir.encoding.features import encode_counts
+    from clip_cir.encoding.extraction import encode_counts
 
     model = ["--pretrained", tiny_checkpoint, *MODEL, "--cache-dir", tmp_path / "cache"]
     before = encode_counts["image"]
@@ -326,8 +326,8 @@ def _expect_rejection(cli, synth_root, tmp_path, text, reason):
 
 def test_demo_engine_serves_a_circo_gallery(synth_root, tiny_checkpoint, tmp_path):
     from clip_cir.apps.demo.engine import DemoEngine
-    from clip_cir.encoding.encode import EncodeOptions
-    from clip_cir.encoding.features import FeatureCache
+    from clip_cir.encoding.extraction import FeatureCache
+    from clip_cir.encoding.split_features import EncodeOptions
     from clip_cir.models.clip import load_clip
     from clip_cir.models.combiner import element_wise_sum
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clip_cir.models.checkpoints import save_weights
 from clip_cir.models.combiner import Combiner, load_combiner
+from clip_cir.models.files import save_weights
 
 PUBLISHED_KEYS = {
     "text_projection_layer.weight", "text_projection_layer.bias", "image_projection_layer.weight",

@@ -26,9 +26,9 @@ from PIL import Image
 from clip_cir.apps.demo.app import MAX_K, create_app, decode_upload, make_server
 from clip_cir.apps.demo.engine import DemoEngine
 from clip_cir.data import load_splits
-from clip_cir.encoding.encode import EncodeOptions
-from clip_cir.encoding.features import FeatureCache, encode_counts, encode_texts
+from clip_cir.encoding.extraction import FeatureCache, encode_counts, encode_texts
 from clip_cir.encoding.ranking import rank_gallery
+from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.models.clip import load_clip
 from clip_cir.models.combiner import Combiner, element_wise_sum
 
@@ -369,7 +369,7 @@ def test_gallery_features_are_shared_with_evaluation(clip, splits, encode, tmp_p
     """`clip-cir eval` and the demo read and write the same cache entries."""
     from dataclasses import replace
 
-    from clip_cir.encoding.encode import split_features
+    from clip_cir.encoding.split_features import split_features
 
     fresh = replace(encode, image_cache=FeatureCache(tmp_path / "cache"))
     evaluated = split_features(clip, splits[0], fresh)

@@ -189,7 +189,7 @@ def test_training_from_a_hub_clip_and_reloading_its_checkpoint_without_the_hub(h
                                                                                  monkeypatch):
     from huggingface_hub import constants
 
-    from clip_cir.models.checkpoints import save_weights
+    from clip_cir.models.files import save_weights
     from clip_cir.training.run import clip_metadata
 
     name = hub["runs"]["name"]

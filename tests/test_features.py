@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
-from clip_cir.encoding.features import (
+from clip_cir.encoding.extraction import (
     CHUNK_ROWS,
     FeatureCache,
     chunk_plan,
@@ -178,8 +178,8 @@ def test_pixel_batches_are_the_cached_rows_in_order(val_paths, tmp_path):
 
 
 def test_inference_batch_default_is_one_number():
-    from clip_cir.encoding.encode import EncodeOptions
-    from clip_cir.encoding.features import INFERENCE_BATCH_SIZE
+    from clip_cir.encoding.extraction import INFERENCE_BATCH_SIZE
+    from clip_cir.encoding.split_features import EncodeOptions
     from clip_cir.params import cli_parser
 
     args = cli_parser().parse_args(["eval", "--dataset", "cirr", "--data-root", "."])

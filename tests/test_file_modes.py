@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clip_cir.models.checkpoints import (
+from clip_cir.models.files import (
     atomic_write,
     save_torch_state,
     save_weights,

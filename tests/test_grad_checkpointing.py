@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from clip_cir.models.checkpointing import Checkpointed, enable_grad_checkpointing
 from clip_cir.models.clip import load_clip
+from clip_cir.models.grad_checkpointing import Checkpointed, enable_grad_checkpointing
 from clip_cir.models.towers import encode_text
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.run import seed_everything

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from clip_cir.data.types import CIRSplit, Query
-from clip_cir.encoding.encode import SplitFeatures
 from clip_cir.encoding.ranking import (
     Ranking,
     rank_gallery,
@@ -15,6 +14,7 @@ from clip_cir.encoding.ranking import (
     rank_subsets,
     subset_candidates,
 )
+from clip_cir.encoding.split_features import SplitFeatures
 from clip_cir.evaluation.evaluate import metrics_from_features
 from clip_cir.evaluation.metrics import (
     combine_benchmarks,

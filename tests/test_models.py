@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clip_cir.errors import CIRError
-from clip_cir.models.checkpoints import save_weights
 from clip_cir.models.clip import infer_openai_config, load_clip
+from clip_cir.models.files import save_weights
 from clip_cir.models.towers import tower_fingerprint
 
 TEXTS = ["make the red circle blue", "add a small green square at the top left", "remove the star"]

@@ -120,7 +120,7 @@ def test_a_cache_that_would_fill_the_disk_is_not_written(real_sized_images, tmp_
 
 
 def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_images, tmp_path, tiny_checkpoint):
-    from clip_cir.encoding.features import encode_counts, encode_images
+    from clip_cir.encoding.extraction import encode_counts, encode_images
     from clip_cir.models.clip import load_clip
 
     clip = load_clip(None, str(tiny_checkpoint))

@@ -80,7 +80,7 @@ def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, 
 
 
 def test_encoding_restores_each_towers_own_mode(tiny_checkpoint):
-    from clip_cir.encoding.features import encode_texts
+    from clip_cir.encoding.extraction import encode_texts
     from clip_cir.models.clip import load_clip
 
     clip = load_clip(None, str(tiny_checkpoint))
@@ -340,8 +340,8 @@ def test_cirr_train_images_in_the_flat_nlvr2_layout(synth_root, tmp_path, caplog
 # ---- 7. honest log lines -----------------------------------------------------------------------
 
 def test_loading_our_checkpoints_does_not_claim_a_random_init(synth_root, tmp_path, tiny_checkpoint, caplog):
-    from clip_cir.models.checkpoints import save_weights
     from clip_cir.models.clip import load_clip
+    from clip_cir.models.files import save_weights
 
     loaded = load_clip(None, str(tiny_checkpoint))
     ours = tmp_path / "clip.safetensors"

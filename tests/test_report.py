@@ -65,7 +65,7 @@ def test_report_of_real_runs(runs, cli, tmp_path, kind, queries):
 
 def test_retrieval_follows_the_cirr_protocol(runs):
     """Top results come from the whole gallery with the reference removed; the target's rank is reported."""
-    from clip_cir.encoding.features import FeatureCache
+    from clip_cir.encoding.extraction import FeatureCache
 
     run = report.read_run(runs["stage2"])
     assert run.kind == "stage2"

@@ -23,7 +23,7 @@ def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feat
     from test_training import ddp_launcher
 
     from clip_cir.data import load_splits
-    from clip_cir.encoding.encode import EncodeOptions, split_features
+    from clip_cir.encoding.split_features import EncodeOptions, split_features
     from clip_cir.models.clip import load_clip
 
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "tests" / "scripts" / "sharded_extract.py"),

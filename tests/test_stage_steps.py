@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from clip_cir.models.clip import load_clip
 from clip_cir.models.transforms import OPENAI_MEAN, OPENAI_STD, build_transform
-from clip_cir.training.datasets import ClipEncoder
+from clip_cir.training.encoders import ClipEncoder
 from clip_cir.training.stage1 import CLIPFineTuning
 from clip_cir.training.stage2 import feature_forward
 

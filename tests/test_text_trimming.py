@@ -90,7 +90,7 @@ def test_an_eos_pooling_tower_is_cut_after_its_eos_token_not_its_largest_id():
 
 
 def test_loaded_clip_tokenize_trims_and_features_match(tiny_checkpoint):
-    from clip_cir.encoding.features import encode_texts
+    from clip_cir.encoding.extraction import encode_texts
 
     clip = load_clip(None, str(tiny_checkpoint))
     assert clip.tokenize(CAPTIONS).shape[1] < clip.tokenizer(CAPTIONS).shape[1]

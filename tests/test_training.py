@@ -77,12 +77,12 @@ def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
     meta = json.loads((run / "best" / "combiner.json").read_text())
     assert (meta["clip_feature_dim"], meta["projection_dim"], meta["hidden_dim"]) == (128, 512, 1024)
     # A second run on the same CLIP finds every feature in the cache.
-    from clip_cir.encoding import features
+    from clip_cir.encoding import extraction
 
-    before = dict(features.encode_counts)
+    before = dict(extraction.encode_counts)
     train_combiner_main(stage2_args(synth_root, tmp_path, "again", "--epochs", "1"))
-    assert features.encode_counts["image"] == before.get("image", 0)
-    assert features.encode_counts["text"] == before.get("text", 0)
+    assert extraction.encode_counts["image"] == before.get("image", 0)
+    assert extraction.encode_counts["text"] == before.get("text", 0)
 
 
 def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:

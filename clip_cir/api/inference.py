@@ -30,8 +30,7 @@ from clip_cir.config import ModelConfig
 from clip_cir.constants import TRANSFORMS
 from clip_cir.data.folder import folder_gallery
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.encode import EncodeOptions, encode_captions, encode_image_files
-from clip_cir.encoding.features import (
+from clip_cir.encoding.extraction import (
     INFERENCE_BATCH_SIZE,
     FeatureCache,
     default_cache_dir,
@@ -39,6 +38,7 @@ from clip_cir.encoding.features import (
     eval_mode,
 )
 from clip_cir.encoding.search import SearchIndex, build_index
+from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.evaluate import compose_features
 from clip_cir.models.clip import LoadedCLIP, load_clip
@@ -260,7 +260,7 @@ class CIRModel:
     @torch.no_grad()
     def _encode_in_memory(self, images: list[Image.Image | torch.Tensor]) -> torch.Tensor:
         """Decoded images and pixel tensors through the image tower, batch by batch, as
-        `features.encode_images` runs files: uint8 pixels to the device, normalised there."""
+        `extraction.encode_images` runs files: uint8 pixels to the device, normalised there."""
         transform, device = self.encode.transform, self.device
         channels_last = is_channels_last(self.clip.model.visual)
         size = self.clip.input_size

@@ -28,7 +28,7 @@ def search_index(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> None:
     from clip_cir.evaluation.evaluate import evaluate
     from clip_cir.evaluation.metrics import format_metrics
-    from clip_cir.models.checkpoints import write_json
+    from clip_cir.models.files import write_json
 
     index_factory = search_index(args)
     prepared = prepare(args, need_targets=True)
@@ -42,9 +42,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
-    from clip_cir.encoding.encode import split_features
+    from clip_cir.encoding.split_features import split_features
     from clip_cir.evaluation.evaluate import rank_features
-    from clip_cir.models.checkpoints import write_json
+    from clip_cir.models.files import write_json
 
     opt.check_positive(args, ["top_k"])
     index_factory = search_index(args)
@@ -70,7 +70,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
 def _submission_ranking(args: argparse.Namespace, test_split: str, k: int):
     """What submit-cirr and submit-circo share: check the split, then data, model and the top-k
     ranking of every query (reference removed or not as the dataset's protocol says)."""
-    from clip_cir.encoding.encode import split_features
+    from clip_cir.encoding.split_features import split_features
     from clip_cir.evaluation.evaluate import rank_features
 
     if args.split not in (test_split, "val"):
@@ -94,7 +94,7 @@ def _score_file(args: argparse.Namespace, dataset: str, score) -> None:
     scores = score(load_splits(dataset, args.data_root, args.split, images=ImageCheck(require_files=False))[0])
     print(format_metrics(scores, label=dataset))
     if args.output:
-        from clip_cir.models.checkpoints import write_json
+        from clip_cir.models.files import write_json
         write_json(args.output, {k: round(v, 4) for k, v in scores.items()})
 
 

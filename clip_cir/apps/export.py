@@ -28,19 +28,19 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import format_metrics
-from clip_cir.models.checkpoints import (
-    atomic_write,
-    read_safetensors_metadata,
-    save_weights,
-    write_dir,
-    write_text,
-)
 from clip_cir.models.clip import LoadedCLIP, load_clip, resolve_clip_checkpoint
 from clip_cir.models.combiner import (
     COMBINER_FILE,
     Combiner,
     load_combiner,
     resolve_combiner_checkpoint,
+)
+from clip_cir.models.files import (
+    atomic_write,
+    read_safetensors_metadata,
+    save_weights,
+    write_dir,
+    write_text,
 )
 from clip_cir.models.hub import HUB_PREFIX, hub_repo_id, push_folder, push_token
 

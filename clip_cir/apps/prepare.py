@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from clip_cir.config import CombiningConfig, QueryDataConfig, RankingConfig
     from clip_cir.data import CIRSplit
     from clip_cir.data.images import ImageCheck
-    from clip_cir.encoding.encode import EncodeOptions
+    from clip_cir.encoding.split_features import EncodeOptions
     from clip_cir.models.clip import LoadedCLIP
 
 log = logging.getLogger("clip_cir")
@@ -45,9 +45,9 @@ def accelerator_for(config: RankingConfig):
 
 
 def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> EncodeOptions:
-    from clip_cir.encoding.encode import EncodeOptions
-    from clip_cir.encoding.feature_cache import feature_cache_for
+    from clip_cir.encoding.feature_store import feature_cache_for
     from clip_cir.encoding.pixels import loader_workers, pixel_cache_for
+    from clip_cir.encoding.split_features import EncodeOptions
 
     model = config.model
     return EncodeOptions.for_accelerator(accelerator, clip.image_transform(model.transform, model.target_ratio),

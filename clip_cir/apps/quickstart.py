@@ -23,7 +23,7 @@ from pathlib import Path
 
 from clip_cir import params as opt
 from clip_cir.constants import TINY_MODEL
-from clip_cir.models.checkpoints import write_json, write_text
+from clip_cir.models.files import write_json, write_text
 
 log = logging.getLogger("clip_cir")
 MODEL = TINY_MODEL

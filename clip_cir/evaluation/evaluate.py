@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 import torch
 
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.encode import EncodeOptions, SplitFeatures, split_features
 from clip_cir.encoding.ranking import GallerySearch, Ranking, rank_split
+from clip_cir.encoding.split_features import EncodeOptions, SplitFeatures, split_features
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
 from clip_cir.models.clip import LoadedCLIP

@@ -21,7 +21,7 @@ from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import Ranking
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import recall_at_k, soft_recall_at_k, split_metrics
-from clip_cir.models.checkpoints import write_text
+from clip_cir.models.files import write_text
 
 VERSION = "rc2"
 RECALL_LENGTH = 50

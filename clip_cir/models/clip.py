@@ -32,11 +32,7 @@ from open_clip.model import CLIP
 from clip_cir.config import ModelConfig
 from clip_cir.constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from clip_cir.errors import CIRError
-from clip_cir.models.checkpointing import enable_grad_checkpointing
-from clip_cir.models.checkpoints import read_safetensors
-from clip_cir.models.extras import backbone_requirements, first_line
-from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
-from clip_cir.models.saved import (
+from clip_cir.models.checkpoint_formats import (
     build_from_config,
     image_preprocess,
     infer_openai_config,
@@ -48,6 +44,10 @@ from clip_cir.models.saved import (
     tokenizer_from_config,
     unwrap_checkpoint,
 )
+from clip_cir.models.extras import backbone_requirements, first_line
+from clip_cir.models.files import read_safetensors
+from clip_cir.models.grad_checkpointing import enable_grad_checkpointing
+from clip_cir.models.hub import HUB_PREFIX, hub_file, hub_repo_id, snapshot_revision
 from clip_cir.models.tiny_timm import register as register_tiny_timm_models
 from clip_cir.models.towers import trim_tokens
 from clip_cir.models.transforms import ImageTransform, build_transform
@@ -324,7 +324,7 @@ def load_hub_clip(repo_id: str) -> LoadedCLIP:
         HF_WEIGHTS_NAME,
     )
 
-    from clip_cir.models.checkpoints import read_safetensors
+    from clip_cir.models.files import read_safetensors
 
     name = f"{HUB_PREFIX}{repo_id}"
     config_path = hub_file(repo_id, HF_CONFIG_NAME)

@@ -91,8 +91,8 @@ def resolve_combiner_checkpoint(path: Path) -> Path:
 def load_combiner(path: str | Path) -> Combiner:
     """Our safetensors Combiner, a stage-2 run directory, a published `{"Combiner": ...}` file, or
     `hf-hub:ORG/NAME` (a repository written by `clip-cir export`, through the HF cache)."""
-    from clip_cir.models.checkpoints import read_safetensors
     from clip_cir.models.clip import read_torch_file
+    from clip_cir.models.files import read_safetensors
     from clip_cir.models.hub import hub_file, hub_repo_id
 
     repo_id = hub_repo_id(str(path))

@@ -90,7 +90,7 @@ def add_accum_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_compile_arg(group: Group) -> None:
-    """`--compile` for the programs that train CLIP towers (`training.datasets.ClipEncoder`)."""
+    """`--compile` for the programs that train CLIP towers (`training.encoders.ClipEncoder`)."""
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the trained towers' forward and backward (as open_clip's "
                             "--torchcompile): the first steps compile, later ones run faster; caption batches "

@@ -1,23 +1,19 @@
-"""Training-time pieces shared by stage 1 and stage 2: triplet datasets, precomputed
-features of frozen towers, and the module whose forward DDP wraps."""
+"""Training data shared by the stages: the training triplets, their datasets and samplers, and
+stage 2's batches of precomputed features."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from clip_cir.data.io import load_image
 from clip_cir.data.types import CIRSplit, Query
-from clip_cir.encoding import features
 from clip_cir.encoding.pixels import PixelArray
-from clip_cir.models.towers import COMPILED_LENGTH_MULTIPLE, encode_text
 from clip_cir.models.transforms import ImageTransform
 
 
@@ -85,38 +81,6 @@ class TripletDataset(Dataset):
         if self.pixels is not None:
             return self.pixels[index]
         return self.transform.pixels(load_image(self.data.image_paths[index]))
-
-
-class ClipEncoder(nn.Module):
-    """CLIP's two encoders behind one forward, so DDP sees every training forward pass.
-
-    `compile`: the two towers' encoders go through `torch.compile` (static shapes: training
-    batches have one size, and `COMPILED_LENGTH_MULTIPLE` keeps caption lengths few). The
-    compiled functions share the model's parameters and are not submodules, so the model's
-    saved keys stay its own; validation calls the model itself, uncompiled."""
-
-    def __init__(self, clip_model: nn.Module, compile: bool = False):
-        super().__init__()
-        self.clip = clip_model
-        self.compiled = compile
-        encoders = (clip_model.encode_image, partial(encode_text, clip_model))
-        self._encoders = tuple(torch.compile(f, dynamic=False) for f in encoders) if compile else encoders
-
-    @property
-    def length_multiple(self) -> int:
-        """Caption batches are padded to a multiple of this (`LoadedCLIP.tokenize`)."""
-        return COMPILED_LENGTH_MULTIPLE if self.compiled else 1
-
-    def forward(self, images: torch.Tensor | None = None,
-                tokens: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        image_features = text_features = None
-        if images is not None:
-            image_features = self._encoders[0](images)
-            features.encode_counts["image"] += images.shape[0]
-        if tokens is not None:
-            text_features = self._encoders[1](tokens)
-            features.encode_counts["text"] += tokens.shape[0]
-        return image_features, text_features
 
 
 class FeatureBatches:

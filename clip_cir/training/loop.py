@@ -26,9 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clip_cir.config import TrainingConfig
-from clip_cir.encoding import features
+from clip_cir.encoding import extraction
 from clip_cir.errors import CIRError
-from clip_cir.models.checkpoints import (
+from clip_cir.models.files import (
     load_torch_state,
     read_safetensors,
 )
@@ -250,8 +250,8 @@ def fit(accelerator, run: Run, stage: Stage, training: TrainingConfig, schedule:
                 save_checkpoint_dir(run.path / Selection.folder(key), stage.saved_modules(epoch + 1, metrics))
         # CLIP encodes so far, read after validation: validating may encode (stage 1's trained
         # towers re-encode the gallery and captions), and the row counts the whole epoch's work.
-        row["clip_images_encoded"] = features.encode_counts["image"]
-        row["clip_texts_encoded"] = features.encode_counts["text"]
+        row["clip_images_encoded"] = extraction.encode_counts["image"]
+        row["clip_texts_encoded"] = extraction.encode_counts["text"]
         run.append_csv("train_metrics.csv", row)
         run.append_rows("train_steps.csv", step_rows)
         accelerator.log({"train/loss": mean_loss, "train/lr": row["lr"]}, step=epoch + 1)

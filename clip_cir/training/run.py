@@ -20,17 +20,17 @@ from torch import nn
 
 from clip_cir.config import TrainingProgramConfig, portable_config
 from clip_cir.data.images import ImageCheck
-from clip_cir.encoding.feature_cache import FeatureCache, feature_cache_for
+from clip_cir.encoding.feature_store import FeatureCache, feature_cache_for
 from clip_cir.encoding.pixels import PixelCache, loader_workers, pixel_cache_for
 from clip_cir.errors import CIRError
-from clip_cir.models.checkpoints import (
+from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.files import (
     save_torch_state,
     save_weights,
     write_dir,
     write_json,
     write_text,
 )
-from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
 from clip_cir.training.tracking import flat_config, tracker_setup
 

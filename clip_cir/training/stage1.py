@@ -21,19 +21,15 @@ from clip_cir.config import Stage1Config
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.encode import EncodeOptions, encode_captions, encode_image_files
+from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files
 from clip_cir.evaluation.evaluate import evaluate
 from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.training.datasets import (
-    ClipEncoder,
-    EpochSampler,
-    TrainingSet,
-    TripletDataset,
-)
+from clip_cir.training.datasets import EpochSampler, TrainingSet, TripletDataset
+from clip_cir.training.encoders import ClipEncoder
 from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer

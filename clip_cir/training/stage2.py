@@ -19,7 +19,7 @@ from clip_cir.config import Stage2Config
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.encode import (
+from clip_cir.encoding.split_features import (
     EncodeOptions,
     SplitFeatures,
     encode_captions,

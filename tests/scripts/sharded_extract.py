@@ -13,8 +13,8 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 from clip_cir.data import load_splits
-from clip_cir.encoding.encode import EncodeOptions, split_features
-from clip_cir.encoding.features import FeatureCache, encode_counts
+from clip_cir.encoding.extraction import FeatureCache, encode_counts
+from clip_cir.encoding.split_features import EncodeOptions, split_features
 from clip_cir.models.clip import load_clip
 
 data_root, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])

@@ -21,8 +21,8 @@ from PIL import Image
 from clip_cir.api import CIRModel, Gallery, GalleryFeatures
 from clip_cir.api import check_caption as check_text
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.encode import EncodeOptions
 from clip_cir.encoding.search import SearchIndex
+from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction

@@ -1,6 +1,6 @@
 """`clip-cir report RUN_DIR`: PNG figures of a training run, to see at a glance what it learned.
 
-Reads only what every training program writes (see `clip_cir.training.loop`): `config.json`,
+Reads only what every training program writes (docs/training.md, "Run directory"): `config.json`,
 `train_metrics.csv`, `validation_metrics.csv` and the best checkpoint. Writes:
 
 - `training_loss.png`   training loss per epoch;
@@ -31,7 +31,7 @@ from clip_cir.apps.report.runs import read_run
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:  # imported where used: importing this module stays cheap
-    from clip_cir.encoding.features import FeatureCache
+    from clip_cir.encoding.extraction import FeatureCache
 
 log = logging.getLogger("clip_cir")
 
@@ -56,10 +56,10 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
 
     `n_queries=0` skips the retrieval figure; it is also skipped for pretraining runs (no
     composed queries) and for runs without a checkpoint yet. `cache` is a
-    `clip_cir.encoding.features.FeatureCache` (default: the user's feature cache; `FeatureCache(None)`
+    `clip_cir.encoding.extraction.FeatureCache` (default: the user's feature cache; `FeatureCache(None)`
     for none): a stage-2 gallery is usually already there from training.
     """
-    from clip_cir.encoding.features import FeatureCache, default_cache_dir
+    from clip_cir.encoding.extraction import FeatureCache, default_cache_dir
 
     if n_queries < 0:
         raise CIRError(f"--queries must be 0 or more, got {n_queries}")
@@ -86,7 +86,7 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
 
 def run_report(args: argparse.Namespace) -> None:
     from clip_cir.config import CacheConfig
-    from clip_cir.encoding.feature_cache import feature_cache_for
+    from clip_cir.encoding.feature_store import feature_cache_for
 
     cache = feature_cache_for(CacheConfig(cache_dir=args.cache_dir, no_cache=args.no_cache))
     for path in make_report(args.run_dir, args.output_dir, args.queries, args.split, seed=args.seed, cache=cache):

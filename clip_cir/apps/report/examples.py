@@ -17,7 +17,7 @@ from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
     from clip_cir.data import CIRSplit
-    from clip_cir.encoding.features import FeatureCache
+    from clip_cir.encoding.extraction import FeatureCache
     from clip_cir.models.clip import LoadedCLIP
     from clip_cir.models.combiner import CombiningFunction
 
@@ -110,7 +110,7 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
 
     from clip_cir.data import load_splits
     from clip_cir.data.images import EVALUATION_HINT, ImageCheck
-    from clip_cir.encoding.encode import EncodeOptions, split_features
+    from clip_cir.encoding.split_features import EncodeOptions, split_features
     from clip_cir.evaluation.evaluate import rank_features
 
     skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data

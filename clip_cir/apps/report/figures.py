@@ -27,7 +27,7 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write atomically, so a report being regenerated never leaves a half-written PNG behind."""
-    from clip_cir.models.checkpoints import atomic_write
+    from clip_cir.models.files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata=metadata))
     return path

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from clip_cir.encoding.feature_cache import (  # noqa: F401 - CHUNK_ROWS, default_cache_dir: imported from here too
+from clip_cir.encoding.feature_store import (  # noqa: F401 - CHUNK_ROWS, default_cache_dir: imported from here too
     CHUNK_ROWS,
     FeatureCache,
     Piece,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from clip_cir.models.checkpoints import atomic_write
+from clip_cir.models.files import atomic_write
 
 if TYPE_CHECKING:
     from clip_cir.config import CacheConfig

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from clip_cir.data.types import CIRSplit
-from clip_cir.encoding.features import INFERENCE_BATCH_SIZE, FeatureCache, encode_images, encode_texts
+from clip_cir.encoding.extraction import INFERENCE_BATCH_SIZE, FeatureCache, encode_images, encode_texts
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.transforms import ImageTransform
