@@ -17,7 +17,9 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
     `--channels-last auto`, then `--channels-last off`, then also `--pixel-cache off` (decoding
     every epoch, `--num-workers` automatic);
   - stage1-compile (only when asked for): `--encoder text --compile` and `--encoder both
-    --compile`, each against its uncompiled row (epoch 1, which compiles, is not timed).
+    --compile`, each against its uncompiled row (epoch 1, which compiles, is not timed);
+  - stage1-deterministic (only when asked for): `--encoder both --deterministic`, without the
+    cuDNN benchmark mode and TF32 the programs set on CUDA, against `--encoder both`.
     Stage-1 rows train on synthetic CIRR data rendered at the largest input size, `--train`
     triplets, batch `--batch-size`; triplets/s from the steady epochs (2..N) of
     `train_metrics.csv`;
@@ -27,7 +29,8 @@ followed by its TFLOP/s, every figure measured in this run. `--rows` picks group
   - tower: the image tower alone on random pixels already on the device (`compute.tower_rate`):
     forward at the inference batch (`--inference-batch-size`, extraction's) and forward+backward
     at `--tower-batch-size`, each channels-last and in the default layout: the ceiling for the
-    extraction and stage-1 rows;
+    extraction and stage-1 rows; all with the programs' CUDA speed settings (cuDNN benchmark
+    mode, TF32), and (tower-deterministic, only when asked for) the forward+backward without;
   - extraction: gallery extraction images/s (`clip_cir.encoding.extraction.encode_images`, no
     feature cache, `--channels-last auto`) on rendered 500x375 PNG photos (~320 KB, as CIRR's):
     from a warm pixel cache (`--images` files) as a fraction of the bare forward in the same
@@ -81,7 +84,8 @@ def stage1_rows(column: Column, keys: list[str], data_root: Path, root: Path, ar
     runs = {"text": ["--encoder", "text"], "both": ["--encoder", "both"],
             "both_nchw": ["--encoder", "both", "--channels-last", "off"],
             "both_decoded": ["--encoder", "both", "--pixel-cache", "off", "--channels-last", "off"],
-            "text_compiled": ["--encoder", "text", "--compile"], "both_compiled": ["--encoder", "both", "--compile"]}
+            "text_compiled": ["--encoder", "text", "--compile"], "both_compiled": ["--encoder", "both", "--compile"],
+            "both_deterministic": ["--encoder", "both", "--deterministic"]}
     for key in [k for k in runs if k in keys]:
         status(f"{column.title}: stage 1 {' '.join(runs[key])} ...")
         reset_accelerator_state()  # the program builds its own Accelerator with --mixed-precision
@@ -112,17 +116,24 @@ def stage2_row(column: Column, embed_dim: int, root: Path, args: argparse.Namesp
 
 
 def tower_rows(column: Column, clip, args: argparse.Namespace) -> None:
-    """The bare image tower: forward at the inference batch, forward+backward at the training one."""
+    """The bare image tower: forward at the inference batch, forward+backward at the training one,
+    with the training programs' CUDA speed settings (and, for the `_deterministic` rows, without)."""
+    from clip_cir.training.run import set_cuda_speed
+
     accelerator = fresh_accelerator(column.precision)
     for key, train, batch in (("tower_forward", False, args.inference_batch_size),
                               ("tower_train", True, args.tower_batch_size)):
         for suffix, channels_last in (("", True), ("_nchw", False)):
-            if key + suffix not in args.keys:
-                continue
-            status(f"{column.title}: image tower {key[6:]}{suffix or ' channels-last'} ...")
-            column.values[key + suffix] = tower_rate(clip, accelerator.device, accelerator.autocast,
-                                                     batch_size=batch, channels_last=channels_last, train=train,
-                                                     steps=args.tower_steps)
+            for deterministic in (False, True):
+                row = key + suffix + ("_deterministic" if deterministic else "")
+                if row not in args.keys:
+                    continue
+                status(f"{column.title}: image tower {key[6:]}{suffix or ' channels-last'}"
+                       f"{' deterministic' if deterministic else ''} ...")
+                set_cuda_speed(accelerator.device, deterministic)
+                column.values[row] = tower_rate(clip, accelerator.device, accelerator.autocast, batch_size=batch,
+                                                channels_last=channels_last, train=train, steps=args.tower_steps)
+    set_cuda_speed(accelerator.device, deterministic=False)
     set_memory_format(clip.model, accelerator.device, "off")
 
 
@@ -191,7 +202,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=[*GROUPS, *(key for key, _ in ROWS)], default=DEFAULT_GROUPS,
                         metavar="ROWS", help=f"row groups ({', '.join(GROUPS)}) or single rows "
                                              f"({', '.join(key for key, _ in ROWS)}) to measure (default: all "
-                                             "groups but stage1-compile)")
+                                             "groups but stage1-compile, stage1-deterministic and tower-deterministic)")
     parser.add_argument("--train", type=int, default=1024,
                         help="stage-1 synthetic CIRR triplets (default: %(default)s)")
     parser.add_argument("--val", type=int, default=50,
@@ -286,7 +297,7 @@ def measure(args: argparse.Namespace, device: torch.device, precisions: list[str
                     stage1_rows(column, args.keys, data_root, root, args)
                 if "stage2" in keys:
                     stage2_row(column, clip.embed_dim, root, args)
-                if keys & set(GROUPS["tower"]):
+                if keys & set(GROUPS["tower"] + GROUPS["tower-deterministic"]):
                     tower_rows(column, clip, args)
                 if keys & set(GROUPS["extraction"]):
                     extraction_rows(column, clip, transform, photos, pixels, args)

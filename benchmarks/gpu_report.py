@@ -17,6 +17,8 @@ ROWS = (
     ("both_nchw", "stage 1 `--encoder both`, pixel cache, `--channels-last off` (triplets/s)"),
     ("both_decoded", "stage 1 `--encoder both`, `--pixel-cache off --channels-last off`: decoded every epoch "
                      "(triplets/s)"),
+    ("both_deterministic", "stage 1 `--encoder both --deterministic`: no cuDNN benchmark mode, no TF32 (triplets/s; "
+                           "x = of `--encoder both`)"),
     ("text_compiled", "stage 1 `--encoder text --compile` (triplets/s; x = of `--encoder text`)"),
     ("both_compiled", "stage 1 `--encoder both --compile`, pixel cache, `--channels-last auto` (triplets/s; "
                       "x = of `--encoder both`)"),
@@ -25,6 +27,10 @@ ROWS = (
     ("tower_forward_nchw", "image tower alone, forward, batch {inference_batch_size}, default layout (images/s)"),
     ("tower_train", "image tower alone, forward+backward, batch {tower_batch_size}, channels-last (images/s)"),
     ("tower_train_nchw", "image tower alone, forward+backward, batch {tower_batch_size}, default layout (images/s)"),
+    ("tower_train_deterministic", "image tower alone, forward+backward, channels-last, no cuDNN benchmark mode or "
+                                  "TF32 (images/s; x = of the row with them)"),
+    ("tower_train_nchw_deterministic", "image tower alone, forward+backward, default layout, no cuDNN benchmark "
+                                       "mode or TF32 (images/s; x = of the row with them)"),
     ("extract_cached", "gallery extraction, pixel cache, batch {inference_batch_size}, `--channels-last auto` "
                        "(images/s; x = of the bare forward)"),
     ("extract_decoded", "gallery extraction, decoding with {workers} workers, {decode_images:,} files (images/s)"),
@@ -34,18 +40,22 @@ ROWS = (
 """Table rows: key and label."""
 GROUPS = {"stage1-text": ("text", "text_published"), "stage1-both": ("both", "both_nchw", "both_decoded"),
           "stage1-compile": ("text_compiled", "both_compiled"),
+          "stage1-deterministic": ("both_deterministic",),
+          "tower-deterministic": ("tower_train_deterministic", "tower_train_nchw_deterministic"),
           "stage2": ("stage2",),
           "tower": ("tower_forward", "tower_forward_nchw", "tower_train", "tower_train_nchw"),
           "extraction": ("extract_cached", "extract_decoded"), "loader": ("loader_cached", "loader_decoded")}
 BASELINES = {"text": "text_published", "both": "both_nchw", "both_nchw": "both_decoded",
-             "text_compiled": "text", "both_compiled": "both",
+             "text_compiled": "text", "both_compiled": "both", "both_deterministic": "both",
+             "tower_train_deterministic": "tower_train", "tower_train_nchw_deterministic": "tower_train_nchw",
              "tower_forward": "tower_forward_nchw", "tower_train": "tower_train_nchw",
              "loader_cached": "loader_decoded"}
 """A row's ratio is to this row (`extract_cached`'s: the bare forward in the layout it ran in)."""
 LOWER_IS_BETTER = {"stage2"}
-STAGE1 = set(GROUPS["stage1-text"] + GROUPS["stage1-both"] + GROUPS["stage1-compile"])
+STAGE1 = set(GROUPS["stage1-text"] + GROUPS["stage1-both"] + GROUPS["stage1-compile"]
+             + GROUPS["stage1-deterministic"])
 """The rows that train on synthetic CIRR data."""
-DEFAULT_GROUPS = [g for g in GROUPS if g != "stage1-compile"]
+DEFAULT_GROUPS = [g for g in GROUPS if g not in ("stage1-compile", "stage1-deterministic", "tower-deterministic")]
 """What `gpu.py` measures unless `--rows` says: compiling costs a minute or more per run."""
 
 

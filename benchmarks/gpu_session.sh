@@ -8,8 +8,10 @@
 #
 # Parts, in bf16 (random init; docs/benchmarks.md explains every row):
 #   1. gpu.py on RN50x4 (288 px): stage 1 `--encoder both` with `--channels-last auto` (channels-last
-#      there), `off`, and `off` with `--pixel-cache off`; and `--compile` with `--channels-last auto`.
-#   2. gpu.py on RN50x4: the bare image tower, forward and forward+backward, in both layouts; gallery
+#      there), `off`, and `off` with `--pixel-cache off`; `--compile` with `--channels-last auto`; and
+#      `--deterministic` (no cuDNN benchmark mode, no TF32: what every row had before the programs set them).
+#   2. gpu.py on RN50x4: the bare image tower, forward and forward+backward, in both layouts, the
+#      forward+backward also without cuDNN benchmark mode and TF32; gallery
 #      extraction from the pixel cache against the bare forward, and decoding; the loader.
 #      Decoding rows read 2,048 files.
 #   3. gpu.py on ViT-B-16 (224 px): the bare tower and extraction.
@@ -77,9 +79,9 @@ part() {
 : >"$OUT/accum_memory.md"
 : >"$OUT/profile_step.md"
 part "gpu.py $RN, stage 1" 270 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" --precisions bf16 \
-  --rows stage1-both both_compiled "${SIZES[@]}"
+  --rows stage1-both both_compiled both_deterministic "${SIZES[@]}"
 part "gpu.py $RN, tower and extraction" 110 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$RN" \
-  --precisions bf16 --rows tower extraction loader "${SIZES[@]}"
+  --precisions bf16 --rows tower tower-deterministic extraction loader "${SIZES[@]}"
 part "gpu.py $VIT" 90 "$OUT/gpu_table.md" "$PY" benchmarks/gpu.py --models "$VIT" --precisions bf16 \
   --rows tower extraction "${SIZES[@]}"
 part "profile_step.py $RN" 60 "$OUT/profile_step.md" "$PY" benchmarks/profile_step.py --model "$RN" \

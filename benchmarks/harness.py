@@ -97,12 +97,17 @@ def reset_accelerator_state() -> None:
 
 def fresh_accelerator(mixed_precision: str = "no", cpu: bool = False) -> "Accelerator":
     """An Accelerator with this precision even if an earlier one in this process had another
-    (`reset_accelerator_state`), configured as the training programs' `open_run` does."""
+    (`reset_accelerator_state`), configured as the training programs' `open_run` does (on CUDA:
+    cuDNN benchmark mode and TF32, `set_cuda_speed`)."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
+    from clip_cir.training.run import set_cuda_speed
+
     reset_accelerator_state()
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    set_cuda_speed(accelerator.device, deterministic=False)
+    return accelerator
 
 
 def baseline_device() -> torch.device:
