@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
-from clip_cir.constants import VALIDATION_SCHEDULES
+from clip_cir.constants import (
+    COMBINING,
+    ENCODERS,
+    FAISS_INDEXES,
+    LR_SCHEDULERS,
+    SEARCH_BACKENDS,
+    TRACKERS,
+    TRANSFORMS,
+    VALIDATION_SCHEDULES,
+)
 from clip_cir.errors import CIRError
 
 C = TypeVar("C", bound="Options")
@@ -79,24 +88,43 @@ def _section_type(cls: type, f: dataclasses.Field) -> type[Options] | None:
     return hint if isinstance(hint, type) and issubclass(hint, Options) else None
 
 
-def _coerce(value: Any, hint: Any) -> Any:
-    """JSON and command-line values as the field's type: paths from strings, lists as tuples."""
-    if value is None:
-        return None
-    args = typing.get_args(hint)
-    if hint is Path or (Path in args and isinstance(value, str)):
-        return Path(value)
-    if (hint is str or str in args) and isinstance(value, os.PathLike):  # a checkpoint path as `pretrained`
-        return os.fspath(value)
-    origin = typing.get_origin(hint)
+CHOICES = {"lr_scheduler": LR_SCHEDULERS, "validation_schedule": VALIDATION_SCHEDULES, "encoder": ENCODERS,
+           "mixed_precision": (None, "no", "fp16", "bf16"), "channels_last": ("auto", "on", "off"),
+           "pixel_cache": ("auto", "on", "off"), "transform": TRANSFORMS, "tracker": TRACKERS,
+           "combining": COMBINING, "search": SEARCH_BACKENDS, "faiss_index": FAISS_INDEXES}
+"""The settings that take one of a few values (the command lines' `choices`)."""
+
+
+KINDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False", Path: "a path"}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A value from JSON, a command line or Python as the field's type (paths from strings, a
+    list or one string as a tuple of strings, an int where a float goes), or a one-line error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0]) if len(inner) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+        hint, origin, args = inner[0], typing.get_origin(inner[0]), typing.get_args(inner[0])
+    coerced = value
+    if hint is Path and isinstance(value, (str, os.PathLike)):
+        coerced = Path(value)
+    elif hint is str and isinstance(value, os.PathLike):  # a checkpoint path as `pretrained`
+        coerced = os.fspath(value)
+    elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+        coerced = float(value)
+    elif origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        coerced = tuple(items) if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items) else None
+    expected = tuple if origin is tuple else hint
+    if coerced is None or not isinstance(coerced, expected) or (expected is int and isinstance(coerced, bool)):
+        kind = "a list of strings" if origin is tuple else KINDS.get(expected, expected.__name__)
+        raise CIRError(f"{option_flag(name)} takes {kind}, got {value!r}")
+    if name in CHOICES and coerced not in CHOICES[name]:
+        raise CIRError(f"{option_flag(name)} must be one of {', '.join(str(c) for c in CHOICES[name] if c)}, "
+                       f"got {value!r}")
+    return coerced
 
 
 def _build(cls: type[C], options: dict[str, Any], base: C) -> C:
@@ -112,7 +140,7 @@ def _build(cls: type[C], options: dict[str, Any], base: C) -> C:
             else:
                 values[f.name] = _build(kind, options, getattr(base, f.name))
         elif f.name in options:
-            values[f.name] = _coerce(options.pop(f.name), hints[f.name])
+            values[f.name] = _coerce(f.name, options.pop(f.name), hints[f.name])
     return dataclasses.replace(base, **values)
 
 
@@ -241,9 +269,6 @@ class TrainingConfig(Options):
                 raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.warmup < 0:
             raise CIRError("--weight-decay and --warmup must not be negative")
-        if self.validation_schedule not in VALIDATION_SCHEDULES:
-            raise CIRError(f"--validation-schedule must be one of {', '.join(VALIDATION_SCHEDULES)}, "
-                           f"got {self.validation_schedule!r}")
 
     def check_batch_split(self, num_processes: int, accum_steps: int = 1) -> None:
         """The global batch splits into equal per-process batches, and each of those into
@@ -344,9 +369,10 @@ class TrainingProgramConfig(Options):
         """Micro-batches per optimizer step (1 where the program has no such setting)."""
         return 1
 
-    def check(self) -> None:
+    def check(self, num_processes: int = 1) -> None:
+        """Every setting makes sense, and the global batch splits over `num_processes`."""
         self.training.check()
-        self.training.check_batch_split(1, self.accum_steps)
+        self.training.check_batch_split(num_processes, self.accum_steps)
         if self.device.num_workers is not None and self.device.num_workers < 0:
             raise CIRError(f"--num-workers must not be negative, got {self.device.num_workers}")
 
@@ -381,8 +407,8 @@ class Stage2Config(TrainingProgramConfig):
     hidden_dim: int | None = None
     """Default: 8x the CLIP embedding size."""
 
-    def check(self) -> None:
-        super().check()
+    def check(self, num_processes: int = 1) -> None:
+        super().check(num_processes)
         for name in ("projection_dim", "hidden_dim"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -407,8 +433,10 @@ class PretrainConfig(TrainingProgramConfig):
     def accum_steps(self) -> int:
         return self.towers.accum_steps
 
-    def check(self) -> None:
-        super().check()
+    def check(self, num_processes: int = 1) -> None:
+        super().check(num_processes)
+        if self.data.train_data is None:
+            raise CIRError("the following arguments are required: --train-data")
         if not 0 < self.data.val_fraction < 1:
             raise CIRError(f"--val-fraction must be between 0 and 1, got {self.data.val_fraction}")
 

@@ -91,7 +91,6 @@ def test_unknown_and_misspelt_options_are_refused():
     ({"epochs": 0}, "--epochs must be positive, got 0"),
     ({"validation_frequency": -1}, "--validation-frequency must be positive, got -1"),
     ({"warmup": -2}, "--weight-decay and --warmup must not be negative"),
-    ({"validation_schedule": "sometimes"}, "--validation-schedule must be one of published, every-nth-and-last"),
     ({"batch_size": 30, "accum_steps": 4}, "--batch-size 30 over 1 process(es) does not split into --accum-steps 4"),
     ({"num_workers": -1}, "--num-workers must not be negative, got -1"),
 ])
@@ -99,6 +98,30 @@ def test_settings_check_themselves(options, message):
     with pytest.raises(CIRError) as error:
         Stage1Config.from_options(options).check()
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"validation_schedule": "sometimes"}, "--validation-schedule must be one of published, every-nth-and-last, got "
+                                           "'sometimes'"),
+    ({"lr_scheduler": "cos"}, "--lr-scheduler must be one of const, cosine, got 'cos'"),
+    ({"encoder": "txt"}, "--encoder must be one of text, image, both, got 'txt'"),
+    ({"mixed_precision": "fp32"}, "--mixed-precision must be one of no, fp16, bf16, got 'fp32'"),
+    ({"pixel_cache": "yes"}, "--pixel-cache must be one of auto, on, off, got 'yes'"),
+    ({"epochs": 3.0}, "--epochs takes an integer, got 3.0"),
+    ({"deterministic": 1}, "--deterministic takes True or False, got 1"),
+    ({"data_root": 5}, "--data-root takes a path, got 5"),
+    ({"output_dir": None}, "--output-dir takes a path, got None"),
+    ({"fashioniq_categories": {"dress"}}, "--fashioniq-categories takes a list of strings, got {'dress'}"),
+])
+def test_values_of_the_wrong_kind_or_outside_the_choices_are_refused_when_given(options, message):
+    with pytest.raises(CIRError) as error:
+        Stage1Config.from_options(options)
+    assert str(error.value) == message
+
+
+def test_one_string_where_a_list_goes_is_a_list_of_one():
+    assert Stage1Config.from_options({"fashioniq_categories": "dress"}).data.fashioniq_categories == ("dress",)
+    assert Stage1Config.from_options({"mixed_precision": None}).device.mixed_precision is None
 
 
 def test_stage2_refuses_settings_that_do_not_apply_to_it():
@@ -119,28 +142,32 @@ def test_a_run_saved_before_the_schedule_option_resumes_with_the_schedule_it_ran
 
 @pytest.fixture
 def cuda_flags():
-    names = [(torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
-             (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+    from clip_cir.training.run import CUDA_FLAGS as names
+
     before = [getattr(module, name) for module, name in names]
     yield lambda: [getattr(module, name) for module, name in names]
     for (module, name), value in zip(names, before):
         setattr(module, name, value)
 
 
-def test_cuda_speed_settings_on_cuda_only(cuda_flags):
-    from clip_cir.training.run import set_cuda_speed
+def test_cuda_speed_settings_on_cuda_only_and_restored(cuda_flags):
+    from clip_cir.training.run import TORCH_DEFAULTS, cuda_speed, set_cuda_speed
 
     before = cuda_flags()
+    assert before == list(TORCH_DEFAULTS)  # what a fresh process (and clip-cir eval) computes with
     set_cuda_speed(torch.device("cpu"), deterministic=False)
     assert cuda_flags() == before
-    set_cuda_speed(torch.device("cuda", 0), deterministic=False)  # flags only: no GPU needed
-    assert cuda_flags() == [True, False, True, True]  # benchmark, deterministic, cuDNN TF32, matmul TF32
-    set_cuda_speed(torch.device("cuda"), deterministic=True)
-    assert cuda_flags() == [False, True, False, False]
+    with cuda_speed(torch.device("cuda", 0), deterministic=False):  # flags only: no GPU needed
+        assert cuda_flags() == [True, False, True, True]  # benchmark, deterministic, cuDNN TF32, matmul TF32
+    assert cuda_flags() == before
+    with cuda_speed(torch.device("cuda"), deterministic=True):
+        assert cuda_flags() == [False, True, False, False]
+    assert cuda_flags() == before
 
 
-def test_validation_runs_with_float32_matmuls(cuda_flags, tmp_path):
-    """Training may use TF32; validation, whose numbers pick the best checkpoint, does not."""
+def test_validation_runs_with_torchs_defaults(cuda_flags, tmp_path):
+    """Training may use TF32 and benchmark mode; validation, whose numbers pick the best
+    checkpoint, runs as `clip-cir eval` does."""
     from test_validation_schedule import ScriptedStage
 
     from clip_cir.training.loop import fit
@@ -151,12 +178,41 @@ def test_validation_runs_with_float32_matmuls(cuda_flags, tmp_path):
 
     class Recording(ScriptedStage):
         def validate(self, epoch):
-            seen.append(torch.backends.cuda.matmul.allow_tf32)
+            seen.append(cuda_flags())
             return super().validate(epoch)
 
     from accelerate import Accelerator
 
-    torch.backends.cuda.matmul.allow_tf32 = True
+    from clip_cir.training.run import TORCH_DEFAULTS, set_cuda_speed
+
+    set_cuda_speed(torch.device("cuda"), deterministic=False)  # as a run's training epochs
     fit(Accelerator(cpu=True), Run(path=Path(tmp_path), is_main=True), Recording([1.0, 2.0]),
         TrainingConfig(epochs=2), LRSchedule("const", 0.1, 0, 4), progress=False)
-    assert seen == [False, False] and torch.backends.cuda.matmul.allow_tf32 is True
+    assert seen == [list(TORCH_DEFAULTS)] * 2 and cuda_flags() == [True, False, True, True]
+
+
+def test_resume_settings_from_python(tmp_path):
+    """`resume=RUN` takes the run's settings; a relative path that names the run's own folder is
+    the same setting; another value of a setting that is not how-long-or-how is refused, whether
+    given as an option or inside a settings object; a settings object of another program too."""
+    import os
+
+    from clip_cir.api import training_settings
+
+    (tmp_path / "data").mkdir()
+    run = tmp_path / "run1"
+    run.mkdir()
+    saved = Stage1Config.from_options({"dataset": "cirr", "data_root": tmp_path / "data", "lr": 0.25,
+                                       "output_dir": tmp_path, "experiment_name": "run1"})
+    (run / "config.json").write_text(json.dumps({"program": "stage1", **portable_config(saved.to_options())}))
+    os.chdir(tmp_path)
+    settings = training_settings(Stage1Config, None, {"resume": run, "epochs": 9, "data_root": "data"})
+    assert (settings.training.lr, settings.training.epochs, settings.data.dataset) == (0.25, 9, "cirr")
+    assert settings.run.resume == run
+    with pytest.raises(CIRError, match=r"--lr 0.5 differs from the resumed run's 0.25"):
+        training_settings(Stage1Config, None, {"resume": run, "lr": 0.5})
+    other = Stage1Config.from_options({"dataset": "fashioniq", "resume": run}, base=saved)
+    with pytest.raises(CIRError, match=r"--dataset fashioniq differs from the resumed run's 'cirr'"):
+        training_settings(Stage1Config, other, {})
+    with pytest.raises(CIRError, match="these settings are a Stage1Config; this program takes a Stage2Config"):
+        training_settings(Stage2Config, Stage1Config(), {})

@@ -314,13 +314,20 @@ class CIRModel:
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
 
-    def index(self, images: GallerySource, *, exclude_reference: bool = True, backend: str = "exact",
+    def index(self, images: GallerySource, *, exclude_reference: bool | None = None, backend: str = "exact",
               **faiss_options: Any) -> Gallery:
         """A searchable gallery: a folder (every image below it, named by its path in the folder,
         as `--gallery-dir`), a list of image files (named as given), a mapping name -> file, or
         dataset splits (`clip_cir.data.load_splits`; their galleries' union). Features come
         from the feature cache when `clip-cir eval`, `rank` or the demo computed them.
+        `exclude_reference`: whether a reference from the gallery is left out of its own results;
+        default: as the splits' protocol for dataset splits (CIRR removes it, FashionIQ and CIRCO
+        keep it), removed for a folder or a list.
         `backend`: "exact" or "faiss" (with `index="flat"|"ivf"|"hnsw"`, `nprobe=`)."""
+        if exclude_reference is None:
+            splits = [images] if isinstance(images, CIRSplit) else images if (
+                isinstance(images, Sequence) and images and all(isinstance(s, CIRSplit) for s in images)) else []
+            exclude_reference = all(s.exclude_reference for s in splits) if splits else True
         images = self.gallery_features(images)
         return Gallery(self, images.names, images.paths, images.features, exclude_reference=exclude_reference,
                        backend=backend, **faiss_options)

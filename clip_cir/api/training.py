@@ -17,21 +17,28 @@ from clip_cir.config import (
     check_resumed_options,
     read_run_config,
 )
+from clip_cir.errors import CIRError
 from clip_cir.training.loop import TrainedRun
 
 C = TypeVar("C", bound=TrainingProgramConfig)
 
 
 def training_settings(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
-    """Settings from a config and/or flat options (options win). With `resume=RUN` in the options,
-    the run's saved settings are the base, and only how long and how it runs may change."""
-    resume = options.get("resume")
+    """Settings from a config and/or flat options (options win). When they resume a run
+    (`resume=RUN`), the run's saved settings are the base, and what they give may only change how
+    long and how it runs: the rest must agree with the run's."""
+    if config is not None and not isinstance(config, cls):
+        raise CIRError(f"these settings are a {type(config).__name__}; this program takes a {cls.__name__}")
+    settings = cls.from_options(options, base=config)
+    resume = settings.run.resume
     if resume is None:
-        return cls.from_options(options, base=config)
+        return settings
     known = cls.option_names()
+    given = {k: v for k, v in settings.to_options().items() if k in options} if config is None \
+        else settings.to_options()
     saved = read_run_config(resume)
-    check_resumed_options(saved, options, known)
-    return cls.from_options(options, base=cls.from_options({k: v for k, v in saved.items() if k in known}))
+    check_resumed_options(saved, given, known)
+    return cls.from_options(given, base=cls.from_options({k: v for k, v in saved.items() if k in known}))
 
 
 def _train(run: Callable[[C], TrainedRun], settings: C) -> TrainedRun:

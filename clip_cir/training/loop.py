@@ -15,10 +15,9 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from accelerate.utils import gather_object
@@ -37,6 +36,8 @@ from clip_cir.training.optim import LRSchedule, load_optimizer_state
 from clip_cir.training.run import (
     Run,
     TrainingSetup,
+    cuda_speed,
+    evaluation_numerics,
     last_checkpoint,
     rng_state,
     save_checkpoint_dir,
@@ -143,18 +144,6 @@ class TrainedRun:
         return self.path / "best"
 
 
-@contextmanager
-def float32_matmuls() -> Iterator[None]:
-    """Full float32 matrix products inside (TF32 off on CUDA, as torch's default), whatever the run
-    set for its training steps: validation numbers are those `clip-cir eval` computes."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def check_batch_fits(batch_size: int, available: int, what: str) -> None:
     """Every optimizer step takes a whole batch (the last, partial one is dropped): refuse a
     batch larger than the training data before any work."""
@@ -239,7 +228,7 @@ def fit(accelerator, run: Run, stage: Stage, training: TrainingConfig, schedule:
                  row["lr"], row["seconds"])
         validate_now = training.validates_after(epoch)
         if validate_now and accelerator.is_main_process:
-            with float32_matmuls():
+            with evaluation_numerics():
                 metrics = stage.validate(epoch)
             better = stage.selection.improved(metrics)
             run.append_csv("validation_metrics.csv", {"epoch": epoch + 1, **metrics})
@@ -276,7 +265,8 @@ def train(setup: TrainingSetup, stage: Stage) -> TrainedRun:
     training = config.training
     schedule = LRSchedule.from_config(training, steps_per_epoch=len(stage.loader))
     resumed = config.run.resume is not None
-    stage.before_training(run, resumed)
+    with evaluation_numerics():
+        stage.before_training(run, resumed)
     if resumed:
         start_epoch, start_step, saved = resume_state(accelerator, run, stage)
         if schedule.kind == "cosine" and saved is not None and saved["total_steps"] != schedule.total_steps:
@@ -288,7 +278,10 @@ def train(setup: TrainingSetup, stage: Stage) -> TrainedRun:
         # what loading, caching or encoding did before.
         seed_everything(training.seed + accelerator.process_index)
         start_epoch = start_step = 0
-    metrics = fit(accelerator, run, stage, training, schedule, start_epoch, start_step, setup.progress)
+    # The CUDA speed settings hold for the training epochs only: the features a stage computed
+    # when it was built (and cached) and every validation are computed as `clip-cir eval` does.
+    with cuda_speed(accelerator.device, config.device.deterministic):
+        metrics = fit(accelerator, run, stage, training, schedule, start_epoch, start_step, setup.progress)
     accelerator.end_training()
     if accelerator.is_main_process:
         best = ", ".join(f"{k} {v:.4g}" for k, v in stage.selection.best.items())

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, Mapping, TypeVar
+from typing import Any, Generic, Iterator, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,8 @@ class Run:
 
     path: Path
     is_main: bool
+    log_handler: logging.Handler | None = None
+    """Where the run's log.txt is written from (removed by `close`)."""
 
     @classmethod
     def create(cls, config: TrainingProgramConfig, name: str, is_main: bool) -> "Run":
@@ -89,6 +92,7 @@ class Run:
             handler = logging.FileHandler(path / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger().addHandler(handler)
+            run.log_handler = handler
             # A new run (or one that failed before its first epoch) writes its config; a resumed
             # run records only a raised --epochs.
             settings = {"program": config.program, **portable_config(run_settings(config, name, path))}
@@ -99,6 +103,13 @@ class Run:
                     (path / csv_name).unlink(missing_ok=True)
             write_json(path / "config.json", settings)
         return run
+
+    def close(self) -> None:
+        """Stop writing this process's log to log.txt (a later run in the process has its own)."""
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
         self.append_rows(name, [row])
@@ -145,22 +156,55 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+CUDA_FLAGS = ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
+              (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"))
+"""The process-wide settings that decide how CUDA computes (cuDNN's algorithm choice, TF32)."""
+TORCH_DEFAULTS = (False, False, True, False)
+"""Their values in a fresh process: what `clip-cir eval` computes with."""
+
+
 def set_cuda_speed(device: torch.device, deterministic: bool) -> None:
     """On CUDA, what open_clip_train sets at start: cuDNN benchmark mode (it times the convolution
     kernels for each input shape and keeps the fastest) and TF32 matrix products. Both change
     results in the last bits from one run to the next; `deterministic` turns them off (and asks
     cuDNN for deterministic kernels) for bit-exact reruns. Nothing changes on other devices."""
-    if device.type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
+    if device.type == "cuda":
+        _set_cuda_flags((not deterministic, deterministic, not deterministic, not deterministic))
+
+
+def _set_cuda_flags(values: tuple[bool, ...]) -> None:
+    for (module, name), value in zip(CUDA_FLAGS, values):
+        setattr(module, name, value)
+
+
+@contextmanager
+def cuda_speed(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """`set_cuda_speed` inside, the process's own settings back afterwards: what trains runs
+    fast, and whatever the process does next (an evaluation, the next run) is unchanged."""
+    before = tuple(getattr(module, name) for module, name in CUDA_FLAGS)
+    set_cuda_speed(device, deterministic)
+    try:
+        yield
+    finally:
+        _set_cuda_flags(before)
+
+
+@contextmanager
+def evaluation_numerics() -> Iterator[None]:
+    """torch's defaults inside (no cuDNN benchmark mode, TF32 convolutions but no TF32 matrix
+    products), whatever the run set for its steps: validation computes what `clip-cir eval`
+    computes for the same checkpoint."""
+    before = tuple(getattr(module, name) for module, name in CUDA_FLAGS)
+    _set_cuda_flags(TORCH_DEFAULTS)
+    try:
+        yield
+    finally:
+        _set_cuda_flags(before)
 
 
 def open_run(config: TrainingProgramConfig):
-    """Accelerator (device, precision, processes, CUDA speed settings), run directory and tracker
-    for a training program."""
+    """Accelerator (device, precision, processes), run directory and tracker for a training
+    program."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import broadcast_object_list
 
@@ -168,12 +212,6 @@ def open_run(config: TrainingProgramConfig):
     accelerator = Accelerator(cpu=device_config.cpu, mixed_precision=device_config.mixed_precision,
                               log_with=None if run_config.tracker == "none" else run_config.tracker,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    batch_size = config.training.batch_size
-    if batch_size % accelerator.num_processes:
-        raise CIRError(f"--batch-size {batch_size} (global) must be divisible by the "
-                       f"{accelerator.num_processes} processes")
-    config.training.check_batch_split(accelerator.num_processes, config.accum_steps)
-    set_cuda_speed(accelerator.device, device_config.deterministic)
     name = [run_config.experiment_name]
     if not run_config.resume and not run_config.experiment_name:
         name = [f"{config.program}-{config.data_name}-{datetime.now():%Y%m%d-%H%M%S}"]

@@ -24,7 +24,9 @@ def start_training(config: TrainingProgramConfig, load: Callable[[Any, ImageChec
     """Everything before a stage is built, in the order that makes runs reproducible: settings
     and data are checked before any work, the seed is set before the model is built (a random
     init is part of the run)."""
-    config.check()
+    from accelerate import PartialState
+
+    config.check(PartialState(cpu=config.device.cpu).num_processes)  # the processes `accelerate launch` started
     images = ImageCheck.for_purpose("training", config.data.skip_missing_images)
     data = load(config, images)
     seed_everything(config.training.seed)
@@ -39,4 +41,7 @@ def start_training(config: TrainingProgramConfig, load: Callable[[Any, ImageChec
 def run_training(stage_class: type[Stage], config: TrainingProgramConfig) -> TrainedRun:
     """Train a stage from its settings: the start-up, the stage, the loop."""
     setup = start_training(config, stage_class.load)
-    return train(setup, stage_class.from_setup(setup))
+    try:
+        return train(setup, stage_class.from_setup(setup))
+    finally:
+        setup.run.close()
