@@ -88,8 +88,8 @@ def hf_standins(synth_root) -> dict[str, Path]:
     tokenizer ``timm/ViT-B-16-SigLIP``) and HF-text-tower (``cir-tiny-hftext``, ``cir-tiny-xlmr``: a
     2-layer RoBERTa or XLM-RoBERTa and its tokenizer) configs name, in the real file formats,
     written into the session's Hugging Face cache so they load offline: ``{repo_id: snapshot
-    folder}``. Tokenizers are trained on ``synth_root``'s captions (see ``tests/hf_standins.py``)."""
-    from hf_standins import build_hf_standins, dataset_captions
+    folder}``. Tokenizers are trained on ``synth_root``'s captions (see ``tests/helpers.py``)."""
+    from helpers import build_hf_standins, dataset_captions
 
     return build_hf_standins(Path(os.environ["HF_HUB_CACHE"]), dataset_captions(synth_root))
 

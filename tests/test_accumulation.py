@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training import REPO, ddp_launcher, read_weights, stage1_args, update_gaps
+from helpers import REPO, ddp_launcher, read_weights, stage1_args, update_gaps
 
 STEPS = 3  # 120 synthetic training triplets at batch 32, drop_last
 

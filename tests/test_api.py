@@ -293,7 +293,7 @@ def test_load_a_tiny_config_without_weights_on_the_default_device():
 def test_load_an_export_from_the_hub_with_and_without_its_combiner(tiny_runs, cli, tmp_path):
     """`hf-hub:ORG/NAME` written by `clip-cir export`: with combiner.safetensors the Combiner
     comes along; an export of the CLIP alone combines by the sum."""
-    from test_export import install_in_hub_cache
+    from helpers import install_in_hub_cache
 
     from clip_cir.models.combiner import element_wise_sum, load_combiner
 

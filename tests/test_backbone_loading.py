@@ -82,7 +82,7 @@ def test_a_tags_preprocessing_survives_a_checkpoint_reload(hf_standins, tmp_path
 def siglip_hub(hf_standins, tmp_path) -> str:
     """A SigLIP-style repository in open_clip's Hub layout: config (with its Hugging Face tokenizer,
     logit bias and preprocessing) and weights only, as `hf_hub_download` leaves it in the cache."""
-    from hf_standins import install_in_hub_cache
+    from helpers import install_in_hub_cache
 
     folder = tmp_path / "repo"
     folder.mkdir()
@@ -91,7 +91,7 @@ def siglip_hub(hf_standins, tmp_path) -> str:
                                                               "preprocess_cfg": SIGLIP_PREPROCESS}))
     _siglip_weights(folder / "open_clip_model.safetensors")
     repo = f"clip-cir-test/siglip-{tmp_path.name}"
-    install_in_hub_cache(folder, repo, Path(os.environ["HF_HUB_CACHE"]))
+    install_in_hub_cache(folder, repo)
     return repo
 
 

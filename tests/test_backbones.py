@@ -88,8 +88,8 @@ def _refuse(*args, **kwargs):
 
 def _export_to_hub_cache(cli, name: str, clip_run: Path, combiner_run: Path, tmp_path: Path) -> str:
     """`clip-cir export` of a CLIP and a Combiner, laid out in the session's Hugging Face cache as a
-    download of HUB_ORG/<name> is (see tests/test_export.py): its `hf-hub:` name."""
-    from hf_standins import install_in_hub_cache
+    download of HUB_ORG/<name> is (see tests/helpers.py): its `hf-hub:` name."""
+    from helpers import install_in_hub_cache
 
     folder = tmp_path / "export"
     result = cli("export", "--pretrained", clip_run, "--combiner", combiner_run, "--output-dir", folder)
@@ -98,7 +98,7 @@ def _export_to_hub_cache(cli, name: str, clip_run: Path, combiner_run: Path, tmp
     config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
     expected = open_clip.get_model_config(name)
     assert {k: config[k] for k in expected} == {k: expected[k] for k in expected}  # the whole architecture
-    install_in_hub_cache(folder, f"{HUB_ORG}/{name}", Path(os.environ["HF_HUB_CACHE"]))
+    install_in_hub_cache(folder, f"{HUB_ORG}/{name}")
     return f"hf-hub:{HUB_ORG}/{name}"
 
 
@@ -306,7 +306,7 @@ def test_text_trimming_is_exact_or_off(name, hf_standins):
 def test_tiny_families_are_what_their_names_say(hf_standins):
     """The stand-ins are really used: the HF tokenizers' own ids, the (XLM-)RoBERTa towers' cached
     weights, timm's towers (EVA02's blocks), SigLIP's settings."""
-    from hf_standins import HF_TEXT_MODEL, SIGLIP_TOKENIZER, XLMR_TEXT_MODEL
+    from helpers import HF_TEXT_MODEL, SIGLIP_TOKENIZER, XLMR_TEXT_MODEL
     from safetensors.torch import load_file as load
     from transformers import AutoTokenizer
 
@@ -427,12 +427,12 @@ def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_p
     """DDP needs every parameter it trains to take part in the loss: SigLIP's logit bias (like
     CLIP's logit scale and CoCa's caption decoder) is not part of the method's loss, so stage 1
     leaves it frozen and the text tower trains on 2 processes."""
-    from test_training import _launch, stage1_args
+    from helpers import launch_stage1, stage1_args
 
     args = stage1_args(synth_root, tmp_path, "ddp", "--encoder", "text", "--epochs", "1", "--validation-frequency",
                        "5", "--cpu")
     args[args.index("--model") + 1] = "cir-tiny-siglip"
-    _launch(args, processes=2)
+    launch_stage1(args, processes=2)
     trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
     seed_everything(0)
     start = load_clip("cir-tiny-siglip").model.state_dict()
@@ -443,10 +443,9 @@ def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_p
 def test_two_processes_pretrain_a_siglip_style_model(synth_root, hf_standins, tmp_path):
     """`clip-cir pretrain` uses CLIP's loss, in which SigLIP's logit bias takes no part: it stays
     frozen, so DDP (which needs every parameter it trains in the loss) runs on 2 processes."""
-    import os
     import subprocess
 
-    from test_training import ddp_launcher
+    from helpers import ddp_launcher
 
     args = ["pretrain", "--train-data", synth_root / "pretrain_captions.csv", "--model", "cir-tiny-siglip",
             "--epochs", "1", "--batch-size", "16", "--output-dir", tmp_path, "--experiment-name", "ddp",

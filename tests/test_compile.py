@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 import torch
+from helpers import stage1_args, update_gaps
 from safetensors.torch import load_file
-from test_training import stage1_args, update_gaps
 from torch._dynamo.utils import counters
 
 COMPILED_TOLERANCE = 1e-3

@@ -141,7 +141,7 @@ def test_cuda_speed_settings_on_cuda_only(cuda_flags):
 
 def test_validation_runs_with_float32_matmuls(cuda_flags, tmp_path):
     """Training may use TF32; validation, whose numbers pick the best checkpoint, does not."""
-    from test_validation_schedule import ScriptedStage
+    from helpers import ScriptedStage
 
     from clip_cir.training.loop import fit
     from clip_cir.training.optim import LRSchedule

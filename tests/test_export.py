@@ -8,7 +8,6 @@ conftest points huggingface_hub at a session temp dir with HF_HUB_OFFLINE=1 and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import install_in_hub_cache
 from PIL import Image
 
 from clip_cir.models.clip import load_clip
@@ -25,21 +25,6 @@ from clip_cir.models.combiner import Combiner, load_combiner
 
 ORG = "clip-cir-test"
 TEXTS = ["make the red circle blue", "add a small green square at the top left", "remove the star"]
-
-
-def install_in_hub_cache(folder: Path, repo_id: str, revision: str) -> None:
-    """Lay `folder` out as huggingface_hub's cache holds a downloaded model repository:
-    blobs/<sha256>, snapshots/<revision>/<file> -> blob links, refs/main -> revision."""
-    repo = Path(os.environ["HF_HUB_CACHE"]) / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir(exist_ok=True)
-    for file in sorted(folder.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
 
 
 def export(*args) -> None:
@@ -81,6 +66,7 @@ def _images(synth_root: Path) -> list[Path]:
 PLAIN_OPEN_CLIP = """
 import json, sys
 import open_clip, torch
+from helpers import install_in_hub_cache
 from PIL import Image
 from safetensors.torch import save_file
 

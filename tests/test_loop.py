@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_training import stage2_args
+from helpers import stage2_args
 
 from clip_cir.config import TrainingConfig
 from clip_cir.training.loop import Selection, Stage, fit

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import mode_image, published_transform, stage1_args
 from PIL import Image
 from safetensors.torch import load_file
-from test_training import stage1_args
-from test_transforms import _mode_image, _published
 
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelCache
@@ -57,7 +56,7 @@ def mode_files(tmp_path_factory) -> dict[str, Path]:
     files = {}
     for mode in ["P", "RGBA", "LA", "1", "L", "RGB", "I;16", "CMYK"]:
         path = root / f"{mode.replace(';', '_')}.{'jpg' if mode == 'CMYK' else 'png'}"
-        _mode_image(mode, 45, 22).save(path)
+        mode_image(mode, 45, 22).save(path)
         files[mode] = path
     return files
 
@@ -73,7 +72,7 @@ def test_files_of_every_mode_are_decoded_and_cached_as_the_published_code_reads_
     for i, (mode, path) in enumerate(mode_files.items()):
         image = load_image(path)
         assert image.mode == mode
-        published = _published(name, 16)(Image.open(path))
+        published = published_transform(name, 16)(Image.open(path))
         assert torch.equal(transform(image), published), mode
         assert torch.equal(transform.normalize(cached[i].unsqueeze(0))[0], published), mode
 

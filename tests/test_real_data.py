@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import stage1_args, stage2_args
 from PIL import Image
 from safetensors.torch import load_file
-from test_training import stage1_args, stage2_args
 
 
 def _read(path: Path):

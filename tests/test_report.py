@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import check_png, run_report
 from PIL import Image
 
 from clip_cir.apps import report
@@ -20,38 +21,11 @@ def runs(tiny_runs) -> dict[str, Path]:
     return tiny_runs
 
 
-def check_png(path: Path, min_size: tuple[int, int] = (400, 300)) -> Image.Image:
-    """A readable PNG, not tiny, and not blank: real contrast and many distinct colours."""
-    image = Image.open(path)
-    assert image.format == "PNG", path
-    image.load()
-    assert image.width >= min_size[0] and image.height >= min_size[1], (path, image.size)
-    pixels = np.asarray(image.convert("RGB"))
-    assert pixels.std() > 20, (path, pixels.std())
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= 20, path
-    return image
-
-
 def target_frame_pixels(image: Image.Image) -> int:
     """Pixels in the target's frame colour (anti-aliasing aside)."""
     want = np.array([int(figures.TARGET_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
     pixels = np.asarray(image.convert("RGB")).astype(int)
     return int((np.abs(pixels - want).sum(axis=-1) < 30).sum())
-
-
-def run_report(cli, run: Path, queries: int, out: Path, seed: int) -> tuple[Image.Image, list[str]]:
-    """`clip-cir report RUN`: its three figures are written and listed, and readable; returns the
-    retrieval grid and the query ids it shows."""
-    result = cli("report", run, "--queries", queries, "--output-dir", out, "--seed", seed)
-    assert result.code == 0, result.err
-    names = ["training_loss.png", "validation.png", "retrieval_examples.png"]
-    assert result.out.split() == [str(out / n) for n in names]
-    for name in names[:2]:
-        check_png(out / name)
-    grid = check_png(out / "retrieval_examples.png", min_size=(1000, 400))
-    shown = json.loads(grid.text[examples.QUERIES_METADATA_KEY])
-    assert len(shown) == queries
-    return grid, shown
 
 
 @pytest.mark.parametrize("kind, queries", [("stage1", 3), ("stage2", 2)])

@@ -8,8 +8,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 import torch
+from helpers import stage2_args
 from safetensors.torch import load_file
-from test_training import stage2_args
 
 from clip_cir.data import load_splits
 from clip_cir.training.datasets import FeatureBatches, TrainingSet

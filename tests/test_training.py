@@ -9,29 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def stage1_args(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
-    return ["--dataset", "cirr", "--data-root", str(data), "--model", "cir-tiny-vit", "--batch-size", "16",
-            "--lr", "1e-4", "--output-dir", str(runs), "--experiment-name", name, "--num-workers", "0",
-            "--no-progress", *extra]
-
-
-def stage2_args(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
-    return ["--dataset", "cirr", "--data-root", str(data), "--model", "cir-tiny-vit", "--batch-size", "32",
-            "--lr", "1e-3", "--output-dir", str(runs), "--experiment-name", name, "--no-progress", *extra]
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+from helpers import REPO, launch_stage1, read_weights, stage1_args, stage2_args, update_gaps
 
 
 def test_text_encoder_run_encodes_no_image_after_first_epoch(synth_root, tmp_path):
@@ -85,24 +67,6 @@ def test_stage2_epochs_after_the_first_encode_nothing(synth_root, tmp_path):
     assert extraction.encode_counts["text"] == before.get("text", 0)
 
 
-def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *ddp_launcher(processes), str(REPO / "stage1" / "finetune.py"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"processes: {processes} |" in result.stderr, "the run did not have the processes it was launched with"
-    return result
-
-
-def ddp_launcher(processes: int) -> list[str]:
-    """How to start N CPU processes of DDP. `accelerate launch --cpu --num_processes N` starts ONE
-    process on a machine without GPUs (it needs mpirun for more); torchrun starts N, and the
-    programs' --cpu makes Accelerate join them over gloo."""
-    if processes == 1:
-        return []
-    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-
-
 def _with_model(args: list[str], model: str) -> list[str]:
     args = list(args)
     args[args.index("--model") + 1] = model
@@ -113,8 +77,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     """DDP with the gathered-with-gradient loss: 2 x 8 per process == 1 x 16. The ResNet tower has
     BatchNorm: CLIP stays in eval mode, so each rank normalises with the same running statistics."""
     common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5"]
-    _launch(_with_model(stage1_args(synth_root, tmp_path, "one", *common, "--cpu"), "cir-tiny-rn"), processes=1)
-    _launch(_with_model(stage1_args(synth_root, tmp_path, "two", *common, "--cpu"), "cir-tiny-rn"), processes=2)
+    launch_stage1(_with_model(stage1_args(synth_root, tmp_path, "one", *common, "--cpu"), "cir-tiny-rn"), processes=1)
+    launch_stage1(_with_model(stage1_args(synth_root, tmp_path, "two", *common, "--cpu"), "cir-tiny-rn"), processes=2)
     one = pd.read_csv(tmp_path / "one" / "train_metrics.csv")
     two = pd.read_csv(tmp_path / "two" / "train_metrics.csv")
     assert one["steps"].item() == two["steps"].item() == 120 // 16
@@ -133,36 +97,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synth_root, tmp
     assert per_tensor < 0.05 and overall < 0.01, (per_tensor, overall)
 
 
-def update_gaps(a: dict, b: dict, start: dict) -> tuple[float, float]:
-    """How far two runs' updates from `start` differ: (largest per tensor, overall) of |a - b| / |a - start|.
-
-    Runs that reduce in another order (processes, micro-batches) differ by float noise, and Adam
-    turns noise in near-zero gradients into steps of up to lr: compare updates, not weights. Attention
-    key biases are left out: softmax ignores a shift shared by all logits, so their gradient is zero
-    in exact arithmetic and their "updates" are pure noise. A run that lost the other rank's
-    negatives, or half the gradient, is far off.
-    """
-    def trained(key: str, t: torch.Tensor) -> torch.Tensor:
-        if key.endswith("in_proj_bias"):  # [q; k; v]: drop k
-            n = t.shape[0] // 3
-            return torch.cat([t[:n], t[2 * n:]])
-        return t
-
-    moved = [k for k in a if not torch.equal(a[k], start[k]) and not k.endswith("k_proj.bias")]
-    assert moved
-    diff = {k: (trained(k, a[k]) - trained(k, b[k])).norm() for k in moved}
-    step = {k: (trained(k, a[k]) - trained(k, start[k])).norm() for k in moved}
-    overall = (sum(d ** 2 for d in diff.values()) / sum(s ** 2 for s in step.values())).sqrt().item()
-    return max((diff[k] / step[k]).item() for k in moved), overall
-
-
 @pytest.mark.parametrize("schedule", [[], ["--lr-scheduler", "cosine", "--warmup", "20"]],
                          ids=["const", "cosine-warmup"])
 def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path, schedule):
     """15 steps an epoch: the cosine run is killed in epoch 2, inside its 20-step warmup, and must
     continue the schedule from step 15, not restart it."""
     args = ["--encoder", "text", "--epochs", "3", "--batch-size", "8", "--seed", "3", *schedule]
-    _launch(stage1_args(synth_root, tmp_path, "straight", *args), processes=1)
+    launch_stage1(stage1_args(synth_root, tmp_path, "straight", *args), processes=1)
 
     cmd = [sys.executable, str(REPO / "stage1" / "finetune.py"), *stage1_args(synth_root, tmp_path, "killed", *args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -176,7 +117,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(synth_root, tmp_path, sc
     train = pd.read_csv(tmp_path / "killed" / "train_metrics.csv")
     assert list(train["epoch"]) == [1], "the kill should land before epoch 2 ends"
 
-    _launch(["--resume", str(tmp_path / "killed"), "--no-progress"], processes=1)  # same environment
+    launch_stage1(["--resume", str(tmp_path / "killed"), "--no-progress"], processes=1)  # same environment
     straight = read_weights(tmp_path / "straight" / "last" / "clip.safetensors")
     resumed = read_weights(tmp_path / "killed" / "last" / "clip.safetensors")
     for key in straight:

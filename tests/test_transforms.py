@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import PALETTE_0, mode_image, published_transform
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
@@ -212,45 +213,6 @@ def test_resize_keeps_the_aspect_ratio_and_crops_the_centre():
 
 # --- Image modes: padded, resized and cropped in the file's own mode, RGB after the crop --------
 
-PALETTE_0 = (200, 30, 30)  # a palette image pads with index 0: this red, not black
-
-
-def _mode_image(mode: str, w: int, h: int) -> Image.Image:
-    """A w x h image in `mode` with fixed pseudo-random content (alpha 0, 255 and in between)."""
-    import numpy as np
-
-    rng = np.random.default_rng(w * 100 + h)
-    if mode == "P":
-        image = Image.new("P", (w, h))
-        image.putpalette(list(PALETTE_0) + rng.integers(0, 256, 255 * 3).tolist())
-        image.frombytes(rng.integers(1, 256, w * h, dtype=np.uint8).tobytes())
-        return image
-    if mode == "1":
-        return Image.frombytes("L", (w, h), rng.integers(0, 256, w * h, dtype=np.uint8).tobytes()).convert(
-            "1", dither=Image.Dither.NONE)
-    if mode == "I;16":  # a 16-bit grayscale PNG: values above 255 become white in RGB
-        image = Image.new("I;16", (w, h))
-        image.frombytes(rng.integers(0, 600, w * h, dtype=np.uint16).astype("<u2").tobytes())
-        return image
-    bands = len(mode)  # L, LA, RGB, RGBA, CMYK: one byte per band
-    return Image.frombytes(mode, (w, h), rng.integers(0, 256, w * h * bands, dtype=np.uint8).tobytes())
-
-
-def _published(name: str, size: int, ratio: float = 1.25) -> T.Compose:
-    """The published CLIP4Cir transform, written out again: pad (fill 0, in the image's mode) ->
-    Resize(bicubic) -> CenterCrop -> convert('RGB') -> ToTensor -> Normalize."""
-    def pad(image):
-        w, h = image.size
-        if name == "targetpad" and max(w, h) / min(w, h) < ratio:
-            return image
-        side = max(w, h) / ratio if name == "targetpad" else max(w, h)
-        hp, vp = max(int((side - w) / 2), 0), max(int((side - h) / 2), 0)
-        return TF.pad(image, [hp, vp, hp, vp], 0, "constant")
-
-    return T.Compose([pad, T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-                      lambda image: image.convert("RGB"), T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])
-
-
 MODES = ["P", "RGBA", "LA", "CMYK", "1", "L", "RGB", "I;16"]
 CHANGED_BY_CONVERTING_FIRST = {"P", "RGBA", "LA", "CMYK", "1", "I;16"}
 
@@ -262,17 +224,17 @@ def test_every_mode_is_preprocessed_as_the_published_code_does(mode, shape, name
     """Bit for bit the published pipeline on the image in its own mode, through both paths (the
     whole transform, and uint8 pixels normalised later as the pixel cache does); for the modes where
     the order matters, converting to RGB before padding would move some value by more than 0.5."""
-    image = _mode_image(mode, *shape)
+    image = mode_image(mode, *shape)
     assert image.mode == mode
     transform = build_transform(name, 16)
-    expected = _published(name, 16)(image)
+    expected = published_transform(name, 16)(image)
     out = transform(image)
     assert out.shape == (3, 16, 16)
     assert torch.equal(out, expected)
     pixels = transform.pixels(image)
     assert pixels.dtype == torch.uint8
     assert torch.equal(transform.normalize(pixels.unsqueeze(0))[0], expected)
-    converted_first = _published(name, 16)(image.convert("RGB"))
+    converted_first = published_transform(name, 16)(image.convert("RGB"))
     assert ((converted_first - expected).abs().max() > 0.5) == (mode in CHANGED_BY_CONVERTING_FIRST)
 
 
@@ -343,7 +305,7 @@ def test_open_clip_eval_transform_converts_after_the_crop():
                                 lambda image: image.convert("RGB"), T.ToTensor(),
                                 T.Normalize(OPENAI_MEAN, OPENAI_STD)])
     for mode in MODES:
-        image = _mode_image(mode, 23, 11)
+        image = mode_image(mode, 23, 11)
         expected = expected_steps(image)
         assert torch.equal(transform(image), expected), mode
         assert torch.equal(transform.normalize(transform.pixels(image).unsqueeze(0))[0], expected), mode

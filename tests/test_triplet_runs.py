@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_report import run_report
-from test_training import read_weights, stage1_args, stage2_args
+from helpers import read_weights, run_report, stage1_args, stage2_args
 
 from clip_cir.apps.report import examples
 

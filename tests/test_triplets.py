@@ -200,7 +200,7 @@ def test_training_on_a_converted_copy_equals_training_on_the_original(converted,
     """Stage 1 then the Combiner on the generic-layout copy of the synthetic CIRR world, same seed:
     the same losses, the same validation recalls at every epoch."""
     import pandas as pd
-    from test_training import stage1_args, stage2_args
+    from helpers import stage1_args, stage2_args
 
     from clip_cir.apps.train import finetune_main, train_combiner_main
 

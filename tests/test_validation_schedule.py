@@ -9,11 +9,11 @@ import json
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import ScriptedStage
 from safetensors.torch import load_file
 
 from clip_cir.config import TrainingConfig
-from clip_cir.training.loop import Selection, Stage, fit
+from clip_cir.training.loop import Selection, fit
 from clip_cir.training.optim import LRSchedule
 from clip_cir.training.run import Run
 
@@ -26,50 +26,6 @@ def published_validation_epochs(epochs: int, validation_frequency: int) -> list[
         if epoch % validation_frequency == 0:
             validated.append(epoch + 1)
     return validated
-
-
-class Batches:
-    def __init__(self, steps: int = 2):
-        self.epoch, self.steps = 0, steps
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.epoch)
-        for _ in range(self.steps):
-            yield {"x": torch.randn(4, 3, generator=generator), "y": torch.randn(4, 2, generator=generator)}
-
-
-class ScriptedStage(Stage):
-    """A linear model whose validation returns scripted scores, one per validation, and records the
-    weights it had at each validation."""
-
-    def __init__(self, scores: list[float]):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(3, 2)
-        super().__init__(model, torch.optim.SGD(model.parameters(), lr=0.1), Batches())
-        self.scores, self.validated, self.weights_at = list(scores), [], {}
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(batch["x"]), batch["y"]
-
-    def loss(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return F.mse_loss(*features)
-
-    def train_mode(self) -> None:
-        self.model.train()
-
-    def validate(self, epoch: int) -> dict[str, float]:
-        self.validated.append(epoch + 1)
-        self.weights_at[epoch + 1] = {k: v.clone() for k, v in self.model.state_dict().items()}
-        return {"score": self.scores.pop(0)}
-
-    def saved_modules(self, epoch: int, metrics: dict) -> dict:
-        return {"model": (self.model, {"epoch": epoch})}
 
 
 def _fit(tmp_path, scores: list[float], epochs: int, frequency: int, schedule: str = "published") -> ScriptedStage:
