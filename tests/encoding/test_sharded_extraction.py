@@ -8,20 +8,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from helpers import REPO, ddp_launcher
 from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feature(synth_root, tiny_checkpoint,
                                                                                    tmp_path):
     """16-row cache chunks: rank 0 takes the first half of the chunks, rank 1 the rest, each
     writes its own chunk files, and both end with every row."""
-    from helpers import ddp_launcher
-
     from clip_cir.data import load_splits
     from clip_cir.encoding.split_features import EncodeOptions, split_features
     from clip_cir.models.clip import load_clip
@@ -61,8 +57,6 @@ def test_two_processes_each_encode_and_write_their_own_chunks_and_get_every_feat
 def test_a_rank_that_fails_stops_every_rank_with_its_reason(data_copy, tiny_checkpoint, tmp_path):
     """An unreadable image in rank 1's share: rank 1 raises its one-line reason, rank 0 learns of it
     and stops too, instead of waiting in the gather until the collective times out."""
-    from helpers import ddp_launcher
-
     from clip_cir.data import load_splits
 
     root = data_copy("cirr")

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO, install_in_hub_cache
 from PIL import Image
 
 import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.errors import CIRError
 
-ROOT = Path(__file__).resolve().parent.parent
 RECALL_KS = (1, 5, 10, 50)
 SUBSET_KS = (1, 2, 3)
 
@@ -61,7 +61,7 @@ def _one_line(error: pytest.ExceptionInfo) -> str:
 
 
 def readme_example() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Python API", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
@@ -293,8 +293,6 @@ def test_load_a_tiny_config_without_weights_on_the_default_device():
 def test_load_an_export_from_the_hub_with_and_without_its_combiner(tiny_runs, cli, tmp_path):
     """`hf-hub:ORG/NAME` written by `clip-cir export`: with combiner.safetensors the Combiner
     comes along; an export of the CLIP alone combines by the sum."""
-    from helpers import install_in_hub_cache
-
     from clip_cir.models.combiner import element_wise_sum, load_combiner
 
     for n, (name, extra) in enumerate([("with", ["--combiner", tiny_runs["stage2"]]), ("without", [])]):
@@ -393,8 +391,8 @@ def test_import_clip_cir_and_help_load_no_torch_and_the_api_loads_on_first_use()
               "print('torch' in sys.modules, 'load' in names, sorted(clip_cir.__all__), file=sys.stderr)\n"
               "load = clip_cir.load\n"
               "print('torch' in sys.modules, load.__module__, file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = result.stderr.strip().splitlines()
     assert lines[-2] == ("False True ['CIRModel', 'Gallery', 'TrainedRun', '__version__', 'finetune', 'load', "
                          "'pretrain', 'train_combiner']"), result.stderr
@@ -410,7 +408,7 @@ def test_readme_training_example_runs_on_synthetic_data(synth_root, tmp_path, mo
     validation logged, and which `clip_cir.load` then composes with."""
     import pandas as pd
 
-    code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8")
                       .split("## Python API", 1)[1], re.DOTALL)[1]
     small = 'epochs=1, batch_size=40, lr=1e-4, num_workers=0, no_progress=True'
     for old, new in [('"DATA"', repr(str(synth_root))),

@@ -18,6 +18,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from helpers import REPO, install_in_hub_cache
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -82,8 +83,6 @@ def test_a_tags_preprocessing_survives_a_checkpoint_reload(hf_standins, tmp_path
 def siglip_hub(hf_standins, tmp_path) -> str:
     """A SigLIP-style repository in open_clip's Hub layout: config (with its Hugging Face tokenizer,
     logit bias and preprocessing) and weights only, as `hf_hub_download` leaves it in the cache."""
-    from helpers import install_in_hub_cache
-
     folder = tmp_path / "repo"
     folder.mkdir()
     config = open_clip.get_model_config("cir-tiny-siglip")
@@ -174,7 +173,7 @@ def test_a_tag_without_network_fails_at_once_in_one_whole_line(synth_root):
     with socket.socket() as closed:  # bound, never listening: connections to it are refused
         closed.bind(("127.0.0.1", 0))
         env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed.getsockname()[1]}",
-               "PYTHONPATH": str(Path(__file__).parents[1])}
+               "PYTHONPATH": str(REPO)}
         env.pop("HF_HUB_OFFLINE")
         args = ["eval", "--dataset", "cirr", "--data-root", str(synth_root), "--num-workers", "0",
                 "--model", "ViT-B-16-SigLIP", "--pretrained", "webli"]

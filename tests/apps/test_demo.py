@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 from PIL import Image
 
 from clip_cir.apps.demo.app import MAX_K, create_app, decode_upload, make_server
@@ -34,7 +35,6 @@ from clip_cir.models.combiner import Combiner, element_wise_sum
 
 pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir[demo]')")
 
-ROOT = Path(__file__).resolve().parent.parent
 UPLOAD_LIMIT = 64 * 1024
 
 
@@ -455,7 +455,7 @@ def _start_demo_script(synth_root: Path | None, cwd: Path, *args: str) -> tuple[
     env = {**os.environ, "CLIP_CIR_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
     data = ["--data-root", os.path.relpath(synth_root, cwd)] if synth_root is not None else []
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo" / "app.py"), *data,
+        [sys.executable, str(REPO / "demo" / "app.py"), *data,
          "--model", "cir-tiny-vit", "--num-workers", "0", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     line = ""
@@ -580,7 +580,7 @@ def browser(tmp_path):
 
 
 def _artifact_dir() -> Path:
-    path = Path(os.environ.get("CLIP_CIR_ARTIFACTS", ROOT / "artifacts"))
+    path = Path(os.environ.get("CLIP_CIR_ARTIFACTS", REPO / "artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -778,7 +778,7 @@ def test_the_command_the_quickstart_prints_serves_its_runs(synth_root, tiny_runs
     for stage in ("stage1", "stage2"):
         (work / "runs" / stage).symlink_to(tiny_runs[stage])
     for doc in ("README.md", "docs/demo.md"):  # the default --workdir's command, as the docs give it
-        assert demo_command(Path("quickstart")) in (ROOT / doc).read_text(), doc
+        assert demo_command(Path("quickstart")) in (REPO / doc).read_text(), doc
     command = shlex.split(demo_command(work))
     assert command[:2] == ["clip-cir", "demo"]
     args = cli_parser().parse_args(command[1:])

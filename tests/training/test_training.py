@@ -1,5 +1,5 @@
 """Stage 1, stage 2 and pretraining mechanics: feature reuse, DDP equivalence, resume after
-SIGKILL, run-directory contents and offline tracking. Learning itself is in test_learning.py."""
+SIGKILL, run-directory contents and offline tracking. Learning itself is in tests/apps/test_pipeline.py."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+README = REPO / "README.md"
 PACKAGE = "clip_cir"
 README_MAX_BYTES = 15_000
 TICKET = re.compile(r"issue\s+#?[0-9]", re.IGNORECASE)
@@ -64,7 +64,7 @@ def parse_tree(block: str) -> set[str]:
 
 def package_directories() -> set[str]:
     """Every directory under clip_cir/ (itself included) that has an __init__.py."""
-    found = {init.parent.relative_to(ROOT).as_posix() for init in (ROOT / PACKAGE).rglob("__init__.py")}
+    found = {init.parent.relative_to(REPO).as_posix() for init in (REPO / PACKAGE).rglob("__init__.py")}
     return {d for d in found if "__pycache__" not in d.split("/")}
 
 
@@ -77,8 +77,8 @@ def readme_tree() -> set[str]:
 
 
 def _documentation_files() -> list[Path]:
-    files = [README] + sorted((ROOT / "docs").rglob("*.md"))
-    files += sorted(p for p in (ROOT / PACKAGE).rglob("*")
+    files = [README] + sorted((REPO / "docs").rglob("*.md"))
+    files += sorted(p for p in (REPO / PACKAGE).rglob("*")
                     if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts)
     return files
 
@@ -124,7 +124,7 @@ def test_readme_is_at_most_15000_bytes():
 
 
 def test_license_is_mit():
-    license_file = ROOT / "LICENSE"
+    license_file = REPO / "LICENSE"
     assert license_file.is_file(), "LICENSE is missing"
     text = license_file.read_text(encoding="utf-8")
     assert "MIT License" in text
@@ -143,7 +143,7 @@ def test_no_ticket_references_in_package_readme_or_docs():
             continue
         for number, line in enumerate(text.splitlines(), start=1):
             if TICKET.search(line):
-                offenders.append(f"{path.relative_to(ROOT).as_posix()}:{number}: {line.strip()}")
+                offenders.append(f"{path.relative_to(REPO).as_posix()}:{number}: {line.strip()}")
     assert not offenders, ("describe behaviour, not the ticket that asked for it:\n" + "\n".join(offenders))
 
 
@@ -158,7 +158,7 @@ def test_readme_module_tree_names_every_package_directory():
 
 def test_readme_module_tree_names_no_directory_that_does_not_exist():
     named = readme_tree()
-    ghosts = sorted(d for d in named if (d == PACKAGE or d.startswith(PACKAGE + "/")) and not (ROOT / d).is_dir())
+    ghosts = sorted(d for d in named if (d == PACKAGE or d.startswith(PACKAGE + "/")) and not (REPO / d).is_dir())
     assert not ghosts, f"README.md's module tree names directories that do not exist: {ghosts}"
 
 
@@ -169,13 +169,13 @@ def test_readme_links_into_docs_resolve():
     text = README.read_text(encoding="utf-8")
     targets = re.findall(r"\]\((docs/[^)\s#]*)(?:#[^)\s]*)?\)", text)
     assert targets, "README.md links to nothing under docs/"
-    broken = sorted({t for t in targets if not (ROOT / t).is_file()})
+    broken = sorted({t for t in targets if not (REPO / t).is_file()})
     assert not broken, f"README.md links to missing files: {broken}"
 
 
-@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+@pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "docs").glob("*.md")))
 def test_docs_relative_links_resolve(page):
-    path = ROOT / "docs" / page
+    path = REPO / "docs" / page
     targets = re.findall(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)", path.read_text(encoding="utf-8"))
     local = [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
     broken = sorted({t for t in local if not (path.parent / t).exists()})
@@ -204,7 +204,7 @@ def _clip_cir_imports(tree: ast.AST) -> list[tuple[int, str]]:
 def test_imports_go_one_way_through_the_layers():
     """apps -> api -> params -> training -> evaluation -> encoding -> models -> data, lazy imports
     included; api does not import params."""
-    package = ROOT / "clip_cir"
+    package = REPO / "clip_cir"
     assert set(LAYERS) == {p.name.removesuffix(".py") for p in package.iterdir()
                            if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"} - {"__init__"}
     upward = []
@@ -214,7 +214,7 @@ def test_imports_go_one_way_through_the_layers():
             continue
         for line, target in _clip_cir_imports(ast.parse(path.read_text())):
             if LAYERS[target] > LAYERS[layer] or target in NOT_BELOW.get(layer, ()):
-                upward.append(f"{path.relative_to(ROOT)}:{line} ({layer} imports {target})")
+                upward.append(f"{path.relative_to(REPO)}:{line} ({layer} imports {target})")
     assert not upward, upward
 
 
@@ -253,8 +253,8 @@ def test_namespace_uses_finds_each_kind():
 
 
 def test_no_library_module_imports_argparse_or_takes_a_namespace():
-    package = ROOT / PACKAGE
-    found = [f"{path.relative_to(ROOT)}:{line}: {what}"
+    package = REPO / PACKAGE
+    found = [f"{path.relative_to(REPO)}:{line}: {what}"
              for layer in LIBRARY for path in sorted((package / layer).rglob("*.py"))
              for line, what in namespace_uses(ast.parse(path.read_text(encoding="utf-8")))]
     assert not found, found
@@ -333,5 +333,5 @@ def test_import_cycles_are_found_through_type_checking_and_lazy_imports(tmp_path
 def test_no_two_modules_import_each_other():
     """At module granularity, within each subpackage and across them, lazy and TYPE_CHECKING
     imports included: a type two modules share lives in a module below both."""
-    cycles = import_cycles(module_imports(ROOT))
+    cycles = import_cycles(module_imports(REPO))
     assert not cycles, "modules that import each other:\n" + "\n".join(" -> ".join(c) for c in cycles)

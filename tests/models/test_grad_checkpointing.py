@@ -12,6 +12,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 from safetensors.torch import load_file
 
 from clip_cir.models.clip import load_clip
@@ -181,9 +182,8 @@ def test_checkpointed_forward_without_gradients_matches(hf_standins):
 
 def _backbone_memory():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_memory.py"
+    path = REPO / "benchmarks" / "backbone_memory.py"
     spec = importlib.util.spec_from_file_location("backbone_memory", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 
 from clip_cir import params
 from clip_cir.config import portable_config
 from clip_cir.errors import CIRError
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "clip_cir"
+PACKAGE = REPO / "clip_cir"
 
 
 # ---- one definition per option ------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def _add_argument_calls() -> list[tuple[str, int, list[str]]]:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
                 names = [a.value if isinstance(a, ast.Constant) else ast.get_source_segment(source, a)
                          for a in node.args]
-                calls.append((path.relative_to(ROOT).as_posix(), node.lineno, names))
+                calls.append((path.relative_to(REPO).as_posix(), node.lineno, names))
     return calls
 
 
@@ -202,8 +202,8 @@ def test_help_of_every_command_loads_no_torch():
               f"for command in {commands!r}:\n"
               "    try:\n        main([*command, '--help'])\n    except SystemExit:\n        pass\n"
               "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.stderr.strip().splitlines()[-1] == "no torch", result.stderr
     assert result.stdout.count("usage: clip-cir") == len(commands)
     assert "usage: clip-cir finetune [-h] --dataset" in result.stdout

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 COMPILED_BOTH_ROW = "stage 1 `--encoder both --compile`"
 """Measured only when asked for (`--rows stage1-compile` or the row): the GPU session does."""

@@ -4,11 +4,11 @@ handle the excluded reference the same way, and reject bad input with a clear me
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 
 from clip_cir.encoding.search import ExactSearch, FaissSearch, build_index
 from clip_cir.errors import CIRError
@@ -16,7 +16,6 @@ from clip_cir.errors import CIRError
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'clip-cir[faiss]')")
 
 N, D, K = 600, 32, 10
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def test_bad_inputs_are_clear_errors(data, exact):
 
 def test_benchmark_prints_one_table(capsys):
     """benchmarks/search.py on a tiny gallery: one table, every back-end, exact rows agree 100%."""
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "search.py")
+    spec = importlib.util.spec_from_file_location("bench_search", REPO / "benchmarks" / "search.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--sizes", "400", "--dim", "16", "--queries", "20", "--min-queries", "5"])
