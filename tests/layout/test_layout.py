@@ -1,5 +1,7 @@
 """The repository's documentation matches the repository: README size and module tree, links
-into docs/, the LICENSE, and no references to tracker tickets in what users read."""
+into docs/, the LICENSE, and no references to tracker tickets in what users read; the package's
+imports go one way through its layers, without cycles; the tests are laid out like the package,
+and no test file imports another (what they share is in tests/helpers.py and tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -335,3 +337,74 @@ def test_no_two_modules_import_each_other():
     imports included: a type two modules share lives in a module below both."""
     cycles = import_cycles(module_imports(REPO))
     assert not cycles, "modules that import each other:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# --- (g) the tests' own layout ----------------------------------------------------------------------------
+
+TESTS = REPO / "tests"
+
+
+TEST_FOLDERS = (set(LAYERS) - {"errors", "constants", "config"}) | {"layout", "benchmarks"}
+"""A folder of tests per layer of the package (`apps/demo/` inside `apps/`), one for this file and
+one for the benchmark scripts."""
+
+
+def all_test_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("test_*.py") if "__pycache__" not in p.parts)
+
+
+def imports_of_test_files(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where a module imports a test file, a module named `test_*` (`import test_x`, `from test_x
+    import f`, `from tests.training.test_x import f`, `from . import test_x`,
+    `importlib.import_module("test_x")`), at any depth: (line, module name)."""
+    def is_test(name: str) -> bool:
+        return any(part.startswith("test_") for part in name.split("."))
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if is_test(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module and is_test(node.module):
+                found.append((node.lineno, node.module))
+            elif not node.module or node.level:
+                found += [(node.lineno, a.name) for a in node.names if is_test(a.name)]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and is_test(node.args[0].value) \
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__"):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def test_imports_of_test_files_finds_each_kind():
+    source = ("import test_a\nimport os, test_b as b\nfrom test_c import f\nfrom tests.training.test_d import g\n"
+              "from . import test_e\ndef h():\n    from test_f import x\n"
+              "importlib.import_module('test_g')\n__import__('test_h')\n")
+    names = [name for _, name in imports_of_test_files(ast.parse(source))]
+    assert names == ["test_a", "test_b", "test_c", "tests.training.test_d", "test_e", "test_f", "test_g", "test_h"]
+    assert imports_of_test_files(ast.parse("import helpers\nfrom helpers import test_data_root\n"
+                                           "import pytest\ndef test_x(): pass\n")) == []
+
+
+def test_no_test_file_imports_another():
+    """What several test files use lives in tests/helpers.py (functions, classes, constants) or
+    tests/conftest.py (fixtures), never in a test file another one imports."""
+    assert len(all_test_files()) > 40  # the walk finds the tests (a broken walk would pass vacuously)
+    files = sorted(p for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts)  # helpers and conftest too
+    found = [f"{path.relative_to(REPO)}:{line}: imports {name}"
+             for path in files for line, name in imports_of_test_files(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not found, "import shared helpers from tests/helpers.py instead:\n" + "\n".join(found)
+
+
+def test_tests_are_laid_out_like_the_package_with_unique_file_names():
+    """Every test file sits in a folder (one per layer of the package, and a few for the rest),
+    none at the top of tests/; pytest imports them by file name (no __init__.py files), so two
+    with one name would clash."""
+    files = all_test_files()
+    loose = [p.name for p in files if p.parent == TESTS]
+    assert not loose, f"test files directly under tests/ (put each in the folder of the layer it tests): {loose}"
+    assert {p.relative_to(TESTS).parts[0] for p in files} == TEST_FOLDERS
+    names = [p.name for p in files]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    assert not clashes, f"test files that share a name: {clashes}"
+    assert not list(TESTS.rglob("__init__.py")), "tests/ has no packages: its modules are imported by file name"
