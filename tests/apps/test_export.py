@@ -66,7 +66,6 @@ def _images(synth_root: Path) -> list[Path]:
 PLAIN_OPEN_CLIP = """
 import json, sys
 import open_clip, torch
-from helpers import install_in_hub_cache
 from PIL import Image
 from safetensors.torch import save_file
 
