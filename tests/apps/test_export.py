@@ -20,6 +20,7 @@ import torch
 from helpers import install_in_hub_cache
 from PIL import Image
 
+import clip_cir
 from clip_cir.models.clip import load_clip
 from clip_cir.models.combiner import Combiner, load_combiner
 
@@ -178,10 +179,8 @@ def test_training_from_a_hub_clip_and_reloading_its_checkpoint_without_the_hub(h
     from clip_cir.training.run import clip_metadata
 
     name = hub["runs"]["name"]
-    result = cli("train-combiner", "--dataset", "cirr", "--data-root", synth_root, "--pretrained", name,
-                 "--epochs", "1", "--batch-size", "64", "--output-dir", tmp_path, "--experiment-name", "s2",
-                 "--num-workers", "0", "--no-progress")
-    assert result.code == 0, result.err
+    clip_cir.train_combiner(dataset="cirr", data_root=synth_root, pretrained=name, epochs=1, batch_size=64,
+                            output_dir=tmp_path, experiment_name="s2", num_workers=0, no_progress=True)
     assert json.loads((tmp_path / "s2" / "best" / "combiner.json").read_text())["clip_model_name"] == name
     assert _eval(cli, synth_root, tmp_path / "c", "--pretrained", name, "--combiner", tmp_path / "s2")
 

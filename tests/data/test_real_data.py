@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import stage1_args, stage2_args
+from helpers import command_line, initial_weights, stage1_args, stage1_options, stage2_options
 from PIL import Image
 from safetensors.torch import load_file
+
+import clip_cir
 
 
 def _read(path: Path):
@@ -33,15 +35,8 @@ def _cirr_train_copy(synth_root: Path, tmp_path: Path) -> Path:
 # ---- 1. stage 1 keeps CLIP in eval mode: BatchNorm statistics stay the pretrained ones --------
 
 def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_path):
-    from clip_cir.apps.train import finetune_main
-    from clip_cir.models.clip import load_clip
-    from clip_cir.training.run import seed_everything
-
-    args = stage1_args(synth_root, tmp_path, "rn", "--encoder", "both", "--epochs", "1")
-    args[args.index("cir-tiny-vit")] = "cir-tiny-rn"
-    finetune_main(args)
-    seed_everything(0)  # the run's seed: the same random init
-    start = load_clip("cir-tiny-rn").model.state_dict()
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "rn", model="cir-tiny-rn", encoder="both", epochs=1))
+    start = initial_weights("cir-tiny-rn")  # the run's seed: the same random init
     trained = load_file(str(tmp_path / "rn" / "last" / "clip.safetensors"))
     statistics = [k for k in start if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(statistics) >= 3 * 10  # the tiny ResNet tower really has BatchNorm layers
@@ -56,16 +51,13 @@ def test_stage1_both_encoders_keep_resnet_batchnorm_statistics(synth_root, tmp_p
 # ---- 2. float32 validation; encoding restores each tower's own mode --------------------------
 
 def test_stage2_bf16_validation_equals_eval_of_the_saved_checkpoint(synth_root, tmp_path, tiny_checkpoint, cli):
-    from clip_cir.apps.train import train_combiner_main
-
-    args = stage2_args(synth_root, tmp_path, "bf16", "--epochs", "2", "--validation-frequency", "1",
-                       "--mixed-precision", "bf16", "--pretrained", str(tiny_checkpoint), "--cpu")
-    args[args.index("--model"):args.index("--model") + 2] = []
+    options = stage2_options(synth_root, tmp_path, "bf16", model=None, epochs=2, validation_frequency=1,
+                             mixed_precision="bf16", pretrained=tiny_checkpoint, cpu=True)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # this process's Accelerator said "no" before
     try:
-        train_combiner_main(args)
+        clip_cir.train_combiner(**options)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     run = tmp_path / "bf16"
@@ -156,7 +148,10 @@ def _triplets_using(captions_file: Path, names: set[str]) -> int:
     return sum(1 for e in _read(captions_file) if e["reference"] in names or e["target_hard"] in names)
 
 
-def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(synth_root, tmp_path, capsys):
+def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(synth_root, tmp_path, capsys,
+                                                                                  info_logging):
+    """On the command line: one line naming the image, the file that lists it and the flag (exit
+    code 2); then a run through the Python API with the flag."""
     from clip_cir.apps.train import finetune_main
 
     data = _cirr_train_copy(synth_root, tmp_path)
@@ -170,10 +165,10 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     corrupt = data / "cirr_dataset" / listing[corrupt_name]
     missing.unlink()
     corrupt.write_bytes(b"<html>404 not found</html>")  # what a dead download link leaves behind
-    common = ["--encoder", "text", "--epochs", "1", "--validation-frequency", "5"]
+    common = dict(encoder="text", epochs=1, validation_frequency=5)
 
     with pytest.raises(SystemExit) as exit_info:
-        finetune_main(stage1_args(data, tmp_path / "runs", "strict", *common))
+        finetune_main(stage1_args(data, tmp_path / "runs", "strict", *command_line(common)))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"stage1/finetune.py: error: {missing}: image '{missing_name}' listed in "
@@ -181,7 +176,7 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     assert "1 more of the" in err and "--skip-missing-images" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "strict").exists()
 
-    finetune_main(stage1_args(data, tmp_path / "runs", "skip", *common, "--skip-missing-images"))
+    clip_cir.finetune(**stage1_options(data, tmp_path / "runs", "skip", **common, skip_missing_images=True))
     run = tmp_path / "runs" / "skip"
     lines = (run / "skipped_images.txt").read_text().splitlines()
     rows = [line.split("\t") for line in lines if not line.startswith("#")]
@@ -197,11 +192,10 @@ def test_missing_training_image_names_the_flag_then_the_flag_skips_its_triplets(
     assert steps == (120 - dropped) // 16
 
 
-def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_checked(synth_root, tmp_path):
+def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_checked(synth_root, tmp_path,
+                                                                                   info_logging):
     """A val image no query uses as reference or target still changes the validation numbers
     (it is a distractor and an image-set member); a training image no triplet uses is never read."""
-    from clip_cir.apps.train import finetune_main
-
     data = _cirr_train_copy(synth_root, tmp_path)
     base = data / "cirr_dataset"
     val = _read(base / "cirr/captions/cap.rc2.val.json")
@@ -214,8 +208,8 @@ def test_gallery_only_gaps_are_reported_and_unused_training_images_are_not_check
     train_listing = _read(base / "cirr/image_splits/split.rc2.train.json")
     unused = next(n for n in train_listing if n not in used)
     (base / train_listing[unused]).write_bytes(b"not an image")
-    finetune_main(stage1_args(data, tmp_path / "runs", "gaps", "--encoder", "text", "--epochs", "1",
-                              "--skip-missing-images"))
+    clip_cir.finetune(**stage1_options(data, tmp_path / "runs", "gaps", encoder="text", epochs=1,
+                                       skip_missing_images=True))
     run = tmp_path / "runs" / "gaps"
     rows = [line.split("\t")[0] for line in (run / "skipped_images.txt").read_text().splitlines()
             if not line.startswith("#")]

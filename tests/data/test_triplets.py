@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import stage1_options, stage2_options
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.convert import convert
 from clip_cir.data.images import ImageCheck
@@ -200,19 +202,12 @@ def test_training_on_a_converted_copy_equals_training_on_the_original(converted,
     """Stage 1 then the Combiner on the generic-layout copy of the synthetic CIRR world, same seed:
     the same losses, the same validation recalls at every epoch."""
     import pandas as pd
-    from helpers import stage1_args, stage2_args
-
-    from clip_cir.apps.train import finetune_main, train_combiner_main
 
     def both_stages(dataset: str, root: Path, name: str) -> tuple[pd.DataFrame, ...]:
         runs = tmp_path / name
-        args = stage1_args(root, runs, "s1", "--encoder", "text", "--epochs", "2")
-        args[args.index("--dataset") + 1] = dataset
-        finetune_main(args)
-        args = stage2_args(root, runs, "s2", "--epochs", "2", "--validation-frequency", "1",
-                           "--pretrained", str(runs / "s1"))
-        args[args.index("--dataset") + 1] = dataset
-        train_combiner_main(args)
+        clip_cir.finetune(**stage1_options(root, runs, "s1", dataset=dataset, encoder="text", epochs=2))
+        clip_cir.train_combiner(**stage2_options(root, runs, "s2", dataset=dataset, epochs=2, validation_frequency=1,
+                                                 pretrained=runs / "s1"))
         return tuple(pd.read_csv(runs / s / f) for s in ("s1", "s2") for f in ("train_metrics.csv",
                                                                                "validation_metrics.csv"))
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import mode_image, published_transform, stage1_args
+from helpers import mode_image, published_transform, stage1_options
 from PIL import Image
 from safetensors.torch import load_file
 
+import clip_cir
 from clip_cir.data.io import load_image
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.transforms import build_transform
@@ -133,12 +134,9 @@ def test_extraction_with_and_without_the_pixel_cache_is_identical(real_sized_ima
 
 
 def test_stage1_both_encoders_train_identically_with_the_pixel_cache(synth_root, tmp_path):
-    from clip_cir.apps.train import finetune_main
-
-    common = ["--encoder", "both", "--epochs", "1", "--validation-frequency", "5",
-              "--pixel-cache-dir", str(tmp_path / "pixels")]
-    finetune_main(stage1_args(synth_root, tmp_path, "cached", *common))
-    finetune_main(stage1_args(synth_root, tmp_path, "decoded", *common, "--pixel-cache", "off"))
+    common = dict(encoder="both", epochs=1, validation_frequency=5, pixel_cache_dir=tmp_path / "pixels")
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "cached", **common))
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "decoded", **common, pixel_cache="off"))
     assert len(list((tmp_path / "pixels").glob("*.npy"))) == 2  # training images and the val gallery
     cached = load_file(str(tmp_path / "cached" / "last" / "clip.safetensors"))
     decoded = load_file(str(tmp_path / "decoded" / "last" / "clip.safetensors"))

@@ -1,11 +1,11 @@
 """Every backbone family through the toolkit, offline, on tiny configs: ResNet, ViT, SigLIP-style
 (Hugging Face tokenizer, no causal mask, last-token pooling, logit bias), Hugging Face text towers
 (RoBERTa, and multilingual XLM-RoBERTa as in `xlm-roberta-base-ViT-B-32`), ConvNeXt and EVA02
-(timm image towers). Stage 1 (text and both towers), stage 2 and
+(timm image towers). Stage 1 (text and both towers) and stage 2 through the Python API, and
 `clip-cir eval` of what they wrote; `clip-cir export` of the runs, loaded back as an `hf-hub:`
-repository (features and metrics exactly the runs'), `clip-cir rank` and the demo with it, and
-`clip-cir pretrain`; text trimming exact or off per family; a missing optional package or an
-uncached Hugging Face repository as one error line."""
+repository (features and metrics exactly the runs'), `clip-cir rank` and the demo with it;
+pretraining; stage 1 and pretraining in two processes; text trimming exact or off per family; a
+missing optional package or an uncached Hugging Face repository as one error line."""
 
 from __future__ import annotations
 
@@ -20,15 +20,28 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    HF_TEXT_MODEL,
+    SIGLIP_TOKENIZER,
+    XLMR_TEXT_MODEL,
+    command_line,
+    ddp_launcher,
+    initial_weights,
+    install_in_hub_cache,
+    launch_stage1,
+    pretrain_options,
+    stage1_options,
+    stage2_options,
+)
 from safetensors.torch import load_file
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import CONFIG_DIR, load_clip
 from clip_cir.models.combiner import load_combiner
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
-from clip_cir.training.run import seed_everything
 
 MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
           "cir-tiny-eva"]
@@ -89,8 +102,6 @@ def _refuse(*args, **kwargs):
 def _export_to_hub_cache(cli, name: str, clip_run: Path, combiner_run: Path, tmp_path: Path) -> str:
     """`clip-cir export` of a CLIP and a Combiner, laid out in the session's Hugging Face cache as a
     download of HUB_ORG/<name> is (see tests/helpers.py): its `hf-hub:` name."""
-    from helpers import install_in_hub_cache
-
     folder = tmp_path / "export"
     result = cli("export", "--pretrained", clip_run, "--combiner", combiner_run, "--output-dir", folder)
     assert result.code == 0, result.err
@@ -194,14 +205,11 @@ def _demo_search_equals(synth_root: Path, model_args: list, clip, query, referen
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_standins, tmp_path, monkeypatch):
-    seed_everything(0)  # the runs' --seed: their random init (and a cached HF text tower) is this one
-    start = load_clip(name).model.state_dict()
-    stage1 = ["finetune", *_common(synth_root), "--model", name, "--epochs", "1", "--batch-size", "60",
-              "--lr", "1e-3", "--output-dir", tmp_path, "--no-progress"]
+    start = initial_weights(name)  # the runs' seed: their random init (and a cached HF text tower) is this one
     runs = {}
     for encoder in ("text", "both"):
-        result = cli(*stage1, "--encoder", encoder, "--experiment-name", f"s1-{encoder}")
-        assert result.code == 0, result.err
+        clip_cir.finetune(**stage1_options(synth_root, tmp_path, f"s1-{encoder}", model=name, encoder=encoder,
+                                           epochs=1, batch_size=60, lr=1e-3))
         runs[encoder] = tmp_path / f"s1-{encoder}"
         trained = load_file(str(runs[encoder] / "last" / "clip.safetensors"))
         assert trained.keys() == start.keys()
@@ -217,10 +225,8 @@ def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_stan
     _eval_equals_validation(cli, synth_root, runs["text"], tmp_path, "--pretrained", runs["text"] / "last")
     _eval_equals_validation(cli, synth_root, runs["both"], tmp_path, "--pretrained", runs["both"] / "last")
 
-    result = cli("train-combiner", *_common(synth_root), "--pretrained", runs["text"] / "last", "--epochs", "1",
-                 "--batch-size", "64", "--lr", "1e-3", "--output-dir", tmp_path, "--no-progress",
-                 "--experiment-name", "s2")
-    assert result.code == 0, result.err
+    clip_cir.train_combiner(**stage2_options(synth_root, tmp_path, "s2", model=None, pretrained=runs["text"] / "last",
+                                             epochs=1, batch_size=64, num_workers=0))
     meta = json.loads((tmp_path / "s2" / "last" / "combiner.json").read_text())
     assert meta["clip_feature_dim"] == open_clip.get_model_config(name)["embed_dim"]
     metrics = _eval_equals_validation(cli, synth_root, tmp_path / "s2", tmp_path, "--pretrained",
@@ -255,17 +261,14 @@ def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_stan
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_family_pretrains_and_its_checkpoint_reloads(name, cli, synth_root, hf_standins, tmp_path):
-    """`clip-cir pretrain` (CLIP's contrastive loss on image-caption pairs) trains both towers and
-    the temperature of every family; its checkpoint is a `--pretrained` like any other."""
-    seed_everything(0)  # the run's --seed: its random init is this one
-    start = load_clip(name).model.state_dict()
+    """Pretraining (CLIP's contrastive loss on image-caption pairs) trains both towers and the
+    temperature of every family; its checkpoint is a `--pretrained` like any other."""
+    start = initial_weights(name)  # the run's seed: its random init is this one
     # The synthetic caption CSV's first rows (all 600 are 12 times the steps), image paths made absolute.
     header, *rows = (synth_root / "pretrain_captions.csv").read_text().splitlines()[:PRETRAIN_ROWS + 1]
     captions = tmp_path / "captions.csv"
     captions.write_text("\n".join([header, *(f"{synth_root / row}" for row in rows)]) + "\n")
-    result = cli("pretrain", "--train-data", captions, "--model", name, "--epochs", "1", "--batch-size", "16",
-                 "--output-dir", tmp_path, "--experiment-name", "pt", "--num-workers", "0", "--no-progress")
-    assert result.code == 0, result.err
+    clip_cir.pretrain(**pretrain_options(captions, tmp_path, "pt", model=name, batch_size=16))
     run = tmp_path / "pt"
     trained = load_file(str(run / "last" / "clip.safetensors"))
     assert trained.keys() == start.keys()
@@ -306,7 +309,6 @@ def test_text_trimming_is_exact_or_off(name, hf_standins):
 def test_tiny_families_are_what_their_names_say(hf_standins):
     """The stand-ins are really used: the HF tokenizers' own ids, the (XLM-)RoBERTa towers' cached
     weights, timm's towers (EVA02's blocks), SigLIP's settings."""
-    from helpers import HF_TEXT_MODEL, SIGLIP_TOKENIZER, XLMR_TEXT_MODEL
     from safetensors.torch import load_file as load
     from transformers import AutoTokenizer
 
@@ -400,9 +402,8 @@ def test_too_old_package_is_one_line_asking_for_a_newer_one(cli, synth_root, hf_
 
 
 def test_missing_package_in_a_checkpoint_reload_is_one_line(cli, synth_root, hf_standins, tmp_path, monkeypatch):
-    result = cli("finetune", *_common(synth_root), "--model", "cir-tiny-siglip", "--epochs", "1", "--batch-size", "60",
-                 "--lr", "1e-3", "--output-dir", tmp_path, "--no-progress", "--experiment-name", "s1")
-    assert result.code == 0, result.err
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "s1", model="cir-tiny-siglip", epochs=1, batch_size=60,
+                                       lr=1e-3))
     _no_transformers(monkeypatch)
     result = cli("eval", *_common(synth_root), "--pretrained", tmp_path / "s1")
     assert result.code == 2
@@ -427,15 +428,10 @@ def test_two_processes_train_a_siglip_style_model(synth_root, hf_standins, tmp_p
     """DDP needs every parameter it trains to take part in the loss: SigLIP's logit bias (like
     CLIP's logit scale and CoCa's caption decoder) is not part of the method's loss, so stage 1
     leaves it frozen and the text tower trains on 2 processes."""
-    from helpers import launch_stage1, stage1_args
-
-    args = stage1_args(synth_root, tmp_path, "ddp", "--encoder", "text", "--epochs", "1", "--validation-frequency",
-                       "5", "--cpu")
-    args[args.index("--model") + 1] = "cir-tiny-siglip"
-    launch_stage1(args, processes=2)
+    launch_stage1(command_line(stage1_options(synth_root, tmp_path, "ddp", model="cir-tiny-siglip", encoder="text",
+                                              epochs=1, validation_frequency=5, cpu=True)), processes=2)
     trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
-    seed_everything(0)
-    start = load_clip("cir-tiny-siglip").model.state_dict()
+    start = initial_weights("cir-tiny-siglip")
     assert torch.equal(trained["logit_bias"], start["logit_bias"])
     assert any(_changed(start, trained, "text")) and not any(_changed(start, trained, "image"))
 
@@ -444,8 +440,6 @@ def test_two_processes_pretrain_a_siglip_style_model(synth_root, hf_standins, tm
     """`clip-cir pretrain` uses CLIP's loss, in which SigLIP's logit bias takes no part: it stays
     frozen, so DDP (which needs every parameter it trains in the loss) runs on 2 processes."""
     import subprocess
-
-    from helpers import ddp_launcher
 
     args = ["pretrain", "--train-data", synth_root / "pretrain_captions.csv", "--model", "cir-tiny-siglip",
             "--epochs", "1", "--batch-size", "16", "--output-dir", tmp_path, "--experiment-name", "ddp",
@@ -456,7 +450,6 @@ def test_two_processes_pretrain_a_siglip_style_model(synth_root, hf_standins, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2 |" in result.stderr
     trained = load_file(str(tmp_path / "ddp" / "last" / "clip.safetensors"))
-    seed_everything(0)
-    start = load_clip("cir-tiny-siglip").model.state_dict()
+    start = initial_weights("cir-tiny-siglip")
     assert torch.equal(trained["logit_bias"], start["logit_bias"])
     assert any(_changed(start, trained, "text")) and any(_changed(start, trained, "image"))

@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import stage1_options
 from safetensors.torch import load_file
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.encoding.extraction import encode_images
 from clip_cir.encoding.pixels import PixelCache
@@ -29,7 +31,6 @@ from clip_cir.models.towers import (
 )
 from clip_cir.models.transforms import build_transform
 from clip_cir.training.losses import batch_contrastive_loss
-from clip_cir.training.stage1 import main as stage1_main
 from clip_cir.training.stage1 import query_and_target
 
 ATOL = 1e-5  # float32 rounding: the two layouts sum the same products in another order
@@ -133,14 +134,12 @@ def test_a_training_step_in_channels_last_has_the_same_loss_and_gradients(rn):
         assert torch.allclose(grads_cl[name], grad, atol=1e-4 * scale), name
 
 
-def test_stage1_with_channels_last_on_trains_as_off(synth_root, tmp_path):
-    """The program's flag end to end on a CPU (`on` forces it): same losses, same saved weights."""
+def test_stage1_with_channels_last_on_trains_as_off(synth_root, tmp_path, info_logging):
+    """The setting end to end on a CPU (`on` forces it): same losses, same saved weights."""
     def run(choice: str) -> Path:
-        stage1_main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-rn",
-                     "--encoder", "both", "--epochs", "1", "--batch-size", "16", "--lr", "1e-4",
-                     "--output-dir", str(tmp_path), "--experiment-name", choice, "--num-workers", "0",
-                     "--no-progress", "--no-cache", "--pixel-cache-dir", str(tmp_path / "pixels"),
-                     "--channels-last", choice, "--log-every", "1"])
+        clip_cir.finetune(**stage1_options(synth_root, tmp_path, choice, model="cir-tiny-rn", encoder="both", epochs=1,
+                                           no_cache=True, pixel_cache_dir=tmp_path / "pixels", channels_last=choice,
+                                           log_every=1))
         return tmp_path / choice
 
     on, off = run("on"), run("off")
@@ -195,15 +194,13 @@ def test_optimizer_state_resumed_in_another_layout_takes_the_parameters_layout(r
 def test_stage1_pixel_cache_workers_read_the_same_batches_every_epoch(synth_root, tmp_path):
     """With the pixel cache, stage 1's workers persist across epochs; the batches (epoch-dependent
     order and caption forms) must be those of a run without workers."""
-    def run(workers: str) -> pd.DataFrame:
-        stage1_main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-vit",
-                     "--encoder", "both", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4",
-                     "--validation-frequency", "2", "--output-dir", str(tmp_path), "--experiment-name",
-                     f"w{workers}", "--num-workers", workers, "--no-progress", "--no-cache",
-                     "--pixel-cache-dir", str(tmp_path / "pixels"), "--log-every", "1"])
+    def run(workers: int) -> pd.DataFrame:
+        clip_cir.finetune(**stage1_options(synth_root, tmp_path, f"w{workers}", encoder="both", epochs=2,
+                                           validation_frequency=2, num_workers=workers, no_cache=True,
+                                           pixel_cache_dir=tmp_path / "pixels", log_every=1))
         return pd.read_csv(tmp_path / f"w{workers}" / "train_steps.csv")
 
-    with_workers, without = run("2"), run("0")
+    with_workers, without = run(2), run(0)
     assert list(with_workers["epoch"].unique()) == [1, 2] and len(with_workers) == len(without)
     assert not with_workers["loss"].isna().any() and not without["loss"].isna().any()
     assert torch.allclose(torch.tensor(with_workers["loss"].values), torch.tensor(without["loss"].values),

@@ -12,9 +12,10 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO
+from helpers import REPO, stage1_options
 from safetensors.torch import load_file
 
+import clip_cir
 from clip_cir.models.clip import load_clip
 from clip_cir.models.grad_checkpointing import Checkpointed, enable_grad_checkpointing
 from clip_cir.models.towers import encode_text
@@ -144,17 +145,15 @@ def test_a_tower_that_cannot_be_checkpointed_is_named_in_one_line(caplog):
         "gradient checkpointing: text tower (Transformer)"]
 
 
-def test_stage1_with_grad_checkpointing_trains_the_same_resnet(synth_root, tmp_path, capsys):
-    from clip_cir.apps.train import finetune_main
-
-    common = ["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-rn", "--encoder", "both",
-              "--epochs", "1", "--batch-size", "60", "--lr", "1e-3", "--output-dir", str(tmp_path), "--num-workers",
-              "0", "--no-progress", "--validation-frequency", "1"]
-    finetune_main([*common, "--experiment-name", "checkpointed", "--grad-checkpointing"])
-    lines = capsys.readouterr().err.splitlines()
+def test_stage1_with_grad_checkpointing_trains_the_same_resnet(synth_root, tmp_path, info_logging):
+    common = dict(model="cir-tiny-rn", encoder="both", epochs=1, batch_size=60, lr=1e-3, validation_frequency=1)
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "checkpointed", **common, grad_checkpointing=True))
+    lines = [r.getMessage() for r in info_logging.records if r.name == "clip_cir"]
     assert "gradient checkpointing: image tower (ModifiedResNet), text tower (Transformer)" in lines
-    finetune_main([*common, "--experiment-name", "plain"])
-    assert not any(line.startswith("gradient checkpointing") for line in capsys.readouterr().err.splitlines())
+    info_logging.clear()
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "plain", **common))
+    assert info_logging.records and not any(r.getMessage().startswith("gradient checkpointing")
+                                            for r in info_logging.records)
     plain = load_file(str(tmp_path / "plain" / "last" / "clip.safetensors"))
     checkpointed = load_file(str(tmp_path / "checkpointed" / "last" / "clip.safetensors"))
     seed_everything(0)  # the runs' --seed: their initial weights

@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, stage2_options
 
+import clip_cir
 from clip_cir import params
 from clip_cir.config import portable_config
 from clip_cir.errors import CIRError
@@ -173,12 +174,11 @@ def test_without_resume_argparse_reports_missing_required_options(capsys):
 
 
 def test_resumed_run_continues_to_the_abbreviated_epoch_count_and_refuses_a_new_lr(synth_root, tmp_path, capsys):
-    """End to end: `--resume RUN --epoch 2` trains epoch 2; `--resume RUN --lr X` stops, one line."""
+    """End to end: a run (started through the Python API) resumed on the command line: `--resume RUN
+    --epoch 2` trains epoch 2; `--resume RUN --lr X` stops, one line."""
     from clip_cir.apps.train import train_combiner_main
 
-    train_combiner_main(["--dataset", "cirr", "--data-root", str(synth_root), "--model", "cir-tiny-vit",
-                         "--batch-size", "32", "--lr", "1e-3", "--output-dir", str(tmp_path), "--experiment-name",
-                         "run", "--no-progress", "--epochs", "1"])
+    clip_cir.train_combiner(**stage2_options(synth_root, tmp_path, "run", epochs=1))
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert (config["program"], config["experiment_name"], config["run_dir"]) == ("stage2", "run", str(run.resolve()))

@@ -8,17 +8,21 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, ddp_launcher, read_weights, stage1_args, update_gaps
+from helpers import (
+    REPO,
+    command_line,
+    ddp_launcher,
+    initial_weights,
+    pretrain_options,
+    read_weights,
+    stage1_args,
+    stage1_options,
+    update_gaps,
+)
+
+import clip_cir
 
 STEPS = 3  # 120 synthetic training triplets at batch 32, drop_last
-
-
-def _start(model: str) -> dict:
-    from clip_cir.models.clip import load_clip
-    from clip_cir.training.run import seed_everything
-
-    seed_everything(0)
-    return load_clip(model).model.state_dict()
 
 
 def test_split_batch_keeps_order_and_rejects_uneven_splits():
@@ -75,14 +79,12 @@ def test_re_forward_replays_each_micro_batch_dropout():
 def test_stage1_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_path, encoder, model):
     """Three optimizer steps of batch 32 in 4 micro-batches of 8 give the weights of batch 32 in one
     piece: with a trained image tower (BatchNorm in eval mode) and with a frozen, precomputed one."""
-    from clip_cir.apps.train import finetune_main
-
-    common = ["--encoder", encoder, "--epochs", "1", "--batch-size", "32", "--model", model, "--log-every", "1"]
-    finetune_main(stage1_args(synth_root, tmp_path, "whole", *common))
-    finetune_main(stage1_args(synth_root, tmp_path, "accum", *common, "--accum-steps", "4"))
+    common = dict(encoder=encoder, epochs=1, batch_size=32, model=model, log_every=1)
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "whole", **common))
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "accum", **common, accum_steps=4))
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
     accum = read_weights(tmp_path / "accum" / "last" / "clip.safetensors")
-    per_tensor, overall = update_gaps(whole, accum, _start(model))
+    per_tensor, overall = update_gaps(whole, accum, initial_weights(model))
     # Float32 sums in another order: the gap depends on the CPU (0.020 seen on some), not on the method.
     assert per_tensor < 0.03 and overall < 2e-3, (per_tensor, overall)
     import pandas as pd
@@ -97,33 +99,28 @@ def test_stage1_accumulation_under_two_processes_equals_one_piece(synth_root, tm
     all-reduce per step == one process with the whole batch of 32."""
     import os
 
-    from clip_cir.apps.train import finetune_main
-
-    common = ["--encoder", "both", "--epochs", "1", "--batch-size", "32", "--model", "cir-tiny-rn", "--cpu"]
-    finetune_main(stage1_args(synth_root, tmp_path, "whole", *common))
+    common = dict(encoder="both", epochs=1, batch_size=32, model="cir-tiny-rn", cpu=True)
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "whole", **common))
     cmd = [sys.executable, *ddp_launcher(2), str(REPO / "stage1" / "finetune.py"),
-           *stage1_args(synth_root, tmp_path, "ddp", *common, "--accum-steps", "4")]
+           *command_line(stage1_options(synth_root, tmp_path, "ddp", **common, accum_steps=4))]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2 |" in result.stderr
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
     ddp = read_weights(tmp_path / "ddp" / "last" / "clip.safetensors")
-    per_tensor, overall = update_gaps(whole, ddp, _start("cir-tiny-rn"))
+    per_tensor, overall = update_gaps(whole, ddp, initial_weights("cir-tiny-rn"))
     assert per_tensor < 0.05 and overall < 0.01, (per_tensor, overall)
 
 
 def test_pretrain_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_path):
     """The learnt temperature travels as per-example rows: it trains, and the same as in one piece."""
-    from clip_cir.apps.train import pretrain_main
-
-    common = ["--train-data", str(synth_root / "pretrain_captions.csv"), "--model", "cir-tiny-vit", "--epochs", "1",
-              "--batch-size", "32", "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress"]
-    pretrain_main([*common, "--experiment-name", "whole"])
-    pretrain_main([*common, "--experiment-name", "accum", "--accum-steps", "4"])
+    captions = synth_root / "pretrain_captions.csv"
+    clip_cir.pretrain(**pretrain_options(captions, tmp_path, "whole"))
+    clip_cir.pretrain(**pretrain_options(captions, tmp_path, "accum", accum_steps=4))
     whole = read_weights(tmp_path / "whole" / "last" / "clip.safetensors")
     accum = read_weights(tmp_path / "accum" / "last" / "clip.safetensors")
-    start = _start("cir-tiny-vit")
+    start = initial_weights("cir-tiny-vit")
     assert not torch.equal(whole["logit_scale"], start["logit_scale"])
     torch.testing.assert_close(accum["logit_scale"], whole["logit_scale"], rtol=1e-5, atol=1e-6)
     per_tensor, overall = update_gaps(whole, accum, start)
@@ -132,6 +129,7 @@ def test_pretrain_accumulated_batch_equals_batch_in_one_piece(synth_root, tmp_pa
 
 
 def test_accum_steps_that_do_not_divide_the_batch_get_one_line(synth_root, tmp_path, capsys):
+    """On the command line (the Python API raises the CIRError this line reports)."""
     from clip_cir.apps.train import finetune_main
 
     with pytest.raises(SystemExit) as exit_info:

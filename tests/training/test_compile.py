@@ -8,9 +8,11 @@ import math
 import pandas as pd
 import pytest
 import torch
-from helpers import stage1_args, update_gaps
+from helpers import initial_weights, pretrain_options, stage1_options, update_gaps
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
+
+import clip_cir
 
 COMPILED_TOLERANCE = 1e-3
 """Inductor fuses and reorders float32 arithmetic, so the weight updates are compared as
@@ -42,14 +44,12 @@ def test_trimmed_lengths_round_up_to_the_multiple_and_keep_features(make_tiny_cl
 def test_compiled_stage1_matches_eager_resumes_and_saves_clean_keys(synth_root, tmp_path):
     """Three steps an epoch (120 triplets, batch 40), both towers: two eager epochs against one
     compiled epoch and a compiled resume to the second."""
-    from clip_cir.apps.train import finetune_main
-
-    common = ("--encoder", "both", "--batch-size", "40", "--log-every", "1", "--pixel-cache", "off")
-    finetune_main(stage1_args(synth_root, tmp_path, "eager", *common, "--epochs", "2"))
+    common = dict(encoder="both", batch_size=40, log_every=1, pixel_cache="off")
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "eager", **common, epochs=2))
     graphs = counters["stats"]["unique_graphs"]
-    finetune_main(stage1_args(synth_root, tmp_path, "compiled", *common, "--epochs", "1", "--compile"))
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "compiled", **common, epochs=1, compile=True))
     first_run_graphs = counters["stats"]["unique_graphs"] - graphs
-    finetune_main(["--resume", str(tmp_path / "compiled"), "--epochs", "2", "--compile"])
+    clip_cir.finetune(resume=tmp_path / "compiled", epochs=2, compile=True)
     print(f"graphs compiled: {first_run_graphs} in the first run, {counters['stats']['unique_graphs'] - graphs} in all")
     # It compiled: the image tower once, the text tower once per caption length bucket the
     # synthetic captions reach (at most 2 of 16 tokens in a 32-token context), not per batch.
@@ -64,12 +64,7 @@ def test_compiled_stage1_matches_eager_resumes_and_saves_clean_keys(synth_root, 
     compiled = load_file(str(tmp_path / "compiled" / "last" / "clip.safetensors"))
     assert sorted(compiled) == sorted(eager)  # the model's own keys: no `_orig_mod.` prefix
     assert not any("_orig_mod" in key for key in compiled)
-    from clip_cir.models.clip import load_clip
-    from clip_cir.training.run import seed_everything
-
-    seed_everything(0)
-    start = load_clip("cir-tiny-vit").model.state_dict()
-    per_tensor, overall = update_gaps(eager, compiled, start)
+    per_tensor, overall = update_gaps(eager, compiled, initial_weights("cir-tiny-vit"))
     print(f"compiled-eager update gaps: per tensor {per_tensor:.2g}, overall {overall:.2g}")
     assert per_tensor < 10 * COMPILED_TOLERANCE and overall < COMPILED_TOLERANCE, (per_tensor, overall)
     # The compiled checkpoint loads as any other and validates like the eager one.
@@ -80,14 +75,10 @@ def test_compiled_stage1_matches_eager_resumes_and_saves_clean_keys(synth_root, 
 
 def test_compiled_pretraining_matches_eager(synth_root, tmp_path):
     """Pretraining trains the learnt temperature and runs in train mode: compiled, the same."""
-    from clip_cir.apps.train import pretrain_main
-
-    common = ["--train-data", str(synth_root / "pretrain_captions.csv"), "--model", "cir-tiny-vit", "--epochs", "1",
-              "--batch-size", "32", "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress",
-              "--log-every", "1", "--pixel-cache", "off"]
-    pretrain_main([*common, "--experiment-name", "eager"])
+    captions = synth_root / "pretrain_captions.csv"
+    clip_cir.pretrain(**pretrain_options(captions, tmp_path, "eager", log_every=1, pixel_cache="off"))
     graphs = counters["stats"]["unique_graphs"]
-    pretrain_main([*common, "--experiment-name", "compiled", "--compile"])
+    clip_cir.pretrain(**pretrain_options(captions, tmp_path, "compiled", log_every=1, pixel_cache="off", compile=True))
     assert counters["stats"]["unique_graphs"] > graphs  # it compiled
     eager_steps = pd.read_csv(tmp_path / "eager" / "train_steps.csv")
     compiled_steps = pd.read_csv(tmp_path / "compiled" / "train_steps.csv")
@@ -97,10 +88,6 @@ def test_compiled_pretraining_matches_eager(synth_root, tmp_path):
     compiled = load_file(str(tmp_path / "compiled" / "last" / "clip.safetensors"))
     assert sorted(compiled) == sorted(eager)
     torch.testing.assert_close(compiled["logit_scale"], eager["logit_scale"], rtol=1e-5, atol=1e-6)
-    from clip_cir.models.clip import load_clip
-    from clip_cir.training.run import seed_everything
-
-    seed_everything(0)
-    per_tensor, overall = update_gaps(eager, compiled, load_clip("cir-tiny-vit").model.state_dict())
+    per_tensor, overall = update_gaps(eager, compiled, initial_weights("cir-tiny-vit"))
     print(f"compiled-eager update gaps: per tensor {per_tensor:.2g}, overall {overall:.2g}")
     assert per_tensor < 10 * COMPILED_TOLERANCE and overall < COMPILED_TOLERANCE, (per_tensor, overall)

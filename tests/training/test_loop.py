@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import stage2_args
+from helpers import stage2_options
 
+import clip_cir
 from clip_cir.config import TrainingConfig
 from clip_cir.training.loop import Selection, Stage, fit
 from clip_cir.training.optim import LRSchedule
@@ -103,11 +104,9 @@ def test_loss_is_read_back_every_n_steps_and_at_each_epochs_end(tmp_path, monkey
 
 def test_stage2_logged_losses_equal_those_of_a_run_logging_every_step(synth_root, tmp_path):
     """120 triplets at batch 30: 4 steps an epoch, 12 in 3 epochs."""
-    from clip_cir.apps.train import train_combiner_main
-
-    common = ["--epochs", str(EPOCHS), "--batch-size", "30", "--validation-frequency", "3"]
-    train_combiner_main(stage2_args(synth_root, tmp_path, "every", *common, "--log-every", "1"))
-    train_combiner_main(stage2_args(synth_root, tmp_path, "fifth", *common, "--log-every", "5"))
+    common = dict(epochs=EPOCHS, batch_size=30, validation_frequency=3)
+    clip_cir.train_combiner(**stage2_options(synth_root, tmp_path, "every", **common, log_every=1))
+    clip_cir.train_combiner(**stage2_options(synth_root, tmp_path, "fifth", **common, log_every=5))
     every = pd.read_csv(tmp_path / "every" / "train_steps.csv").set_index("step")
     fifth = pd.read_csv(tmp_path / "fifth" / "train_steps.csv").set_index("step")
     assert list(every.index) == list(fifth.index) == list(range(1, 13))

@@ -8,9 +8,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 import torch
-from helpers import stage2_args
+from helpers import stage2_options
 from safetensors.torch import load_file
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.training.datasets import FeatureBatches, TrainingSet
 
@@ -53,22 +54,18 @@ def test_two_ranks_split_every_global_batch(synth_root):
             assert torch.equal(torch.cat([first[key], second[key]]), whole[key]), key
 
 
-@pytest.mark.parametrize("schedule", [[], ["--lr-scheduler", "cosine", "--warmup", "3"]], ids=["const", "cosine"])
+@pytest.mark.parametrize("schedule", [{}, {"lr_scheduler": "cosine", "warmup": 3}], ids=["const", "cosine"])
 def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, monkeypatch, schedule):
     """A run interrupted after its epoch-3 checkpoint (validations after epochs 1 and 3) and resumed
     ends where an uninterrupted one does: the same weights, losses and per-step learning rates (a
     restarted schedule would differ)."""
-    from clip_cir.apps.train import train_combiner_main
     from clip_cir.training import loop
 
-    common = ["--epochs", "4", "--validation-frequency", "2", *schedule]
+    def options_for(name: str) -> dict:  # fashioniq: four caption forms to draw from
+        return stage2_options(synth_root, tmp_path, name, dataset="fashioniq", epochs=4, validation_frequency=2,
+                              **schedule)
 
-    def args_for(name: str) -> list[str]:
-        args = stage2_args(synth_root, tmp_path, name, *common)
-        args[args.index("--dataset") + 1] = "fashioniq"  # four caption forms to draw from
-        return args
-
-    train_combiner_main(args_for("straight"))
+    clip_cir.train_combiner(**options_for("straight"))
     save = loop.save_checkpoint_dir
 
     def save_then_stop(path, modules, state=None):
@@ -77,12 +74,11 @@ def test_stage2_resumed_run_ends_with_the_same_weights(synth_root, tmp_path, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint_dir", save_then_stop)
-    with pytest.raises(SystemExit) as stopped:
-        train_combiner_main(args_for("resumed"))
-    assert stopped.value.code == 130
+    with pytest.raises(KeyboardInterrupt):
+        clip_cir.train_combiner(**options_for("resumed"))
     monkeypatch.setattr(loop, "save_checkpoint_dir", save)
     assert list(pd.read_csv(tmp_path / "resumed" / "train_metrics.csv")["epoch"]) == [1, 2, 3]
-    train_combiner_main(["--resume", str(tmp_path / "resumed"), "--no-progress"])
+    clip_cir.train_combiner(resume=tmp_path / "resumed", no_progress=True)
     straight = load_file(str(tmp_path / "straight" / "last" / "combiner.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "combiner.safetensors"))
     assert straight.keys() == resumed.keys()

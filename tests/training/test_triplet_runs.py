@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_weights, run_report, stage1_args, stage2_args
+from helpers import initial_weights, read_weights, run_report, stage1_options, stage2_options
 
+import clip_cir
 from clip_cir.apps.report import examples
-
-
-def _on_triplets(args: list[str]) -> list[str]:
-    args[args.index("--dataset") + 1] = "triplets"
-    return args
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +20,22 @@ def catalogue(synth_root, tmp_path_factory) -> dict[str, Path]:
     data would be (`my-catalogue`), a 1-epoch stage-1 run on it training both towers, and a
     1-epoch stage-2 run on that CLIP."""
     from clip_cir.apps.cli import main
-    from clip_cir.apps.train import finetune_main, train_combiner_main
 
     base = tmp_path_factory.mktemp("catalogue")
     data, runs = base / "my-catalogue", base / "runs"
     main(["convert", "cirr", "--data-root", str(synth_root), "--output", str(data)])
-    finetune_main(_on_triplets(stage1_args(data, runs, "triplets-s1", "--encoder", "both", "--epochs", "1")))
-    train_combiner_main(_on_triplets(stage2_args(data, runs, "triplets-s2", "--epochs", "1",
-                                         "--pretrained", str(runs / "triplets-s1"))))
+    clip_cir.finetune(**stage1_options(data, runs, "triplets-s1", dataset="triplets", encoder="both", epochs=1))
+    clip_cir.train_combiner(**stage2_options(data, runs, "triplets-s2", dataset="triplets", epochs=1,
+                                             pretrained=runs / "triplets-s1"))
     return {"data": data, "stage1": runs / "triplets-s1", "stage2": runs / "triplets-s2"}
 
 
 def test_stage1_on_cirr_starts_from_the_triplet_pretraining_run(catalogue, synth_root, cli, tmp_path):
     """`finetune --dataset cirr --pretrained RUN_DIR` loads the triplet run's weights: with the image
     tower frozen this time, the CIRR run ends with exactly the image tower the triplet run trained."""
-    from clip_cir.apps.train import finetune_main
-    from clip_cir.models.clip import load_clip
-    from clip_cir.training.run import seed_everything
-
-    finetune_main(stage1_args(synth_root, tmp_path, "cirr-s1", "--encoder", "text", "--epochs", "1",
-                            "--pretrained", str(catalogue["stage1"])))
-    seed_everything(0)  # the triplet run's random init, as stage 1 builds it
-    init = load_clip("cir-tiny-vit", None).model.state_dict()
+    clip_cir.finetune(**stage1_options(synth_root, tmp_path, "cirr-s1", encoder="text", epochs=1,
+                                       pretrained=catalogue["stage1"]))
+    init = initial_weights("cir-tiny-vit")  # the triplet run's random init, as stage 1 builds it
     pretrained = read_weights(catalogue["stage1"] / "best" / "clip.safetensors")
     tuned = read_weights(tmp_path / "cirr-s1" / "last" / "clip.safetensors")
     visual = [k for k in tuned if k.startswith("visual.")]
