@@ -11,7 +11,9 @@ from one another (tests/layout/test_layout.py checks it); fixtures are in confte
 - Images in every PIL mode and the published preprocessing written out again (`mode_image`,
   `published_transform`).
 - `clip-cir report` of a run (`run_report`, `check_png`).
-- The web demo: requests to its JSON API and `python demo/app.py` in a subprocess.
+- The web demo: requests to its JSON API (`demo_search`, `demo_upload`, `png_bytes`) and
+  `python demo/app.py` in a subprocess (`start_demo_script`, `stop_demo_script`); its fixtures are
+  in tests/apps/demo/conftest.py.
 - The Hugging Face cache: `install_in_hub_cache`, and tiny stand-ins for the Hugging Face
   repositories some open_clip backbones load, written in the real on-disk formats and laid out as
   huggingface_hub's cache holds a download, so that models naming them load offline
@@ -35,12 +37,14 @@ from one another (tests/layout/test_layout.py checks it); fixtures are in confte
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -278,6 +282,54 @@ def run_report(cli, run: Path, queries: int, out: Path, seed: int) -> tuple[Imag
     shown = json.loads(grid.text[examples.QUERIES_METADATA_KEY])
     assert len(shown) == queries
     return grid, shown
+
+
+# ---- the web demo ----------------------------------------------------------------------------------------
+
+DEMO_UPLOAD_LIMIT = 64 * 1024
+"""The upload limit of the demo app the demo tests build (tests/apps/demo/conftest.py)."""
+
+
+def png_bytes(size=(40, 30), colour=(200, 30, 30), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def demo_search(client, **body):
+    """`POST /api/search` with a JSON body, through a Flask test client."""
+    return client.post("/api/search", json=body)
+
+
+def demo_upload(client, data: bytes, caption="is blue", k="5", filename="query.png", **extra):
+    """`POST /api/search` with an uploaded image (multipart), through a Flask test client."""
+    form = {"image": (io.BytesIO(data), filename), "caption": caption, "k": k, **extra}
+    return client.post("/api/search", data=form, content_type="multipart/form-data")
+
+
+def start_demo_script(synth_root: Path | None, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python demo/app.py` as a user runs it after the quickstart: from its own working directory,
+    with a RELATIVE --data-root (Flask resolves relative file paths against its package folder).
+    `synth_root` None: no --data-root, the gallery comes from `args` (`--gallery-dir`)."""
+    env = {**os.environ, "CLIP_CIR_CACHE": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
+    data = ["--data-root", os.path.relpath(synth_root, cwd)] if synth_root is not None else []
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "demo" / "app.py"), *data,
+         "--model", "cir-tiny-vit", "--num-workers", "0", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    line = ""
+    deadline = time.monotonic() + 120
+    while "demo on http://" not in line and time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+    if "demo on http://127.0.0.1:" not in line:
+        process.terminate()
+        raise AssertionError(process.stderr.read() if process.poll() is not None else line)
+    return process, line.split("demo on ")[1].split()[0].rstrip("/")
+
+
+def stop_demo_script(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
 
 
 # ---- tiny stand-ins of Hugging Face repositories ------------------------------------------------
