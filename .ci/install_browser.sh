@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium and chromium-driver for the web demo's browser test (tests/test_demo.py).
+# Install Debian's chromium and chromium-driver for the web demo's browser test (tests/apps/demo/test_demo_browser.py).
 # Idempotent and instant when both are already on PATH. It never fails the CI run: where no browser
 # can be installed, the browser test is skipped and pytest reports why.
 set -uo pipefail

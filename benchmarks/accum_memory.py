@@ -2,7 +2,7 @@
 `--accum-steps` K = 1, 4, 16.
 
 Why: fine-tuning both towers helps at large contrastive batches, which do not fit on common
-GPUs. With K micro-batches the step's gradient is the whole batch's (tests/test_accumulation.py
+GPUs. With K micro-batches the step's gradient is the whole batch's (tests/training/test_accumulation.py
 checks the weights) while the activations held for backward are one micro-batch's. This prints
 what that buys and what it costs (the feature pass runs every micro-batch twice).
 

@@ -8,6 +8,8 @@
   published-format checkpoint, for tests that need fixed weights across several commands.
 - ``tiny_runs``: a real 1-epoch stage-1 run and a 2-epoch stage-2 run on it (session-wide).
 - ``cli``: run ``clip-cir`` in-process and get exit code, stdout and stderr back.
+- ``info_logging``: the ``clip_cir`` logger at INFO, as the commands set it, for tests that read the
+  log lines (or log.txt) of a run started through the Python API.
 - ``hf_standins``: tiny Hugging Face tokenizers and text models in the session's HF cache, for the
   tiny SigLIP-style and HF-text-tower configs.
 - huggingface_hub (and open_clip through it) sees a session temp dir as its home and cache, no
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -88,8 +91,8 @@ def hf_standins(synth_root) -> dict[str, Path]:
     tokenizer ``timm/ViT-B-16-SigLIP``) and HF-text-tower (``cir-tiny-hftext``, ``cir-tiny-xlmr``: a
     2-layer RoBERTa or XLM-RoBERTa and its tokenizer) configs name, in the real file formats,
     written into the session's Hugging Face cache so they load offline: ``{repo_id: snapshot
-    folder}``. Tokenizers are trained on ``synth_root``'s captions (see ``tests/hf_standins.py``)."""
-    from hf_standins import build_hf_standins, dataset_captions
+    folder}``. Tokenizers are trained on ``synth_root``'s captions (see ``tests/helpers.py``)."""
+    from helpers import build_hf_standins, dataset_captions
 
     return build_hf_standins(Path(os.environ["HF_HUB_CACHE"]), dataset_captions(synth_root))
 
@@ -132,16 +135,14 @@ def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(synth_root, tmp_path_factory) -> dict[str, Path]:
     """A 1-epoch stage-1 CIRR run (``cir-tiny-vit``, text encoder) and a 2-epoch stage-2 run on its
-    CLIP, as users make them: ``{"stage1": RUN_DIR, "stage2": RUN_DIR}``. Shared: never write into them."""
-    from clip_cir.apps.cli import main
+    CLIP, trained through the Python API: ``{"stage1": RUN_DIR, "stage2": RUN_DIR}``. Shared: never
+    write into them."""
+    import clip_cir
 
     out = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "cirr", "--data-root", str(synth_root), "--output-dir", str(out),
-              "--num-workers", "0", "--no-progress"]
-    main(["finetune", *common, "--model", "cir-tiny-vit", "--epochs", "1", "--batch-size", "32", "--lr", "1e-4",
-          "--experiment-name", "s1"])
-    main(["train-combiner", *common, "--pretrained", str(out / "s1"), "--epochs", "2", "--batch-size", "64",
-          "--lr", "1e-3", "--experiment-name", "s2"])
+    common = dict(dataset="cirr", data_root=synth_root, output_dir=out, num_workers=0, no_progress=True)
+    clip_cir.finetune(**common, model="cir-tiny-vit", epochs=1, batch_size=32, lr=1e-4, experiment_name="s1")
+    clip_cir.train_combiner(**common, pretrained=out / "s1", epochs=2, batch_size=64, lr=1e-3, experiment_name="s2")
     return {"stage1": out / "s1", "stage2": out / "s2"}
 
 
@@ -173,3 +174,13 @@ def cli(capsys):
         captured = capsys.readouterr()
         return CLIResult(code, captured.out, captured.err)
     return run
+
+
+@pytest.fixture
+def info_logging(caplog):
+    """The ``clip_cir`` logger at INFO for this test, as the commands set it
+    (``clip_cir.apps.entry.setup_logging``); the Python API leaves logging to its caller. A run
+    started through the API then writes its lines into its log.txt, and ``caplog`` (returned)
+    records them."""
+    caplog.set_level(logging.INFO, logger="clip_cir")
+    return caplog

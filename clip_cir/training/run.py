@@ -75,6 +75,8 @@ class Run:
     is_main: bool
     log_handler: logging.Handler | None = None
     """Where the run's log.txt is written from (removed by `close`)."""
+    log_level: int | None = None
+    """The `clip_cir` logger's own level before the run (restored by `close`)."""
 
     @classmethod
     def create(cls, config: TrainingProgramConfig, name: str, is_main: bool) -> "Run":
@@ -93,6 +95,10 @@ class Run:
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             logging.getLogger().addHandler(handler)
             run.log_handler = handler
+            ours = logging.getLogger("clip_cir")
+            if ours.getEffectiveLevel() > logging.INFO:  # a run started from Python, no logging set up
+                run.log_level = ours.level
+                ours.setLevel(logging.INFO)  # log.txt has the run's messages, as from the programs
             # A new run (or one that failed before its first epoch) writes its config; a resumed
             # run records only a raised --epochs.
             settings = {"program": config.program, **portable_config(run_settings(config, name, path))}
@@ -110,6 +116,9 @@ class Run:
             logging.getLogger().removeHandler(self.log_handler)
             self.log_handler.close()
             self.log_handler = None
+        if self.log_level is not None:
+            logging.getLogger("clip_cir").setLevel(self.log_level)
+            self.log_level = None
 
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
         self.append_rows(name, [row])

@@ -1,0 +1,154 @@
+"""The benchmark scripts still run against the library: `benchmarks/gpu.py --smoke` end to end,
+`benchmarks/accum_memory.py` with a precision, and `benchmarks/gpu_session.sh` in its CPU mode.
+
+Behaviour only (the table's rows, columns and that every figure is a positive number); speed is
+what the benchmarks report, never what a test asserts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO
+
+COMPILED_BOTH_ROW = "stage 1 `--encoder both --compile`"
+"""Measured only when asked for (`--rows stage1-compile` or the row): the GPU session does."""
+SMOKE_ROWS = (
+    "stage 1 `--encoder text`, clip-cir",
+    "stage 1 `--encoder text`, published way",
+    "stage 1 `--encoder both`, clip-cir: pixel cache, `--channels-last auto`",
+    "stage 1 `--encoder both`, pixel cache, `--channels-last off`",
+    "stage 1 `--encoder both`, `--pixel-cache off --channels-last off`",
+    "stage 2 epoch",
+    "image tower alone, forward, batch 4, channels-last",
+    "image tower alone, forward, batch 4, default layout",
+    "image tower alone, forward+backward, batch 2, channels-last",
+    "image tower alone, forward+backward, batch 2, default layout",
+    "gallery extraction, pixel cache, batch 4",
+    "gallery extraction, decoding",
+    "loader, pixel cache",
+    "loader, decoding",
+)
+RATIO_ROWS = {"stage 1 `--encoder text`, clip-cir", "stage 1 `--encoder both`, clip-cir",
+              "stage 1 `--encoder both`, pixel cache", "image tower alone, forward, batch 4, channels-last",
+              "image tower alone, forward+backward, batch 2, channels-last", "gallery extraction, pixel cache",
+              "loader, pixel cache"}
+NO_FLOPS_ROWS = {"stage 2 epoch", "loader, pixel cache", "loader, decoding"}
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of every markdown table row (separator rows left out)."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in output.splitlines() if line.startswith("|") and not set(line) <= set("|-")]
+
+
+def run_gpu_py(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/gpu.py ARGS` in a subprocess that imports this checkout's clip_cir."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def starts(row: list[str], labels) -> bool:
+    return any(row[0].startswith(label) for label in labels)
+
+
+def test_gpu_smoke_prints_the_table(tmp_path):
+    result = run_gpu_py(tmp_path, "--smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, *rows = table_rows(result.stdout)
+    assert header == ["measure", "cir-tiny-vit 64 px bf16", "TFLOP/s", "cir-tiny-rn 64 px bf16", "TFLOP/s"]
+    assert [next(label for label in SMOKE_ROWS if row[0].startswith(label)) for row in rows] == list(SMOKE_ROWS)
+    for row in rows:
+        for value in row[1::2]:  # the measures
+            match = re.fullmatch(r"([\d,]+(?:\.\d+)?)(?: \(([\d.]+)x\))?", value)
+            assert match, f"{row[0]}: {value!r} is not a figure"
+            assert float(match.group(1).replace(",", "")) > 0, row
+            if starts(row, RATIO_ROWS):
+                assert match.group(2) is not None and float(match.group(2)) > 0, row
+        for value in row[2::2]:  # their TFLOP/s, with the share of the matrix-product peak
+            if starts(row, NO_FLOPS_ROWS):
+                assert value == "—", row
+            else:
+                match = re.fullmatch(r"([\d.e+-]+) \((\d+)%\)", value)
+                assert match and float(match.group(1)) > 0, f"{row[0]}: {value!r}"
+    peak = re.search(r"matrix-product peak \(TFLOP/s, 128x128 by 128x128\): bf16 ([\d.,]+)", result.stdout)
+    assert peak and float(peak.group(1).replace(",", "")) > 0
+    # The extraction is a plain forward pass of the same pixels (here exactly: same batch, same kernels).
+    checks = re.findall(r"check: (.+) px bf16: extraction vs a plain forward of its first batch: max difference "
+                        r"(\S+) of the largest feature$", result.stdout, re.MULTILINE)
+    assert [model for model, _ in checks] == ["cir-tiny-vit 64", "cir-tiny-rn 64"]
+    assert all(float(difference) < 1e-6 for _, difference in checks)
+    assert "skipped" not in result.stdout  # --smoke asks for bf16 only, which every device has
+
+
+def test_gpu_session_script_runs_its_command_lines(tmp_path):
+    """`benchmarks/gpu_session.sh` with GPU_SESSION_SMOKE: the GPU measurement's exact options on the
+    tiny models, so a typo cannot cost GPU time. Its tables land in $OUT."""
+    env = {**os.environ, "GPU_SESSION_SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_session.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gpu_table = (tmp_path / "out" / "gpu_table.md").read_text()
+    accum_table = (tmp_path / "out" / "accum_memory.md").read_text()
+    assert gpu_table.split("\n\n# ")[0].strip() in result.stdout and accum_table.strip() in result.stdout  # printed
+    tables = [table_rows(part) for part in gpu_table.split("\n# ")]
+    assert [rows[0] for rows in tables] == [["measure", f"cir-tiny-{m} 64 px bf16", "TFLOP/s"] for m in ("rn", "rn",
+                                                                                                      "vit")]
+    labels = (*SMOKE_ROWS, COMPILED_BOTH_ROW)
+    stage1, rn, vit = ([next(label for label in labels if row[0].startswith(label)) for row in rows[1:]]
+                       for rows in tables)
+    assert stage1 == [*(label for label in SMOKE_ROWS if label.startswith("stage 1 `--encoder both`")),
+                      COMPILED_BOTH_ROW]
+    assert rn == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery", "loader"))]
+    assert vit == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery"))]
+    profile = (tmp_path / "out" / "profile_step.md").read_text()
+    kinds_table = next(part for part in profile.split("\n\n") if part.startswith("| kind of operation"))
+    kinds = table_rows(kinds_table)[1:]  # each kind of operation's share of the step
+    assert kinds and abs(sum(float(row[2].rstrip("%")) for row in kinds) - 100) < 1, kinds
+    assert "convolution" in [row[0] for row in kinds]  # a ResNet image tower trains in the step
+    assert "mixed precision: bf16" in accum_table
+    k_rows = table_rows(accum_table)[1:]
+    assert [(row[0], row[1]) for row in k_rows] == [("1", "4"), ("2", "2")]  # K, micro-batch
+    assert all(float(row[2]) > 0 for row in k_rows)  # peak GiB
+
+
+def test_gpu_py_stopped_by_a_time_limit_prints_what_it_measured(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--models",
+                                "cir-tiny-rn", "--rows", "tower", "stage1-both"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # the first stage-1 run has started: the tower rows are still to come
+        if "stage 1 --encoder both" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 124
+    assert "STOPPED by SIGTERM (a time limit): rows shown as — were not measured" in stdout
+    header, *rows = table_rows(stdout)
+    assert header == ["measure", "cir-tiny-rn 64 px bf16", "TFLOP/s"] and len(rows) == 7
+    assert all(row[1:] == ["—", "—"] for row in rows)
+
+
+def test_accum_memory_refuses_fp16_on_a_cpu_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accum_memory.py"), "--mixed-precision",
+                             "fp16", "--cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "|" not in result.stdout
+    assert result.stderr.strip().splitlines() == ["accum_memory.py: error: --mixed-precision fp16 needs a CUDA device: "
+                                                  "Accelerate applies no fp16 autocast on a CPU (bf16 works there)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 autocast exists on this machine")
+def test_gpu_fp16_alone_on_a_cpu_stops_with_a_message(tmp_path):
+    result = run_gpu_py(tmp_path, "--precisions", "fp16")
+    assert result.returncode != 0
+    assert "bf16 autocast only" in result.stderr
+    assert "|" not in result.stdout  # no work, no table
