@@ -78,6 +78,19 @@ def readme_tree() -> set[str]:
     return trees[0]
 
 
+DEVELOPMENT = REPO / "docs" / "development.md"
+
+
+def test_development_page_tree_is_the_package():
+    """docs/development.md's package tree names exactly the package's directories, and every
+    module file it names at the top exists."""
+    block = next(b for b in _fenced_blocks(DEVELOPMENT.read_text(encoding="utf-8")) if b.startswith(f"{PACKAGE}/\n"))
+    named, actual = parse_tree(block), package_directories()
+    assert named == actual, (sorted(actual - named), sorted(named - actual))
+    files = [line.split()[0] for line in block.splitlines()[1:] if line.split() and line.split()[0].endswith(".py")]
+    assert files and all((REPO / PACKAGE / f).is_file() for f in files), files
+
+
 def _documentation_files() -> list[Path]:
     files = [README] + sorted((REPO / "docs").rglob("*.md"))
     files += sorted(p for p in (REPO / PACKAGE).rglob("*")
