@@ -20,6 +20,10 @@ from helpers import REPO
 
 COMPILED_BOTH_ROW = "stage 1 `--encoder both --compile`"
 """Measured only when asked for (`--rows stage1-compile` or the row): the GPU session does."""
+DETERMINISTIC_BOTH_ROW = "stage 1 `--encoder both --deterministic`"
+DETERMINISTIC_TOWER_ROWS = ("image tower alone, forward+backward, channels-last, no cuDNN benchmark mode",
+                            "image tower alone, forward+backward, default layout, no cuDNN benchmark mode")
+"""Also only when asked for (`both_deterministic`, `tower-deterministic`): the GPU session does."""
 SMOKE_ROWS = (
     "stage 1 `--encoder text`, clip-cir",
     "stage 1 `--encoder text`, published way",
@@ -102,12 +106,14 @@ def test_gpu_session_script_runs_its_command_lines(tmp_path):
     tables = [table_rows(part) for part in gpu_table.split("\n# ")]
     assert [rows[0] for rows in tables] == [["measure", f"cir-tiny-{m} 64 px bf16", "TFLOP/s"] for m in ("rn", "rn",
                                                                                                       "vit")]
-    labels = (*SMOKE_ROWS, COMPILED_BOTH_ROW)
+    labels = (*SMOKE_ROWS, COMPILED_BOTH_ROW, DETERMINISTIC_BOTH_ROW, *DETERMINISTIC_TOWER_ROWS)
     stage1, rn, vit = ([next(label for label in labels if row[0].startswith(label)) for row in rows[1:]]
                        for rows in tables)
     assert stage1 == [*(label for label in SMOKE_ROWS if label.startswith("stage 1 `--encoder both`")),
-                      COMPILED_BOTH_ROW]
-    assert rn == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery", "loader"))]
+                      DETERMINISTIC_BOTH_ROW, COMPILED_BOTH_ROW]
+    towers = [label for label in SMOKE_ROWS if label.startswith("image tower")]
+    assert rn == [*towers, *DETERMINISTIC_TOWER_ROWS,
+                  *(label for label in SMOKE_ROWS if label.startswith(("gallery", "loader")))]
     assert vit == [label for label in SMOKE_ROWS if label.startswith(("image tower", "gallery"))]
     profile = (tmp_path / "out" / "profile_step.md").read_text()
     kinds_table = next(part for part in profile.split("\n\n") if part.startswith("| kind of operation"))
