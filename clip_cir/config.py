@@ -378,20 +378,26 @@ class TrainingProgramConfig(Options):
 
 
 @dataclass(frozen=True)
-class Stage1Config(TrainingProgramConfig):
+class TowerTrainingProgramConfig(TrainingProgramConfig):
+    """A program that trains CLIP towers (stage 1, pretraining)."""
+
+    towers: TowerTrainingConfig = field(default_factory=TowerTrainingConfig)
+
+    @property
+    def accum_steps(self) -> int:
+        return self.towers.accum_steps
+
+
+@dataclass(frozen=True)
+class Stage1Config(TowerTrainingProgramConfig):
     """Stage 1: fine-tune CLIP's towers on the normalised sum (docs/training.md)."""
 
     program: ClassVar[str] = "stage1"
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         epochs=100, batch_size=128, lr=2e-6, weight_decay=0.01, validation_frequency=1))
-    towers: TowerTrainingConfig = field(default_factory=TowerTrainingConfig)
     encoder: str = "text"
     grad_checkpointing: bool = False
-
-    @property
-    def accum_steps(self) -> int:
-        return self.towers.accum_steps
 
 
 @dataclass(frozen=True)
@@ -416,22 +422,17 @@ class Stage2Config(TrainingProgramConfig):
 
 
 @dataclass(frozen=True)
-class PretrainConfig(TrainingProgramConfig):
+class PretrainConfig(TowerTrainingProgramConfig):
     """Contrastive image-caption pretraining of a CLIP (open_clip's loss)."""
 
     program: ClassVar[str] = "pretrain"
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         epochs=2, batch_size=128, lr=3e-4, weight_decay=0.1, validation_frequency=1))
-    towers: TowerTrainingConfig = field(default_factory=TowerTrainingConfig)
 
     @property
     def data_name(self) -> str:
         return "captions"
-
-    @property
-    def accum_steps(self) -> int:
-        return self.towers.accum_steps
 
     def check(self, num_processes: int = 1) -> None:
         super().check(num_processes)

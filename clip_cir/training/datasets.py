@@ -11,9 +11,13 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from clip_cir.config import DataConfig
+from clip_cir.data.images import ImageCheck
 from clip_cir.data.io import load_image
+from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit, Query
 from clip_cir.encoding.pixels import PixelArray
+from clip_cir.errors import CIRError
 from clip_cir.models.transforms import ImageTransform
 
 
@@ -81,6 +85,24 @@ class TripletDataset(Dataset):
         if self.pixels is not None:
             return self.pixels[index]
         return self.transform.pixels(load_image(self.data.image_paths[index]))
+
+
+def check_batch_fits(batch_size: int, available: int, what: str) -> None:
+    """Every optimizer step takes a whole batch (the last, partial one is dropped): refuse a
+    batch larger than the training data before any work."""
+    if batch_size > available:
+        raise CIRError(f"--batch-size {batch_size} is larger than the {available} {what}: give a --batch-size "
+                       f"of at most {available}")
+
+
+def training_and_validation(data: DataConfig, batch_size: int,
+                            images: ImageCheck) -> tuple[TrainingSet, list[CIRSplit]]:
+    """What both stages train and validate on: the training triplets (checked to fill a batch)
+    and the validation splits of the benchmark `data` names."""
+    training = TrainingSet.from_splits(load_data(data, "train", images))
+    val_splits = load_data(data, "val", images)
+    check_batch_fits(batch_size, len(training.queries), "training triplets")
+    return training, val_splits
 
 
 class FeatureBatches:

@@ -144,14 +144,6 @@ class TrainedRun:
         return self.path / "best"
 
 
-def check_batch_fits(batch_size: int, available: int, what: str) -> None:
-    """Every optimizer step takes a whole batch (the last, partial one is dropped): refuse a
-    batch larger than the training data before any work."""
-    if batch_size > available:
-        raise CIRError(f"--batch-size {batch_size} is larger than the {available} {what}: give a --batch-size "
-                       f"of at most {available}")
-
-
 def resume_state(accelerator, run: Run, stage: Stage) -> tuple[int, int, dict[str, Any] | None]:
     """Restore weights, optimizer, RNG and selection from RUN/last; return the epoch to start at,
     the optimizer steps already taken (what the learning-rate schedule continues from) and the

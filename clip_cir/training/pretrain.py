@@ -29,9 +29,9 @@ from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.training.datasets import EpochSampler
+from clip_cir.training.datasets import EpochSampler, check_batch_fits
 from clip_cir.training.encoders import ClipEncoder
-from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
+from clip_cir.training.loop import Stage, TrainedRun
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import Run, TrainingSetup, clip_metadata
 from clip_cir.training.setup import run_training

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 
 from clip_cir.config import Stage1Config
 from clip_cir.data.images import ImageCheck
-from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files
 from clip_cir.evaluation.evaluate import evaluate
@@ -28,9 +27,9 @@ from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import element_wise_sum
 from clip_cir.models.towers import set_memory_format, tower_input
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.training.datasets import EpochSampler, TrainingSet, TripletDataset
+from clip_cir.training.datasets import EpochSampler, TrainingSet, TripletDataset, training_and_validation
 from clip_cir.training.encoders import ClipEncoder
-from clip_cir.training.loop import Stage, TrainedRun, check_batch_fits
+from clip_cir.training.loop import Stage, TrainedRun
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import TrainingSetup, clip_metadata
@@ -103,10 +102,7 @@ class CLIPFineTuning(Stage):
     @staticmethod
     def load(config: Stage1Config, images: ImageCheck) -> tuple[TrainingSet, list[CIRSplit]]:
         """(the training triplets, the validation splits)."""
-        data = TrainingSet.from_splits(load_data(config.data, "train", images))
-        val_splits = load_data(config.data, "val", images)
-        check_batch_fits(config.training.batch_size, len(data.queries), "training triplets")
-        return data, val_splits
+        return training_and_validation(config.data, config.training.batch_size, images)
 
     @classmethod
     def from_setup(cls, setup: TrainingSetup[tuple[TrainingSet, list[CIRSplit]]]) -> "CLIPFineTuning":

@@ -17,7 +17,6 @@ from torch import nn
 
 from clip_cir.config import Stage2Config
 from clip_cir.data.images import ImageCheck
-from clip_cir.data.registry import load_data
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.split_features import (
     EncodeOptions,
@@ -31,8 +30,8 @@ from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import Combiner
 from clip_cir.models.towers import set_memory_format
-from clip_cir.training.datasets import FeatureBatches, TrainingSet
-from clip_cir.training.loop import Float32Forward, Selection, Stage, TrainedRun, check_batch_fits
+from clip_cir.training.datasets import FeatureBatches, TrainingSet, training_and_validation
+from clip_cir.training.loop import Float32Forward, Selection, Stage, TrainedRun
 from clip_cir.training.losses import batch_contrastive_loss
 from clip_cir.training.optim import make_optimizer
 from clip_cir.training.run import TrainingSetup
@@ -89,10 +88,7 @@ class CombinerTraining(Stage):
     @staticmethod
     def load(config: Stage2Config, images: ImageCheck) -> tuple[TrainingSet, list[CIRSplit]]:
         """(the training triplets, the validation splits)."""
-        data = TrainingSet.from_splits(load_data(config.data, "train", images))
-        val_splits = load_data(config.data, "val", images)
-        check_batch_fits(config.training.batch_size, len(data.queries), "training triplets")
-        return data, val_splits
+        return training_and_validation(config.data, config.training.batch_size, images)
 
     @classmethod
     def from_setup(cls, setup: TrainingSetup[tuple[TrainingSet, list[CIRSplit]]]) -> "CombinerTraining":
