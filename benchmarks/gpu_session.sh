@@ -9,7 +9,7 @@
 # Parts, in bf16 (random init; docs/benchmarks.md explains every row):
 #   1. gpu.py on RN50x4 (288 px): stage 1 `--encoder both` with `--channels-last auto` (channels-last
 #      there), `off`, and `off` with `--pixel-cache off`; `--compile` with `--channels-last auto`; and
-#      `--deterministic` (no cuDNN benchmark mode, no TF32: what every row had before the programs set them).
+#      `--deterministic` (no cuDNN benchmark mode, no TF32, cuDNN's deterministic algorithms).
 #   2. gpu.py on RN50x4: the bare image tower, forward and forward+backward, in both layouts, the
 #      forward+backward also without cuDNN benchmark mode and TF32; gallery
 #      extraction from the pixel cache against the bare forward, and decoding; the loader.

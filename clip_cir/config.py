@@ -325,7 +325,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return saved
 
 
-SAVED_BEFORE = {"validation_schedule": "every-nth-and-last", "deterministic": True}
+SAVED_BEFORE = {"validation_schedule": "every-nth-and-last"}
 """What a run whose config.json predates an option ran with (not that option's default today)."""
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_cir.config import ModelConfig
+from clip_cir.config import CombiningConfig, DeviceConfig, ModelConfig, SearchConfig
 from clip_cir.constants import TRANSFORMS
 from clip_cir.data.folder import folder_gallery
 from clip_cir.data.types import CIRSplit
@@ -95,7 +95,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
          combiner: str | os.PathLike | None = None, combining: str | None = None,
          device: str | torch.device | None = None, transform: str | ImageTransform = ModelConfig.transform,
          target_ratio: float = ModelConfig.target_ratio, batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
-         cache: bool | str | os.PathLike | None = True, channels_last: str = "auto",
+         cache: bool | str | os.PathLike | None = True, channels_last: str = DeviceConfig.channels_last,
          progress: bool = True) -> CIRModel:
     """A CLIP and its combining function, ready to encode, compose and search.
 
@@ -145,7 +145,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
         combine = combine.to(device)
         name = f"Combiner ({combiner_source})"
     else:
-        combine, name = COMBINING_FUNCTIONS[combining or "sum"]
+        combine, name = COMBINING_FUNCTIONS[combining or CombiningConfig.combining]
     clip.model.to(device)
     set_memory_format(clip.model, device, channels_last)
     if not isinstance(transform, ImageTransform):
@@ -314,7 +314,8 @@ class CIRModel:
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
 
-    def index(self, images: GallerySource, *, exclude_reference: bool | None = None, backend: str = "exact",
+    def index(self, images: GallerySource, *, exclude_reference: bool | None = None,
+              backend: str = SearchConfig.search,
               **faiss_options: Any) -> Gallery:
         """A searchable gallery: a folder (every image below it, named by its path in the folder,
         as `--gallery-dir`), a list of image files (named as given), a mapping name -> file, or
@@ -401,7 +402,7 @@ class Gallery(GalleryFeatures):
     """Named images, their raw CLIP features (index order) and a search index over them."""
 
     def __init__(self, model: CIRModel, names: Sequence[str], paths: Mapping[str, Path], features: torch.Tensor,
-                 *, exclude_reference: bool = True, backend: str = "exact", **faiss_options: Any):
+                 *, exclude_reference: bool = True, backend: str = SearchConfig.search, **faiss_options: Any):
         self.model = model
         self.names = list(names)
         self.paths = dict(paths)

@@ -34,8 +34,9 @@ def training_settings(cls: type[C], config: C | None, options: dict[str, Any]) -
     if resume is None:
         return settings
     known = cls.option_names()
-    given = {k: v for k, v in settings.to_options().items() if k in options} if config is None \
-        else settings.to_options()
+    defaults = cls().to_options()  # a settings object: what it sets apart from the defaults, and the options
+    given = {k: v for k, v in settings.to_options().items()
+             if k in options or (config is not None and v != defaults[k])}
     saved = read_run_config(resume)
     check_resumed_options(saved, given, known)
     return cls.from_options(given, base=cls.from_options({k: v for k, v in saved.items() if k in known}))

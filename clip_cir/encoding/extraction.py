@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from clip_cir.config import EncodeConfig
 from clip_cir.encoding.feature_store import (  # noqa: F401 - CHUNK_ROWS, default_cache_dir: imported from here too
     CHUNK_ROWS,
     FeatureCache,
@@ -35,7 +36,7 @@ from clip_cir.models.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
 
-INFERENCE_BATCH_SIZE = 256
+INFERENCE_BATCH_SIZE = EncodeConfig.batch_size
 """Images per forward pass when extracting features (`--batch-size` of the encoding commands).
 Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
 small share of the tower's work, small enough for the largest CLIP towers in float32 on a
@@ -251,7 +252,8 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
 
 @torch.no_grad()
 def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device | str = "cpu",
-                 batch_size: int = 256, cache: FeatureCache | None = None, autocast=None, precision: str = "no",
+                 batch_size: int = INFERENCE_BATCH_SIZE, cache: FeatureCache | None = None, autocast=None,
+                 precision: str = "no",
                  desc: str = "text features", progress: bool = True, sharded: bool = False) -> torch.Tensor:
     """Raw CLIP text features [N, D] (float32, CPU), from the cache when possible (`sharded`: as
     for `encode_images`)."""

@@ -131,10 +131,9 @@ def test_stage2_refuses_settings_that_do_not_apply_to_it():
         Stage2Config.from_options({"hidden_dim": 0}).check()
 
 
-def test_a_run_saved_before_the_schedule_and_speed_options_resumes_as_it_ran(tmp_path):
+def test_a_run_saved_before_the_schedule_option_resumes_with_the_schedule_it_ran(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"program": "stage2", "epochs": 4}))
     assert read_run_config(tmp_path)["validation_schedule"] == "every-nth-and-last"
-    assert read_run_config(tmp_path)["deterministic"] is True  # no cuDNN benchmark mode or TF32 then
     (tmp_path / "config.json").write_text(json.dumps({"validation_schedule": "published"}))
     assert read_run_config(tmp_path)["validation_schedule"] == "published"
     with pytest.raises(CIRError, match=r"config.json: not found; --resume takes a run directory"):
@@ -210,6 +209,9 @@ def test_resume_settings_from_python(tmp_path, monkeypatch):
     assert settings.run.resume == run
     with pytest.raises(CIRError, match=r"--lr 0.5 differs from the resumed run's 0.25"):
         training_settings(Stage1Config, None, {"resume": run, "lr": 0.5})
+    # A settings object that names only the run (the rest at their defaults) resumes it as saved.
+    resumed = training_settings(Stage1Config, Stage1Config.from_options({"resume": run, "epochs": 9}), {})
+    assert (resumed.training.lr, resumed.training.epochs, resumed.data.dataset) == (0.25, 9, "cirr")
     other = Stage1Config.from_options({"dataset": "fashioniq", "resume": run}, base=saved)
     with pytest.raises(CIRError, match=r"--dataset fashioniq differs from the resumed run's 'cirr'"):
         training_settings(Stage1Config, other, {})
