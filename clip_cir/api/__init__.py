@@ -3,7 +3,8 @@ search (`inference`); train from settings (`training`). The commands run the sam
 answers through `CIRModel` and `Gallery`, and `clip-cir finetune`, `train-combiner` and
 `pretrain` call `finetune`, `train_combiner` and `pretrain`."""
 
-from clip_cir.api.inference import CACHE_MIN_ROWS, CIRModel, Gallery, GalleryFeatures, check_caption, load
+from clip_cir.api.inference import CACHE_MIN_ROWS, CIRModel, Gallery, GalleryFeatures, check_caption
+from clip_cir.api.loading import load
 from clip_cir.api.training import finetune, pretrain, train_combiner, training_settings
 from clip_cir.training.loop import TrainedRun
 

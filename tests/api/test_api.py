@@ -396,7 +396,7 @@ def test_import_clip_cir_and_help_load_no_torch_and_the_api_loads_on_first_use()
     lines = result.stderr.strip().splitlines()
     assert lines[-2] == ("False True ['CIRModel', 'Gallery', 'TrainedRun', '__version__', 'finetune', 'load', "
                          "'pretrain', 'train_combiner']"), result.stderr
-    assert lines[-1] == "True clip_cir.api.inference", result.stderr
+    assert lines[-1] == "True clip_cir.api.loading", result.stderr
     assert "usage: clip-cir" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'fine_tune'"):
         clip_cir.fine_tune  # noqa: B018 - not a name of the API

@@ -1,0 +1,143 @@
+"""`clip_cir.load`: a CLIP and its combining function in one call, from anything the commands
+take (a tag, a checkpoint, a stage-1 or stage-2 run, `hf-hub:`), ready to encode, compose and
+index (`CIRModel`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clip_cir.api.inference import CIRModel
+from clip_cir.config import CombiningConfig, DeviceConfig, ModelConfig
+from clip_cir.constants import TRANSFORMS
+from clip_cir.encoding.extraction import (
+    INFERENCE_BATCH_SIZE,
+    FeatureCache,
+    default_cache_dir,
+)
+from clip_cir.encoding.split_features import EncodeOptions
+from clip_cir.errors import CIRError
+from clip_cir.models.clip import load_clip
+from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction, check_combiner_fits, load_combiner
+from clip_cir.models.hub import hub_repo_id
+from clip_cir.models.towers import MEMORY_FORMATS, set_memory_format
+from clip_cir.models.transforms import ImageTransform
+
+log = logging.getLogger("clip_cir")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CIRError(f"unknown device '{device}' ({str(e).splitlines()[0][:120]})") from None
+
+
+def _feature_cache(cache: bool | str | os.PathLike | None) -> FeatureCache | None:
+    if cache is True:
+        return FeatureCache(default_cache_dir())
+    if cache is None or cache is False:
+        return None
+    return FeatureCache(cache)
+
+
+def _stage2_config(source: str | None) -> dict[str, Any] | None:
+    """The config.json of a stage-2 run directory (it names the run's CLIP), else None."""
+    if source is None or hub_repo_id(source) is not None:
+        return None
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CIRError(f"{path}: unreadable run config ({e})") from None
+    return config if isinstance(config, dict) and config.get("program") == "stage2" else None
+
+
+def load(pretrained: str | os.PathLike | None = None, *, model: str | None = None,
+         combiner: str | os.PathLike | None = None, combining: str | None = None,
+         device: str | torch.device | None = None, transform: str | ImageTransform = ModelConfig.transform,
+         target_ratio: float = ModelConfig.target_ratio, batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
+         cache: bool | str | os.PathLike | None = True, channels_last: str = DeviceConfig.channels_last,
+         progress: bool = True) -> CIRModel:
+    """A CLIP and its combining function, ready to encode, compose and search.
+
+    `pretrained` is anything `--pretrained` takes (an open_clip tag with `model`, a checkpoint
+    file, a stage-1 run directory, `hf-hub:ORG/NAME`) or a stage-2 run directory, whose
+    config.json names its CLIP: that CLIP and the run's Combiner are loaded. `combiner` is
+    anything `--combiner` takes; an `hf-hub:` repository written by `clip-cir export` brings its
+    own `combiner.safetensors`. Otherwise queries combine by `combining`: "sum" (the default) or
+    "image". With neither `pretrained` nor `model`: RN50x4 with OpenAI's weights, as the commands.
+
+    `device`: None means CUDA when available, else the CPU. `transform`, `target_ratio`,
+    `batch_size`, `num_workers`, `channels_last` are the encoding commands' options of those
+    names; `cache`: True (the feature cache `clip-cir eval` uses), False, or a folder.
+    """
+    source = None if pretrained is None else os.fspath(pretrained)
+    if combining is not None and combining not in COMBINING_FUNCTIONS:
+        raise CIRError(f"unknown combining '{combining}' (choose from {', '.join(COMBINING_FUNCTIONS)}, "
+                       f"or give a Combiner)")
+    if combining is not None and combiner is not None:
+        raise CIRError("give combiner or combining, not both")
+    if transform not in TRANSFORMS and not isinstance(transform, ImageTransform):
+        raise CIRError(f"unknown transform {transform!r} (choose from {', '.join(TRANSFORMS)}, or an ImageTransform)")
+    for name, value in (("batch_size", batch_size), ("target_ratio", target_ratio)):
+        if value <= 0:
+            raise CIRError(f"{name} must be positive, got {value}")
+    if channels_last not in MEMORY_FORMATS:
+        raise CIRError(f"channels_last must be one of {', '.join(MEMORY_FORMATS)}, got {channels_last!r}")
+    device = _device(device)
+
+    run = _stage2_config(source)
+    combiner_source = None if combiner is None else os.fspath(combiner)
+    if run is not None:
+        if combiner_source is not None:
+            raise CIRError(f"{source} is a stage-2 run and brings its own Combiner; to combine its CLIP with "
+                           f"another, pass that CLIP as pretrained")
+        clip = load_clip(model or run.get("model"), run.get("pretrained"))
+        combiner_source = None if combining is not None else source
+    else:
+        clip = load_clip(model, source)
+        repo_id = hub_repo_id(source) or hub_repo_id(model)
+        if combiner_source is None and combining is None and repo_id is not None:
+            combiner_source = _hub_combiner(repo_id)
+
+    if combiner_source is not None:
+        combine: CombiningFunction = load_combiner(combiner_source)
+        check_combiner_fits(combine, clip)
+        combine = combine.to(device)
+        name = f"Combiner ({combiner_source})"
+    else:
+        combine, name = COMBINING_FUNCTIONS[combining or CombiningConfig.combining]
+    clip.model.to(device)
+    set_memory_format(clip.model, device, channels_last)
+    if not isinstance(transform, ImageTransform):
+        transform = clip.image_transform(transform, target_ratio)
+    features = _feature_cache(cache)
+    encode = EncodeOptions(transform=transform, device=device, batch_size=batch_size, num_workers=num_workers,
+                           image_cache=features, text_cache=features, progress=progress)
+    log.info("model: %s | combining: %s | device: %s", clip.describe(), name, device)
+    return CIRModel(clip, combine, encode, combining=name)
+
+
+def _hub_combiner(repo_id: str) -> str | None:
+    """`hf-hub:ORG/NAME` when the repository holds a Combiner (a `clip-cir export`), else None."""
+    from clip_cir.models.combiner import COMBINER_FILE
+    from clip_cir.models.hub import HUB_PREFIX, hub_file
+
+    try:
+        hub_file(repo_id, COMBINER_FILE)
+    except CIRError as e:
+        log.info("%s; combining with the element-wise sum", e)
+        return None
+    return f"{HUB_PREFIX}{repo_id}"
+
+
