@@ -81,17 +81,18 @@ def stage1_rows(column: Column, keys: list[str], data_root: Path, root: Path, ar
     """The stage-1 rows of one column asked for: real program runs and the published baseline."""
     run_args = argparse.Namespace(model=column.model, epochs=args.epochs, batch_size=args.batch_size,
                                   num_workers=None, seed=args.seed)
-    runs = {"text": ["--encoder", "text"], "both": ["--encoder", "both"],
-            "both_nchw": ["--encoder", "both", "--channels-last", "off"],
-            "both_decoded": ["--encoder", "both", "--pixel-cache", "off", "--channels-last", "off"],
-            "text_compiled": ["--encoder", "text", "--compile"], "both_compiled": ["--encoder", "both", "--compile"],
-            "both_deterministic": ["--encoder", "both", "--deterministic"]}
+    runs = {"text": dict(encoder="text"), "both": dict(encoder="both"),
+            "both_nchw": dict(encoder="both", channels_last="off"),
+            "both_decoded": dict(encoder="both", pixel_cache="off", channels_last="off"),
+            "text_compiled": dict(encoder="text", compile=True), "both_compiled": dict(encoder="both", compile=True),
+            "both_deterministic": dict(encoder="both", deterministic=True)}
     for key in [k for k in runs if k in keys]:
-        status(f"{column.title}: stage 1 {' '.join(runs[key])} ...")
-        reset_accelerator_state()  # the program builds its own Accelerator with --mixed-precision
+        flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in runs[key].items())
+        status(f"{column.title}: stage 1 {flags} ...")
+        reset_accelerator_state()  # the program builds its own Accelerator with its mixed precision
         name = f"{column.model}-{column.precision}-{key}"
-        run = stage1_run(data_root, root, name, root / "cache" / name, run_args,
-                         [*runs[key], "--mixed-precision", column.precision])
+        run = stage1_run(data_root, root, name, root / "cache" / name, run_args, **runs[key],
+                         mixed_precision=column.precision)
         column.values[key] = Epochs.from_run(run, args.batch_size).triplets_per_second
     if "text_published" in keys:
         status(f"{column.title}: stage 1 --encoder text, the published way ...")

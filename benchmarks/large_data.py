@@ -49,9 +49,9 @@ print(json.dumps({"seconds": seconds, "cpu": cpu, "kb": rss_kb() - before, "quer
 """
 
 
-def write_rows(path: Path, rows: int, images: list[str], seed: int) -> None:
+def write_rows(path: Path, rows: int, images: list[str], seed: int, numbered: bool = False) -> None:
     """A CSV or JSONL (by suffix) of `rows` triplets over `images` (relative paths), captions of
-    realistic length."""
+    realistic length; `numbered` captions make every query distinct, as an evaluated split must be."""
     rng = random.Random(seed)
     colours = ("red", "blue", "green", "black", "white", "striped", "floral")
     with open(path, "w", encoding="utf-8") as f:
@@ -60,6 +60,7 @@ def write_rows(path: Path, rows: int, images: list[str], seed: int) -> None:
         for i in range(rows):
             reference, target = rng.sample(images, 2)
             caption = f"is {colours[i % 7]} with long sleeves and a {colours[(i * 3) % 7]} collar"
+            caption += f" in view {i}" if numbered else ""
             f.write(f"{reference},{caption},{target}\n" if path.suffix == ".csv" else
                     json.dumps({"reference": reference, "caption": caption, "target": target}) + "\n")
 
@@ -76,8 +77,8 @@ def first_step_seconds(root: Path, rows: int, photos: list[Path], distinct: int,
         link.hardlink_to(photos[i % len(photos)])
         names.append(str(link.relative_to(root)))
     write_rows(root / "train.csv", rows, names, seed)
-    write_rows(root / "val.csv", 64, names, seed + 1)
-    from clip_cir.apps.train import finetune_main
+    write_rows(root / "val.csv", 64, names, seed + 1, numbered=True)
+    import clip_cir
     from clip_cir.training import loop
 
     original = loop.training_step
@@ -89,10 +90,9 @@ def first_step_seconds(root: Path, rows: int, photos: list[Path], distinct: int,
     loop.training_step = step_then_stop
     start = time.perf_counter()
     try:
-        finetune_main(["--dataset", "triplets", "--data-root", str(root), "--model", "cir-tiny-vit", "--encoder",
-                       "both", "--pixel-cache", "off", "--batch-size", "32", "--epochs", "1", "--num-workers", "0",
-                       "--output-dir", str(root / "runs"), "--experiment-name", "first-step", "--no-progress",
-                       "--cache-dir", str(root / "cache")])
+        clip_cir.finetune(dataset="triplets", data_root=root, model="cir-tiny-vit", encoder="both", pixel_cache="off",
+                          batch_size=32, epochs=1, num_workers=0, output_dir=root / "runs",
+                          experiment_name="first-step", no_progress=True, cache_dir=root / "cache")
     except FirstStep:
         return time.perf_counter() - start
     finally:

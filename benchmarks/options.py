@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 from fixtures import SYNTH_SIZE
@@ -53,27 +53,26 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         torch.set_num_threads(args.threads)
 
 
-def program_args(data_root: Path, cache_dir: Path, runs: Path, name: str, args: argparse.Namespace) -> list[str]:
-    """Options of a real training program run: the benchmark's sizes, validation only after
-    the last epoch, no progress bars, and its own feature and pixel cache folders (cold for
-    every round). `args.num_workers` None leaves the program's automatic choice."""
-    workers = [] if args.num_workers is None else ["--num-workers", str(args.num_workers)]
-    return ["--dataset", "cirr", "--data-root", str(data_root), "--model", args.model, "--epochs", str(args.epochs),
-            "--batch-size", str(args.batch_size), *workers, "--validation-frequency", str(args.epochs),
-            "--validation-schedule", "every-nth-and-last",
-            "--seed", str(args.seed), "--cache-dir", str(cache_dir), "--pixel-cache-dir", str(cache_dir / "pixels"),
-            "--output-dir", str(runs), "--experiment-name", name, "--no-progress"]
+def program_options(data_root: Path, cache_dir: Path, runs: Path, name: str,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """Settings of a real training run (the Python API's options, which the programs run): the
+    benchmark's sizes, validation only after the last epoch, no progress bars, and its own feature
+    and pixel cache folders (cold for every round). `args.num_workers` None leaves the program's
+    automatic choice."""
+    return dict(dataset="cirr", data_root=data_root, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                num_workers=args.num_workers, validation_frequency=args.epochs,
+                validation_schedule="every-nth-and-last", seed=args.seed, cache_dir=cache_dir,
+                pixel_cache_dir=cache_dir / "pixels", output_dir=runs, experiment_name=name, no_progress=True)
 
 
 def stage1_run(data_root: Path, root: Path, name: str, cache_dir: Path, args: argparse.Namespace,
-               options: Sequence[str]) -> Path:
-    """One run of the real stage-1 program (`stage1/finetune.py`'s entry point, in this process,
-    quiet) with the benchmark's sizes (`program_args`) plus `options`; returns its run directory."""
-    from clip_cir.apps.train import finetune_main
+               **options: Any) -> Path:
+    """One stage-1 run as the program trains it (`clip_cir.finetune`, in this process, quiet) with
+    the benchmark's sizes (`program_options`) plus `options`; returns its run directory."""
+    import clip_cir
 
     with quiet():
-        finetune_main([*options, *program_args(data_root, cache_dir, root / "runs", name, args)])
-    return root / "runs" / name
+        return clip_cir.finetune(**program_options(data_root, cache_dir, root / "runs", name, args), **options).path
 
 
 def published_workers(args: argparse.Namespace) -> int:

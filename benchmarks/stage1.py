@@ -79,7 +79,7 @@ def real_run(data_root: Path, root: Path, encoder: str, round_: int, args: argpa
              pixel_cache: str = "auto") -> Path:
     """One run of the real stage-1 program, validating only after its last epoch."""
     return stage1_run(data_root, root, f"stage1-{encoder}-pixels-{pixel_cache}-round{round_ + 1}",
-                      root / "cache" / f"round{round_ + 1}", args, ["--encoder", encoder, "--pixel-cache", pixel_cache])
+                      root / "cache" / f"round{round_ + 1}", args, encoder=encoder, pixel_cache=pixel_cache)
 
 
 def pixel_cache_write(calls: list[Call]) -> float:

@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from baselines import image_triplet_loader
 from fixtures import load_model, load_training_set, make_synthetic_cirr
 from harness import baseline_device, quiet, status, workspace
-from options import add_benchmark_args, configure, program_args, published_workers
+from options import add_benchmark_args, configure, program_options, published_workers
 from reporting import describe_one_off, describe_setup, duration, header, load_average, markdown_table
 from timing import Epochs, time_epochs, timed_calls, timed_feature_extraction, training_extraction
 
-from clip_cir.apps.train import train_combiner_main
+import clip_cir
 from clip_cir.config import Stage2Config
 from clip_cir.models.combiner import Combiner
 from clip_cir.training import loop
@@ -65,7 +65,8 @@ def real_run(data: TrainingSet, data_root: Path, root: Path, round_: int, args: 
     durations of its `last/` checkpoint writes (empty if they could not be seen)."""
     name = f"stage2-reuse-round{round_ + 1}"
     with timed_feature_extraction() as calls, timed_calls(loop, "save_checkpoint_dir") as saves, quiet():
-        train_combiner_main(program_args(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name, args))
+        clip_cir.train_combiner(**program_options(data_root, root / "cache" / f"round{round_ + 1}", root / "runs", name,
+                                                  args))
     extraction_s = training_extraction(calls, data, "clip_cir.training.stage2", texts=True)
     last = [c.seconds for c in saves if Path(str(c.given)).name == "last"]
     return Epochs.from_run(root / "runs" / name, args.batch_size), extraction_s, last
