@@ -2,10 +2,10 @@
 `to_options`), each value checked against its field's type and choices, and what a resumed run
 reads and may change."""
 
-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -26,6 +26,7 @@ from clip_cir.constants import (
 from clip_cir.errors import CIRError
 
 C = TypeVar("C", bound="Options")
+
 
 class Options:
     """A settings dataclass whose fields (and its sections' fields) have unique flat names: the
@@ -71,6 +72,7 @@ def portable_config(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: value(v) for k, v in options.items()}
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

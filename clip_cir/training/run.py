@@ -172,43 +172,46 @@ TORCH_DEFAULTS = (False, False, True, False)
 """Their values in a fresh process: what `clip-cir eval` computes with."""
 
 
-def set_cuda_speed(device: torch.device, deterministic: bool) -> None:
+def _speed_flags(device: torch.device, deterministic: bool) -> tuple[bool, ...] | None:
     """On CUDA, what open_clip_train sets at start: cuDNN benchmark mode (it times the convolution
     kernels for each input shape and keeps the fastest) and TF32 matrix products. Both change
     results in the last bits from one run to the next; `deterministic` turns them off (and asks
-    cuDNN for deterministic kernels) for bit-exact reruns. Nothing changes on other devices."""
-    if device.type == "cuda":
-        _set_cuda_flags((not deterministic, deterministic, not deterministic, not deterministic))
+    cuDNN for deterministic kernels) for bit-exact reruns. None (nothing to set) elsewhere."""
+    return (not deterministic, deterministic, not deterministic, not deterministic) if device.type == "cuda" else None
 
 
-def _set_cuda_flags(values: tuple[bool, ...]) -> None:
-    for (module, name), value in zip(CUDA_FLAGS, values):
+def _set_cuda_flags(values: tuple[bool, ...] | None) -> None:
+    for (module, name), value in zip(CUDA_FLAGS, values or ()):
         setattr(module, name, value)
 
 
+def set_cuda_speed(device: torch.device, deterministic: bool) -> None:
+    """The CUDA speed settings (`_speed_flags`), for the rest of the process."""
+    _set_cuda_flags(_speed_flags(device, deterministic))
+
+
 @contextmanager
-def cuda_speed(device: torch.device, deterministic: bool) -> Iterator[None]:
-    """`set_cuda_speed` inside, the process's own settings back afterwards: what trains runs
-    fast, and whatever the process does next (an evaluation, the next run) is unchanged."""
+def _cuda_flags(values: tuple[bool, ...] | None) -> Iterator[None]:
+    """`values` inside, the process's own settings back afterwards."""
     before = tuple(getattr(module, name) for module, name in CUDA_FLAGS)
-    set_cuda_speed(device, deterministic)
+    _set_cuda_flags(values)
     try:
         yield
     finally:
         _set_cuda_flags(before)
 
 
-@contextmanager
-def evaluation_numerics() -> Iterator[None]:
+def cuda_speed(device: torch.device, deterministic: bool):
+    """The CUDA speed settings inside: what trains runs fast, and whatever the process does next
+    (an evaluation, the next run) is unchanged."""
+    return _cuda_flags(_speed_flags(device, deterministic))
+
+
+def evaluation_numerics():
     """torch's defaults inside (no cuDNN benchmark mode, TF32 convolutions but no TF32 matrix
     products), whatever the run set for its steps: validation computes what `clip-cir eval`
     computes for the same checkpoint."""
-    before = tuple(getattr(module, name) for module, name in CUDA_FLAGS)
-    _set_cuda_flags(TORCH_DEFAULTS)
-    try:
-        yield
-    finally:
-        _set_cuda_flags(before)
+    return _cuda_flags(TORCH_DEFAULTS)
 
 
 def open_run(config: TrainingProgramConfig):
@@ -263,7 +266,6 @@ class TrainingSetup(Generic[D]):
 
     config: Any
     data: D
-    images: ImageCheck
     clip: LoadedCLIP
     transform: ImageTransform
     accelerator: Any

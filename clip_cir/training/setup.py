@@ -1,12 +1,11 @@
 """The one start-up every training program shares, and `run_training`, which drives a stage from
 its settings: check the settings, read the data, seed, build the model and its preprocessing,
-open the run directory (Accelerator, CUDA speed settings, tracker), report skipped images; then
-the stage builds itself (`Stage.from_setup`) and the loop trains it.
+open the run directory (Accelerator, tracker), report skipped images; then the stage builds
+itself (`Stage.from_setup`) and the loop trains it.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, TypeVar
 
 from clip_cir.config import TrainingProgramConfig
@@ -14,8 +13,6 @@ from clip_cir.data.images import ImageCheck
 from clip_cir.models.clip import load_clip
 from clip_cir.training.loop import Stage, TrainedRun, train
 from clip_cir.training.run import TrainingSetup, open_run, report_skipped_images, seed_everything
-
-log = logging.getLogger("clip_cir")
 
 D = TypeVar("D")
 
@@ -34,8 +31,7 @@ def start_training(config: TrainingProgramConfig, load: Callable[[Any, ImageChec
     transform = clip.image_transform(config.model.transform, config.model.target_ratio)
     accelerator, run = open_run(config)
     report_skipped_images(run, images)
-    return TrainingSetup(config=config, data=data, images=images, clip=clip, transform=transform,
-                         accelerator=accelerator, run=run)
+    return TrainingSetup(config=config, data=data, clip=clip, transform=transform, accelerator=accelerator, run=run)
 
 
 def run_training(stage_class: type[Stage], config: TrainingProgramConfig) -> TrainedRun:
