@@ -110,7 +110,7 @@ def describe(args: argparse.Namespace, device: torch.device, peaks: dict[str, fl
         parts.append(f"extraction and loader: rendered 500x375 PNG files ({args.images:,} from the pixel cache), "
                      f"median of {args.repeats}")
     parts.append("(Nx) = ratio to the baseline row, same column")
-    peak = ", ".join(f"{p} {v:,.1f}" for p, v in peaks.items())
+    peak = ", ".join(f"{p} {v:.4g}" for p, v in peaks.items())  # 4 significant digits: a slow CPU's peak is not 0.0
     return ("; ".join(parts) + f"\nmatrix-product peak (TFLOP/s, {peak_size}x{peak_size} by {peak_size}x{peak_size}): "
             f"{peak}; TFLOP/s = FLOPs per item x rate, (%) = of that peak\n")
 
