@@ -105,7 +105,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
                   text_features: torch.Tensor, offsets: torch.Tensor, *, batches: str, batch_size: int,
                   epochs: int, projection_dim: int, hidden_dim: int, seed: int, run_dir: Path) -> Epochs:
     """Stage-2 epochs through the library's own loop (`clip_cir.training.loop.fit`) and stage
-    (`stage2.CombinerTraining`: `feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
+    (`stage2.CompositorTraining`: `feature_forward` + `batch_contrastive_loss`), with the program's optimizer and
     defaults, timed by that loop into `run_dir/train_metrics.csv`. Only the batches differ: `batches="tensor"` is what
     `clip_cir.training.stage2` runs (`FeatureBatches`); `"dataloader"` is how it drew them before
     (a per-item `TripletDataset` behind a DataLoader over an `EpochSampler`, prepared by
@@ -139,7 +139,7 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
         raise ValueError(f"unknown batches {batches!r}")
     features = [t.to(device) for t in (image_features, text_features, offsets)]
 
-    class TimedCombinerTraining(stage2.CombinerTraining):
+    class TimedCombinerTraining(stage2.CompositorTraining):
         """The program's stage (forward, loss, train mode) without validation or checkpoint metadata."""
 
         def validate(self, epoch: int) -> dict[str, float]:
@@ -148,7 +148,8 @@ def stage2_epochs(accelerator: "Accelerator", data: TrainingSet, image_features:
         def saved_modules(self, epoch: int, metrics: dict) -> dict:
             return {"combiner": (self.combiner, {})}
 
-    stage = TimedCombinerTraining(combiner, prepared, optimizer, loader, *features, val_features=[], clip=None)
+    stage = TimedCombinerTraining(combiner, prepared, optimizer, loader, stage2.TrainingFeatures(*features),
+                                  val_features=[], clip=None)
     stage.selection = Selection(keys=())
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = LRSchedule("const", defaults.lr, 0, epochs * len(loader))

@@ -23,7 +23,8 @@ from clip_cir.encoding.extraction import (
 from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import load_clip
-from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction, check_combiner_fits, load_combiner
+from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction
+from clip_cir.models.compositors.loading import check_compositor_fits, load_compositor
 from clip_cir.models.hub import hub_repo_id
 from clip_cir.models.towers import MEMORY_FORMATS, set_memory_format
 from clip_cir.models.transforms import ImageTransform
@@ -111,8 +112,8 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
             combiner_source = _hub_combiner(repo_id)
 
     if combiner_source is not None:
-        combine: CombiningFunction = load_combiner(combiner_source)
-        check_combiner_fits(combine, clip)
+        combine: CombiningFunction = load_compositor(combiner_source)
+        check_compositor_fits(combine, clip)
         combine = combine.to(device)
         name = f"Combiner ({combiner_source})"
     else:
@@ -130,7 +131,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
 
 def _hub_combiner(repo_id: str) -> str | None:
     """`hf-hub:ORG/NAME` when the repository holds a Combiner (a `clip-cir export`), else None."""
-    from clip_cir.models.combiner import COMBINER_FILE
+    from clip_cir.models.compositors.loading import COMBINER_FILE
     from clip_cir.models.hub import HUB_PREFIX, hub_file
 
     try:

@@ -42,8 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
-    from clip_cir.encoding.split_features import split_features
-    from clip_cir.evaluation.evaluate import rank_features
+    from clip_cir.evaluation.evaluate import encode_and_rank
     from clip_cir.models.files import write_json
 
     opt.check_positive(args, ["top_k"])
@@ -52,8 +51,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     clip = prepared.clip
     queries = []
     for split in prepared.splits:
-        ranking = rank_features(split_features(clip, split, prepared.encode), prepared.combine, k=args.top_k,
-                                index_factory=index_factory)
+        ranking = encode_and_rank(clip, split, prepared.combine, prepared.encode, args.top_k, index_factory)
         names = list(split.gallery)
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
@@ -70,8 +68,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
 def _submission_ranking(args: argparse.Namespace, test_split: str, k: int):
     """What submit-cirr and submit-circo share: check the split, then data, model and the top-k
     ranking of every query (reference removed or not as the dataset's protocol says)."""
-    from clip_cir.encoding.split_features import split_features
-    from clip_cir.evaluation.evaluate import rank_features
+    from clip_cir.evaluation.evaluate import encode_and_rank
 
     if args.split not in (test_split, "val"):
         raise CIRError(f"--split must be {test_split} or val for a {args.dataset.upper()} submission, "
@@ -79,8 +76,7 @@ def _submission_ranking(args: argparse.Namespace, test_split: str, k: int):
     index_factory = search_index(args)
     prepared = prepare(args, purpose="submission")
     split = prepared.splits[0]
-    return split, rank_features(split_features(prepared.clip, split, prepared.encode), prepared.combine, k=k,
-                                index_factory=index_factory)
+    return split, encode_and_rank(prepared.clip, split, prepared.combine, prepared.encode, k, index_factory)
 
 
 def _score_file(args: argparse.Namespace, dataset: str, score) -> None:

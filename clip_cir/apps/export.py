@@ -29,11 +29,13 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import format_metrics
 from clip_cir.models.clip import LoadedCLIP, load_clip, resolve_clip_checkpoint
-from clip_cir.models.combiner import (
+from clip_cir.models.compositors.base import Compositor
+from clip_cir.models.compositors.loading import (
     COMBINER_FILE,
-    Combiner,
-    load_combiner,
-    resolve_combiner_checkpoint,
+    check_compositor_fits,
+    compositor_metadata,
+    load_compositor,
+    resolve_compositor_checkpoint,
 )
 from clip_cir.models.files import (
     atomic_write,
@@ -178,7 +180,7 @@ def _metrics_block(title: str, origin: Provenance) -> str:
     return f"\n### {title} ({data} val{epoch})\n\n```\n{format_metrics(metrics, dataset)}\n```\n"
 
 
-def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | None, combiner_from: Provenance | None,
+def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Compositor | None, combiner_from: Provenance | None,
                title: str, repo_id: str | None, license_name: str) -> str:
     """README.md: open_clip's model card format, with what the runs recorded."""
     from open_clip.push_to_hf_hub import generate_readme
@@ -202,7 +204,7 @@ def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | Non
         seen.add(stage)
         details[stage] = _settings(run)
     if combiner is not None:
-        details["Combiner"] = combiner.dims
+        details["Combiner" if combiner.name == "combiner" else f"Compositor ({combiner.name})"] = combiner.dims
     dataset = next((r.get("dataset") for r in reversed(runs) if r.get("dataset")), None)
     transform = next((r.get("transform") for r in reversed(runs) if r.get("transform")), None)
     description = ("A CLIP for composed image retrieval (reference image + relative caption -> target image), "
@@ -221,9 +223,10 @@ def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Combiner | Non
     pad = f"The runs preprocessed images with `{transform}`" + (
         "; open_clip's own transform (resize + centre crop) gives slightly different features, so use clip-cir "
         "(`--transform targetpad`) to reproduce the metrics above." if transform and transform != "clip" else ".")
-    combiner_usage = (f"\nThe Combiner (stage 2) loads with clip-cir: `load_combiner(\"{name}\")` from "
-                      f"`clip_cir.models.combiner`; `combiner(image_features, text_features)` returns the normalised "
-                      f"query.\n" if combiner is not None else "")
+    network = "The Combiner" if combiner is None or combiner.name == "combiner" else f"The {combiner.name} compositor"
+    combiner_usage = (f"\n{network} (stage 2) loads with clip-cir: `load_compositor(\"{name}\")` from "
+                      f"`clip_cir.models.compositors.loading`, or `clip_cir.load(\"{name}\")` with its CLIP.\n"
+                      if combiner is not None else "")
     combiner_flag = f" --combiner {name}" if combiner is not None else ""
     usage = f"""
 With plain [open_clip](https://github.com/mlfoundations/open_clip) (no clip-cir needed):
@@ -254,13 +257,15 @@ Downloaded files live in the Hugging Face cache; with `HF_HUB_OFFLINE=1` they lo
     return generate_readme(card, title)
 
 
-def _combiner_metadata(combiner: Combiner, origin: Provenance) -> dict[str, Any]:
-    """The exported Combiner's JSON: its dims plus the published facts of its checkpoint."""
+def _combiner_metadata(combiner: Compositor, origin: Provenance) -> dict[str, Any]:
+    """The exported stage-2 network's JSON: which compositor, its sizes, and the published facts
+    of its checkpoint."""
     keep = ("stage", "epoch", "metrics", "clip_model_name")
-    return {"kind": "combiner", **combiner.dims, **{k: origin.metadata[k] for k in keep if k in origin.metadata}}
+    return {**compositor_metadata(combiner, getattr(combiner, "token_grid", None)),
+            **{k: origin.metadata[k] for k in keep if k in origin.metadata}}
 
 
-def write_export(folder: Path, clip: LoadedCLIP, combiner: Combiner | None, card: str,
+def write_export(folder: Path, clip: LoadedCLIP, combiner: Compositor | None, card: str,
                  combiner_metadata: Mapping[str, Any]) -> None:
     """Fill `folder` with open_clip's hub layout (its own config writer and file names)."""
     from open_clip.push_to_hf_hub import save_config_for_hf
@@ -297,11 +302,9 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
     clip_from = provenance(pretrained, resolve_clip_checkpoint)
     combiner, combiner_from = None, None
     if combiner_source:
-        combiner = load_combiner(combiner_source)
-        combiner_from = provenance(combiner_source, resolve_combiner_checkpoint)
-        if combiner.dims["clip_feature_dim"] != clip.embed_dim:
-            raise CIRError(f"Combiner {combiner_source} expects {combiner.dims['clip_feature_dim']}-d CLIP features, "
-                           f"but {clip.describe()} gives {clip.embed_dim}-d")
+        combiner = load_compositor(combiner_source)
+        combiner_from = provenance(combiner_source, resolve_compositor_checkpoint)
+        check_compositor_fits(combiner, clip)
     title = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     card = model_card(clip, clip_from, combiner, combiner_from, title, repo_id, license_name)
     combiner_metadata = _combiner_metadata(combiner, combiner_from) if combiner is not None else {}

@@ -58,11 +58,15 @@ def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> Enco
 
 
 def combining(config: CombiningConfig) -> tuple[Callable[..., Any], str]:
-    """The combining function, or a Combiner checkpoint (ours or published), and its name."""
-    from clip_cir.models.combiner import COMBINING_FUNCTIONS, load_combiner
+    """The combining function, or a stage-2 checkpoint (a Combiner, ours or published, or another
+    compositor), and its name."""
+    from clip_cir.models.combiner import COMBINING_FUNCTIONS
+    from clip_cir.models.compositors.loading import load_compositor
 
     if config.combiner:
-        return load_combiner(config.combiner), f"Combiner ({config.combiner})"
+        network = load_compositor(config.combiner)
+        label = "Combiner" if network.name == "combiner" else f"{network.name} compositor"
+        return network, f"{label} ({config.combiner})"
     return COMBINING_FUNCTIONS[config.combining]
 
 
@@ -98,7 +102,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
     from clip_cir.data.images import ImageCheck
     from clip_cir.encoding.search import index_factory
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.combiner import check_combiner_fits
+    from clip_cir.models.compositors.loading import check_compositor_fits
 
     index_factory(config.search)  # a missing faiss-cpu stops the command before any work
     images = ImageCheck.for_purpose(purpose, config.data.skip_missing_images)
@@ -112,7 +116,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
         raise CIRError(no_targets_message(splits[0]))
     clip = load_clip(config.model.model, config.model.pretrained)
     combine, combine_name = combining(config.combining)
-    check_combiner_fits(combine, clip)
+    check_compositor_fits(combine, clip)
     accelerator = accelerator_for(config)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)

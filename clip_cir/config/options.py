@@ -15,10 +15,12 @@ from typing import Any, Mapping, TypeVar
 
 from clip_cir.constants import (
     COMBINING,
+    COMPOSITORS,
     ENCODERS,
     FAISS_INDEXES,
     LR_SCHEDULERS,
     SEARCH_BACKENDS,
+    STAGE2_LOSSES,
     TRACKERS,
     TRANSFORMS,
     VALIDATION_SCHEDULES,
@@ -85,7 +87,8 @@ def _section_type(cls: type, f: dataclasses.Field) -> type[Options] | None:
 CHOICES = {"lr_scheduler": LR_SCHEDULERS, "validation_schedule": VALIDATION_SCHEDULES, "encoder": ENCODERS,
            "mixed_precision": (None, "no", "fp16", "bf16"), "channels_last": ("auto", "on", "off"),
            "pixel_cache": ("auto", "on", "off"), "transform": TRANSFORMS, "tracker": TRACKERS,
-           "combining": COMBINING, "search": SEARCH_BACKENDS, "faiss_index": FAISS_INDEXES}
+           "combining": COMBINING, "search": SEARCH_BACKENDS, "faiss_index": FAISS_INDEXES,
+           "compositor": COMPOSITORS, "loss": STAGE2_LOSSES}
 """The settings that take one of a few values (the command lines' `choices`)."""
 
 

@@ -228,7 +228,7 @@ class Stage1Config(TowerTrainingProgramConfig):
 
 @dataclass(frozen=True)
 class Stage2Config(TrainingProgramConfig):
-    """Stage 2: train a Combiner on frozen CLIP features."""
+    """Stage 2: train a compositor (the Combiner by default) on frozen CLIP features."""
 
     program: ClassVar[str] = "stage2"
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,10 +238,18 @@ class Stage2Config(TrainingProgramConfig):
     """Default: 4x the CLIP embedding size."""
     hidden_dim: int | None = None
     """Default: 8x the CLIP embedding size."""
+    compositor: str = "combiner"
+    """Which network composes the query (docs/compositors.md); `projection_dim`/`hidden_dim` size the Combiner."""
+    compositor_options: tuple[str, ...] = ()
+    """`KEY=VALUE` settings of the compositor beyond its paper's defaults (e.g. `residual=true` for MAAF)."""
+    token_grid: int | None = None
+    """Average-pool the image token grid to at most this many cells a side (None: the tower's own grid)."""
+    loss: str = "contrastive"
+    """The method's batch contrastive loss, or TIRG/LBF's soft triplet plus batch classification."""
 
     def check(self, num_processes: int = 1) -> None:
         super().check(num_processes)
-        for name in ("projection_dim", "hidden_dim"):
+        for name in ("projection_dim", "hidden_dim", "token_grid"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise CIRError(f"--{name.replace('_', '-')} must be positive, got {value}")

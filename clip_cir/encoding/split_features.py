@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -17,17 +17,58 @@ from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.extraction import INFERENCE_BATCH_SIZE, FeatureCache, encode_images, encode_texts
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
+from clip_cir.models.compositors.base import TokenFeatures
+from clip_cir.models.compositors.loading import uses_tokens
 from clip_cir.models.transforms import ImageTransform
+
+if TYPE_CHECKING:
+    from clip_cir.encoding.token_store import TokenTable
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A compositor that reads token features wants them, its image grid pooled to `grid` cells a side."""
+
+    grid: int | None = None
+
+
+def token_request(combine: Any) -> TokenRequest | None:
+    """What token features a combining function needs: none, or those its checkpoint was trained on."""
+    return TokenRequest(getattr(combine, "token_grid", None)) if uses_tokens(combine) else None
+
+
+@dataclass
+class TokenRows:
+    """Token features of N inputs, gathered a batch at a time from a memory-mapped `TokenTable`:
+    item i is the table's row `rows[i]` with the global feature `pooled[i]`. Indexing by a slice
+    or an index tensor gives `TokenFeatures` (tokens as stored, float16)."""
+
+    pooled: torch.Tensor
+    table: TokenTable
+    rows: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice | torch.Tensor) -> TokenFeatures:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu()
+        tokens, mask = self.table.gather(self.rows[index])
+        pooled = self.pooled[index.to(self.pooled.device) if isinstance(index, torch.Tensor) else index]
+        return TokenFeatures(pooled, tokens.to(pooled.device), mask.to(pooled.device), self.table.grid)
 
 
 @dataclass
 class SplitFeatures:
-    """Raw CLIP features of one split: its gallery, and per query its reference and caption."""
+    """Raw CLIP features of one split: its gallery, and per query its reference and caption
+    (global, and per token where a compositor reads tokens)."""
 
     split: CIRSplit
     gallery: torch.Tensor
     reference: torch.Tensor
     text: torch.Tensor
+    reference_tokens: TokenRows | None = None
+    text_tokens: TokenRows | None = None
 
 
 @dataclass(frozen=True)
@@ -89,10 +130,24 @@ def encode_captions(clip: LoadedCLIP, texts: Sequence[str], options: EncodeOptio
                         desc=desc, progress=options.progress, sharded=options.sharded)
 
 
-def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions) -> SplitFeatures:
-    gallery = encode_image_files(clip, list(split.gallery.values()), options, f"{split.name} {split.split} gallery")
+def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
+                   tokens: TokenRequest | None = None) -> SplitFeatures:
+    """The split's features; with `tokens`, also the token features of its gallery and captions
+    (through the token cache, computed once per model like the global features)."""
+    name = f"{split.name} {split.split}"
+    paths = list(split.gallery.values())
+    gallery = encode_image_files(clip, paths, options, f"{name} gallery")
     index = {name: i for i, name in enumerate(split.gallery)}
-    reference = gallery[torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)]
-    text = encode_captions(clip, [q.eval_caption for q in split.queries], options,
-                         f"{split.name} {split.split} captions")
-    return SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)
+    reference_rows = torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)
+    reference = gallery[reference_rows]
+    captions = [q.eval_caption for q in split.queries]
+    text = encode_captions(clip, captions, options, f"{name} captions")
+    features = SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)
+    if tokens is not None:
+        from clip_cir.encoding.token_store import encode_image_tokens, encode_text_tokens
+
+        image_table = encode_image_tokens(clip, paths, options, f"{name} gallery tokens", grid=tokens.grid)
+        text_table = encode_text_tokens(clip, captions, options, f"{name} caption tokens")
+        features.reference_tokens = TokenRows(reference, image_table, reference_rows)
+        features.text_tokens = TokenRows(text, text_table, torch.arange(len(captions)))
+    return features

@@ -12,28 +12,45 @@ import torch
 
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import GallerySearch, Ranking, rank_split
-from clip_cir.encoding.split_features import EncodeOptions, SplitFeatures, split_features
+from clip_cir.encoding.split_features import EncodeOptions, SplitFeatures, TokenRows, split_features, token_request
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
+from clip_cir.models.compositors.loading import uses_tokens
 
 
 @torch.no_grad()
-def compose_features(combine: CombiningFunction, reference: torch.Tensor, text: torch.Tensor,
-                     batch_size: int = 4096) -> torch.Tensor:
+def compose_features(combine: CombiningFunction, reference: torch.Tensor | TokenRows,
+                     text: torch.Tensor | TokenRows, batch_size: int = 4096) -> torch.Tensor:
     """Normalised query vectors [Q, D] (float32, CPU) from raw reference-image and caption
-    features; `combine` runs on the device its parameters live on."""
+    features, global [Q, D] or token rows (for a compositor that reads tokens, gathered a batch
+    at a time); `combine` runs on the device its parameters live on, in float32."""
     params = list(combine.parameters()) if isinstance(combine, torch.nn.Module) else []
     device = params[0].device if params else torch.device("cpu")
-    parts = [combine(reference[i:i + batch_size].to(device), text[i:i + batch_size].to(device)).float().cpu()
-             for i in range(0, len(reference), batch_size)]
-    return torch.cat(parts) if parts else torch.empty(0, reference.shape[1])
+    if uses_tokens(combine):
+        batch_size = min(batch_size, TOKEN_BATCH)
+    parts = []
+    for i in range(0, len(reference), batch_size):
+        image, caption = reference[i:i + batch_size], text[i:i + batch_size]
+        parts.append(combine(image.to(device, torch.float32), caption.to(device, torch.float32)).float().cpu())
+    dim = reference.pooled.shape[1] if isinstance(reference, TokenRows) else reference.shape[1]
+    return torch.cat(parts) if parts else torch.empty(0, dim)
+
+
+TOKEN_BATCH = 256
+"""Queries per forward of a compositor that reads tokens: its attention over a few hundred tokens
+per query bounds the batch, not the 4096 global features a Combiner takes at once."""
 
 
 def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
     """The split's normalised query vectors (`compose_features` of its references and captions)."""
-    return compose_features(combine, features.reference, features.text, batch_size)
+    if not uses_tokens(combine):
+        return compose_features(combine, features.reference, features.text, batch_size)
+    if features.reference_tokens is None or features.text_tokens is None:
+        raise CIRError(f"the {combine.name} compositor reads token features, but these split features "
+                       f"hold none (encode with split_features(..., tokens=token_request(combine)))")
+    return compose_features(combine, features.reference_tokens, features.text_tokens, batch_size)
 
 
 IndexFactory = Callable[[torch.Tensor], GallerySearch]
@@ -47,6 +64,13 @@ def rank_features(features: SplitFeatures, combine: CombiningFunction, k: int = 
     gallery = torch.nn.functional.normalize(features.gallery, dim=-1)
     index = index_factory(gallery) if index_factory is not None else None
     return rank_split(features.split, queries, gallery, k, index)
+
+
+def encode_and_rank(clip: LoadedCLIP, split: CIRSplit, combine: CombiningFunction, options: EncodeOptions, k: int,
+                    index_factory: IndexFactory | None = None) -> Ranking:
+    """Encode one split (with the token features `combine` reads, if any) and rank its queries."""
+    features = split_features(clip, split, options, token_request(combine))
+    return rank_features(features, combine, k=k, index_factory=index_factory)
 
 
 def no_targets_message(split: CIRSplit) -> str:
@@ -69,6 +93,7 @@ def metrics_from_features(all_features: Sequence[SplitFeatures], combine: Combin
 
 def evaluate(clip: LoadedCLIP, splits: Sequence[CIRSplit], combine: CombiningFunction,
              options: EncodeOptions, index_factory: IndexFactory | None = None) -> dict[str, float]:
-    return metrics_from_features([split_features(clip, s, options) for s in splits], combine, index_factory)
+    tokens = token_request(combine)
+    return metrics_from_features([split_features(clip, s, options, tokens) for s in splits], combine, index_factory)
 
 

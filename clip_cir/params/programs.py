@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
-from clip_cir.constants import DEMO_MAX_K, ENCODERS
+from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
 from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
     add_circo_args,
@@ -106,6 +106,20 @@ def stage2_parser(prog: str = "stage2/train_combiner.py", required: bool = True)
                                "`accelerate launch` or plain python.")
     add_data_args(parser, split=False, required=required)
     add_model_args(parser)
+    network = parser.add_argument_group("compositor", "which network composes the query (docs/compositors.md)")
+    network.add_argument("--compositor", choices=COMPOSITORS, default=Stage2Config.compositor,
+                         help="the method's Combiner (default), or a related system's compositor on the same frozen "
+                              "CLIP features: TIRG, MAAF, CoSMo, LBF (the last three read token features)")
+    network.add_argument("--compositor-options", nargs="+", metavar="KEY=VALUE",
+                         default=list(Stage2Config.compositor_options),
+                         help="the compositor's settings beyond its paper's defaults, e.g. residual=true (MAAF with "
+                              "the CFQ paper's residual attention fusion); docs/compositors.md lists them")
+    network.add_argument("--token-grid", type=int, default=Stage2Config.token_grid,
+                         help="average-pool the image token grid to at most N x N cells (default: the tower's own "
+                              "grid, e.g. 9x9 for RN50x4 at 288 px, 14x14 for ViT-B-16)")
+    network.add_argument("--loss", choices=STAGE2_LOSSES, default=Stage2Config.loss,
+                         help="the method's batch contrastive loss (default), or TIRG/LBF's soft triplet plus batch "
+                              "classification loss")
     parser.add_argument("--projection-dim", type=int, default=Stage2Config.projection_dim,
                         help="Combiner projection size (default: 4x the CLIP embedding size; 2560 for RN50x4)")
     parser.add_argument("--hidden-dim", type=int, default=Stage2Config.hidden_dim,

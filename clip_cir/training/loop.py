@@ -73,6 +73,8 @@ class Float32Forward(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
+        self.uses_tokens = getattr(module, "uses_tokens", False)  # what the module reads (evaluation asks)
+        self.name = getattr(module, "name", type(module).__name__)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return type(self.module).forward(self.module, *args, **kwargs)

@@ -257,13 +257,14 @@ def test_load_a_stage1_run_and_a_stage2_run(tiny_runs, stage1, photos):
     """A stage-1 run: its CLIP with the element-wise sum. A stage-2 run: the CLIP its config.json
     names (the stage-1 run) and its Combiner, the same as giving both; combining= overrides it."""
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.combiner import Combiner, element_wise_sum, image_only, load_combiner
+    from clip_cir.models.combiner import Combiner, element_wise_sum, image_only
+    from clip_cir.models.compositors.loading import load_compositor
 
     assert stage1.combine is element_wise_sum and stage1.combining == "element-wise sum"
     assert _same_weights(stage1.clip.model, load_clip(None, str(tiny_runs["stage1"])).model)
     stage2 = clip_cir.load(tiny_runs["stage2"], progress=False)
     assert isinstance(stage2.combine, Combiner) and not stage2.combine.training
-    assert _same_weights(stage2.combine, load_combiner(tiny_runs["stage2"]))
+    assert _same_weights(stage2.combine, load_compositor(tiny_runs["stage2"]))
     assert _same_weights(stage2.clip.model, stage1.clip.model)
     both = clip_cir.load(tiny_runs["stage1"], combiner=tiny_runs["stage2"], progress=False)
     images, captions = [photos / "a.jpg", photos / "b.jpg"], ["is red", "has two circles"]
@@ -293,14 +294,15 @@ def test_load_a_tiny_config_without_weights_on_the_default_device():
 def test_load_an_export_from_the_hub_with_and_without_its_combiner(tiny_runs, cli, tmp_path):
     """`hf-hub:ORG/NAME` written by `clip-cir export`: with combiner.safetensors the Combiner
     comes along; an export of the CLIP alone combines by the sum."""
-    from clip_cir.models.combiner import element_wise_sum, load_combiner
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.models.compositors.loading import load_compositor
 
     for n, (name, extra) in enumerate([("with", ["--combiner", tiny_runs["stage2"]]), ("without", [])]):
         result = cli("export", "--pretrained", tiny_runs["stage1"], *extra, "--output-dir", tmp_path / name)
         assert result.code == 0, result.err
         install_in_hub_cache(tmp_path / name, f"clip-cir-api-test/{name}", f"{n + 7:040x}")
     with_combiner = clip_cir.load("hf-hub:clip-cir-api-test/with", progress=False)
-    assert _same_weights(with_combiner.combine, load_combiner(tiny_runs["stage2"]))
+    assert _same_weights(with_combiner.combine, load_compositor(tiny_runs["stage2"]))
     assert clip_cir.load("hf-hub:clip-cir-api-test/without", progress=False).combine is element_wise_sum
 
 

@@ -22,7 +22,8 @@ from PIL import Image
 
 import clip_cir
 from clip_cir.models.clip import load_clip
-from clip_cir.models.combiner import Combiner, load_combiner
+from clip_cir.models.combiner import Combiner
+from clip_cir.models.compositors.loading import load_compositor
 
 ORG = "clip-cir-test"
 TEXTS = ["make the red circle blue", "add a small green square at the top left", "remove the star"]
@@ -197,7 +198,7 @@ def test_training_from_a_hub_clip_and_reloading_its_checkpoint_without_the_hub(h
 
 def test_the_combiner_loads_from_the_hub_as_it_was_trained(hub):
     for pair in hub.values():
-        source, from_hub = load_combiner(pair["combiner"]), load_combiner(pair["name"])
+        source, from_hub = load_compositor(pair["combiner"]), load_compositor(pair["name"])
         a, b = source.state_dict(), from_hub.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

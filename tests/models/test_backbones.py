@@ -40,7 +40,7 @@ from clip_cir.data import load_splits
 from clip_cir.data.io import load_image
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.models.clip import CONFIG_DIR, load_clip
-from clip_cir.models.combiner import load_combiner
+from clip_cir.models.compositors.loading import load_compositor
 from clip_cir.models.towers import can_trim_text, encode_text, trim_tokens
 
 MATRIX = ["cir-tiny-rn", "cir-tiny-vit", "cir-tiny-siglip", "cir-tiny-hftext", "cir-tiny-xlmr", "cir-tiny-convnext",
@@ -237,7 +237,7 @@ def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_stan
     source = load_clip(None, str(runs["text"] / "last"))
     shared = load_clip(None, hub)
     _same_clip(source, shared, synth_root)
-    a, b = load_combiner(tmp_path / "s2" / "last").state_dict(), load_combiner(hub).state_dict()
+    a, b = load_compositor(tmp_path / "s2" / "last").state_dict(), load_compositor(hub).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     hub_args = ["--pretrained", hub, "--combiner", hub, "--cache-dir", tmp_path / "hub-cache"]  # encoded anew
     out = tmp_path / "hub-eval.json"
@@ -252,7 +252,7 @@ def test_family_trains_and_its_checkpoints_reload(name, cli, synth_root, hf_stan
         hits = sum(q["target"] in [r["name"] for r in q["ranking"][:k]] for q in ranked)
         assert 100 * hits / len(ranked) == pytest.approx(metrics[f"recall_at{k}"], abs=1e-3), k
     few = split.queries[:3]
-    names, scores = _direct_ranking(shared, load_combiner(hub), split, few, k=10)
+    names, scores = _direct_ranking(shared, load_compositor(hub), split, few, k=10)
     for query, entry, expected, expected_scores in zip(few, ranked, names, scores):
         assert entry["qid"] == query.qid and [r["name"] for r in entry["ranking"][:10]] == expected
         assert [r["score"] for r in entry["ranking"][:10]] == pytest.approx(expected_scores, abs=1e-5)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clip_cir.models.combiner import Combiner, load_combiner
+from clip_cir.models.combiner import Combiner
+from clip_cir.models.compositors.loading import load_compositor
 from clip_cir.models.files import save_weights
 
 PUBLISHED_KEYS = {
@@ -82,7 +83,7 @@ def test_published_checkpoint_loads_unchanged_and_matches_ours(tmp_path):
     ours = tmp_path / "combiner.safetensors"
     save_weights(ours, trained.state_dict(), {"kind": "combiner"})
 
-    from_published, from_ours = load_combiner(published), load_combiner(ours)
+    from_published, from_ours = load_compositor(published), load_compositor(ours)
     assert from_published.dims == {"clip_feature_dim": 32, "projection_dim": 64, "hidden_dim": 96}
     image, text = torch.randn(7, 32), torch.randn(7, 32)
     expected = reference_forward(trained.state_dict(), image, text)

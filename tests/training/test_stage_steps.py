@@ -17,7 +17,7 @@ from clip_cir.models.clip import load_clip
 from clip_cir.models.transforms import OPENAI_MEAN, OPENAI_STD, build_transform
 from clip_cir.training.encoders import ClipEncoder
 from clip_cir.training.stage1 import CLIPFineTuning
-from clip_cir.training.stage2 import feature_forward
+from clip_cir.training.stage2 import TrainingFeatures, feature_forward
 
 CAPTIONS = ["is red and round", "has two more squares", "the same shape but blue", "is smaller"]
 
@@ -33,7 +33,7 @@ def test_stage2_forward_takes_each_querys_drawn_caption_form_and_normalises_the_
     def combiner(image, text):  # a stand-in that shows which rows it was given
         return torch.cat([image, text], dim=-1)
 
-    query, key = feature_forward(combiner, images, texts, offsets, batch)
+    query, key = feature_forward(combiner, TrainingFeatures(images, texts, offsets), batch)
     # query 1 form 3 -> text row 1 + 3 = 4; query 2 form 1 -> row 5 + 1 = 6; query 0 form 0 -> row 0
     assert query.tolist() == [[1, 0, 8, 9], [0, 2, 12, 13], [0, -5, 0, 1]]
     # targets (3, 4), (0, -5), (0, 2), each normalised on its own

@@ -65,12 +65,13 @@ def _config_value(run: Run, key: str) -> Any:
 def load_retrieval_model(run: Run) -> tuple[LoadedCLIP, CombiningFunction, str]:
     """(CLIP, combining function, description) exactly as the run's evaluation used them."""
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.combiner import element_wise_sum, load_combiner
+    from clip_cir.models.combiner import element_wise_sum
+    from clip_cir.models.compositors.loading import load_compositor
 
     if run.kind == "stage1":
         clip = load_clip(run.config.get("model"), str(run.path))
         return clip, element_wise_sum, f"{clip.describe()} + element-wise sum"
-    combiner = load_combiner(run.path)
+    combiner = load_compositor(run.path)
     clip = load_clip(run.config.get("model"), _config_value(run, "pretrained"))
     if combiner.dims["clip_feature_dim"] != clip.embed_dim:
         raise CIRError(f"{run.path}: Combiner expects {combiner.dims['clip_feature_dim']}-d CLIP features, but "
@@ -80,9 +81,9 @@ def load_retrieval_model(run: Run) -> tuple[LoadedCLIP, CombiningFunction, str]:
 
 def has_checkpoint(run: Run) -> bool:
     from clip_cir.models.clip import resolve_clip_checkpoint
-    from clip_cir.models.combiner import resolve_combiner_checkpoint
+    from clip_cir.models.compositors.loading import resolve_compositor_checkpoint
 
-    resolve = resolve_combiner_checkpoint if run.kind == "stage2" else resolve_clip_checkpoint
+    resolve = resolve_compositor_checkpoint if run.kind == "stage2" else resolve_clip_checkpoint
     try:
         resolve(run.path)
         return True
@@ -110,8 +111,8 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
 
     from clip_cir.data import load_splits
     from clip_cir.data.images import EVALUATION_HINT, ImageCheck
-    from clip_cir.encoding.split_features import EncodeOptions, split_features
-    from clip_cir.evaluation.evaluate import rank_features
+    from clip_cir.encoding.split_features import EncodeOptions
+    from clip_cir.evaluation.evaluate import encode_and_rank
 
     skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data
     splits = load_splits(_config_value(run, "dataset"), Path(_config_value(run, "data_root")), split,
@@ -128,7 +129,7 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     # text_cache=None: a handful of captions is cheap, and caching each random selection would litter the cache
     examples = []
     for sub in pick_queries(splits, n_queries, seed):
-        ranking = rank_features(split_features(clip, sub, encode), combine, k=RANK_DEPTH)
+        ranking = encode_and_rank(clip, sub, combine, encode, RANK_DEPTH)
         names = list(sub.gallery)
         for query, top, scores in zip(sub.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             ranked = [names[i] for i in top]
