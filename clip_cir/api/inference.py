@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from PIL import Image
 
 from clip_cir.config import SearchConfig
 from clip_cir.data.folder import folder_gallery
+from clip_cir.data.io import load_image
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.extraction import (
     encode_counts,
@@ -38,6 +39,8 @@ from clip_cir.errors import CIRError
 from clip_cir.evaluation.evaluate import compose_features
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
+from clip_cir.models.compositors.base import TokenFeatures
+from clip_cir.models.compositors.loading import uses_tokens
 from clip_cir.models.towers import is_channels_last, tower_input
 from clip_cir.models.transforms import ImageTransform
 
@@ -141,10 +144,9 @@ class CIRModel:
         out[others] = self._encode_in_memory([items[i] for i in others])
         return out
 
-    @torch.no_grad()
-    def _encode_in_memory(self, images: list[Image.Image | torch.Tensor]) -> torch.Tensor:
-        """Decoded images and pixel tensors through the image tower, batch by batch, as
-        `extraction.encode_images` runs files: uint8 pixels to the device, normalised there."""
+    def _pixel_batches(self, images: list[ImageInput]) -> Iterator[torch.Tensor]:
+        """Images (files, decoded, or pixel tensors) as the tower's normalised input batches on the
+        device, as `extraction.encode_images` runs files: uint8 pixels to the device, normalised there."""
         transform, device = self.encode.transform, self.device
         channels_last = is_channels_last(self.clip.model.visual)
         size = self.clip.input_size
@@ -152,20 +154,44 @@ class CIRModel:
             if isinstance(image, torch.Tensor) and tuple(image.shape) != (3, size, size):
                 raise CIRError(f"a pixel tensor for this model is [3, {size}, {size}] (preprocessed by "
                                f"model.transform), got shape {tuple(image.shape)}")
+        for start in range(0, len(images), self.encode.batch_size):
+            pixels = [image.cpu() if isinstance(image, torch.Tensor) else transform.pixels(
+                image if isinstance(image, Image.Image) else load_image(_image_file(image)))
+                for image in images[start:start + self.encode.batch_size]]
+            if len({p.dtype for p in pixels}) > 1:  # uint8 pixels next to float ones: all as model input
+                pixels = [transform.normalize(p) for p in pixels]
+            yield transform.normalize(tower_input(torch.stack(pixels).to(device), channels_last))
+
+    @torch.no_grad()
+    def _encode_in_memory(self, images: list[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """Decoded images and pixel tensors through the image tower, batch by batch."""
         parts = []
         with eval_mode(self.clip.model):
-            for start in range(0, len(images), self.encode.batch_size):
-                pixels = [transform.pixels(image) if isinstance(image, Image.Image) else image.cpu()
-                          for image in images[start:start + self.encode.batch_size]]
-                if len({p.dtype for p in pixels}) > 1:  # uint8 pixels next to float ones: all as model input
-                    pixels = [transform.normalize(p) for p in pixels]
-                batch = torch.stack(pixels)
-                batch = tower_input(batch.to(device), channels_last)
+            for batch in self._pixel_batches(images):
                 with (self.encode.autocast or nullcontext)():
-                    features = self.clip.model.encode_image(transform.normalize(batch))
+                    features = self.clip.model.encode_image(batch)
                 encode_counts["image"] += len(batch)
                 parts.append(features.float().cpu())
         return torch.cat(parts)
+
+    @torch.no_grad()
+    def token_features(self, images: ImageInput | Sequence[ImageInput],
+                       captions: str | Sequence[str]) -> tuple[TokenFeatures, TokenFeatures]:
+        """Global and token features of reference images and captions, for a compositor that reads
+        tokens: encoded directly (no cache), tokens rounded to float16 as the token cache stores them,
+        so a query gets the numbers `clip-cir eval` gives it."""
+        from clip_cir.models.token_features import image_token_features, text_token_features
+
+        items, captions = _image_list(images), [captions] if isinstance(captions, str) else list(captions)
+        grid = getattr(self.combine, "token_grid", None)
+        with eval_mode(self.clip.model), (self.encode.autocast or nullcontext)():
+            image_parts = [image_token_features(self.clip.model, batch, grid) for batch in self._pixel_batches(items)]
+            tokens = self.clip.tokenize([check_caption(c) for c in captions]).to(self.device)
+            text = text_token_features(self.clip.model, tokens)
+        image = TokenFeatures(*(torch.cat([getattr(p, f) for p in image_parts]) for f in ("pooled", "tokens", "mask")),
+                              image_parts[0].grid)
+        return tuple(TokenFeatures(f.pooled.float().cpu(), f.tokens.half().float().cpu(), f.mask.cpu(), f.grid)
+                     for f in (image, text))
 
     def text_features(self, texts: str | Sequence[str]) -> torch.Tensor:
         """Raw CLIP text features [N, D], encoded as `clip-cir eval` encodes a split's captions."""
@@ -195,6 +221,8 @@ class CIRModel:
         captions = [captions] if isinstance(captions, str) else list(captions)
         if len(items) != len(captions):
             raise CIRError(f"{len(items)} images but {len(captions)} captions: give one caption per image")
+        if uses_tokens(self.combine):
+            return compose_features(self.combine, *self.token_features(items, captions))
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
 
@@ -331,8 +359,11 @@ class Gallery(GalleryFeatures):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise CIRError(f"k must be a positive integer, got {k!r}")
         row = self.locate(reference)
-        image = self.features[row:row + 1] if row is not None else self.model.image_features([reference])
-        query = self.model.compose_features(image, self.model.text_features([caption]))
+        if uses_tokens(self.model.combine):  # the reference's tokens, encoded now (a gallery keeps global features)
+            query = self.model.compose([self.paths[self.names[row]] if row is not None else reference], [caption])
+        else:
+            image = self.features[row:row + 1] if row is not None else self.model.image_features([reference])
+            query = self.model.compose_features(image, self.model.text_features([caption]))
         exclude = self.exclude_reference if exclude_reference is None else exclude_reference
         return self.search_features(query, k, row if exclude else None)
 

@@ -17,12 +17,13 @@ from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
+from clip_cir.models.compositors.base import TokenFeatures
 from clip_cir.models.compositors.loading import uses_tokens
 
 
 @torch.no_grad()
-def compose_features(combine: CombiningFunction, reference: torch.Tensor | TokenRows,
-                     text: torch.Tensor | TokenRows, batch_size: int = 4096) -> torch.Tensor:
+def compose_features(combine: CombiningFunction, reference: torch.Tensor | TokenRows | TokenFeatures,
+                     text: torch.Tensor | TokenRows | TokenFeatures, batch_size: int = 4096) -> torch.Tensor:
     """Normalised query vectors [Q, D] (float32, CPU) from raw reference-image and caption
     features, global [Q, D] or token rows (for a compositor that reads tokens, gathered a batch
     at a time); `combine` runs on the device its parameters live on, in float32."""
@@ -34,7 +35,7 @@ def compose_features(combine: CombiningFunction, reference: torch.Tensor | Token
     for i in range(0, len(reference), batch_size):
         image, caption = reference[i:i + batch_size], text[i:i + batch_size]
         parts.append(combine(image.to(device, torch.float32), caption.to(device, torch.float32)).float().cpu())
-    dim = reference.pooled.shape[1] if isinstance(reference, TokenRows) else reference.shape[1]
+    dim = getattr(reference, "pooled", reference).shape[1]
     return torch.cat(parts) if parts else torch.empty(0, dim)
 
 

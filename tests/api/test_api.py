@@ -317,7 +317,7 @@ def bad_combiner(tmp_path) -> Path:
 
 @pytest.mark.parametrize("case, message", [
     ("missing-run", "checkpoint not found"),
-    ("missing-combiner", "Combiner checkpoint not found"),
+    ("missing-combiner", "stage-2 checkpoint not found"),
     ("combiner-dims", "Combiner expects 32-d CLIP features, but"),
     ("unknown-combining", "unknown combining 'concat'"),
     ("combiner-and-combining", "give combiner or combining, not both"),

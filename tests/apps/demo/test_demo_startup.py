@@ -29,7 +29,7 @@ pytest.importorskip("flask", reason="the demo needs Flask (pip install 'clip-cir
     (["--port", "70000"], "--port must be from 0 to 65535"),
     (["--top-k", "0"], "--top-k must be from 1 to 100"),
     (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
-    (["--combiner", "/no/such/combiner.safetensors"], "Combiner checkpoint not found"),
+    (["--combiner", "/no/such/combiner.safetensors"], "stage-2 checkpoint not found"),
 ])
 def test_cli_startup_errors_are_one_line_and_exit_2(cli, synth_root, args, message):
     base = {"--dataset": "cirr", "--data-root": str(synth_root), "--model": "cir-tiny-vit", "--num-workers": "0",
