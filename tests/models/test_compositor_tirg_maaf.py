@@ -267,3 +267,13 @@ def test_maaf_rejects_sizes_that_do_not_fit():
     image, text = token_inputs(dim=6)
     with pytest.raises(CIRError, match="MAAF expects 8-d CLIP token features, got image 6-d and caption 6-d"):
         small_maaf()(image, text)
+
+
+def test_maaf_encoder_matrices_start_glorot_uniform_query_key_value_each_on_its_own():
+    maaf = MAAF(64)
+    layer = maaf.encoder.layers[0]
+    blocks = [*layer.self_attn.in_proj_weight.chunk(3), layer.self_attn.out_proj.weight]
+    for block in blocks:  # fan in = fan out = 64: bound sqrt(6 / 128)
+        assert 0.9 * (6 / 128) ** 0.5 < block.abs().max().item() <= (6 / 128) ** 0.5
+    for weight in (layer.linear1.weight, layer.linear2.weight):  # 64 <-> 256: bound sqrt(6 / 320)
+        assert 0.9 * (6 / 320) ** 0.5 < weight.abs().max().item() <= (6 / 320) ** 0.5
