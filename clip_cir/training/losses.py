@@ -101,3 +101,16 @@ def lbf_loss(queries: torch.Tensor, targets: torch.Tensor, scale: LearnedScale) 
     scaled_queries, scaled_targets = scale(queries), scale(targets)
     return (soft_triplet_loss(scaled_queries, scaled_targets)
             + batch_classification_loss(scaled_queries, scaled_targets))
+
+
+class SoftTripletClassificationLoss(nn.Module):
+    """`lbf_loss` with its learned scale as a module (`--loss soft-triplet-classification`): the
+    stage prepares it with Accelerate and calls it, so under DDP the scale's gradient is averaged
+    across processes like the compositor's."""
+
+    def __init__(self, initial_scale: float = TIRG_INITIAL_SCALE):
+        super().__init__()
+        self.scale = LearnedScale(initial_scale)
+
+    def forward(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return lbf_loss(queries, targets, self.scale)
