@@ -150,12 +150,12 @@ def test_dmnl_attention_and_update_by_hand():
 
 def test_cosmo_forward_composes_content_then_style_then_pool_and_project():
     torch.manual_seed(3)
-    model = CoSMo(8, num_heads=2).double().eval()
+    model = CoSMo(8, num_heads=2, norm_eps=0.5).double().eval()
     image, text = features(2, 8, (2, 3), [3, 5], 6)
     image, text = image.to("cpu", torch.float64), text.to("cpu", torch.float64)
     with torch.no_grad():
         model.block_weights.copy_(torch.tensor([0.7, -1.3]))
-    z = instance_normalise(image.tokens)
+    z = instance_normalise(image.tokens, 0.5)
     first = z + 0.7 * model.blocks[0](z, text.pooled)
     content = first - 1.3 * model.blocks[1](first, text.pooled)
     composed = model.modulate_style(content, image.tokens, text.pooled)
