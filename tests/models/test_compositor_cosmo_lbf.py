@@ -251,6 +251,22 @@ def test_lbf_masked_image_cells_change_nothing():
         torch.testing.assert_close(model(changed, text), out, rtol=0, atol=1e-6)
 
 
+def test_lbf_masked_image_cells_are_as_if_absent(monkeypatch):
+    """Masking the last two cells of a 2x3 grid gives the query of the first four cells alone at the same boxes:
+    masked cells are keys of no attention and not pooled."""
+    import clip_cir.models.compositors.lbf as lbf_module
+
+    torch.manual_seed(7)
+    model = LBF(16, hidden_dim=16, num_heads=4, feedforward_dim=32).eval()
+    image, text = features(2, 16, (2, 3), [3, 5], 5)
+    image.mask[:, -2:] = False
+    out = model(image, text)
+    full_boxes = grid_boxes(2, 3)
+    monkeypatch.setattr(lbf_module, "grid_boxes", lambda rows, cols, dtype: full_boxes[:4].to(dtype))
+    first_four = TokenFeatures(image.pooled, image.tokens[:, :4], image.mask[:, :4], (1, 4))
+    torch.testing.assert_close(model(first_four, text), out, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("grid, lengths", [((2, 3), [1, 4]), ((1, 7), [5, 5]), ((3, 3), [2, 9])])
 def test_lbf_gives_normalised_queries_for_any_grid_and_caption(grid, lengths):
     model = LBF(24, hidden_dim=16, num_heads=2, num_layers=1, feedforward_dim=32).eval()
