@@ -224,6 +224,23 @@ def test_lbf_entities_average_each_cell_with_its_box_embedding():
         assert entities[cell].tolist() == pytest.approx(want, abs=1e-12)
 
 
+def test_lbf_forward_composes_self_attention_then_both_cross_attentions_then_pools():
+    torch.manual_seed(8)
+    model = LBF(16, hidden_dim=8, num_heads=2, num_layers=2, feedforward_dim=16).double().eval()
+    image, text = features(2, 16, (2, 2), [2, 5], 5)
+    image, text = image.to("cpu", torch.float64), text.to("cpu", torch.float64)
+    regions, words = model.entities(image), model.word(text.tokens)
+    for layer in model.image_layers:
+        regions = layer(regions, regions, image.mask)
+    for layer in model.text_layers:
+        words = layer(words, words, text.mask)
+    visual = model.regions_to_words(regions, words, text.mask).mean(dim=1)      # every cell is real
+    linguistic = torch.stack([model.words_to_regions(words, regions, image.mask)[i, :n].mean(dim=0)
+                              for i, n in enumerate((2, 5))])
+    joint = model.output(torch.cat((visual, linguistic), dim=-1))
+    assert torch.allclose(model(image, text), joint / joint.norm(dim=-1, keepdim=True), atol=1e-12)
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_lbf_caption_padding_changes_nothing(grad):
     torch.manual_seed(5)
