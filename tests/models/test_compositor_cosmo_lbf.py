@@ -16,7 +16,7 @@ from clip_cir.models.compositors.cosmo import (
     channel_statistics,
     instance_normalise,
 )
-from clip_cir.models.compositors.lbf import LBF, grid_boxes, masked_mean
+from clip_cir.models.compositors.lbf import LBF, AttentionLayer, grid_boxes, masked_mean
 
 # One 4-cell grid, three channels: channel 0 = 1, 2, 3, 4; channel 1 = 2, 2, 2, 6; channel 2 = 0, 0, 2e-3, 2e-3
 # (variance 1e-6, below the eps, so the eps shows).
@@ -205,6 +205,44 @@ def test_masked_mean_by_hand():
     tokens = torch.tensor([[[1.0, 10.0], [3.0, 20.0], [100.0, 100.0]]])
     mask = torch.tensor([[True, True, False]])
     assert masked_mean(tokens, mask).tolist() == [[2.0, 15.0]]
+
+
+def test_attention_layer_by_hand():
+    """One head of width 2: a = softmax over the real keys of q.k / sqrt 2, h = LN(x + W_o a + b_o),
+    out = LN(h + W_2 relu(W_1 h + b_1) + b_2), LayerNorm with eps 1e-5 and its affine parameters."""
+    torch.manual_seed(9)
+    layer = AttentionLayer(2, num_heads=1, feedforward_dim=3, dropout=0.1).double().eval()
+    with torch.no_grad():
+        for norm in (layer.norm1, layer.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    queries, keys = torch.randn(1, 2, 2, dtype=torch.float64), torch.randn(1, 3, 2, dtype=torch.float64)
+    keys[0, 2] = 1e3                                                         # masked: must not count
+    out = layer(queries, keys, torch.tensor([[True, True, False]]))[0]
+
+    def affine(weight, bias, x):
+        return [sum(w * v for w, v in zip(row, x)) + b for row, b in zip(weight.tolist(), bias.tolist())]
+
+    def layer_norm(norm, x):
+        mean = sum(x) / len(x)
+        var = sum((v - mean) ** 2 for v in x) / len(x)
+        return [(v - mean) / math.sqrt(var + 1e-5) * w + b
+                for v, w, b in zip(x, norm.weight.tolist(), norm.bias.tolist())]
+
+    w_in, b_in = layer.attention.in_proj_weight, layer.attention.in_proj_bias
+    keys_real = [keys[0, j].tolist() for j in range(2)]
+    k = [affine(w_in[2:4], b_in[2:4], x) for x in keys_real]
+    v = [affine(w_in[4:6], b_in[4:6], x) for x in keys_real]
+    for i in range(2):
+        x = queries[0, i].tolist()
+        q = affine(w_in[0:2], b_in[0:2], x)
+        scores = [math.exp(sum(a * b for a, b in zip(q, kj)) / math.sqrt(2)) for kj in k]
+        attended = [sum(scores[j] / sum(scores) * v[j][c] for j in range(2)) for c in range(2)]
+        projected = affine(layer.attention.out_proj.weight, layer.attention.out_proj.bias, attended)
+        h = layer_norm(layer.norm1, [a + b for a, b in zip(x, projected)])
+        hidden = [max(0.0, u) for u in affine(layer.feedforward[0].weight, layer.feedforward[0].bias, h)]
+        f = affine(layer.feedforward[3].weight, layer.feedforward[3].bias, hidden)
+        assert out[i].tolist() == pytest.approx(layer_norm(layer.norm2, [a + b for a, b in zip(h, f)]), abs=1e-10)
 
 
 def test_lbf_entities_average_each_cell_with_its_box_embedding():
