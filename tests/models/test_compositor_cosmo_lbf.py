@@ -365,4 +365,4 @@ def test_no_tensor_grows_as_cells_squared_times_width(cls):
         model(image, text).sum().backward()
     largest = max(event.self_cpu_memory_usage for event in profiler.events())     # bytes one operation allocates
     attention_maps = batch * heads * cells * cells * 4
-    assert largest == attention_maps < batch * cells * cells * dim * 4 / 8
+    assert largest <= attention_maps < batch * cells * cells * dim * 4 / 8
