@@ -108,26 +108,33 @@ def _resnet_tokens(visual: ModifiedResNet, grid_map: torch.Tensor) -> tuple[torc
     return visual.attnpool.c_proj(visual.attnpool.v_proj(flat)), (rows, cols)
 
 
+def _image_kind(visual: torch.nn.Module) -> str:
+    """`vit` or `resnet`, or a one-line refusal for towers without exact token features."""
+    if isinstance(visual, VisionTransformer):
+        if visual.attn_pool is not None or visual.pool_type == "none":
+            raise CIRError("token features are not available for VisionTransformer image towers with an attentional "
+                           "pool (CoCa) or no pooling: their outputs are not image patches")
+        return "vit"
+    if isinstance(visual, ModifiedResNet):
+        return "resnet"
+    raise CIRError(f"token features are not available for {type(visual).__name__} image towers (only open_clip's "
+                   "VisionTransformer and ModifiedResNet have an exact per-region feature in CLIP's space)")
+
+
 def image_token_features(model: torch.nn.Module, pixels: torch.Tensor, grid: int | None = None) -> TokenFeatures:
     """Global and per-region features of normalised image batches `pixels` (what
     `model.encode_image` takes), in one forward pass: `pooled` is `model.encode_image(pixels)`,
     `tokens` [B, rows*cols, D] as the module docstring defines per tower, every `mask` entry
     True. `grid`: average the token grid into at most `grid` x `grid` cells (`pool_grid`)."""
     visual = model.visual
-    if isinstance(visual, VisionTransformer):
-        if visual.attn_pool is not None or visual.pool_type == "none":
-            raise CIRError("token features are not available for VisionTransformer image towers with an attentional "
-                           "pool (CoCa) or no pooling: their outputs are not image patches")
+    if _image_kind(visual) == "vit":
         with _captured(visual.transformer, "output") as seen:
             pooled = model.encode_image(pixels)
         tokens, shape = _vit_tokens(visual, _one(seen, "the ViT transformer"), pixels)
-    elif isinstance(visual, ModifiedResNet):
+    else:
         with _captured(visual.attnpool, "input") as seen:
             pooled = model.encode_image(pixels)
         tokens, shape = _resnet_tokens(visual, _one(seen, "the ResNet attention pool"))
-    else:
-        raise CIRError(f"token features are not available for {type(visual).__name__} image towers (only open_clip's "
-                       "VisionTransformer and ModifiedResNet have an exact per-region feature in CLIP's space)")
     if grid is not None:
         tokens, shape = pool_grid(tokens, shape, grid)
     mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -149,9 +156,9 @@ def _project(projection: torch.nn.Module | torch.Tensor | None) -> Callable[[tor
     return lambda x: x @ projection
 
 
-def _text_path(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.nn.Module, Callable, torch.Tensor]:
-    """(module whose output holds every token's hidden state, its projection, lengths [B]) for the
-    model's text tower, or a one-line refusal."""
+def _text_tower(model: torch.nn.Module) -> tuple[torch.nn.Module, Callable, Callable[[torch.Tensor], torch.Tensor]]:
+    """(module whose output holds every token's hidden state, its projection, token ids -> tokens
+    per caption through EOT) for the model's text tower, or a one-line refusal."""
     if isinstance(model, CLIP):
         tower, pool, eos = model, model.text_pool_type, getattr(model, "text_eos_id", None)
     elif isinstance(model, CustomTextCLIP) and isinstance(model.text, TextTransformer):
@@ -160,24 +167,35 @@ def _text_path(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.nn.M
             raise CIRError("token features are not available for text towers with an appended class token (CoCa): "
                            "the pooled feature is not a caption token's")
     elif isinstance(model, CustomTextCLIP) and type(model.text).__name__ == "HFTextEncoder":
-        return _hf_path(model.text, tokens)
+        return _hf_tower(model.text)
     else:
         text = getattr(model, "text", model)
         raise CIRError(f"token features are not available for {type(text).__name__} text towers")
     if pool not in ("argmax", "eos") or (pool == "eos" and eos is None):
         raise CIRError(f"token features are not available for text towers pooling the {pool!r} token: "
                        "the tower does not mark where a caption ends")
-    return tower.ln_final, _project(tower.text_projection), _eot_lengths(tokens, pool, eos)
+    return tower.ln_final, _project(tower.text_projection), lambda tokens: _eot_lengths(tokens, pool, eos)
 
 
-def _hf_path(text: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.nn.Module, Callable, torch.Tensor]:
+def _hf_tower(text: torch.nn.Module) -> tuple[torch.nn.Module, Callable, Callable[[torch.Tensor], torch.Tensor]]:
     pooler = type(text.pooler).__name__
     if pooler not in ("ClsPooler", "ClsLastHiddenStatePooler") or getattr(text.pooler, "cls_token_position", 0) != 0:
         raise CIRError(f"token features are not available for Hugging Face text towers with a {pooler}: "
                        "the pooled feature is not the projection of any one token")
-    real = tokens != text.config.pad_token_id
-    positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
-    return text.transformer, text.proj, (real * positions).amax(dim=1)
+
+    def lengths(tokens: torch.Tensor) -> torch.Tensor:  # through the last non-padding token
+        positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+        return ((tokens != text.config.pad_token_id) * positions).amax(dim=1)
+    return text.transformer, text.proj, lengths
+
+
+def require_token_features(model: torch.nn.Module, tower: str) -> None:
+    """Raise the one-line `CIRError` that `image_token_features` (`tower="image"`) or
+    `text_token_features` (`"text"`) would, before any input is read."""
+    if tower == "image":
+        _image_kind(model.visual)
+    else:
+        _text_tower(model)
 
 
 def text_token_features(model: torch.nn.Module, tokens: torch.Tensor) -> TokenFeatures:
@@ -186,7 +204,8 @@ def text_token_features(model: torch.nn.Module, tokens: torch.Tensor) -> TokenFe
     the start token through each caption's EOT token (mask True), zeros after it (mask False); L
     is the longest caption's length. Passing ids already cut by `trim_tokens` saves the work on
     padding and gives the same features for causal towers."""
-    module, project, lengths = _text_path(model, tokens)
+    module, project, eot_lengths = _text_tower(model)
+    lengths = eot_lengths(tokens)
     with _captured(module, "output") as seen:
         pooled = encode_text(model, tokens)
     hidden = _one(seen, type(module).__name__)
