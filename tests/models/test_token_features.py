@@ -172,6 +172,26 @@ def test_custom_text_clip_with_an_open_clip_text_transformer(make_tiny_clip):
 
 
 @torch.no_grad()
+def test_eos_pooling_towers_end_each_caption_at_their_own_eos_id():
+    """A tower pooling at `eos_id` 5 (not the largest id, so not where argmax would look)."""
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(0)
+    text_cfg = dict(context_length=8, vocab_size=20, width=16, heads=1, layers=1, pool_type="eos", eos_id=5)
+    model = CustomTextCLIP(16, dict(image_size=32, patch_size=16, width=16, head_width=16, layers=1), text_cfg).eval()
+    ids = torch.tensor([[1, 17, 9, 5, 0, 0, 0, 0], [1, 5, 19, 18, 5, 0, 0, 0]])
+    got = text_token_features(model, ids)
+    assert got.mask.tolist() == [[True] * 4, [True, True, False, False]]
+    text = model.text
+    x = text.token_embedding(ids) + text.positional_embedding
+    x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask)) @ text.text_projection
+    torch.testing.assert_close(got.tokens[0], x[0, :4], **TOL)
+    torch.testing.assert_close(got.tokens[1, :2], x[1, :2], **TOL)
+    assert torch.equal(got.pooled, encode_text(model, ids))
+    torch.testing.assert_close(got.tokens[[0, 1], [3, 1]], got.pooled, **TOL)
+
+
+@torch.no_grad()
 def test_hugging_face_towers_cls_pooled_give_tokens_and_mean_pooled_are_refused(hf_standins):
     from open_clip.hf_model import ClsLastHiddenStatePooler
 
