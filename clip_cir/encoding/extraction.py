@@ -15,7 +15,7 @@ import logging
 from collections import Counter, deque
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -41,6 +41,9 @@ INFERENCE_BATCH_SIZE = EncodeConfig.batch_size
 Large enough that a GPU's per-batch costs (launches, the copy in, the tail of each layer) are a
 small share of the tower's work, small enough for the largest CLIP towers in float32 on a
 common GPU; extraction keeps no activations for backward."""
+
+T = TypeVar("T")
+B = TypeVar("B")
 
 encode_counts: Counter = Counter()
 """How many images and texts went through CLIP in this process (tests and logs read it)."""
@@ -130,25 +133,29 @@ class Shard:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def collect(self, encode: Callable[[], torch.Tensor], dim: int) -> torch.Tensor:
-        """Run this rank's `encode`, then gather every rank's rows. A rank that fails (an image
-        only its share holds) tells the others, and all raise, instead of leaving them waiting
-        in the gather until the collective times out."""
+    def run(self, work: Callable[[], T]) -> T:
+        """This rank's `work`, then a barrier every rank reaches even when one fails: a rank that
+        fails (an image only its share holds) tells the others, and all raise, instead of leaving
+        them waiting in the next collective until it times out."""
         if not self.active:
-            return encode()
+            return work()
         import torch.distributed as dist
 
         try:
-            local, error = encode(), None
+            result, error = work(), None
         except Exception as e:  # noqa: BLE001 -- re-raised below, on this rank and the others
-            local, error = torch.zeros(0, dim), e
+            result, error = None, e
         failed = torch.tensor([int(error is not None)], device=self.device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if error is not None:
             raise error
         if failed.item():
             raise CIRError("another process failed while encoding its share of the features (see its error)")
-        return self.gather(local, dim)
+        return result
+
+    def collect(self, encode: Callable[[], torch.Tensor], dim: int) -> torch.Tensor:
+        """Run this rank's `encode` (through `run`), then gather every rank's rows."""
+        return self.gather(self.run(encode), dim)
 
     def gather(self, local: torch.Tensor, dim: int) -> torch.Tensor:
         """Every rank's rows, in input order (float32, CPU)."""
@@ -162,6 +169,56 @@ class Shard:
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
         return torch.cat([part[:stop - start] for part, (start, stop) in zip(parts, self.spans)]).cpu()
+
+
+def fill_pieces(todo: list[Piece], batches: Iterable[B], *, device: torch.device | str, desc: str, unit: str,
+                progress: bool) -> Iterator[tuple[Piece, int, B]]:
+    """Each batch of `batches` (in row order, none straddling two pieces of `todo`) with its piece
+    and the row it starts at; a piece is complete when a batch ends at its stop. Shows progress,
+    and keeps the host at most a few batches ahead of a CUDA device (`InFlight`)."""
+    batches = iter(batches)
+    in_flight = InFlight(device)
+    with tqdm(total=sum(stop - start for start, stop in todo), desc=desc, unit=unit,
+              disable=None if progress else True, leave=False) as bar:
+        for start, stop in todo:
+            at = start
+            while at < stop:
+                batch = next(batches)
+                yield (start, stop), at, batch
+                at += len(batch)
+                in_flight.push()
+                bar.update(len(batch))
+
+
+def image_input_batches(clip: LoadedCLIP, paths: Sequence[Path], pieces: list[Piece], transform: ImageTransform, *,
+                        device: torch.device | str, batch_size: int, num_workers: int = 0,
+                        pixel_cache: PixelCache | None = None, progress: bool = True,
+                        desc: str = "images") -> Iterator[torch.Tensor]:
+    """Normalised pixel batches, on `device` and in the image tower's memory format, of the rows
+    `pieces` of `paths`, in order and none straddling two pieces: what the image tower takes."""
+    if not pieces:
+        return
+    todo = [path for start, stop in pieces for path in paths[start:stop]]
+    offsets, at = [], 0
+    for start, stop in pieces:  # the pieces' rows within `todo`
+        offsets.append((at, at + stop - start))
+        at += stop - start
+    channels_last = is_channels_last(clip.model.visual)
+    pixels = pixel_cache.get(todo, transform, num_workers=num_workers, progress=progress,
+                             desc=f"{desc} (pixels)") if pixel_cache else None
+    for images in image_batches(todo, transform, pixels, batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=torch.device(device).type == "cuda", pieces=offsets):
+        # uint8 to the device (asynchronously from pinned memory), normalised there.
+        yield transform.normalize(tower_input(images.to(device, non_blocking=True), channels_last))
+
+
+def caption_batches(clip: LoadedCLIP, texts: Sequence[str], pieces: list[Piece], *, device: torch.device | str,
+                    batch_size: int) -> Iterator[torch.Tensor]:
+    """Token id batches (cut to each batch's longest caption where exact) of the rows `pieces` of
+    `texts`, on `device`, in order and none straddling two pieces."""
+    for first, stop in pieces:
+        for start in range(first, stop, batch_size):
+            yield clip.tokenize(list(texts[start:min(start + batch_size, stop)])).to(device, non_blocking=True)
 
 
 def _extract(n: int, dim: int, cache: FeatureCache, key: str, *, sharded: bool, device: torch.device | str,
@@ -192,18 +249,10 @@ def _extract(n: int, dim: int, cache: FeatureCache, key: str, *, sharded: bool, 
         if todo and len(todo) < len(shard.pieces):
             log.info("%s: %d of %d chunks from cache, encoding the other %d", desc, len(shard.pieces) - len(todo),
                      len(shard.pieces), len(todo))
-        batches = iter(encode(todo))
-        in_flight = InFlight(device)
-        with tqdm(total=sum(stop - start for start, stop in todo), desc=desc, unit=unit,
-                  disable=None if progress else True, leave=False) as bar:
-            for start, stop in todo:
-                at = start - shard.start
-                while at < stop - shard.start:
-                    batch = next(batches)
-                    local[at:at + len(batch)] = batch
-                    at += len(batch)
-                    in_flight.push()
-                    bar.update(len(batch))
+        for (start, stop), at, batch in fill_pieces(todo, encode(todo), device=device, desc=desc, unit=unit,
+                                                    progress=progress):
+            local[at - shard.start:at - shard.start + len(batch)] = batch
+            if at + len(batch) == stop:
                 cache.save_piece(key, (start, stop), local[start - shard.start:stop - shard.start])
         return local.cpu()
 
@@ -224,25 +273,14 @@ def encode_images(clip: LoadedCLIP, paths: Sequence[Path], transform: ImageTrans
         return torch.zeros(0, clip.embed_dim)
     key = cache.key("image", tower_fingerprint(clip.model, "image"), clip.signature, transform.signature, precision,
                     files_digest(paths)) if cache.root is not None else ""
-    channels_last = is_channels_last(clip.model.visual)
 
     def encode(pieces: list[Piece]) -> Iterator[torch.Tensor]:
-        if not pieces:
-            return
-        todo = [path for start, stop in pieces for path in paths[start:stop]]
-        offsets, at = [], 0
-        for start, stop in pieces:  # the pieces' rows within `todo`
-            offsets.append((at, at + stop - start))
-            at += stop - start
-        pixels = pixel_cache.get(todo, transform, num_workers=num_workers, progress=progress,
-                                 desc=f"{desc} (pixels)") if pixel_cache else None
-        for images in image_batches(todo, transform, pixels, batch_size=batch_size, num_workers=num_workers,
-                                    pin_memory=torch.device(device).type == "cuda", pieces=offsets):
-            # uint8 to the device (asynchronously from pinned memory), normalised there.
-            images = tower_input(images.to(device, non_blocking=True), channels_last)
+        for pixels in image_input_batches(clip, paths, pieces, transform, device=device, batch_size=batch_size,
+                                          num_workers=num_workers, pixel_cache=pixel_cache, progress=progress,
+                                          desc=desc):
             with (autocast or nullcontext)():
-                batch = clip.model.encode_image(transform.normalize(images))
-            encode_counts["image"] += len(images)
+                batch = clip.model.encode_image(pixels)
+            encode_counts["image"] += len(pixels)
             yield batch
 
     with eval_mode(clip.model):
@@ -265,13 +303,11 @@ def encode_texts(clip: LoadedCLIP, texts: Sequence[str], *, device: torch.device
                     list_digest(texts)) if cache.root is not None else ""
 
     def encode(pieces: list[Piece]) -> Iterator[torch.Tensor]:
-        for first, stop in pieces:
-            for start in range(first, stop, batch_size):
-                tokens = clip.tokenize(texts[start:min(start + batch_size, stop)]).to(device, non_blocking=True)
-                with (autocast or nullcontext)():
-                    batch = encode_text(clip.model, tokens)
-                encode_counts["text"] += tokens.shape[0]
-                yield batch
+        for tokens in caption_batches(clip, texts, pieces, device=device, batch_size=batch_size):
+            with (autocast or nullcontext)():
+                batch = encode_text(clip.model, tokens)
+            encode_counts["text"] += tokens.shape[0]
+            yield batch
 
     with eval_mode(clip.model):
         return _extract(len(texts), clip.embed_dim, cache, key, sharded=sharded, device=device, encode=encode,

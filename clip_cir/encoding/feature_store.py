@@ -44,6 +44,15 @@ def feature_cache_for(config: CacheConfig) -> FeatureCache:
     return FeatureCache(None if config.no_cache else (config.cache_dir or default_cache_dir()))
 
 
+def cache_key(*parts: str) -> str:
+    """An entry's name: a hash of everything its contents depend on (weights, preprocessing, inputs)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def chunk_plan(n: int, world: int, chunk_rows: int) -> list[list[Piece]]:
     """Each process's pieces of `n` rows, in order. Where there are at least as many chunks
     ([k * chunk_rows, (k + 1) * chunk_rows), the same grid whatever the number of processes) as
@@ -58,7 +67,15 @@ def chunk_plan(n: int, world: int, chunk_rows: int) -> list[list[Piece]]:
     return [[share] if share[0] < share[1] else [] for share in shares]
 
 
-def _covering(pieces: list[Piece], n: int) -> list[Piece] | None:
+def pieces_in(folder: Path | None, pattern: re.Pattern) -> list[Piece]:
+    """The row ranges of the chunk files in `folder` whose names `pattern` matches (start, stop groups)."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = (pattern.fullmatch(entry.name) for entry in folder.iterdir())
+    return sorted((int(m[1]), int(m[2])) for m in found if m and int(m[1]) < int(m[2]))
+
+
+def covering_pieces(pieces: list[Piece], n: int) -> list[Piece] | None:
     """Pieces that tile rows [0, n) end to end (files left by runs with another number of
     processes may overlap), or None when some rows are in none of them."""
     came_from: dict[int, Piece | None] = {0: None}
@@ -85,21 +102,13 @@ class FeatureCache:
         self.chunk_rows = chunk_rows
 
     def key(self, *parts: str) -> str:
-        digest = hashlib.blake2b(digest_size=20)
-        for part in parts:
-            digest.update(part.encode())
-            digest.update(b"\0")
-        return digest.hexdigest()
+        return cache_key(*parts)
 
     def piece_path(self, key: str, piece: Piece) -> Path:
         return self.root / key / f"rows-{piece[0]:09d}-{piece[1]:09d}.safetensors"
 
     def pieces_on_disk(self, key: str) -> list[Piece]:
-        folder = self.root / key if self.root is not None else None
-        if folder is None or not folder.is_dir():
-            return []
-        found = (_PIECE_FILE.fullmatch(entry.name) for entry in folder.iterdir())
-        return sorted((int(m[1]), int(m[2])) for m in found if m and int(m[1]) < int(m[2]))
+        return pieces_in(self.root / key if self.root is not None else None, _PIECE_FILE)
 
     def _read(self, path: Path, rows: int, key: str) -> torch.Tensor | None:
         try:
@@ -135,7 +144,7 @@ class FeatureCache:
             features = self._read(single, n, key)
             if features is not None:
                 return features
-        chain = _covering(self.pieces_on_disk(key), n)
+        chain = covering_pieces(self.pieces_on_disk(key), n)
         if not chain:
             return None
         features = None  # filled chunk by chunk: a million rows are never held twice
