@@ -58,9 +58,9 @@ def _captured(module: torch.nn.Module, what: str) -> Iterator[list]:
     """The `input` (first positional argument) or `output` of every call of `module` inside."""
     seen: list = []
     if what == "input":
-        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        handle = module.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
     else:
-        handle = module.register_forward_hook(lambda _m, _args, out: seen.append(out))
+        handle = module.register_forward_hook(lambda _m, _inputs, out: seen.append(out))
     try:
         yield seen
     finally:

@@ -158,3 +158,27 @@ def test_gpu_fp16_alone_on_a_cpu_stops_with_a_message(tmp_path):
     assert result.returncode != 0
     assert "bf16 autocast only" in result.stderr
     assert "|" not in result.stdout  # no work, no table
+
+
+def test_token_bytes_prints_the_bytes_of_each_models_grid_and_captions(tmp_path):
+    """ViT-B-16 at 224 px: 14 x 14 cells of 512 float16 values and a 4-byte length, 196 * 512 * 2 + 4
+    = 200,708 bytes an image; RN50x4 at 288 px: 9 x 9 of 640, 103,684. A 77-token caption: 78,852 and
+    98,564. A training set: images x per image + captions x per caption (FashionIQ: 4 forms a triplet)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "token_bytes.py")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, *rows = table_rows(result.stdout)
+    assert header[:4] == ["model", "grid, dim", "per image", "per CIRR caption"] and len(rows) == 2
+    expected = (("RN50x4 288 px", "9 x 9, D 640", 103_684, 98_564, 640),
+                ("ViT-B-16 224 px", "14 x 14, D 512", 200_708, 78_852, 512))
+    for row, (model, grid, image, padded, dim) in zip(rows, expected):
+        assert row[:3] == [model, grid, f"{image / 1e3:,.1f} kB"] and row[5] == f"{padded / 1e3:,.1f} kB"
+        cirr_tokens = float(re.fullmatch(r".* \(([\d.]+) tokens\)", row[3]).group(1))
+        fiq_tokens = float(re.fullmatch(r".* \(([\d.]+) tokens\)", row[4]).group(1))
+        assert 12 < cirr_tokens < 20 and 5 < fiq_tokens < cirr_tokens
+        cirr = 16_939 * image + 28_225 * (cirr_tokens * dim * 2 + 4)
+        fiq = 45_000 * image + 72_000 * (fiq_tokens * dim * 2 + 4)
+        # The tokens are printed to one decimal: the totals agree to that rounding.
+        assert float(row[6].split()[0]) == pytest.approx(cirr / 1e9, abs=0.06)
+        assert float(row[7].split()[0]) == pytest.approx(fiq / 1e9, abs=0.06)

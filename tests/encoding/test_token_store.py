@@ -178,12 +178,14 @@ def test_an_interrupted_extraction_encodes_only_the_missing_chunks(tmp_path, mon
     direct = _direct_images(clip, paths)
     torch.testing.assert_close(table.gather(torch.arange(11))[0].float(), direct.tokens, **FP16)
 
-    # A chunk whose lengths were never written (stopped in between) or whose tokens are damaged is encoded again.
+    # A chunk whose lengths were never written (stopped in between), whose tokens are damaged or
+    # hold other rows than its lengths say is encoded again.
     next(cache.glob("tokens/*/rows-000000004-000000008.lengths.npy")).unlink()
     next(cache.glob("tokens/*/rows-000000000-000000004.tokens.npy")).write_bytes(b"not an array")
+    np.save(next(cache.glob("tokens/*/rows-000000008-000000011.tokens.npy")), np.zeros((47, 128), np.float16))
     before = encode_counts["image tokens"]
     table = encode_image_tokens(clip, paths, _options(clip, cache), "images", chunk_rows=4)
-    assert encode_counts["image tokens"] - before == 8
+    assert encode_counts["image tokens"] - before == 11
     torch.testing.assert_close(table.gather(torch.arange(11))[0].float(), direct.tokens, **FP16)
 
 
