@@ -15,35 +15,53 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, command_line, ddp_launcher, install_in_hub_cache, stage2_options
 
 import clip_cir
-from tests.helpers import REPO, command_line, ddp_launcher, install_in_hub_cache, stage2_options
 
 COMPOSITORS = ("tirg", "maaf", "cosmo", "lbf")
 TOKEN_COMPOSITORS = ("maaf", "cosmo", "lbf")
-EPOCHS = 12
+EPOCHS = 10
+OPTIONS = {"lbf": ["hidden_dim=128", "feedforward_dim=256"]}
+"""LBF's paper sizes (hidden 512, feed-forward 1024: 13M parameters) dwarf the 128-d tiny CLIP;
+the tests train it at a quarter of that width."""
 MARGIN = 3.0
-"""Percentage points of Recall@10 (60 validation queries: steps of 1.67) by which each trained
-compositor must beat the zero-shot sum of the same random-init CLIP."""
+"""Percentage points of Recall@10 (100 validation queries) by which each trained compositor must
+beat the zero-shot sum of the same random-init CLIP (measured with seed 0: sum 9, compositors
+15-18)."""
 
 
-def _train(synth_root: Path, clip: Path, out: Path, name: str, **extra) -> clip_cir.TrainedRun:
-    options = stage2_options(synth_root, out, name, compositor=name, pretrained=clip, epochs=EPOCHS,
-                             validation_frequency=1, cache_dir=out / "cache", num_workers=0, seed=0, **extra)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A larger synthetic CIRR than `synth_root` (600 training triplets, 100 validation queries):
+    with 120 triplets the attention compositors (13k-860k parameters from random init) do not
+    get past the sum of a random CLIP in a test's budget."""
+    from clip_cir.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("compositor-world")
+    generate(root, progress=False, n_train=600, n_val=100, n_test=20, size=64, seed=0, n_circo=20,
+             circo_distractors=20)
+    return root
+
+
+def _train(root: Path, clip: Path, out: Path, name: str, **extra) -> clip_cir.TrainedRun:
+    options = stage2_options(root, out, name, compositor=name, pretrained=clip, epochs=EPOCHS,
+                             validation_frequency=1, cache_dir=out / "cache", num_workers=0, seed=0,
+                             compositor_options=OPTIONS.get(name, []), **extra)
     return clip_cir.train_combiner(**options)
 
 
 @pytest.fixture(scope="module")
-def compositor_runs(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, clip_cir.TrainedRun]:
+def compositor_runs(world, tiny_checkpoint, tmp_path_factory) -> dict[str, clip_cir.TrainedRun]:
     """Each compositor trained for a few epochs on synthetic CIRR features of the tiny ViT CLIP
     (random init, seed 0, saved as a checkpoint so that every command loads the same CLIP)."""
     out = tmp_path_factory.mktemp("compositor-runs")
-    return {name: _train(synth_root, tiny_checkpoint, out, name) for name in COMPOSITORS}
+    return {name: _train(world, tiny_checkpoint, out, name) for name in COMPOSITORS}
 
 
-def _eval(cli, synth_root: Path, out: Path, *model_args) -> dict:
+def _eval(cli, root: Path, out: Path, *model_args) -> dict:
     """`clip-cir eval` on synthetic CIRR val; `model_args` name the CLIP and the combining."""
-    result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--num-workers", "0", "--no-progress",
+    result = cli("eval", "--dataset", "cirr", "--data-root", root, "--num-workers", "0",
                  "--output", out, *model_args)
     assert result.code == 0, result.err
     return json.loads(out.read_text())
@@ -51,14 +69,14 @@ def _eval(cli, synth_root: Path, out: Path, *model_args) -> dict:
 
 @pytest.mark.parametrize("name", COMPOSITORS)
 def test_the_checkpoint_records_its_compositor_and_eval_reproduces_its_validation(
-        name, compositor_runs, cli, synth_root, tiny_checkpoint, tmp_path):
+        name, compositor_runs, cli, world, tiny_checkpoint, tmp_path):
     run = compositor_runs[name]
     recorded = json.loads((run.path / "best" / "combiner.json").read_text())
     assert recorded["compositor"] == name and recorded["clip_model_name"] == "cir-tiny-vit"
     assert ("token_grid" in recorded) == (name in TOKEN_COMPOSITORS)
     assert json.loads((run.path / "config.json").read_text())["compositor"] == name
     # No --compositor flag: the file says which network it holds.
-    metrics = _eval(cli, synth_root, tmp_path / "eval.json", *_clip(tiny_checkpoint), "--combiner", run.path)
+    metrics = _eval(cli, world, tmp_path / "eval.json", *_clip(tiny_checkpoint), "--combiner", run.path)
     for key, value in recorded["metrics"].items():
         if key in metrics:
             assert metrics[key] == pytest.approx(value, abs=1e-3), key
@@ -69,8 +87,8 @@ def _clip(checkpoint: Path) -> tuple[str, ...]:
     return ("--model", "cir-tiny-vit", "--pretrained", str(checkpoint))
 
 
-def test_each_trained_compositor_beats_the_zero_shot_sum(compositor_runs, cli, synth_root, tiny_checkpoint, tmp_path):
-    zero_shot = _eval(cli, synth_root, tmp_path / "sum.json", *_clip(tiny_checkpoint), "--combining", "sum")
+def test_each_trained_compositor_beats_the_zero_shot_sum(compositor_runs, cli, world, tiny_checkpoint, tmp_path):
+    zero_shot = _eval(cli, world, tmp_path / "sum.json", *_clip(tiny_checkpoint), "--combining", "sum")
     zero_shot = zero_shot["recall_at10"]
     trained = {name: json.loads((run.path / "best" / "combiner.json").read_text())["metrics"]["recall_at10"]
                for name, run in compositor_runs.items()}
@@ -79,7 +97,7 @@ def test_each_trained_compositor_beats_the_zero_shot_sum(compositor_runs, cli, s
 
 @pytest.mark.parametrize("name", ["tirg", "maaf"])
 def test_an_exported_compositor_loads_from_the_hub_and_scores_identically(
-        name, compositor_runs, cli, synth_root, tiny_checkpoint, tmp_path):
+        name, compositor_runs, cli, world, tiny_checkpoint, tmp_path):
     export = tmp_path / "export"
     result = cli("export", *_clip(tiny_checkpoint), "--combiner", compositor_runs[name].path, "--output-dir", export)
     assert result.code == 0, result.err
@@ -87,15 +105,15 @@ def test_an_exported_compositor_loads_from_the_hub_and_scores_identically(
     assert exported["compositor"] == name
     repo = f"clip-cir-test/{name}"
     install_in_hub_cache(export, repo, f"{COMPOSITORS.index(name) + 7:040x}")
-    source = _eval(cli, synth_root, tmp_path / "source.json", *_clip(tiny_checkpoint),
+    source = _eval(cli, world, tmp_path / "source.json", *_clip(tiny_checkpoint),
                    "--combiner", compositor_runs[name].path)
-    from_hub = _eval(cli, synth_root, tmp_path / "hub.json", "--pretrained", f"hf-hub:{repo}",
+    from_hub = _eval(cli, world, tmp_path / "hub.json", "--pretrained", f"hf-hub:{repo}",
                      "--combiner", f"hf-hub:{repo}")
     assert from_hub == source
 
 
 @pytest.mark.parametrize("name", ["tirg", "lbf"])
-def test_the_python_api_composes_as_evaluation_does(name, compositor_runs, synth_root):
+def test_the_python_api_composes_as_evaluation_does(name, compositor_runs, world):
     """`clip_cir.load(run)` (CLIP and compositor from the run directory), then `compose` of a few
     validation queries from their files equals evaluation's queries (token compositors: the tokens
     encoded directly, rounded to float16 as the token cache stores them)."""
@@ -105,7 +123,7 @@ def test_the_python_api_composes_as_evaluation_does(name, compositor_runs, synth
     from clip_cir.evaluation.evaluate import predict_queries
 
     model = clip_cir.load(compositor_runs[name].path, device="cpu", progress=False)
-    split = load_splits("cirr", synth_root, "val", ImageCheck())[0]
+    split = load_splits("cirr", world, "val", ImageCheck())[0]
     expected = predict_queries(split_features(model.clip, split, model.encode, token_request(model.combine)),
                                model.combine)
     few = split.queries[:5]
