@@ -34,13 +34,13 @@ from clip_cir.encoding.extraction import (
     eval_mode,
 )
 from clip_cir.encoding.search import SearchIndex, build_index
-from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files
+from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files, no_tokens
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.evaluate import compose_features
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
 from clip_cir.models.compositors.base import TokenFeatures
-from clip_cir.models.compositors.loading import uses_tokens
+from clip_cir.models.compositors.loading import reads_caption_tokens, uses_tokens
 from clip_cir.models.towers import is_channels_last, tower_input
 from clip_cir.models.transforms import ImageTransform
 
@@ -186,8 +186,11 @@ class CIRModel:
         grid = getattr(self.combine, "token_grid", None)
         with eval_mode(self.clip.model), (self.encode.autocast or nullcontext)():
             image_parts = [image_token_features(self.clip.model, batch, grid) for batch in self._pixel_batches(items)]
-            tokens = self.clip.tokenize([check_caption(c) for c in captions]).to(self.device)
-            text = text_token_features(self.clip.model, tokens)
+            if reads_caption_tokens(self.combine):
+                tokens = self.clip.tokenize([check_caption(c) for c in captions]).to(self.device)
+                text = text_token_features(self.clip.model, tokens)
+            else:  # the compositor reads the caption's global feature only
+                text = no_tokens(self.text_features(captions))
         image = TokenFeatures(*(torch.cat([getattr(p, f) for p in image_parts]) for f in ("pooled", "tokens", "mask")),
                               image_parts[0].grid)
         return tuple(TokenFeatures(f.pooled.float().cpu(), f.tokens.half().float().cpu(), f.mask.cpu(), f.grid)
@@ -203,6 +206,9 @@ class CIRModel:
 
     def compose_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Query vectors [N, D] from raw image and text features: the combining function, as evaluation runs it."""
+        if uses_tokens(self.combine) and isinstance(image_features, torch.Tensor):
+            raise CIRError(f"the {self.combine.name} compositor reads token features: compose images and captions "
+                           f"with model.compose, or pass model.token_features(images, captions)")
         return compose_features(self.combine, image_features, text_features)
 
     # --- the API ----------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ Downloaded files live in the Hugging Face cache; with `HF_HUB_OFFLINE=1` they lo
 def _combiner_metadata(combiner: Compositor, origin: Provenance) -> dict[str, Any]:
     """The exported stage-2 network's JSON: which compositor, its sizes, and the published facts
     of its checkpoint."""
-    keep = ("stage", "epoch", "metrics", "clip_model_name")
+    keep = ("stage", "epoch", "metrics", "clip_model_name", "clip_architecture")
     return {**compositor_metadata(combiner, getattr(combiner, "token_grid", None)),
             **{k: origin.metadata[k] for k in keep if k in origin.metadata}}
 

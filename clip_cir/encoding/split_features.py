@@ -18,7 +18,7 @@ from clip_cir.encoding.extraction import INFERENCE_BATCH_SIZE, FeatureCache, enc
 from clip_cir.encoding.pixels import PixelCache
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.compositors.base import TokenFeatures
-from clip_cir.models.compositors.loading import uses_tokens
+from clip_cir.models.compositors.loading import reads_caption_tokens, uses_tokens
 from clip_cir.models.transforms import ImageTransform
 
 if TYPE_CHECKING:
@@ -27,35 +27,48 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TokenRequest:
-    """A compositor that reads token features wants them, its image grid pooled to `grid` cells a side."""
+    """A compositor that reads token features wants them, its image grid pooled to `grid` cells a
+    side, and the captions' tokens only if it reads them (`captions`)."""
 
     grid: int | None = None
+    captions: bool = True
 
 
 def token_request(combine: Any) -> TokenRequest | None:
     """What token features a combining function needs: none, or those its checkpoint was trained on."""
-    return TokenRequest(getattr(combine, "token_grid", None)) if uses_tokens(combine) else None
+    if not uses_tokens(combine):
+        return None
+    return TokenRequest(getattr(combine, "token_grid", None), reads_caption_tokens(combine))
 
 
 @dataclass
 class TokenRows:
     """Token features of N inputs, gathered a batch at a time from a memory-mapped `TokenTable`:
     item i is the table's row `rows[i]` with the global feature `pooled[i]`. Indexing by a slice
-    or an index tensor gives `TokenFeatures` (tokens as stored, float16)."""
+    or an index tensor gives `TokenFeatures` (tokens as stored, float16). Without a table (a
+    compositor that reads only the captions' global features), the features hold no tokens."""
 
     pooled: torch.Tensor
-    table: TokenTable
+    table: TokenTable | None
     rows: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: slice | torch.Tensor) -> TokenFeatures:
-        if isinstance(index, torch.Tensor):
-            index = index.cpu()
-        tokens, mask = self.table.gather(self.rows[index])
+        if not isinstance(index, (slice, torch.Tensor)):
+            raise TypeError(f"token rows are taken by a slice or an index tensor, not {type(index).__name__}")
         pooled = self.pooled[index.to(self.pooled.device) if isinstance(index, torch.Tensor) else index]
+        if self.table is None:
+            return no_tokens(pooled)
+        tokens, mask = self.table.gather(self.rows[index.cpu() if isinstance(index, torch.Tensor) else index])
         return TokenFeatures(pooled, tokens.to(pooled.device), mask.to(pooled.device), self.table.grid)
+
+
+def no_tokens(pooled: torch.Tensor) -> TokenFeatures:
+    """Global features [B, D] as `TokenFeatures` with no tokens (for a compositor that reads only them)."""
+    return TokenFeatures(pooled, pooled.new_zeros(len(pooled), 0, pooled.shape[-1]),
+                         torch.zeros(len(pooled), 0, dtype=torch.bool, device=pooled.device))
 
 
 @dataclass
@@ -147,7 +160,7 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
         from clip_cir.encoding.token_store import encode_image_tokens, encode_text_tokens
 
         image_table = encode_image_tokens(clip, paths, options, f"{name} gallery tokens", grid=tokens.grid)
-        text_table = encode_text_tokens(clip, captions, options, f"{name} caption tokens")
+        text_table = encode_text_tokens(clip, captions, options, f"{name} caption tokens") if tokens.captions else None
         features.reference_tokens = TokenRows(reference, image_table, reference_rows)
         features.text_tokens = TokenRows(text, text_table, torch.arange(len(captions)))
     return features

@@ -105,6 +105,15 @@ class LoadedCLIP:
     def describe(self) -> str:
         return f"{self.model_name} ({self.source})"
 
+    @property
+    def architecture(self) -> str:
+        """What a stage-2 network trained on this CLIP's features depends on besides its weights:
+        the tower types, the input size and the embedding size (the same for a CLIP however it
+        was loaded: by name, from a checkpoint or from the Hub)."""
+        text = getattr(self.model, "text", None)
+        text_tower = type(text).__name__ if text is not None else "CLIP"
+        return f"{type(self.model.visual).__name__} {self.input_size}px, {text_tower} text, {self.embed_dim}-d"
+
     def image_transform(self, name: str = ModelConfig.transform,
                         target_ratio: float = ModelConfig.target_ratio) -> ImageTransform:
         """The preprocessing `--transform NAME` (and `--target-ratio`) gives this model: its input

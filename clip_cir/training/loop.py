@@ -74,6 +74,7 @@ class Float32Forward(nn.Module):
         super().__init__()
         self.module = module
         self.uses_tokens = getattr(module, "uses_tokens", False)  # what the module reads (evaluation asks)
+        self.reads_caption_tokens = getattr(module, "reads_caption_tokens", True)
         self.name = getattr(module, "name", type(module).__name__)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

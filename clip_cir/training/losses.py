@@ -113,4 +113,7 @@ class SoftTripletClassificationLoss(nn.Module):
         self.scale = LearnedScale(initial_scale)
 
     def forward(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return lbf_loss(queries, targets, self.scale)
+        # In float32 even under mixed precision: the triplet's distances are differences of
+        # squared norms, which half-precision products get wrong by a large share of their range.
+        with torch.autocast(queries.device.type, enabled=False):
+            return lbf_loss(queries.float(), targets.float(), self.scale)

@@ -35,8 +35,10 @@ from clip_cir.evaluation.metrics import selection_scores
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.compositors.loading import (
     build_compositor,
+    check_compositor_fits,
     compositor_metadata,
     parse_compositor_options,
+    reads_caption_tokens,
     uses_tokens,
 )
 from clip_cir.models.towers import set_memory_format
@@ -69,7 +71,9 @@ def feature_forward(compositor: nn.Module, features: TrainingFeatures,
     query from the reference image and the drawn caption form, the normalised target); the loss
     takes the pair. A function of its own so that benchmarks time exactly this step."""
     text_rows = features.offsets[batch["query"]] + batch["form"]
-    if features.image_tokens is not None and features.text_tokens is not None:
+    if getattr(compositor, "uses_tokens", False) or features.image_tokens is not None:
+        if features.image_tokens is None or features.text_tokens is None:
+            raise CIRError("this compositor reads token features, but the training features hold none")
         reference = features.image_tokens[batch["reference"]].to(features.images.device, torch.float32)
         text = features.text_tokens[text_rows].to(features.images.device, torch.float32)
     else:
@@ -111,7 +115,8 @@ class CompositorTraining(Stage):
 
     def saved_modules(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, tuple[nn.Module, dict]]:
         meta = {"stage": "stage2", **compositor_metadata(self.combiner, self.token_grid),
-                "clip_model_name": self.clip.model_name, "clip_source": self.clip.source, "epoch": epoch,
+                "clip_model_name": self.clip.model_name, "clip_architecture": self.clip.architecture,
+                "clip_source": self.clip.source, "epoch": epoch,
                 "metrics": {k: round(v, 6) for k, v in metrics.items()}}
         saved = {"combiner": (self.combiner, meta)}
         if self.loss_module is not None:  # its learned scale, for resuming (evaluation does not read it)
@@ -129,6 +134,7 @@ class CompositorTraining(Stage):
         (data, val_splits), clip, accelerator, device = setup.data, setup.clip, setup.accelerator, setup.device
         # The compositor is built first, so its init never depends on cache hits.
         compositor = build_stage2_compositor(config, clip.embed_dim)
+        check_compositor_fits(compositor, clip)  # a tower without token features stops before any encoding
         loss = stage2_loss(config.loss)
         clip.model.to(device).eval().requires_grad_(False)
         set_memory_format(clip.model, device, config.device.channels_last)
@@ -141,13 +147,13 @@ class CompositorTraining(Stage):
         texts, offsets = data.caption_table()
         text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
         features = TrainingFeatures(image_features, text_features, offsets.to(device))
-        tokens = TokenRequest(config.token_grid) if uses_tokens(compositor) else None
+        tokens = TokenRequest(config.token_grid, reads_caption_tokens(compositor)) if uses_tokens(compositor) else None
         if tokens is not None:
             from clip_cir.encoding.token_store import encode_image_tokens, encode_text_tokens
 
             image_table = encode_image_tokens(clip, data.image_paths, encode, "training image tokens",
                                               grid=tokens.grid)
-            text_table = encode_text_tokens(clip, texts, encode, "training caption tokens")
+            text_table = encode_text_tokens(clip, texts, encode, "training caption tokens") if tokens.captions else None
             features.image_tokens = TokenRows(image_features, image_table, torch.arange(len(image_features)))
             features.text_tokens = TokenRows(text_features, text_table, torch.arange(len(text_features)))
         val_features = [split_features(clip, split, encode.full_precision(), tokens) for split in val_splits]
@@ -156,11 +162,11 @@ class CompositorTraining(Stage):
         compositor = compositor.to(device)
         batches = FeatureBatches(data, config.training.batch_size, config.training.seed, device,
                                  accelerator.process_index, accelerator.num_processes)
+        loss = loss.to(device) if loss is not None else None  # on its device before the optimizer picks fused Adam
         parameters = list(compositor.parameters()) + (list(loss.parameters()) if loss is not None else [])
         optimizer = make_optimizer(torch.optim.Adam, parameters, lr=config.training.lr,
                                    weight_decay=config.training.weight_decay)
         if loss is not None:
-            loss = loss.to(device)
             prepared, prepared_loss, optimizer = accelerator.prepare(compositor, loss, optimizer)
         else:
             prepared, optimizer = accelerator.prepare(compositor, optimizer)

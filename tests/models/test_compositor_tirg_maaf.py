@@ -147,7 +147,7 @@ def test_maaf_defaults_are_yahoo_maafs_clip_sizes_and_rebuild_from_dims():
     assert (maaf.output_projection.in_features, maaf.output_projection.out_features) == (640, 640)
     assert maaf.dims == {"clip_feature_dim": 640, "width": None, "num_layers": 1, "num_heads": 8,
                          "feedforward_dim": 256, "dropout": 0.1, "modality_embeddings": True, "residual": False,
-                         "residual_weight": 0.1}
+                         "residual_weight": 1.0}
     small = small_maaf(residual=True, width=6)
     rebuilt = MAAF(**small.dims)
     rebuilt.load_state_dict(small.state_dict())

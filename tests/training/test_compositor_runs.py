@@ -165,18 +165,25 @@ def test_bad_compositor_settings_are_one_line(synth_root, tmp_path, compositor_r
                                                  compositor_options=["depth=3"]))
     for model, checkpoint, message in (
             ("cir-tiny-rn", compositor_runs["maaf"].path, "maaf compositor expects 128-d CLIP features"),
-            ("cir-tiny-hftext", _maaf_of("cir-tiny-rn", tmp_path), "trained on cir-tiny-rn features")):
+            ("cir-tiny-convnext", _maaf_of("cir-tiny-rn", tmp_path), "was trained on cir-tiny-rn features")):
         result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--model", model, "--combiner", checkpoint)
         assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
         assert message in result.err, result.err
+    # A tower without token features stops before any encoding, in one line.
+    result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--model", "cir-tiny-convnext",
+                 "--combiner", _maaf_of("cir-tiny-convnext", tmp_path))
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "token features are not available for TimmModel image towers" in result.err, result.err
 
 
 def _maaf_of(model: str, folder: Path) -> Path:
     """An untrained MAAF checkpoint that says it was trained on `model`'s features (64-d)."""
+    from clip_cir.models.clip import load_clip
     from clip_cir.models.compositors.loading import build_compositor, compositor_metadata
     from clip_cir.models.files import save_weights
 
     maaf = build_compositor("maaf", 64, {})
-    path = folder / "maaf.safetensors"
-    save_weights(path, maaf.state_dict(), {**compositor_metadata(maaf, None), "clip_model_name": model})
+    path = folder / f"maaf-{model}.safetensors"
+    save_weights(path, maaf.state_dict(), {**compositor_metadata(maaf, None), "clip_model_name": model,
+                                           "clip_architecture": load_clip(model).architecture})
     return path

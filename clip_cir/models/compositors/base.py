@@ -53,6 +53,9 @@ class Compositor(nn.Module):
 
     name: ClassVar[str]
     uses_tokens: ClassVar[bool] = False
+    reads_caption_tokens: ClassVar[bool] = True
+    """With `uses_tokens`: whether the caption's tokens are read, or only its global feature (the
+    caption's `TokenFeatures` then hold no tokens)."""
 
     def __init__(self, clip_feature_dim: int, **options: Any):
         super().__init__()

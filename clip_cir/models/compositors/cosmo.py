@@ -101,6 +101,7 @@ class CoSMo(Compositor):
 
     name = "cosmo"
     uses_tokens = True
+    reads_caption_tokens = False  # the caption's global feature t (Eq. 2), never its words
 
     def __init__(self, clip_feature_dim: int, num_heads: int = 8, num_blocks: int = 2, norm_eps: float = 1e-5):
         super().__init__(clip_feature_dim, num_heads=num_heads, num_blocks=num_blocks, norm_eps=norm_eps)

@@ -43,6 +43,12 @@ def uses_tokens(combine: Any) -> bool:
     return bool(getattr(combine, "uses_tokens", False))
 
 
+def reads_caption_tokens(combine: Any) -> bool:
+    """For a compositor that reads tokens: whether it reads the caption's (CoSMo reads only the
+    caption's global feature, so any text tower serves it)."""
+    return uses_tokens(combine) and bool(getattr(combine, "reads_caption_tokens", True))
+
+
 def _option_names(cls: type) -> list[str]:
     parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, clip_feature_dim
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -133,7 +139,7 @@ def load_compositor(path: str | Path) -> nn.Module:
         else:
             raise CIRError(f"{path}: no 'Combiner' state dict in this checkpoint")
     compositor = compositor_from_state_dict(state_dict, metadata, str(path))
-    compositor.trained_on = metadata.get("clip_model_name")
+    compositor.trained_on = (metadata.get("clip_model_name"), metadata.get("clip_architecture"))
     return compositor
 
 
@@ -149,12 +155,20 @@ def compositor_metadata(compositor: nn.Module, token_grid: int | None) -> dict[s
 
 def check_compositor_fits(combine: Any, clip) -> None:
     """A compositor must take the features of the CLIP it is given (`clip`: a `LoadedCLIP`): the
-    same feature size, and for one that records its CLIP, the same architecture."""
+    same feature size, for one that records its CLIP's architecture the same architecture, and
+    for one that reads tokens a tower that has them (checked before any encoding)."""
     dims = getattr(combine, "dims", None)
     name = "Combiner" if getattr(combine, "name", "combiner") == "combiner" else f"{combine.name} compositor"
     if dims is not None and dims["clip_feature_dim"] != clip.embed_dim:
         raise CIRError(f"{name} expects {dims['clip_feature_dim']}-d CLIP features, "
                        f"but {clip.describe()} gives {clip.embed_dim}-d")
-    trained_on = getattr(combine, "trained_on", None)
-    if uses_tokens(combine) and trained_on and trained_on != clip.model_name:
-        raise CIRError(f"{name} was trained on {trained_on} features, not {clip.model_name}'s (load it with its CLIP)")
+    model_name, architecture = getattr(combine, "trained_on", None) or (None, None)
+    if architecture and architecture != clip.architecture:
+        raise CIRError(f"{name} was trained on {model_name} features ({architecture}), not on those of "
+                       f"{clip.describe()} ({clip.architecture}): load it with its CLIP")
+    if uses_tokens(combine):
+        from clip_cir.models.token_features import require_token_features
+
+        require_token_features(clip.model, "image")
+        if reads_caption_tokens(combine):
+            require_token_features(clip.model, "text")

@@ -27,9 +27,11 @@ MAAF_DROPOUT = 0.1
 """yahoo/maaf's sizes for CLIP features (configs/clipresmaaf_fiq.yaml, experiment_scripts/extras/
 clipmaaf.yaml: MAAF.NUM_BLOCKS 1, ATTENTION_HEADS 8, BLOCK_WIDTH 256; DROPOUT_RATE 0.1 in
 config/defaults.py)."""
-RAF_MAAF_WEIGHT = 0.1
-"""CFQ's fixed weight of the attention output added to the CLIP sum (configs/clipresmaaf_fiq.yaml
-MAAF.RESIDUAL.INITIAL_MAAF_WEIGHT; ClipResMAAF does not learn it)."""
+RAF_MAAF_WEIGHT = 1.0
+"""CFQ's fixed weight of the attention output added to the CLIP sum: yahoo/maaf's default
+(config/defaults.py MODEL.MAAF.RESIDUAL.INITIAL_MAAF_WEIGHT = 1., also set by its FashionIQ
+ClipResMAAF experiment script; its fine-grained and iMaterialist configs use 0.01; ClipResMAAF
+does not learn it)."""
 MODALITY_EMBEDDING_STD = 0.02
 """Initial spread of the learned modality embeddings (BERT's token-type embedding init)."""
 
