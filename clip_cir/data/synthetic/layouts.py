@@ -9,6 +9,7 @@ import random
 import shutil
 from pathlib import Path
 
+from clip_cir.data.synthetic.edits import EDITS_FOLDER, reported_kind, write_edit_kinds
 from clip_cir.data.synthetic.world import (
     ASIN_ALPHABET,
     CIRR_BACKGROUND,
@@ -34,7 +35,6 @@ from clip_cir.data.synthetic.world import (
     fiq_captions,
     tqdm,
 )
-from clip_cir.data.synthetic.edits import EDITS_FOLDER, reported_kind, write_edit_kinds
 
 
 def _split_queries(n: int) -> list[int]:
