@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -39,29 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss() -> None:
-    """Linux: restart VmHWM (the peak resident set) from the current one, so loading the model
-    (which can peak higher than a small step) does not count."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 def one_step(model_name: str, batch_size: int, accum: int, cpu: bool, seed: int, precision: str = "no",
              channels_last: str = "auto") -> dict:
     """Build, allocate the optimizer state, then measure one step. Runs in the child process."""
     import torch
     from compute import stage1_step
+    from harness import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     step = stage1_step(model_name, batch_size, cpu=cpu, seed=seed, precision=precision, channels_last=channels_last)
     accelerator, layout = step.accelerator, step.channels_last

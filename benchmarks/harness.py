@@ -16,13 +16,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -84,6 +85,84 @@ def quiet() -> Iterator[None]:
         root.handlers[:] = handlers
         root.setLevel(level)
         ours.setLevel(our_level)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart VmHWM (the peak resident set) from the current one, so what ran before
+    (loading a model, which can peak higher than a small step) does not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim), so memory an earlier
+    call freed counts again when a later call allocates it: otherwise the resident set measures
+    whichever call ran first."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim, the peaks are just less comparable
+        pass
+
+
+def memory_measure(device: torch.device) -> str:
+    """What `peak_memory_of` reports on `device`, for a report's setup line."""
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during the call, above what was allocated at its start"
+    return ("peak resident set (Linux VmHWM, reset at the call's start after freed heap pages were released) above "
+            "the resident set then")
+
+
+@contextmanager
+def peak_memory_of(owner: object, name: str, device: torch.device) -> Iterator[list[int | None]]:
+    """Measure every call of `owner.name` (a function a module calls through its own global) made
+    while the context is open: yields a list that gets each call's peak memory above its start in
+    bytes (`memory_measure`), or None where this system cannot tell (no /proc)."""
+    peaks: list[int | None] = []
+    original: Callable = getattr(owner, name)
+
+    def measured(*args, **kwargs):
+        cuda = device.type == "cuda"
+        before = None
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        else:
+            try:
+                release_free_memory()
+                reset_peak_rss()
+                before = rss_bytes()
+            except OSError:
+                pass
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if cuda:
+                torch.cuda.synchronize(device)
+                peaks.append(torch.cuda.max_memory_allocated(device) - before)
+            else:
+                peaks.append(None if before is None else peak_rss_bytes() - before)
+
+    setattr(owner, name, measured)
+    try:
+        yield peaks
+    finally:
+        setattr(owner, name, original)
 
 
 def reset_accelerator_state() -> None:

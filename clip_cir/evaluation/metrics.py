@@ -14,6 +14,7 @@ import torch
 
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import Ranking
+from clip_cir.errors import CIRError
 
 
 def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -83,13 +84,18 @@ def _map_metrics(split: CIRSplit, ranked: torch.Tensor, index: Mapping[str, int]
     return metrics
 
 
+def target_indices(split: CIRSplit, index: Mapping[str, int]) -> torch.Tensor:
+    """Each query's target as its gallery index (`index`: name -> index), the row recall compares with."""
+    return torch.tensor([index[q.target] for q in split.queries], dtype=torch.long)
+
+
 def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
     """All metrics the split supports: map_at{k} (and per-aspect mAP@10) where queries have
     several ground truths, recall_at{k}, recall_subset_at{k}, `soft_` ones and, with an image-set
     ranking, CIRR's `recall_avg`."""
     names = list(split.gallery)
     index = {name: i for i, name in enumerate(names)}
-    targets = torch.tensor([index[q.target] for q in split.queries], dtype=torch.long)
+    targets = target_indices(split, index)
     soft = [q.target_soft for q in split.queries]
     has_soft = all(s is not None for s in soft)
     metrics: dict[str, float] = {}
@@ -108,6 +114,26 @@ def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
     if "recall_at5" in metrics and "recall_subset_at1" in metrics:
         metrics[AVG_KEY] = (metrics["recall_at5"] + metrics["recall_subset_at1"]) / 2
     return metrics
+
+
+def recall_by_group(split: CIRSplit, ranking: Ranking, groups: Sequence[str],
+                    ks: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+    """`recall_at{k}` (default: the split's cut-offs) over the queries of each group alone, so a
+    benchmark can say which kinds of query a model gets right. `groups[i]` names query i's group;
+    the ranking is the split's own (CIRR's with the reference removed), scored by `split_metrics`'
+    rule. Groups in sorted order."""
+    if len(groups) != len(split.queries):
+        raise CIRError(f"{len(groups)} group names for the {len(split.queries)} queries of {split.dataset} "
+                       f"{split.name} {split.split}")
+    if not split.has_targets:
+        raise CIRError(f"{split.dataset} split '{split.split}' has no targets to score")
+    targets = target_indices(split, {name: i for i, name in enumerate(split.gallery)})
+    ks = split.recall_ks if ks is None else tuple(ks)
+    out: dict[str, dict[str, float]] = {}
+    for group in sorted(set(groups)):
+        rows = torch.tensor([g == group for g in groups], dtype=torch.bool)
+        out[group] = {f"recall_at{k}": recall_at_k(ranking.indices[rows], targets[rows], k) for k in ks}
+    return out
 
 
 def primary_keys(metrics: Mapping[str, float]) -> list[str]:

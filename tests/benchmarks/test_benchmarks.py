@@ -1,5 +1,6 @@
 """The benchmark scripts still run against the library: `benchmarks/gpu.py --smoke` end to end,
-`benchmarks/accum_memory.py` with a precision, and `benchmarks/gpu_session.sh` in its CPU mode.
+`benchmarks/accum_memory.py` with a precision, `benchmarks/gpu_session.sh` in its CPU mode and
+`benchmarks/compositors.py --small`.
 
 Behaviour only (the table's rows, columns and that every figure is a positive number); speed is
 what the benchmarks report, never what a test asserts.
@@ -182,3 +183,51 @@ def test_token_bytes_prints_the_bytes_of_each_models_grid_and_captions(tmp_path)
         # The tokens are printed to one decimal: the totals agree to that rounding.
         assert float(row[6].split()[0]) == pytest.approx(cirr / 1e9, abs=0.06)
         assert float(row[7].split()[0]) == pytest.approx(fiq / 1e9, abs=0.06)
+
+
+EDIT_KINDS = ("colour", "shape", "size", "add", "remove", "move")
+COMPOSITOR_RECALLS = {"CIRR": ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"], "FashionIQ": ["R@10", "R@50"]}
+SMALL_VAL_QUERIES = 120
+"""`--small`'s val queries per dataset (its --help says so)."""
+
+
+def _percent(value: str) -> float:
+    number = float(value)
+    assert 0.0 <= number <= 100.0, value
+    return number
+
+
+def test_compositors_small_prints_a_table_per_dataset(tmp_path):
+    import open_clip
+
+    from clip_cir.models.combiner import Combiner
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compositors.py"), "--small", "--compositors",
+                             "combiner"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sections = result.stdout.split("\n## ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["CIRR layout, val", "FashionIQ layout, val"]
+    dim = open_clip.get_model_config("cir-tiny-vit")["embed_dim"]
+    combiner_parameters = sum(p.numel() for p in Combiner(dim, 4 * dim, 8 * dim).parameters())
+    for section, (title, recalls) in zip(sections, COMPOSITOR_RECALLS.items()):
+        header, *rows = table_rows(section)
+        edits = [f"R@10 {kind}" for kind in EDIT_KINDS]
+        assert header == ["compositor", *recalls, *edits, "parameters", "s / epoch", "peak MiB"], title
+        assert [row[0] for row in rows] == ["zero-shot sum", "combiner"]
+        counts = dict(re.findall(r"(\w+) (\d+)", re.search(r"val queries per edit kind: ([^;\n]+)", section)[1]))
+        assert list(counts) == list(EDIT_KINDS) and sum(map(int, counts.values())) == SMALL_VAL_QUERIES
+        for row in rows:
+            cells = dict(zip(header, row))
+            for group in (["R@1", "R@5", "R@10", "R@50"], ["Rs@1", "Rs@2", "Rs@3"]):
+                values = [_percent(cells[c]) for c in group if c in recalls]
+                assert values == sorted(values), (title, row)  # recall grows with K
+            for kind in EDIT_KINDS:
+                assert (cells[f"R@10 {kind}"] == "—") == (counts[kind] == "0"), (title, row)
+            if title == "CIRR":  # the edit kinds' recalls, weighted by their queries, are the overall R@10
+                weighted = sum(int(counts[k]) * _percent(cells[f"R@10 {k}"]) for k in EDIT_KINDS if counts[k] != "0")
+                assert abs(weighted / SMALL_VAL_QUERIES - float(cells["R@10"])) <= 0.1, row
+        baseline, combiner = (dict(zip(header, row)) for row in rows)
+        assert (baseline["parameters"], baseline["s / epoch"], baseline["peak MiB"]) == ("0", "—", "—")
+        assert int(combiner["parameters"].replace(",", "")) == combiner_parameters
+        assert float(combiner["s / epoch"]) > 0 and float(combiner["peak MiB"]) >= 0

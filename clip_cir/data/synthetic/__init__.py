@@ -1,6 +1,8 @@
 """Deterministic synthetic "shapes world" data in the real CIRR, FashionIQ and CIRCO layouts
-(`world`: scenes, edits, captions and rendering; `layouts`: the benchmark files)."""
+(`world`: scenes, edits, captions and rendering; `layouts`: the benchmark files; `edits`: each
+query's kind of edit, beside them)."""
 
+from clip_cir.data.synthetic.edits import EDIT_KINDS, edit_kinds
 from clip_cir.data.synthetic.layouts import generate
 
-__all__ = ["generate"]
+__all__ = ["EDIT_KINDS", "edit_kinds", "generate"]

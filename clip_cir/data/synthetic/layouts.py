@@ -9,6 +9,7 @@ import random
 import shutil
 from pathlib import Path
 
+from clip_cir.data.synthetic.edits import EDITS_FOLDER, reported_kind, write_edit_kinds
 from clip_cir.data.synthetic.world import (
     ASIN_ALPHABET,
     CIRR_BACKGROUND,
@@ -82,6 +83,7 @@ def _plan_cirr(writer: _Writer, seed: int, counts: dict[str, int]) -> dict:
         rng = random.Random(f"{seed}:cirr:{split}")
         image_split: dict[str, str] = {}
         captions: list[dict] = []
+        kinds: dict[str, str] = {}
         group_queries = _split_queries(counts[split])
         for gid, n_queries in enumerate(group_queries):
             group = _make_group(rng, CIRR_VARIANTS, used)
@@ -110,10 +112,12 @@ def _plan_cirr(writer: _Writer, seed: int, counts: dict[str, int]) -> dict:
                 }
                 if split == "test1":
                     del entry["target_hard"], entry["target_soft"], entry["img_set"]["target_rank"]
+                kinds[str(entry["pairid"])] = reported_kind(edit.kind)
                 captions.append(entry)
         _write_json(writer.root / base / "cirr" / "captions" / f"cap.rc2.{split}.json", captions)
         _write_json(writer.root / base / "cirr" / "image_splits" / f"split.rc2.{split}.json",
                     image_split)
+        write_edit_kinds(writer.root, "cirr", None, split, kinds)
         summary[split] = {"queries": len(captions), "images": len(image_split),
                           "groups": len(group_queries)}
     return summary
@@ -140,6 +144,7 @@ def _plan_fashioniq(writer: _Writer, seed: int, counts: dict[str, int]) -> dict:
             n_cat = counts[split] // 3 + (c < counts[split] % 3)
             image_split: list[str] = []
             captions: list[dict] = []
+            kinds: dict[str, str] = {}
             for n_queries in _split_queries(n_cat):
                 group = _make_group(rng, FIQ_VARIANTS, used)
                 scenes = group.scenes
@@ -155,10 +160,12 @@ def _plan_fashioniq(writer: _Writer, seed: int, counts: dict[str, int]) -> dict:
                              "captions": fiq_captions(rng, scenes[ref], edit)}
                     if split == "test":
                         del entry["target"]
+                    kinds[str(len(captions))] = reported_kind(edit.kind)
                     captions.append(entry)
             _write_json(writer.root / base / "captions" / f"cap.{category}.{split}.json", captions)
             _write_json(writer.root / base / "image_splits" / f"split.{category}.{split}.json",
                         image_split)
+            write_edit_kinds(writer.root, "fashioniq", category, split, kinds)
             summary[category][split] = {"queries": len(captions), "images": len(image_split)}
     return summary
 
@@ -214,6 +221,7 @@ def _plan_circo(writer: _Writer, seed: int, n_queries: int, n_distractors: int) 
     summary: dict[str, dict] = {}
     for split in ("val", "test"):
         annotations = []
+        kinds: dict[str, str] = {}
         n_ground_truths = 0
         for qid in range(n_queries):
             group = _make_group(rng, CIRCO_VARIANTS, used)
@@ -231,8 +239,10 @@ def _plan_circo(writer: _Writer, seed: int, n_queries: int, n_distractors: int) 
                      "semantic_aspects": [CIRCO_ASPECTS[edit.kind]]}
             if split == "test":
                 entry = {k: entry[k] for k in ("reference_img_id", "relative_caption", "shared_concept", "id")}
+            kinds[str(qid)] = reported_kind(edit.kind)
             annotations.append(entry)
         _write_json(writer.root / base / "annotations" / f"{split}.json", annotations)
+        write_edit_kinds(writer.root, "circo", None, split, kinds)
         summary[split] = {"queries": n_queries, "ground_truths": n_ground_truths}
     for _ in range(n_distractors):
         scene = _random_scene(rng)
@@ -251,7 +261,7 @@ def _plan_circo(writer: _Writer, seed: int, n_queries: int, n_distractors: int) 
 
 def _check_root(root: Path, overwrite: bool) -> None:
     """Refuse to mix generated data into an existing data set unless asked to replace it."""
-    for folder in ("cirr_dataset", "fashionIQ_dataset", "CIRCO"):
+    for folder in ("cirr_dataset", "fashionIQ_dataset", "CIRCO", EDITS_FOLDER):
         path = root / folder
         if path.is_dir() and any(path.iterdir()):
             if not overwrite:
@@ -271,7 +281,8 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
     unrelated scenes (default 5 per query); CIRCO is sized apart so that callers who need only
     CIRR and FashionIQ pay nothing for it. Also writes ``pretrain_captions.csv`` (one
     descriptive title per train image, for contrastive CLIP pretraining, which the method
-    assumes) and ``synth_info.json``. Returns the summary stored in ``synth_info.json``
+    assumes), ``synth_info.json`` and each query's kind of edit in ``synthetic_edits/``
+    (`clip_cir.data.synthetic.edits`). Returns the summary stored in ``synth_info.json``
     plus ``root``.
     """
     if circo_distractors is None:
