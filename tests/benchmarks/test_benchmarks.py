@@ -231,3 +231,28 @@ def test_compositors_small_prints_a_table_per_dataset(tmp_path):
         assert (baseline["parameters"], baseline["s / epoch"], baseline["peak MiB"]) == ("0", "—", "—")
         assert int(combiner["parameters"].replace(",", "")) == combiner_parameters
         assert float(combiner["s / epoch"]) > 0 and float(combiner["peak MiB"]) >= 0
+
+
+def test_compositor_memory_prints_parameters_and_a_largest_batch_that_it_ran(tmp_path):
+    """At toy sizes (D 32, a 2 x 2 grid): each compositor's parameter count equals a freshly built
+    one's, the per-sample memory is not negative, and the largest batch is a multiple of 64 that
+    was run to check it (or the cap, marked >=)."""
+    from clip_cir.models.compositors.loading import build_compositor
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compositor_memory.py"), "--compositors",
+                             "tirg,maaf", "--dim", "32", "--grid", "2", "--caption-tokens", "4", "--small", "8",
+                             "--large", "64", "--budget-gb", "1.2", "--reserve-gb", "0.2", "--max-batch", "256"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, *rows = table_rows(result.stdout)
+    assert header == ["compositor", "parameters", "MiB per sample", "fixed MiB", "largest batch (multiple of 64)",
+                      "checked"]
+    assert [row[0] for row in rows] == ["tirg", "maaf"]
+    for row in rows:
+        built = build_compositor(row[0], 32, {})
+        assert int(row[1].replace(",", "")) == sum(p.numel() for p in built.parameters())
+        assert float(row[2]) >= 0 and float(row[3]) >= 0
+        largest = int(row[4].removeprefix(">= ").replace(",", ""))
+        assert largest % 64 == 0 and 64 <= largest <= 256
+        assert re.fullmatch(r"[\d.]+ GB", row[5]), row
