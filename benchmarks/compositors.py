@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 from fixtures import SYNTH_SIZE, load_model
 from harness import memory_measure, peak_memory_of, quiet, status, workspace
-from options import program_options
+from options import apply_threads, program_options
 from reporting import header, load_average, markdown_table
 from timing import Epochs
 
@@ -109,10 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             or not 0 < args.batch_size <= args.train):
         parser.error("need --val, --epochs, --lr > 0, --pretrain-epochs >= 0, --image-size >= 16 and "
                      "0 < --batch-size <= --train")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(parser, args.threads)
     return args
 
 

@@ -47,10 +47,15 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
             or not 0 < args.batch_size <= args.train or args.image_size < 16):
         parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0, 0 < --batch-size <= --train and "
                      "--image-size >= 16")
-    if args.threads is not None:
-        if args.threads < 1:
+    apply_threads(parser, args.threads)
+
+
+def apply_threads(parser: argparse.ArgumentParser, threads: int | None) -> None:
+    """`--threads N`: torch's intra-op threads for the whole process (checked first)."""
+    if threads is not None:
+        if threads < 1:
             parser.error("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
 
 def program_options(data_root: Path, cache_dir: Path, runs: Path, name: str,
