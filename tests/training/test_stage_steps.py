@@ -85,3 +85,46 @@ def test_stage1_forward_is_the_method_on_raw_features(clip, towers):
     loss = stage.loss((query, key))
     assert loss.item() == pytest.approx(F.cross_entropy(100 * expected_query @ expected_key.T,
                                                         torch.arange(4)).item(), rel=1e-4)
+
+
+def test_stage2_forward_gathers_the_token_rows_of_the_reference_and_the_drawn_caption_form():
+    """A token compositor gets the reference image's tokens (its training-image row) and the drawn
+    caption form's tokens (row offset + form, ragged: padded to the batch's longest, masked), with
+    their global features; the target is the normalised global feature, as for the Combiner."""
+    import numpy as np
+
+    from clip_cir.encoding.split_features import TokenRows
+    from clip_cir.encoding.token_store import TokenChunk, TokenTable
+    from clip_cir.training.stage2 import TrainingFeatures
+
+    images = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [0.0, -5.0]])
+    texts = torch.arange(14, dtype=torch.float32).reshape(7, 2)
+    offsets = torch.tensor([0, 1, 5])
+    # Image i's 2 x 1 grid: tokens (10i, 10i) and (10i + 1, 10i + 1). Caption row r has r % 3 + 1
+    # tokens, token j = (100r + j, 100r + j).
+    image_tokens = np.array([[10 * i + j] * 2 for i in range(4) for j in range(2)], dtype=np.float16)
+    caption_lengths = np.array([r % 3 + 1 for r in range(7)], dtype=np.int32)
+    caption_tokens = np.array([[100 * r + j] * 2 for r in range(7) for j in range(r % 3 + 1)], dtype=np.float16)
+    features = TrainingFeatures(
+        images, texts, offsets,
+        TokenRows(images, TokenTable([TokenChunk(0, np.full(4, 2, np.int32), image_tokens)], 2, (2, 1)),
+                  torch.arange(4)),
+        TokenRows(texts, TokenTable([TokenChunk(0, caption_lengths, caption_tokens)], 2, None), torch.arange(7)))
+    batch = {"query": torch.tensor([1, 2, 0]), "form": torch.tensor([3, 1, 0]),
+             "reference": torch.tensor([0, 1, 3]), "target": torch.tensor([2, 3, 1])}
+    seen = {}
+
+    def compositor(image, text):
+        seen.update(image=image, text=text)
+        return image.pooled
+
+    query, key = feature_forward(compositor, features, batch)
+    image, text = seen["image"], seen["text"]
+    assert image.grid == (2, 1) and image.tokens.dtype == torch.float32
+    assert image.tokens[:, :, 0].tolist() == [[0, 1], [10, 11], [30, 31]] and image.mask.all()
+    assert image.pooled.tolist() == [[1, 0], [0, 2], [0, -5]]
+    # caption rows 4, 6, 0 (lengths 2, 1, 1): padded to 2, masked
+    assert text.pooled.tolist() == [[8, 9], [12, 13], [0, 1]]
+    assert text.tokens[:, :, 1].tolist() == [[400, 401], [600, 0], [0, 0]]
+    assert text.mask.tolist() == [[True, True], [True, False], [True, False]]
+    assert torch.allclose(key, torch.tensor([[0.6, 0.8], [0.0, -1.0], [0.0, 1.0]]))
