@@ -78,6 +78,15 @@ def test_rows_are_independent_and_match_the_geodesic_in_high_dimension():
     assert torch.allclose(slerp(image[2:3], text[2:3], 0.3), query[2:3], atol=1e-6)
 
 
+def test_half_way_is_the_sum_of_the_normalised_features():
+    # The arc's midpoint and the chord's midpoint point the same way: α = 0.5 is norm(î + t̂), the
+    # element-wise sum after normalising each side (the sum of raw features weighs them by norm).
+    generator = torch.Generator().manual_seed(2)
+    image, text = torch.randn(5, 32, generator=generator) * 4, torch.randn(5, 32, generator=generator)
+    assert torch.allclose(slerp(image, text, 0.5), element_wise_sum(F.normalize(image, dim=-1),
+                                                                     F.normalize(text, dim=-1)), atol=1e-6)
+
+
 def test_scale_of_the_inputs_does_not_matter():
     generator = torch.Generator().manual_seed(1)
     image, text = torch.randn(4, 16, generator=generator), torch.randn(4, 16, generator=generator)
