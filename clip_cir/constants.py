@@ -15,7 +15,7 @@ TRACKERS = ("none", "comet_ml")
 
 
 ENCODERS = ("text", "image", "both")  # stage 1's --encoder: which towers train
-COMBINING = ("sum", "image")  # --combining: `clip_cir.models.combiner.COMBINING_FUNCTIONS`
+COMBINING = ("sum", "image", "slerp")  # --combining: `clip_cir.models.combiner.COMBINING_FUNCTIONS`
 DEMO_MAX_K = 100  # the demo's largest --top-k and API k
 VALIDATION_SCHEDULES = ("published", "every-nth-and-last")  # --validation-schedule (clip_cir.config.TrainingConfig)
 COMPOSITORS = ("combiner", "tirg", "maaf", "cosmo", "lbf")  # stage 2's --compositor (clip_cir.models.compositors)

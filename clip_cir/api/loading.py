@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from clip_cir.api.inference import CIRModel
-from clip_cir.config import CombiningConfig, DeviceConfig, ModelConfig
+from clip_cir.config import CombiningConfig, DeviceConfig, ModelConfig, check_slerp_alpha
 from clip_cir.constants import TRANSFORMS
 from clip_cir.encoding.extraction import (
     INFERENCE_BATCH_SIZE,
@@ -23,7 +23,7 @@ from clip_cir.encoding.extraction import (
 from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import load_clip
-from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction
+from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction, combining_function
 from clip_cir.models.compositors.loading import check_compositor_fits, load_compositor
 from clip_cir.models.hub import hub_repo_id
 from clip_cir.models.towers import MEMORY_FORMATS, set_memory_format
@@ -64,7 +64,7 @@ def _stage2_config(source: str | None) -> dict[str, Any] | None:
 
 
 def load(pretrained: str | os.PathLike | None = None, *, model: str | None = None,
-         combiner: str | os.PathLike | None = None, combining: str | None = None,
+         combiner: str | os.PathLike | None = None, combining: str | None = None, slerp_alpha: float | None = None,
          device: str | torch.device | None = None, transform: str | ImageTransform = ModelConfig.transform,
          target_ratio: float = ModelConfig.target_ratio, batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
          cache: bool | str | os.PathLike | None = True, channels_last: str = DeviceConfig.channels_last,
@@ -75,8 +75,9 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
     file, a stage-1 run directory, `hf-hub:ORG/NAME`) or a stage-2 run directory, whose
     config.json names its CLIP: that CLIP and the run's Combiner are loaded. `combiner` is
     anything `--combiner` takes; an `hf-hub:` repository written by `clip-cir export` brings its
-    own `combiner.safetensors`. Otherwise queries combine by `combining`: "sum" (the default) or
-    "image". With neither `pretrained` nor `model`: RN50x4 with OpenAI's weights, as the commands.
+    own `combiner.safetensors`. Otherwise queries combine by `combining`: "sum" (the default),
+    "image" or "slerp" (with `slerp_alpha`, default `CombiningConfig.slerp_alpha`). With neither
+    `pretrained` nor `model`: RN50x4 with OpenAI's weights, as the commands.
 
     `device`: None means CUDA when available, else the CPU. `transform`, `target_ratio`,
     `batch_size`, `num_workers`, `channels_last` are the encoding commands' options of those
@@ -88,6 +89,9 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
                        f"or give a Combiner)")
     if combining is not None and combiner is not None:
         raise CIRError("give combiner or combining, not both")
+    if slerp_alpha is not None and combining != "slerp":
+        raise CIRError(f"slerp_alpha goes with combining='slerp', not {combining!r}")
+    slerp_alpha = check_slerp_alpha(CombiningConfig.slerp_alpha if slerp_alpha is None else slerp_alpha)
     if transform not in TRANSFORMS and not isinstance(transform, ImageTransform):
         raise CIRError(f"unknown transform {transform!r} (choose from {', '.join(TRANSFORMS)}, or an ImageTransform)")
     for name, value in (("batch_size", batch_size), ("target_ratio", target_ratio)):
@@ -117,7 +121,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
         combine = combine.to(device)
         name = f"Combiner ({combiner_source})"
     else:
-        combine, name = COMBINING_FUNCTIONS[combining or CombiningConfig.combining]
+        combine, name = combining_function(combining or CombiningConfig.combining, slerp_alpha)
     clip.model.to(device)
     set_memory_format(clip.model, device, channels_last)
     if not isinstance(transform, ImageTransform):

@@ -59,8 +59,9 @@ def cmd_rank(args: argparse.Namespace) -> None:
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
     source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
                                                                                              "split": args.split}
-    write_json(args.output, {**source, "model": clip.describe(),
-                             "combining": "combiner" if args.combiner else args.combining, "top_k": args.top_k,
+    combining = {"combining": "combiner" if args.combiner else args.combining,
+                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {})}
+    write_json(args.output, {**source, "model": clip.describe(), **combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")
 

@@ -60,14 +60,14 @@ def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> Enco
 def combining(config: CombiningConfig) -> tuple[Callable[..., Any], str]:
     """The combining function, or a stage-2 checkpoint (a Combiner, ours or published, or another
     compositor), and its name."""
-    from clip_cir.models.combiner import COMBINING_FUNCTIONS
+    from clip_cir.models.combiner import combining_function
     from clip_cir.models.compositors.loading import load_compositor
 
     if config.combiner:
         network = load_compositor(config.combiner)
         label = "Combiner" if network.name == "combiner" else f"{network.name} compositor"
         return network, f"{label} ({config.combiner})"
-    return COMBINING_FUNCTIONS[config.combining]
+    return combining_function(config.combining, config.slerp_alpha)
 
 
 def load_query_data(data: QueryDataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:

@@ -37,10 +37,11 @@ from clip_cir.config.settings import (
     TowerTrainingProgramConfig,
     TrainingConfig,
     TrainingProgramConfig,
+    check_slerp_alpha,
 )
 
 __all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "CacheConfig", "CaptionDataConfig",
            "CombiningConfig", "DataConfig", "DeviceConfig", "EncodeConfig", "ModelConfig", "Options", "PretrainConfig",
            "QueryDataConfig", "RankingConfig", "RunConfig", "SearchConfig", "Stage1Config", "Stage2Config",
            "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig", "TrainingProgramConfig",
-           "check_resumed_options", "option_flag", "portable_config", "read_run_config"]
+           "check_resumed_options", "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]

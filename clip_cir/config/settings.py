@@ -85,12 +85,27 @@ class DeviceConfig(Options):
     """Off: cuDNN benchmark mode and TF32 matmuls on CUDA (faster); on: neither (bit-exact reruns)."""
 
 
+def check_slerp_alpha(alpha: float) -> float:
+    """Slerp's α as a float in [0, 1] (0: the reference image alone, 1: the caption alone), or a
+    one-line error."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise CIRError(f"--slerp-alpha must be between 0 (the reference image alone) and 1 (the caption alone), "
+                       f"got {alpha!r}")
+    return float(alpha)
+
+
 @dataclass(frozen=True)
 class CombiningConfig(Options):
     """How a reference image and a caption become one query: a function, or a Combiner checkpoint."""
 
     combining: str = "sum"
     combiner: str | None = None
+    slerp_alpha: float = 0.8
+    """`--combining slerp`'s α: how far along the great circle from the image to the caption the
+    query lies (docs/zero-shot.md)."""
+
+    def __post_init__(self) -> None:
+        check_slerp_alpha(self.slerp_alpha)  # refused with the other settings, before any work
 
 
 @dataclass(frozen=True)

@@ -144,11 +144,17 @@ def add_combiner_arg(parser: Group) -> None:
 
 
 def add_combining_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("combining").add_mutually_exclusive_group()
+    section = parser.add_argument_group("combining")
+    group = section.add_mutually_exclusive_group()
     group.add_argument("--combining", choices=COMBINING, default=CombiningConfig.combining,
                        help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
-                            "image: the reference image alone, caption ignored (a baseline)")
+                            "image: the reference image alone, caption ignored (a baseline); slerp: spherical "
+                            "linear interpolation from the image to the caption (training-free, Jang et al. 2024)")
     add_combiner_arg(group)
+    section.add_argument(
+        "--slerp-alpha", type=float, default=CombiningConfig.slerp_alpha, metavar="ALPHA",
+        help="with --combining slerp: how far from the reference image (0) towards the caption (1) the query lies "
+             "(default: %(default)s)")
 
 
 def add_transform_args(parser: Group) -> None:

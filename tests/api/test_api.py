@@ -281,6 +281,25 @@ def test_load_a_stage1_run_and_a_stage2_run(tiny_runs, stage1, photos):
     assert torch.allclose(alone.compose(images, captions), stage1.encode_images(images), atol=1e-6)
 
 
+def test_load_with_slerp_composes_by_its_formula(photos):
+    """combining="slerp" with slerp_alpha: the query is the normalised raw features' spherical
+    interpolation, written here with angles (turn the image by αθ towards the caption)."""
+    from clip_cir.models.combiner import Slerp
+
+    model = clip_cir.load(model="cir-tiny-vit", combining="slerp", slerp_alpha=0.7, device="cpu", cache=False,
+                          progress=False)
+    assert model.combine == Slerp(0.7) and model.combining == "slerp (α=0.7)"
+    images, captions = [photos / "a.jpg", photos / "b.jpg"], ["is red", "has two circles"]
+    u = F.normalize(model.image_features(images).double(), dim=-1)
+    t = F.normalize(model.text_features(captions).double(), dim=-1)
+    cos = (u * t).sum(-1, keepdim=True)
+    w = F.normalize(t - cos * u, dim=-1)
+    by_angles = torch.cos(0.7 * torch.arccos(cos)) * u + torch.sin(0.7 * torch.arccos(cos)) * w
+    assert torch.allclose(model.compose(images, captions).double(), by_angles, atol=1e-5)
+    default = clip_cir.load(model="cir-tiny-vit", combining="slerp", device="cpu", cache=False, progress=False)
+    assert default.combine == Slerp(0.8) and default.combining == "slerp (α=0.8)"
+
+
 def test_load_a_tiny_config_without_weights_on_the_default_device():
     model = clip_cir.load(model="cir-tiny-vit", pretrained=None, progress=False)
     assert model.clip.source == "random-init" and model.combining == "element-wise sum"
@@ -321,6 +340,9 @@ def bad_combiner(tmp_path) -> Path:
     ("combiner-dims", "Combiner expects 32-d CLIP features, but"),
     ("unknown-combining", "unknown combining 'concat'"),
     ("combiner-and-combining", "give combiner or combining, not both"),
+    ("slerp-alpha-range", "--slerp-alpha must be between 0 (the reference image alone) and 1 (the caption alone), "
+                          "got 1.5"),
+    ("slerp-alpha-without-slerp", "slerp_alpha goes with combining='slerp', not 'sum'"),
     ("stage2-and-combiner", "is a stage-2 run and brings its own Combiner"),
     ("unknown-model", "unknown open_clip model 'cir-tiny-vitt'; did you mean cir-tiny-vit"),
     ("unknown-transform", "unknown transform 'crop'"),
@@ -334,6 +356,8 @@ def test_load_errors_are_one_line(case, message, tiny_runs, bad_combiner, tmp_pa
         "combiner-dims": lambda: clip_cir.load(s1, combiner=bad_combiner),
         "unknown-combining": lambda: clip_cir.load(s1, combining="concat"),
         "combiner-and-combining": lambda: clip_cir.load(s1, combiner=s2, combining="sum"),
+        "slerp-alpha-range": lambda: clip_cir.load(s1, combining="slerp", slerp_alpha=1.5),
+        "slerp-alpha-without-slerp": lambda: clip_cir.load(s1, combining="sum", slerp_alpha=0.5),
         "stage2-and-combiner": lambda: clip_cir.load(s2, combiner=s2),
         "unknown-model": lambda: clip_cir.load(model="cir-tiny-vitt"),
         "unknown-transform": lambda: clip_cir.load(s1, transform="crop"),

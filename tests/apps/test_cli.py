@@ -30,8 +30,12 @@ def _read(path: Path):
     return json.loads(Path(path).read_text())
 
 
-def _independent_recalls(model, tokenizer, split) -> dict[str, float]:
-    """The method's recalls from scratch: raw features, sum, normalise, full argsort."""
+def _summed(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    return F.normalize(image + text, dim=-1)
+
+
+def _independent_recalls(model, tokenizer, split, compose=_summed) -> dict[str, float]:
+    """The method's recalls from scratch: raw features, `compose` (the sum, normalised), full argsort."""
     transform = build_transform("targetpad", 64)
     names = list(split.gallery)
     with torch.no_grad():
@@ -39,7 +43,7 @@ def _independent_recalls(model, tokenizer, split) -> dict[str, float]:
         gallery = model.encode_image(images)
         text = model.encode_text(tokenizer([q.eval_caption for q in split.queries]))
     ref = torch.tensor([names.index(q.reference) for q in split.queries])
-    queries = F.normalize(gallery[ref] + text, dim=-1)
+    queries = compose(gallery[ref], text)
     scores = queries @ F.normalize(gallery, dim=-1).t()
     out = {}
     for qi, query in enumerate(split.queries):
@@ -135,6 +139,60 @@ def test_end_to_end_synth_eval_submit_score(cli, tmp_path, tiny_clip, tiny_check
     result = cli("score-cirr", "--data-root", root, "--submission", out / "recall_submission_test.json",
                  "--split", "test1")
     assert result.code == 2 and "has no ground truth to score against" in result.err
+
+
+def _geodesic(image: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Slerp written with angles: from the unit image u, turn by αθ towards the caption, along the
+    unit vector w of the caption's part orthogonal to u: cos(αθ)·u + sin(αθ)·w."""
+    u, t = F.normalize(image.double(), dim=-1), F.normalize(text.double(), dim=-1)
+    cos = (u * t).sum(-1, keepdim=True)
+    theta = torch.arccos(cos)
+    w = F.normalize(t - cos * u, dim=-1)
+    return (torch.cos(alpha * theta) * u + torch.sin(alpha * theta) * w).float()
+
+
+def test_eval_slerp_ends_at_the_image_and_the_caption_and_matches_its_formula(
+        cli, synth_root, tiny_clip, tiny_checkpoint, tmp_path):
+    """--slerp-alpha 0 scores exactly as --combining image; 1 as the caption alone; the default α
+    as the geodesic point computed from scratch."""
+    model = ["--model", "cir-tiny-vit", "--pretrained", tiny_checkpoint]
+
+    def evaluate(name: str, *combining) -> dict[str, float]:
+        result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, *model, *FAST, *combining,
+                     "--output", tmp_path / f"{name}.json")
+        assert result.code == 0, result.err
+        return _read(tmp_path / f"{name}.json")
+
+    image_only = evaluate("image", "--combining", "image")
+    assert evaluate("slerp0", "--combining", "slerp", "--slerp-alpha", "0") == image_only
+    val = load_splits("cirr", synth_root, "val")[0]
+    tokenizer = __import__("open_clip").get_tokenizer("cir-tiny-vit")
+    text_only = _independent_recalls(tiny_clip, tokenizer, val, lambda image, text: F.normalize(text, dim=-1))
+    at_default = _independent_recalls(tiny_clip, tokenizer, val, lambda image, text: _geodesic(image, text, 0.8))
+    summed = evaluate("sum")
+    for name, expected, combining in (("slerp1", text_only, ["--slerp-alpha", "1"]), ("slerp", at_default, [])):
+        metrics = evaluate(name, "--combining", "slerp", *combining)
+        for key in CIRR_KEYS:
+            assert metrics[key] == pytest.approx(expected[key], abs=1e-3), (name, key)
+        assert metrics != image_only and metrics != summed, name
+
+
+def test_slerp_alpha_outside_zero_one_stops_eval_with_one_line(cli, synth_root):
+    result = cli("eval", "--dataset", "cirr", "--data-root", synth_root, "--model", "cir-tiny-vit",
+                 "--combining", "slerp", "--slerp-alpha", "1.5")
+    assert result.code == 2
+    assert result.error_lines == ["clip-cir: error: --slerp-alpha must be between 0 (the reference image alone) "
+                                  "and 1 (the caption alone), got 1.5"] and "Traceback" not in result.err
+
+
+def test_rank_records_slerp_and_its_alpha(cli, synth_root, tiny_checkpoint, tmp_path):
+    output = tmp_path / "slerp_ranks.json"
+    result = cli("rank", "--dataset", "cirr", "--data-root", synth_root, "--top-k", "3", "--model", "cir-tiny-vit",
+                 "--pretrained", tiny_checkpoint, *FAST, "--combining", "slerp", "--slerp-alpha", "0.3",
+                 "--output", output)
+    assert result.code == 0, result.err
+    ranking = _read(output)
+    assert (ranking["combining"], ranking["slerp_alpha"]) == ("slerp", 0.3) and len(ranking["queries"]) == 60
 
 
 def test_rank_fashioniq_test_writes_top_k(cli, synth_root, tiny_checkpoint, tmp_path):

@@ -231,15 +231,37 @@ def test_combining_names_are_the_registrys_and_image_ignores_the_caption():
     assert params.cli_parser().parse_args(["eval", *DATA, "--combining", "image"]).combining == "image"
 
 
-@pytest.mark.parametrize("combining, name", [("sum", "element-wise sum"), ("image", "image only (caption ignored)")])
+def test_slerp_alpha_parses_into_the_combining_settings_with_their_default():
+    from clip_cir.config import CombiningConfig, RankingConfig
+    from clip_cir.models.combiner import Slerp
+
+    commands = (["eval", *DATA], ["rank", *DATA, "--output", "r.json"], ["demo", *DATA],
+                ["submit-cirr", "--data-root", "d", "--name", "n", "--output-dir", "s"])
+    for command in commands:  # every command that takes --combining
+        args = params.cli_parser().parse_args([*command, "--combining", "slerp"])
+        assert args.slerp_alpha == CombiningConfig.slerp_alpha == RankingConfig().combining.slerp_alpha == 0.8
+    given = params.ranking_settings(params.cli_parser().parse_args(["eval", *DATA, "--combining", "slerp",
+                                                                    "--slerp-alpha", "0.25"]))
+    assert (given.combining.combining, given.combining.slerp_alpha) == ("slerp", 0.25)
+    from clip_cir.apps.prepare import combining
+
+    assert combining(given.combining) == (Slerp(0.25), "slerp (α=0.25)")
+    with pytest.raises(CIRError, match=r"^--slerp-alpha must be between 0 .* got -0\.5$"):
+        params.ranking_settings(params.cli_parser().parse_args(["eval", *DATA, "--slerp-alpha", "-0.5"]))
+
+
+@pytest.mark.parametrize("combining, name", [("sum", "element-wise sum"), ("image", "image only (caption ignored)"),
+                                             ("slerp", "slerp (α=0.3)")])
 def test_demo_from_its_command_line_uses_and_names_the_registrys_function(synth_root, combining, name):
-    """The demo's combining function and the name its page shows come from the one registry."""
+    """The demo's combining function and the name its page shows come from the one registry
+    (slerp with the --slerp-alpha given)."""
     pytest.importorskip("flask")
     from clip_cir.apps.demo.app import _build_app
     from clip_cir.models.combiner import COMBINING_FUNCTIONS
 
     args = params.demo_parser().parse_args(["--dataset", "cirr", "--data-root", str(synth_root), "--model",
-                                            "cir-tiny-vit", "--num-workers", "0", "--combining", combining])
+                                            "cir-tiny-vit", "--num-workers", "0", "--combining", combining,
+                                            "--slerp-alpha", "0.3"])
     client = _build_app(args).test_client()
     assert client.get("/api/info").get_json()["combining"] == name
     reference = client.get("/api/gallery?per_page=1").get_json()["items"][0]["name"]
