@@ -42,8 +42,8 @@ from clip_cir.encoding.extraction import (
     list_digest,
 )
 from clip_cir.encoding.feature_store import cache_key, covering_pieces, pieces_in
+from clip_cir.encoding.options import EncodeOptions
 from clip_cir.encoding.pixels import files_digest
-from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.compositors.base import TokenFeatures
