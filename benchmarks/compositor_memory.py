@@ -6,8 +6,9 @@ features [B, D]; for token compositors an image grid of rows x cols tokens and a
 `--caption-tokens` tokens, all real), one forward, the method's batch contrastive loss, backward
 and an Adam step in float32. The peak resident memory of that process (`ru_maxrss`), less the
 same process's before the step, is the step's memory; two batch sizes give its per-sample slope
-and fixed part, and the largest batch under the budget follows (rounded down to a multiple of
-64), then is run to check it (and shrunk in proportion while it is over). On a CUDA device,
+and fixed part (after the loss's B x B logits, 12 bytes an entry), and the largest batch under
+the budget follows (rounded down to a multiple of 64), then is run to check it (and shrunk while
+it is over). On a CUDA device,
 `torch.cuda.max_memory_allocated` replaces RSS.
 
     python benchmarks/compositor_memory.py                       # RN50x4: D 640, grid 9x9
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 
@@ -49,6 +51,8 @@ print(json.dumps({"step_bytes": rss() - before, "parameters": sum(p.numel() for 
 """
 
 COMPOSITORS = ("combiner", "tirg", "maaf", "cosmo", "lbf")
+LOGIT_BYTES = 12
+"""Bytes per entry of the loss's B x B logits: float32 logits, their softmax and its gradient."""
 
 
 def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-gb", type=float, default=24.0, help="memory to fit in (GB, 1e9 bytes)")
     parser.add_argument("--reserve-gb", type=float, default=4.0,
                         help="kept for everything else: the process, the features on the device, the OS")
-    parser.add_argument("--max-batch", type=int, default=32_768,
+    parser.add_argument("--max-batch", type=int, default=16_384,
                         help="largest batch tried (the table says >= above it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-check", action="store_true", help="do not run the predicted largest batch")
@@ -86,21 +90,29 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in small or "error" in large:
             print(f"| {name} | — | — | — | — | {small.get('error') or large.get('error')} |")
             continue
-        slope = max((large["step_bytes"] - small["step_bytes"]) / (args.large - args.small), 1.0)
-        fixed = max(small["step_bytes"] - slope * args.small, 0.0)
-        largest = int((budget - fixed) // slope) // 64 * 64
+        # The loss's B x B logits (float32: the logits, their softmax and its gradient) grow with the
+        # square of the batch; everything else with the batch.
+        slope = max((large["step_bytes"] - small["step_bytes"] - LOGIT_BYTES * (args.large ** 2 - args.small ** 2))
+                    / (args.large - args.small), 1.0)
+        fixed = max(small["step_bytes"] - slope * args.small - LOGIT_BYTES * args.small ** 2, 0.0)
+        largest = int((-slope + math.sqrt(slope ** 2 + 4 * LOGIT_BYTES * max(budget - fixed, 0.0)))
+                      / (2 * LOGIT_BYTES)) // 64 * 64
         capped = largest > args.max_batch
         largest = min(largest, args.max_batch)
         checked = "—"
-        for _ in range(3 if not args.no_check and largest > 0 else 0):  # run it; shrink while over budget
+        attempts = 3 if not args.no_check and largest > 0 else 0
+        for attempt in range(attempts):  # run it; shrink while over budget
             run = measure(name, largest, args)
             if "error" in run:
                 checked = "error"
                 break
             checked = f"{run['step_bytes'] / 1e9:.1f} GB"
-            if run["step_bytes"] <= budget - fixed or largest <= 64:
+            if run["step_bytes"] <= budget or largest <= 64:
                 break
-            largest, capped = max(int(largest * (budget - fixed) / run["step_bytes"]) // 64 * 64, 64), False
+            if attempt == attempts - 1:
+                checked += " (over the budget)"
+                break
+            largest, capped = max(int(largest * math.sqrt(budget / run["step_bytes"])) // 64 * 64, 64), False
         print(f"| {name} | {small['parameters']:,} | {slope / 2**20:.2f} | {fixed / 2**20:.0f} | "
               f"{'>= ' if capped else ''}{largest:,} | {checked} |")
 

@@ -198,23 +198,27 @@ def _percent(value: str) -> float:
 
 
 def test_compositors_small_prints_a_table_per_dataset(tmp_path):
+    """Every compositor at `--small`: the table's structure, recalls that grow with K, per-edit
+    recalls that add up to the overall one, and each row's parameter count equal to a freshly
+    built compositor's (so each row is the network it names)."""
     import open_clip
 
-    from clip_cir.models.combiner import Combiner
+    from clip_cir.constants import COMPOSITORS
+    from clip_cir.models.compositors.loading import build_compositor
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compositors.py"), "--small", "--compositors",
-                             "combiner"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                             ",".join(COMPOSITORS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     sections = result.stdout.split("\n## ")[1:]
     assert [s.split("\n")[0] for s in sections] == ["CIRR layout, val", "FashionIQ layout, val"]
     dim = open_clip.get_model_config("cir-tiny-vit")["embed_dim"]
-    combiner_parameters = sum(p.numel() for p in Combiner(dim, 4 * dim, 8 * dim).parameters())
+    parameters = {name: sum(p.numel() for p in build_compositor(name, dim, {}).parameters()) for name in COMPOSITORS}
     for section, (title, recalls) in zip(sections, COMPOSITOR_RECALLS.items()):
         header, *rows = table_rows(section)
         edits = [f"R@10 {kind}" for kind in EDIT_KINDS]
         assert header == ["compositor", *recalls, *edits, "parameters", "s / epoch", "peak MiB"], title
-        assert [row[0] for row in rows] == ["zero-shot sum", "combiner"]
+        assert [row[0] for row in rows] == ["zero-shot sum", *COMPOSITORS]
         counts = dict(re.findall(r"(\w+) (\d+)", re.search(r"val queries per edit kind: ([^;\n]+)", section)[1]))
         assert list(counts) == list(EDIT_KINDS) and sum(map(int, counts.values())) == SMALL_VAL_QUERIES
         for row in rows:
@@ -227,10 +231,11 @@ def test_compositors_small_prints_a_table_per_dataset(tmp_path):
             if title == "CIRR":  # the edit kinds' recalls, weighted by their queries, are the overall R@10
                 weighted = sum(int(counts[k]) * _percent(cells[f"R@10 {k}"]) for k in EDIT_KINDS if counts[k] != "0")
                 assert abs(weighted / SMALL_VAL_QUERIES - float(cells["R@10"])) <= 0.1, row
-        baseline, combiner = (dict(zip(header, row)) for row in rows)
+        baseline, *trained = (dict(zip(header, row)) for row in rows)
         assert (baseline["parameters"], baseline["s / epoch"], baseline["peak MiB"]) == ("0", "—", "—")
-        assert int(combiner["parameters"].replace(",", "")) == combiner_parameters
-        assert float(combiner["s / epoch"]) > 0 and float(combiner["peak MiB"]) >= 0
+        for cells in trained:
+            assert int(cells["parameters"].replace(",", "")) == parameters[cells["compositor"]]
+            assert float(cells["s / epoch"]) > 0 and float(cells["peak MiB"]) >= 0
 
 
 def test_compositor_memory_prints_parameters_and_a_largest_batch_that_it_ran(tmp_path):
