@@ -254,7 +254,7 @@ def test_maaf_residual_attention_fusion_adds_the_weighted_output_to_the_clip_sum
     plain.load_state_dict(maaf.state_dict())
     assert torch.allclose(plain(image, text), F.normalize(attended, dim=-1), atol=1e-6)
     assert not torch.allclose(plain(image, text), result, atol=1e-3)
-    assert MAAF(DIM, num_heads=2, residual=True).residual_weight == 0.1
+    assert MAAF(DIM, num_heads=2, residual=True).residual_weight == 1.0  # yahoo/maaf's default
 
 
 def test_maaf_rejects_sizes_that_do_not_fit():

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch.distributed
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
@@ -44,3 +45,7 @@ save_file({"gallery": features.gallery.contiguous(), "text": features.text.conti
 accelerator.wait_for_everyone()
 again = split_features(clip, split, encode)  # now from the cache, on every rank
 (out / f"rank{rank}_again.json").write_text(json.dumps(dict(encode_counts)))
+# Leave together, with the process group torn down: a rank that exits while gloo's threads still
+# serve the other can abort ("terminate called without an active exception").
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()

@@ -48,3 +48,7 @@ np.save(out / f"rank{rank}_images.npy", image_table.gather(everything)[0].numpy(
 tokens, mask = text_table.gather(torch.arange(len(captions)))
 np.save(out / f"rank{rank}_captions.npy", tokens.numpy())
 np.save(out / f"rank{rank}_mask.npy", mask.numpy())
+# Leave together, with the process group torn down: a rank that exits while gloo's threads still
+# serve the other can abort ("terminate called without an active exception").
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
