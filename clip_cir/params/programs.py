@@ -114,7 +114,7 @@ def stage2_parser(prog: str = "stage2/train_combiner.py", required: bool = True)
                          default=list(Stage2Config.compositor_options),
                          help="the compositor's settings beyond its paper's defaults, e.g. residual=true (MAAF with "
                               "the CFQ paper's residual attention fusion); docs/compositors.md lists them")
-    network.add_argument("--token-grid", type=int, default=Stage2Config.token_grid,
+    network.add_argument("--token-grid", type=int, metavar="N", default=Stage2Config.token_grid,
                          help="average-pool the image token grid to at most N x N cells (default: the tower's own "
                               "grid, e.g. 9x9 for RN50x4 at 288 px, 14x14 for ViT-B-16)")
     network.add_argument("--loss", choices=STAGE2_LOSSES, default=Stage2Config.loss,
