@@ -1,8 +1,8 @@
 """Stage-2 compositors compared on the synthetic world: recall overall and per kind of edit.
 
     python benchmarks/compositors.py                                  # all five compositors
-    python benchmarks/compositors.py --compositors combiner           # 7-13 minutes on 2 shared cores
-    python benchmarks/compositors.py --small --compositors combiner   # about a minute: a check, not a comparison
+    python benchmarks/compositors.py --compositors combiner           # the Combiner alone
+    python benchmarks/compositors.py --small                          # a check that it runs, not a comparison
     python benchmarks/compositors.py --compositors combiner,tirg --epochs 50 --train 4000 --pretrain-epochs 2
 
 Why: stage 2 can compose a query from the frozen CLIP's features in several ways (the Combiner,

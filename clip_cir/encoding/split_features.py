@@ -101,8 +101,8 @@ def encode_captions(clip: LoadedCLIP, texts: Sequence[str], options: EncodeOptio
 
 def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
                    tokens: TokenRequest | None = None) -> SplitFeatures:
-    """The split's features; with `tokens`, also the token features of its gallery and captions
-    (through the token cache, computed once per model like the global features)."""
+    """The split's features; with `tokens`, also the token features of its reference images and
+    captions (through the token cache, computed once per model like the global features)."""
     name = f"{split.name} {split.split}"
     paths = list(split.gallery.values())
     gallery = encode_image_files(clip, paths, options, f"{name} gallery")
@@ -115,8 +115,14 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
     if tokens is not None:
         from clip_cir.encoding.token_store import encode_image_tokens, encode_text_tokens
 
-        image_table = encode_image_tokens(clip, paths, options, f"{name} gallery tokens", grid=tokens.grid)
+        # Only the references' tokens: the gallery is ranked by global features (CIRCO: 800
+        # references against 123k gallery images).
+        references = list(dict.fromkeys(q.reference for q in split.queries))
+        at = {reference: row for row, reference in enumerate(references)}
+        image_table = encode_image_tokens(clip, [split.gallery[r] for r in references], options,
+                                          f"{name} reference tokens", grid=tokens.grid)
         text_table = encode_text_tokens(clip, captions, options, f"{name} caption tokens") if tokens.captions else None
-        features.reference_tokens = TokenRows(reference, image_table, reference_rows)
+        features.reference_tokens = TokenRows(reference, image_table,
+                                              torch.tensor([at[q.reference] for q in split.queries], dtype=torch.long))
         features.text_tokens = TokenRows(text, text_table, torch.arange(len(captions)))
     return features

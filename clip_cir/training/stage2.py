@@ -147,21 +147,26 @@ class CompositorTraining(Stage):
         texts, offsets = data.caption_table()
         text_features = encode_captions(clip, texts, encode, "training caption features").to(device)
         features = TrainingFeatures(image_features, text_features, offsets.to(device))
+        batches = FeatureBatches(data, config.training.batch_size, config.training.seed, device,
+                                 accelerator.process_index, accelerator.num_processes)
         tokens = TokenRequest(config.token_grid, reads_caption_tokens(compositor)) if uses_tokens(compositor) else None
         if tokens is not None:
             from clip_cir.encoding.token_store import encode_image_tokens, encode_text_tokens
 
-            image_table = encode_image_tokens(clip, data.image_paths, encode, "training image tokens",
-                                              grid=tokens.grid)
+            # Tokens of the images some query takes as its reference (targets are ranked by their
+            # global features): table row of each training image, -1 for a target-only image.
+            references = batches.reference.unique().cpu()
+            image_table = encode_image_tokens(clip, [data.image_paths[i] for i in references.tolist()], encode,
+                                              "training reference tokens", grid=tokens.grid)
+            token_rows = torch.full((len(image_features),), -1, dtype=torch.long)
+            token_rows[references] = torch.arange(len(references))
             text_table = encode_text_tokens(clip, texts, encode, "training caption tokens") if tokens.captions else None
-            features.image_tokens = TokenRows(image_features, image_table, torch.arange(len(image_features)))
+            features.image_tokens = TokenRows(image_features, image_table, token_rows)
             features.text_tokens = TokenRows(text_features, text_table, torch.arange(len(text_features)))
         val_features = [split_features(clip, split, encode.full_precision(), tokens) for split in val_splits]
         clip.model.cpu()  # frozen and fully encoded: free the accelerator memory for the compositor
 
         compositor = compositor.to(device)
-        batches = FeatureBatches(data, config.training.batch_size, config.training.seed, device,
-                                 accelerator.process_index, accelerator.num_processes)
         loss = loss.to(device) if loss is not None else None  # on its device before the optimizer picks fused Adam
         parameters = list(compositor.parameters()) + (list(loss.parameters()) if loss is not None else [])
         optimizer = make_optimizer(torch.optim.Adam, parameters, lr=config.training.lr,

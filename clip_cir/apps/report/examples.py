@@ -66,17 +66,16 @@ def load_retrieval_model(run: Run) -> tuple[LoadedCLIP, CombiningFunction, str]:
     """(CLIP, combining function, description) exactly as the run's evaluation used them."""
     from clip_cir.models.clip import load_clip
     from clip_cir.models.combiner import element_wise_sum
-    from clip_cir.models.compositors.loading import load_compositor
+    from clip_cir.models.compositors.loading import check_compositor_fits, load_compositor
 
     if run.kind == "stage1":
         clip = load_clip(run.config.get("model"), str(run.path))
         return clip, element_wise_sum, f"{clip.describe()} + element-wise sum"
     combiner = load_compositor(run.path)
     clip = load_clip(run.config.get("model"), _config_value(run, "pretrained"))
-    if combiner.dims["clip_feature_dim"] != clip.embed_dim:
-        raise CIRError(f"{run.path}: Combiner expects {combiner.dims['clip_feature_dim']}-d CLIP features, but "
-                       f"its config's CLIP {clip.describe()} gives {clip.embed_dim}-d")
-    return clip, combiner, f"Combiner on {clip.describe()}"
+    check_compositor_fits(combiner, clip)
+    name = "Combiner" if combiner.name == "combiner" else f"{combiner.name} compositor"
+    return clip, combiner, f"{name} on {clip.describe()}"
 
 
 def has_checkpoint(run: Run) -> bool:
