@@ -36,7 +36,8 @@ class QueryDataConfig(DataConfig):
     """What the commands that rank read: one split of a benchmark, or a folder of photos as the
     gallery (with a file of queries, or none)."""
 
-    split: str = "val"
+    split: str | None = None
+    """None: the benchmark's validation split (`val`, or `test` for tirg's benchmarks)."""
     gallery_dir: Path | None = None
     query_file: Path | None = None
 

@@ -51,7 +51,15 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "circo": circo.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
+VALIDATION_SPLITS: dict[str, str] = {}
+"""The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
+benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
+
+
+def validation_split(dataset: str | None) -> str:
+    """The split training validates on and `eval` reads by default: `val`, or the benchmark's own."""
+    return VALIDATION_SPLITS.get(dataset or "", "val")
 
 
 def dataset_splits(dataset: str) -> tuple[str, ...]:
@@ -92,9 +100,10 @@ def reader_options(data: DataConfig) -> ReaderOptions:
                          triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
 
 
-def load_data(data: DataConfig, split: str, images: ImageCheck) -> list[CIRSplit]:
-    """One split of the benchmark `data` names, read with its options."""
+def load_data(data: DataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:
+    """One split of the benchmark `data` names, read with its options (None: its validation split)."""
     missing = [flag for flag, value in (("--dataset", data.dataset), ("--data-root", data.data_root)) if value is None]
     if missing:
         raise CIRError(f"the following arguments are required: {', '.join(missing)}")
+    split = split or validation_split(data.dataset)
     return load_splits(data.dataset, data.data_root, split, images=images, options=reader_options(data))

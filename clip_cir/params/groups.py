@@ -69,8 +69,9 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = Q
     add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)",
                       required)
     if split:
-        add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
-                                            "(default: %(default)s)")
+        add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test; "
+                                            "fashion200k, mitstates, css: train, test (default: the benchmark's "
+                                            "validation split: val, or test where it has none)")
     add_fashioniq_categories_arg(group, DataConfig.fashioniq_categories)
     add_circo_args(group)
     add_triplet_args(group)

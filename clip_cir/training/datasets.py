@@ -100,7 +100,7 @@ def training_and_validation(data: DataConfig, batch_size: int,
     """What both stages train and validate on: the training triplets (checked to fill a batch)
     and the validation splits of the benchmark `data` names."""
     training = TrainingSet.from_splits(load_data(data, "train", images))
-    val_splits = load_data(data, "val", images)
+    val_splits = load_data(data, None, images)  # `val`, or the benchmark's own validation split
     check_batch_fits(batch_size, len(training.queries), "training triplets")
     return training, val_splits
 
