@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq
+from clip_cir.data import circo, cirr, css, fashioniq
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -39,16 +39,22 @@ def _read_triplets(root: Path, split: str, images: ImageCheck, options: ReaderOp
     return load_triplets(root, split, options.triplet_format, images)
 
 
+def _read_css(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
+    return css.load_css(root, split, images, options)
+
+
 READERS: dict[str, Reader] = {
     "cirr": _read_cirr,
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
+    "css": _read_css,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
+    "css": css.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
 DATASETS = tuple(READERS)
@@ -89,6 +95,7 @@ def triplet_format(data: DataConfig) -> TripletFormat:
 def reader_options(data: DataConfig) -> ReaderOptions:
     """The dataset-specific reading options from the data settings."""
     return ReaderOptions(fashioniq_categories=data.fashioniq_categories, circo_query_text=data.circo_query_text,
+                         css_query_images=data.css_query_images,
                          triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
 
 

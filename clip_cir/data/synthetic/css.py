@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clip_cir.data.css import ANNOTATION_FILE, FOLDER, image_name
 from clip_cir.data.css_2d import COLOUR_VALUES
 from clip_cir.data.synthetic.world import (
     BASE_OBJECT_WEIGHTS,
@@ -37,8 +38,6 @@ from clip_cir.data.synthetic.world import (
     render,
 )
 
-FOLDER = "CSSDataset"
-ANNOTATION_FILE = "css_toy_dataset_novel2_small.dup.npy"
 CSS_SHAPES = {"square": "rectangle", "circle": "circle", "triangle": "triangle"}
 """World shape -> the name CSS's object lists use."""
 CSS_COLOURS = tuple(c for c in COLOURS if c in COLOUR_VALUES)
@@ -161,7 +160,7 @@ def write_css(root: Path, seed: int = 0, size: int = 32, n_scenes: int = 8, n_mo
                 jitter = tuple((rng.uniform(-JITTER, JITTER), rng.uniform(-JITTER, JITTER)) for _ in scene)
                 index = len(objects_img)
                 first_image.setdefault(label, index)
-                path = base / "images" / f"css_{split}_{index:06d}.png"
+                path = base / "images" / f"{image_name(split, index)}.png"
                 _render_3d(ImageJob(path, scene, FLOOR, size, size, jitter)).save(path, "PNG")
                 objects_img.append([_object_entry(o, j) for o, j in zip(scene, jitter)])
                 labels.append(label)
