@@ -18,6 +18,7 @@ from clip_cir.data.css import ANNOTATION_FILE, read_annotation
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.registry import DATASETS, dataset_splits, load_splits
 from clip_cir.data.synthetic.css import write_css
+from clip_cir.data.synthetic.world import POSITIONS
 from clip_cir.data.types import ReaderOptions
 from clip_cir.encoding.ranking import rank_split
 from clip_cir.errors import CIRError
@@ -189,6 +190,7 @@ def test_the_2d_drawing_is_tirgs_rule_pixel_by_pixel():
         {"shape": "circle", "color": "purple", "size": "large", "pos": [0.61, 0.43]},  # over the rectangle
         {"shape": "triangle", "color": "yellow", "size": "large", "pos": [0.137, 0.29]},
         {"shape": "rectangle", "color": "cyan", "size": "small", "pos": [0.8333, 0.7071]},
+        {"shape": "circle", "color": "brown", "size": "small", "pos": [0.3, 0.5484375]},
     ]
     drawn = css_2d.draw_objects(objects)
     np.testing.assert_array_equal(drawn, tirg_drawing(objects))
@@ -203,6 +205,12 @@ def test_the_2d_drawing_is_tirgs_rule_pixel_by_pixel():
     # Small triangle at row 48, column 16: row 45 covers column 15 only, row 51 columns 12..18.
     assert [tuple(drawn[45, c]) for c in (14, 15, 16)] == [white, green, white]
     assert [tuple(drawn[51, c]) for c in (11, 12, 18, 19)] == [white, green, green, white]
+    # Small "circle" at row 19.2, column 35.1: its last row, int(19.2 + 4) = 23, spans 34.9..35.3, so
+    # column 34 alone; its first row, 15, spans nothing (35.3 to 34.9); row 16 spans 34.3..35.9: column 34.
+    brown = (129, 74, 25)
+    assert [tuple(drawn[23, c]) for c in (33, 34, 35)] == [white, brown, white]
+    assert [tuple(drawn[15, c]) for c in (34, 35)] == [white, white]
+    assert [tuple(drawn[16, c]) for c in (33, 34, 35)] == [white, brown, white]
 
 
 def test_a_drawing_off_the_canvas_and_unknown_words_are_one_line_errors():
@@ -226,8 +234,8 @@ def test_an_unknown_colour_in_2d_mode_names_the_file_and_image(tmp_path):
 
 @pytest.mark.parametrize("test, message", [
     ({"objects_img": OBJECTS, "labels": LABELS}, r"split 'test' has no 'mods'"),
-    ({"objects_img": OBJECTS, "labels": LABELS, "mods": [MODS[0], {"from": [1], "to": [7], "to_str": "x"}]},
-     r"test mods\[1\] 'to'\[0\] names image 7, but the split has 6 images"),
+    ({"objects_img": OBJECTS, "labels": LABELS, "mods": [MODS[0], {"from": [1], "to": [6], "to_str": "x"}]},
+     r"test mods\[1\] 'to'\[0\] names image 6, but the split has 6 images"),
     ({"objects_img": OBJECTS, "labels": LABELS, "mods": [{"from": [0, 1], "to": [2], "to_str": "x"}]},
      r"test mods\[0\] has 2 'from' and 1 'to' images"),
     ({"objects_img": OBJECTS, "labels": LABELS, "mods": [{"from": [0], "to": [2]}]}, r"test mods\[0\] has no 'to_str'"),
@@ -285,6 +293,26 @@ def test_missing_images_stop_or_are_skipped_with_their_queries(root):
         assert images.dropped_queries == {"css/css/test": 2} and images.pruned_galleries == {"css/css/test": 1}
 
 
+def check_mod_text(text: str, source: list[dict], target: list[dict]) -> None:
+    """The stand-in's mod text names a place on the 3x3 grid; `pos` (row, column) must put the object
+    there: the added one in the target, the removed or changed one in the source."""
+    place = text.split(" to the ")[1] if text.startswith("add") else text.split("the ", 1)[1].split(" object")[0]
+    row, col = divmod(POSITIONS.index(place), 3)
+
+    def at_place(objects):
+        return [o for o in objects if (int(o["pos"][0] * 3), int(o["pos"][1] * 3)) == (row, col)]
+
+    if text.startswith("add"):
+        size, colour, shape = text.split()[2:5]
+        assert not at_place(source)
+        assert [(o["size"], o["color"], o["shape"]) for o in at_place(target)] == [(size, colour, shape)]
+    elif text.startswith("remove"):
+        assert len(at_place(source)) == 1 and not at_place(target)
+    else:
+        (before,), (after,) = at_place(source), at_place(target)
+        assert text.split()[-1] in (after["color"], after["size"]) and before != after
+
+
 def test_the_stand_in_reads_back_with_its_counts(tmp_path):
     summary = write_css(tmp_path / "a", seed=3)
     again = write_css(tmp_path / "b", seed=3)
@@ -300,8 +328,11 @@ def test_the_stand_in_reads_back_with_its_counts(tmp_path):
         assert Image.open(next(iter(split.gallery.values()))).size == (32, 32)
         # Every query's target scene differs from its source's, and its 2-D drawing is tirg's rule.
         assert all(split.gallery_labels[q.reference] != q.target_label for q in split.queries)
-    (drawn,) = load_splits("css", tmp_path / "a", "test", options=ReaderOptions(css_query_images="2d"))
     data, _ = read_annotation(tmp_path / "a" / "CSSDataset" / ANNOTATION_FILE)
+    for mod in data["test"]["mods"]:
+        for source, target in zip(mod["from"], mod["to"]):
+            check_mod_text(mod["to_str"], data["test"]["objects_img"][source], data["test"]["objects_img"][target])
+    (drawn,) = load_splits("css", tmp_path / "a", "test", options=ReaderOptions(css_query_images="2d"))
     name, path = next(iter(drawn.query_images.items()))
     objects = data["test"]["objects_img"][int(name.split("_")[2])]
     np.testing.assert_array_equal(np.asarray(Image.open(path)), tirg_drawing(objects))
