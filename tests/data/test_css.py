@@ -191,6 +191,7 @@ def test_the_2d_drawing_is_tirgs_rule_pixel_by_pixel():
         {"shape": "triangle", "color": "yellow", "size": "large", "pos": [0.137, 0.29]},
         {"shape": "rectangle", "color": "cyan", "size": "small", "pos": [0.8333, 0.7071]},
         {"shape": "circle", "color": "brown", "size": "small", "pos": [0.3, 0.5484375]},
+        {"shape": "rectangle", "color": "gray", "size": "large", "pos": [0.2, 0.98]},  # clipped at the right edge
     ]
     drawn = css_2d.draw_objects(objects)
     np.testing.assert_array_equal(drawn, tirg_drawing(objects))
@@ -211,6 +212,10 @@ def test_the_2d_drawing_is_tirgs_rule_pixel_by_pixel():
     assert [tuple(drawn[23, c]) for c in (33, 34, 35)] == [white, brown, white]
     assert [tuple(drawn[15, c]) for c in (34, 35)] == [white, white]
     assert [tuple(drawn[16, c]) for c in (33, 34, 35)] == [white, brown, white]
+    # A rectangle whose top bound is negative paints nothing: tirg's rows slice int(5.76 - 8):int(5.76 + 8),
+    # i.e. -2:13, is empty in numpy (-2 is row 62).
+    corner = css_2d.draw_objects([{"shape": "rectangle", "color": "gray", "size": "large", "pos": [0.09, 0.5]}])
+    assert (corner == 255).all()
 
 
 def test_a_drawing_off_the_canvas_and_unknown_words_are_one_line_errors():
