@@ -341,3 +341,37 @@ def test_the_stand_in_reads_back_with_its_counts(tmp_path):
     name, path = next(iter(drawn.query_images.items()))
     objects = data["test"]["objects_img"][int(name.split("_")[2])]
     np.testing.assert_array_equal(np.asarray(Image.open(path)), tirg_drawing(objects))
+
+
+def test_eval_2d_to_3d_ranks_the_drawings_against_the_3d_gallery(cli, tiny_checkpoint, tmp_path):
+    """`clip-cir eval --dataset css --css-query-images 2d` on the stand-in equals tirg's protocol run
+    step by step on features the API computes: drawings composed with the mod texts, the 3-D gallery
+    ranked, each source's 3-D image masked, hits by label."""
+    import json
+
+    import clip_cir
+
+    write_css(tmp_path / "data", seed=1)
+    out = tmp_path / "metrics.json"
+    result = cli("eval", "--dataset", "css", "--data-root", tmp_path / "data", "--split", "test", "--model",
+                 "cir-tiny-vit", "--pretrained", tiny_checkpoint, "--css-query-images", "2d", "--num-workers", "0",
+                 "--no-cache", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+
+    (split,) = load_splits("css", tmp_path / "data", "test", options=ReaderOptions(css_query_images="2d"))
+    model = clip_cir.load(tiny_checkpoint, cache=False, progress=False)
+    names = list(split.gallery)
+    gallery = model.encode_images([split.gallery[n] for n in names]).numpy()
+    queries = model.compose([split.query_images[q.reference] for q in split.queries],
+                            [q.eval_caption for q in split.queries]).numpy()
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = queries @ gallery.T
+    captions = [split.gallery_labels[n] for n in names]
+    nn_result = []
+    for i, q in enumerate(split.queries):
+        sims[i, names.index(q.excluded)] = -10e10
+        nn_result.append([captions[j] for j in np.argsort(-sims[i])[:110]])
+    for k in (1, 5, 10, 50, 100):
+        expected = 100.0 * sum(q.target_label in nns[:k] for q, nns in zip(split.queries, nn_result)) / len(nn_result)
+        assert metrics[f"recall_at{k}"] == pytest.approx(expected, abs=1e-3), k
