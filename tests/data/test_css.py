@@ -375,3 +375,12 @@ def test_eval_2d_to_3d_ranks_the_drawings_against_the_3d_gallery(cli, tiny_check
     for k in (1, 5, 10, 50, 100):
         expected = 100.0 * sum(q.target_label in nns[:k] for q, nns in zip(split.queries, nn_result)) / len(nn_result)
         assert metrics[f"recall_at{k}"] == pytest.approx(expected, abs=1e-3), k
+
+
+def test_training_on_2d_queries_reads_the_drawings(root):
+    from clip_cir.training.datasets import TrainingSet
+
+    (split,) = load_splits("css", root, "train", options=ReaderOptions(css_query_images="2d"))
+    training = TrainingSet.from_splits([split])
+    assert training.image_names == ["css_train_000000_2d", "css_train_000001"]
+    assert training.image_paths == [split.query_images["css_train_000000_2d"], split.gallery["css_train_000001"]]
