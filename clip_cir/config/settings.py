@@ -23,6 +23,7 @@ class DataConfig(Options):
     data_root: Path | None = None
     fashioniq_categories: tuple[str, ...] | None = FASHIONIQ_CATEGORIES
     circo_query_text: str = "caption"
+    css_query_images: str = "3d"
     csv_reference_key: str = "reference"
     csv_caption_key: str = "caption"
     csv_target_key: str = "target"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq
+from clip_cir.data import circo, cirr, css, fashioniq
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -44,14 +44,16 @@ READERS: dict[str, Reader] = {
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
+    "css": css.load_css,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
+    "css": css.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
-VALIDATION_SPLITS: dict[str, str] = {}
+VALIDATION_SPLITS: dict[str, str] = {"css": "test"}
 """The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
 benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
@@ -97,6 +99,7 @@ def triplet_format(data: DataConfig) -> TripletFormat:
 def reader_options(data: DataConfig) -> ReaderOptions:
     """The dataset-specific reading options from the data settings."""
     return ReaderOptions(fashioniq_categories=data.fashioniq_categories, circo_query_text=data.circo_query_text,
+                         css_query_images=data.css_query_images,
                          triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
 
 

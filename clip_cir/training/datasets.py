@@ -38,7 +38,7 @@ class TrainingSet:
             for query in split.queries:
                 for name in (query.reference, query.target):
                     if name not in images:  # a file path is made once per image, not per use
-                        images[name] = split.gallery[name]
+                        images[name] = split.image_file(name)  # CSS's 2-D references are not gallery entries
         queries = splits[0].queries if len(splits) == 1 else [q for s in splits for q in s.queries]
         return cls(queries=queries, image_names=list(images),
                    image_paths=list(images.values()))
