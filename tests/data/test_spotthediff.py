@@ -172,14 +172,19 @@ def test_missing_image_stops_or_is_skipped(tmp_path):
 
 def test_training_split_is_one_query_per_record(tmp_path):
     base = write_layout(tmp_path) / "spot-the-diff" / "data" / "annotations"
-    (base / "train.json").write_text(VAL_JSON, encoding="utf-8")
+    # Record 1 now has a sentence of one space (not "", so maaf keeps it); a fifth record has no
+    # sentence and no image files: no query uses it, so training never looks for its images.
+    records = VAL_JSON.replace('"sentences": [""]', '"sentences": ["", " "]')
+    records = records[:-2] + ',\n  {"img_id": "40", "sentences": [""]}\n]'
+    (base / "train.json").write_text(records, encoding="utf-8")
     (split,) = load_splits("spotthediff", tmp_path, "train", images=ImageCheck.for_purpose("training"))
     assert [(q.qid, q.reference, q.target, q.train_captions) for q in split.queries] == [
         ("0", "7", "7_2", ("the car is gone",)),
+        ("1", "12", "12_2", (" ",)),
         ("2", "7#2", "7_2#2", ("a person appears", "the car moved")),
         ("3", "30", "30_2", (" no one on the stairs ",)),
     ]
-    assert list(split.gallery) == ["7", "7_2", "7#2", "7_2#2", "30", "30_2"]  # training keeps only used images
+    assert list(split.gallery) == GALLERY
 
 
 def test_synthetic_stand_in_reads_back(tmp_path):
