@@ -10,13 +10,16 @@ the whole words "animal1" and "animal2" swapped.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import stage1_options, stage2_options
 from PIL import Image
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.birdstowords import swap_animals
 from clip_cir.data.images import ImageCheck
@@ -223,3 +226,23 @@ def test_synthetic_stand_in_reads_back(tmp_path):
     assert sorted(back.train_captions) == sorted(swap_animals(t) for t in forward.train_captions)
     with pytest.raises(ValueError, match="exists and is not empty"):
         write_birdstowords(tmp_path)
+
+
+def test_stand_in_trains_both_stages_and_evaluates(tmp_path, cli):
+    """Stage 1 trains on the pairs and their reversed copies, stage 2 on its CLIP's features; both
+    validate on val, and `clip-cir eval` gives stage 2's last validation numbers."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_birdstowords(data, size=32)
+    stage1 = clip_cir.finetune(**stage1_options(data, runs, "s1", dataset="birdstowords", batch_size=8, epochs=1,
+                                                encoder="text"))
+    stage2 = clip_cir.train_combiner(**stage2_options(data, runs, "s2", dataset="birdstowords", batch_size=8,
+                                                      epochs=1, pretrained=runs / "s1"))
+    keys = [f"recall_at{k}" for k in (1, 5, 10, 50, 100)]
+    assert all(key in stage1.metrics and key in stage2.metrics for key in keys)
+    out = tmp_path / "val.json"
+    result = cli("eval", "--dataset", "birdstowords", "--data-root", data, "--num-workers", "0", "--model",
+                 "cir-tiny-vit", "--pretrained", runs / "s1", "--combiner", runs / "s2", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+    assert [metrics[key] for key in keys] == pytest.approx([stage2.metrics[key] for key in keys], abs=1e-3)
+    assert metrics["recall_at10"] == 100.0  # 9 val images, the reference removed: 8 ranked

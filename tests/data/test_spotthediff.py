@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stage1_options, stage2_options
 from PIL import Image
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.synthetic.spotthediff import write_spotthediff
@@ -208,3 +210,26 @@ def test_synthetic_stand_in_reads_back(tmp_path):
     after = Image.open(folder / "resized_images" / f"{records[0]['img_id']}_2.png")
     assert before.size == after.size and min(before.size) == 32
     assert before.tobytes() != after.tobytes()
+
+
+def test_stand_in_trains_both_stages_and_evaluates(tmp_path, cli):
+    """Stage 1 and stage 2 train on the stand-in and validate on its val split; `clip-cir eval`
+    reproduces stage 2's last validation and reads the test split with `--split test`."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_spotthediff(data, size=32)
+    clip_cir.finetune(**stage1_options(data, runs, "s1", dataset="spotthediff", batch_size=6, epochs=1,
+                                       encoder="text"))
+    stage2 = clip_cir.train_combiner(**stage2_options(data, runs, "s2", dataset="spotthediff", batch_size=6, epochs=1,
+                                                      pretrained=runs / "s1"))
+    keys = [f"recall_at{k}" for k in (1, 5, 10, 50, 100)]
+    assert all(key in stage2.metrics for key in keys)
+    for split, out in (("val", tmp_path / "val.json"), ("test", tmp_path / "test.json")):
+        result = cli("eval", "--dataset", "spotthediff", "--data-root", data, "--split", split, "--num-workers", "0",
+                     "--model", "cir-tiny-vit", "--pretrained", runs / "s1", "--combiner", runs / "s2",
+                     "--output", out)
+        assert result.code == 0, result.err
+    metrics = json.loads((tmp_path / "val.json").read_text())
+    assert [metrics[key] for key in keys] == pytest.approx([stage2.metrics[key] for key in keys], abs=1e-3)
+    # 14 val queries over 14 entries, one removed per query: R@50 and R@100 count every query.
+    assert metrics["recall_at50"] == metrics["recall_at100"] == 100.0
+    assert json.loads((tmp_path / "test.json").read_text())["recall_at100"] == 100.0
