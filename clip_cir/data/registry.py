@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, css, fashioniq
+from clip_cir.data import birdstowords, circo, cirr, css, fashioniq, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -45,12 +45,16 @@ READERS: dict[str, Reader] = {
     "circo": _read_circo,
     "triplets": _read_triplets,
     "css": css.load_css,
+    "birdstowords": birdstowords.load_birdstowords,
+    "spotthediff": spotthediff.load_spotthediff,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
     "css": css.SPLITS,
+    "birdstowords": birdstowords.SPLITS,
+    "spotthediff": spotthediff.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
 VALIDATION_SPLITS: dict[str, str] = {"css": "test"}
