@@ -66,7 +66,8 @@ def required_option(required: bool) -> dict[str, Any]:
 def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = QueryDataConfig.split,
                   split: bool = True, required: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, **required_option(required), help="benchmark layout to read")
+    group.add_argument("--dataset", choices=DATASETS, metavar="DATASET", **required_option(required),
+                       help=f"benchmark layout to read: {', '.join(DATASETS)}")
     add_data_root_arg(group, "folder holding the benchmark in its published layout (docs/datasets.md), e.g. "
                              "cirr_dataset/, fashionIQ_dataset/, CIRCO/", required)
     if split:
