@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq
+from clip_cir.data import circo, cirr, fashioniq, shoes
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -26,7 +26,7 @@ def _read_cirr(root: Path, split: str, images: ImageCheck, options: ReaderOption
 
 
 def _read_fashioniq(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
-    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images)
+    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images, options.fashioniq_protocol)
 
 
 def _read_circo(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
@@ -44,11 +44,13 @@ READERS: dict[str, Reader] = {
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
+    "shoes": shoes.load_shoes,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
+    "shoes": shoes.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
 DATASETS = tuple(READERS)
@@ -89,7 +91,8 @@ def triplet_format(data: DataConfig) -> TripletFormat:
 def reader_options(data: DataConfig) -> ReaderOptions:
     """The dataset-specific reading options from the data settings."""
     return ReaderOptions(fashioniq_categories=data.fashioniq_categories, circo_query_text=data.circo_query_text,
-                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
+                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None,
+                         fashioniq_protocol=data.fashioniq_protocol, shoes_protocol=data.shoes_protocol)
 
 
 def load_data(data: DataConfig, split: str, images: ImageCheck) -> list[CIRSplit]:
