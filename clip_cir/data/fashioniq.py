@@ -114,7 +114,8 @@ def _load_category(base: Path, category: str, split: str, index: dict[str, Path]
                 by_caption.setdefault(entry[key], _candidates(base / "images", entry[key], index))
     used = {entry[key] for entry in entries for key in keys}
     by_name = images.gallery_candidates(split, by_name, used)
-    gallery = {**images.locate(by_name, split_path), **images.locate(by_caption, cap_path)}
+    gallery_file = cap_path if protocol.gallery_from_triplets else split_path
+    gallery = {**images.locate(by_name, gallery_file), **images.locate(by_caption, cap_path)}
     looked_for = len(by_name) + len(by_caption)
     queries = []
     for i, entry in enumerate(entries):
