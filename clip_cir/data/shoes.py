@@ -131,8 +131,6 @@ def val_queries(pairs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> 
         by_image.setdefault(target, []).append((k, "target"))
         if reference != target:
             by_image.setdefault(reference, []).append((k, "reference"))
-    for uses in by_image.values():
-        uses.sort()
     return [use for name in names for use in by_image.get(name, ())]
 
 
