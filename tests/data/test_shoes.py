@@ -30,18 +30,18 @@ from clip_cir.evaluation.metrics import split_metrics
 
 A, B, C, D = "img_womens_boots_1.jpg", "img_womens_boots_2.jpg", "img_womens_clogs_1.jpg", "img_womens_clogs_2.jpg"
 X = "img_womens_pumps_9.jpg"  # on disk, in no list
-T1, T2 = "img_womens_flats_1.jpg", "img_womens_flats_2.jpg"  # the train list
+T1, T2, T3 = "img_womens_flats_1.jpg", "img_womens_flats_2.jpg", "img_womens_flats_3.jpg"  # the train list
 EVAL_LIST = [B, A, D, C]
 PAIRS = [  # (reference, target, caption), in the file's order
     (A, B, "is black"),
-    (C, A, "has laces"),
+    (C, A, " has laces "),    # stripped when read
     (X, D, "is taller"),       # reference in no list
     (T1, T2, "is red"),        # a train pair
     (D, T1, "is flat"),        # test reference, train target
     (B, B, "is the same"),     # target = reference
 ]
 FOLDERS = {A: "womens_boots/0", B: "womens_boots/1", C: "womens_clogs/0", D: "womens_clogs/0",
-           X: "womens_pumps/1", T1: "womens_flats/0", T2: "womens_flats/0"}
+           X: "womens_pumps/1", T1: "womens_flats/0", T2: "womens_flats/0", T3: "womens_flats/1"}
 
 
 def _write_layout(root: Path, pairs=PAIRS, eval_list=EVAL_LIST) -> Path:
@@ -52,7 +52,7 @@ def _write_layout(root: Path, pairs=PAIRS, eval_list=EVAL_LIST) -> Path:
     (base / "relative_captions_shoes.json").write_text(json.dumps(
         [{"ImageName": t, "ReferenceImageName": r, "RelativeCaption": c} for r, t, c in pairs]))
     (base / "eval_im_names.txt").write_text("".join(f"{n}\n" for n in eval_list))
-    (base / "train_im_names.txt").write_text(f"{T1}\n{T2}\n")
+    (base / "train_im_names.txt").write_text(f"{T1}\n{T2}\n{T3}\n")  # T3: in no pair
     return base
 
 
@@ -86,6 +86,7 @@ def test_val_protocol_queries_gallery_and_recall_by_hand(tmp_path):
                                               "4/reference", "1/reference"]
     assert [(q.reference, q.target, q.eval_caption) for q in split.queries[:3]] == [
         (A, B, "is black"), (B, B, "is the same"), (A, B, "is black")]  # pair 0 twice
+    assert split.queries[3].eval_caption == "has laces" and split.queries[3].captions == ("has laces",)
     assert all(q.train_captions == (q.eval_caption,) for q in split.queries)
     # Gallery: the list in its order, then X (pair 2's reference) and T1 (pair 4's target), in order of use.
     assert list(split.gallery) == [B, A, D, C, X, T1]
@@ -130,12 +131,12 @@ def test_train_split_under_both_protocols(tmp_path):
     # VAL: T1 (listed first) brings pair 3 (reference) and pair 4 (target), T2 pair 3 again.
     val = _read(tmp_path, "val", "train")
     assert [q.qid for q in val.queries] == ["3/reference", "4/target", "3/target"]
-    assert list(val.gallery) == [T1, T2, D]  # D: pair 4's reference, in no train list
+    assert list(val.gallery) == [T1, T2, T3, D]  # D: pair 4's reference, in no train list
     artemis = _read(tmp_path, "artemis", "train")
-    assert [q.qid for q in artemis.queries] == ["3"] and list(artemis.gallery) == [T1, T2]
-    # Training checks only the images its queries use.
-    used_only = _read(tmp_path, "artemis", "train", ImageCheck.for_purpose("training"))
-    assert list(used_only.gallery) == [T1, T2]
+    assert [q.qid for q in artemis.queries] == ["3"] and list(artemis.gallery) == [T1, T2, T3]
+    # Training checks only the images its queries use: not T3.
+    assert list(_read(tmp_path, "artemis", "train", ImageCheck.for_purpose("training")).gallery) == [T1, T2]
+    assert list(_read(tmp_path, "val", "train", ImageCheck.for_purpose("training")).gallery) == [T1, T2, D]
 
 
 # ----------------------------------------------------------------------------- bad input
