@@ -28,7 +28,7 @@ from clip_cir.encoding.ranking import rank_split
 from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import split_metrics
 
-P, Q, R, S, U = "B00P", "B00Q", "B00R", "B00S", "B00U"
+P, Q, R, S, U = "B00Z", "B00Q", "B00R", "B00S", "B00U"  # P sorts last
 SPLIT_FILE = [U, S, R, Q, P]  # U is in no triplet
 TRIPLETS = [  # (candidate, target, captions)
     (P, Q, ["is red", " has a longer skirt "]),
@@ -77,7 +77,7 @@ def test_val_protocol_by_hand(tmp_path):
         ("dress/0/0", P, Q, "is red"), ("dress/0/1", P, Q, "has a longer skirt"), ("dress/1/0", R, P, "is blue"),
         ("dress/2/0", S, R, "is shorter"), ("dress/2/1", S, R, "has no sleeves")]
     assert all(q.train_captions == (q.eval_caption,) for q in split.queries)
-    assert list(split.gallery) == [P, Q, R, S]  # the triplets' images, sorted; not U, not the file's order
+    assert list(split.gallery) == [Q, R, S, P]  # the triplets' images, sorted; not U, not the file's order
     assert split.exclude_reference is True and split.recall_ks == (1, 10, 50)
     rows = [{P: 1.0, Q: 0.9},                  # hit@1 once its reference P is removed
             {P: 1.0, R: 0.9, Q: 0.8},          # Q second
@@ -88,7 +88,7 @@ def test_val_protocol_by_hand(tmp_path):
         {"recall_at1": 100 * 3 / 5, "recall_at10": 100.0, "recall_at50": 100.0})
 
 
-@pytest.mark.parametrize("protocol, gallery", [("cosmo", SPLIT_FILE), ("cosmo-val", [P, Q, R, S])])
+@pytest.mark.parametrize("protocol, gallery", [("cosmo", SPLIT_FILE), ("cosmo-val", [Q, R, S, P])])
 def test_cosmo_protocols_by_hand(tmp_path, protocol, gallery):
     _write_layout(tmp_path)
     split = _read(tmp_path, protocol)
@@ -151,7 +151,7 @@ def test_missing_images_under_the_val_gallery(tmp_path):
     split = _read(tmp_path, "val", images=images)
     # Entry 0 (P -> Q) made two queries: both go; Q leaves the gallery.
     assert [q.qid for q in split.queries] == ["dress/1/0", "dress/2/0", "dress/2/1"]
-    assert list(split.gallery) == [P, R, S]
+    assert list(split.gallery) == [R, S, P]
     assert images.dropped_queries == {"fashioniq/dress/val": 2}
     # U is in the split file but in no triplet: VAL's gallery never looks for it, the split file's does.
     Image.new("RGB", (8, 8)).save(base / "images" / f"{Q}.jpg")
