@@ -61,6 +61,13 @@ def dataset_splits(dataset: str) -> tuple[str, ...]:
     return SPLITS.get(dataset, ())
 
 
+def validation_split(dataset: str) -> str:
+    """The split training validates on: `val` where the benchmark has one (and in the generic
+    layout), else `test`, which benchmarks without a val split (Shoes) select checkpoints on."""
+    splits = dataset_splits(dataset)
+    return "val" if not splits or "val" in splits else "test"
+
+
 def load_splits(dataset: str, data_root: str | Path, split: str, categories: Sequence[str] | None = None,
                 images: ImageCheck | None = None, options: ReaderOptions | None = None) -> list[CIRSplit]:
     """Read one split of a dataset; FashionIQ gives one CIRSplit per category.
