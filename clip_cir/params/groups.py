@@ -68,8 +68,8 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = Q
                   split: bool = True, required: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=DATASETS, **required_option(required), help="benchmark layout to read")
-    add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)",
-                      required)
+    add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/, CIRCO/ or shoes/ "
+                             "(published layouts)", required)
     if split:
         add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test; "
                                             "shoes: train, test (default: %(default)s)")
