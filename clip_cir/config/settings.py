@@ -22,6 +22,8 @@ class DataConfig(Options):
     dataset: str | None = None
     data_root: Path | None = None
     fashioniq_categories: tuple[str, ...] | None = FASHIONIQ_CATEGORIES
+    fashioniq_protocol: str = "clip4cir"
+    shoes_protocol: str = "val"
     circo_query_text: str = "caption"
     css_query_images: str = "3d"
     csv_reference_key: str = "reference"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import birdstowords, circo, cirr, css, fashioniq, spotthediff
+from clip_cir.data import birdstowords, circo, cirr, css, fashioniq, shoes, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -26,7 +26,7 @@ def _read_cirr(root: Path, split: str, images: ImageCheck, options: ReaderOption
 
 
 def _read_fashioniq(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
-    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images)
+    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images, options.fashioniq_protocol)
 
 
 def _read_circo(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
@@ -47,6 +47,7 @@ READERS: dict[str, Reader] = {
     "css": css.load_css,
     "birdstowords": birdstowords.load_birdstowords,
     "spotthediff": spotthediff.load_spotthediff,
+    "shoes": shoes.load_shoes,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
@@ -55,9 +56,10 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "css": css.SPLITS,
     "birdstowords": birdstowords.SPLITS,
     "spotthediff": spotthediff.SPLITS,
+    "shoes": shoes.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
-VALIDATION_SPLITS: dict[str, str] = {"css": "test"}
+VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test"}
 """The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
 benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
@@ -104,7 +106,8 @@ def reader_options(data: DataConfig) -> ReaderOptions:
     """The dataset-specific reading options from the data settings."""
     return ReaderOptions(fashioniq_categories=data.fashioniq_categories, circo_query_text=data.circo_query_text,
                          css_query_images=data.css_query_images,
-                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
+                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None,
+                         fashioniq_protocol=data.fashioniq_protocol, shoes_protocol=data.shoes_protocol)
 
 
 def load_data(data: DataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:
