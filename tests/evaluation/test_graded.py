@@ -225,3 +225,19 @@ def test_table_of_the_headline_numbers():
     assert lines[1].split()[0] == "cfq" and lines[2].split()[0] == "a"
     assert float(lines[1].split()[1]) == pytest.approx(round(out["accurate_map"], 2))
     assert float(lines[2].split()[3]) == pytest.approx(round(out["a_ndcg"], 2))
+
+
+def test_headline_thresholds_are_maafs_primary_ones():
+    """accurate mAP at "accurate_0" (mean > -0.01) and similar mAP at "similar_-2/3" (mean > -0.67),
+    on one caption whose seven candidates take every third from -1 to 1, worst scored best."""
+    gallery = {f"k{k}": Path(f"/nowhere/k{k}.jpeg") for k in range(7)}
+    means = {f"k{k}": (-1 + k / 3, -1 + k / 3) for k in range(7)}
+    split = _split("t", [_query("t/0", "r0", "any")], {"t/0": means}, gallery)
+    m = graded_split_metrics(split, _ranking([{f"k{k}": 1 - k / 10 for k in range(7)}], gallery)).metrics
+    # similar > -0.67: k1..k6 (-2/3 counts), ranked after k0: precisions 1/2, 2/3, ..., 6/7.
+    assert m["similar_map"] == pytest.approx(100 * sum(i / (i + 1) for i in range(1, 7)) / 6)
+    # accurate > -0.01: k3..k6 (0 counts), ranked after three negatives: 1/4, 2/5, 3/6, 4/7.
+    assert m["accurate_map"] == pytest.approx(100 * sum(i / (i + 3) for i in range(1, 5)) / 4)
+    # Every threshold by its label: "m1_3" is > -0.34 (k2..k6), "2_3" is > 0.66 (k5, k6).
+    assert m["similar_m1_3_map"] == pytest.approx(100 * sum(i / (i + 2) for i in range(1, 6)) / 5)
+    assert m["accurate_2_3_map"] == pytest.approx(100 * sum(i / (i + 5) for i in range(1, 3)) / 2)
