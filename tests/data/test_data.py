@@ -159,7 +159,7 @@ def test_fashioniq_caption_forms(c0, c1, train, evaluation):
 
 
 def test_unknown_dataset_and_split_in_api(synth_root):
-    with pytest.raises(CIRError, match="unknown dataset 'coco' \\(choose from cirr, fashioniq, circo, triplets\\)"):
+    with pytest.raises(CIRError, match="unknown dataset 'coco' \\(choose from cirr, fashioniq, circo, triplets, cfq\\)"):
         load_splits("coco", synth_root, "val")
     with pytest.raises(CIRError, match="unknown CIRCO split 'train' \\(choose from val, test\\)"):
         load_splits("circo", synth_root, "train")
