@@ -84,7 +84,7 @@ def read_judgments(path: Path) -> dict[str, dict[tuple[str, str], dict[str, _Vot
         raise CIRError(f"{path}: CFQ judgements file not found")
     subsets: dict[str, dict[tuple[str, str], dict[str, _Votes]]] = {}
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # a byte-order mark is not part of a name
             rows = csv.reader(f, delimiter="\t")
             header = next(rows, None)
             if header is None:
