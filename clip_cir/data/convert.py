@@ -49,6 +49,8 @@ def convert(dataset: str, data_root: str | Path, output: str | Path,
     protocols = set()
     all_splits = {split: load_splits(dataset, data_root, split, images=ImageCheck(require_files=False),
                                      options=options) for split in dataset_splits(dataset)}
+    if any(part.judgments is not None for parts in all_splits.values() for part in parts):
+        raise CIRError(f"{dataset}: graded judgements (not targets) have no place in the triplet layout")
     output.mkdir(parents=True, exist_ok=True)
     for split, parts in all_splits.items():
         grouped = dataset == "fashioniq"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import birdstowords, circo, cirr, css, fashioniq, shoes, spotthediff
+from clip_cir.data import birdstowords, cfq, circo, cirr, css, fashioniq, shoes, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -48,6 +48,7 @@ READERS: dict[str, Reader] = {
     "birdstowords": birdstowords.load_birdstowords,
     "spotthediff": spotthediff.load_spotthediff,
     "shoes": shoes.load_shoes,
+    "cfq": cfq.load_cfq,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
@@ -57,9 +58,10 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "birdstowords": birdstowords.SPLITS,
     "spotthediff": spotthediff.SPLITS,
     "shoes": shoes.SPLITS,
+    "cfq": cfq.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
-VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test"}
+VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test", "cfq": "test"}
 """The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
 benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
