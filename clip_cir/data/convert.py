@@ -8,9 +8,9 @@ every reader's output converts alike:
 
 - A gallery without labels whose entries are distinct files is a text file of paths, and rows
   name images by their paths (CIRR, FashionIQ, CIRCO).
-- A gallery with labels (hits by label, `Query.target_label`), or one that shows a file under
-  several names (Spot-the-Diff), is a JSONL file of entries keeping the benchmark's names, and
-  rows name entries by those names.
+- Where a gallery has labels (hits by label, `Query.target_label`) or shows a file under several
+  names (Spot-the-Diff), every gallery of the benchmark is a JSONL file of entries keeping the
+  benchmark's names, and rows name entries by those names.
 - A reference that is no gallery entry (`CIRSplit.query_images`) is written as its file's path;
   `Query.excluded` where a query masks another entry than its reference.
 
@@ -115,11 +115,11 @@ def write_triplets(splits: Mapping[str, Sequence[CIRSplit]], output: str | Path,
         raise CIRError(f"{output}: exists and is not empty; choose a new --output folder")
     files: dict[Path, str] = {}
     protocols = set()
+    named = any(_needs_entries(part) for parts in splits.values() for part in parts)  # one form for all galleries
     for split, parts in splits.items():
         grouped = len(parts) > 1 or any(part.name != part.dataset for part in parts)
         rows, galleries = [], {}
         for part in parts:
-            named = _needs_entries(part)
             rows += [_row(part, query, grouped, named) for query in part.queries]
             stem = f"{split}.{part.name}" if grouped else split
             galleries[output / f"{stem}.gallery.{'jsonl' if named else 'txt'}"] = (
