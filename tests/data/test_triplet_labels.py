@@ -24,9 +24,10 @@ from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
 
 NO_FILES = ImageCheck(require_files=False)
 VIEWS = (("adjective", 0), ("noun", 1))
-LABELS = {"e0": "red circle", "e1": "blue circle", "e2": "red square", "e3": "blue circle", "e4": "green star",
+LABELS = {"e0": "red circle", "e1": "blue circle", "e2": "red  square ", "e3": "blue circle", "e4": "green star",
           "e4#2": "green star"}
-"""The labelled gallery in order; `e4#2` is a second entry showing e4's file."""
+"""The labelled gallery in order; `e4#2` is a second entry showing e4's file. Labels are compared
+as written (e2's spaces are kept), words as split on whitespace."""
 
 
 def _images(folder: Path, stems: list[str]) -> dict[str, Path]:
@@ -58,7 +59,7 @@ def _labelled(root: Path) -> dict[str, list[CIRSplit]]:
            _query("1", "q0", "add a star", target="e4", target_label="green star", excluded="e2",
                   forms=("add a star", "a star please")),
            _query("2", "e4", "the same again", target="e4#2", target_label="green star"),
-           _query("3", "e1", "a blue star", target="e3", target_label="blue star")]
+           _query("3", "e1", "a blue star", target="e3", target_label="blue star ")]
     test = [_query("t0", "e1", "make it red"), _query("t1", "q0", "a square", excluded="e0")]
     return {"val": [split("val", val)], "test": [split("test", test)]}
 
@@ -66,10 +67,10 @@ def _labelled(root: Path) -> dict[str, list[CIRSplit]]:
 def _spots(root: Path) -> dict[str, list[CIRSplit]]:
     """A Spot-the-Diff-like benchmark in two groups: records repeat files under new entry names,
     only the named target entry is a hit (no labels)."""
-    files = _images(root / "img", ["s5", "s5b", "s6", "s6b", "s7", "s7b"])
+    files = _images(root / "img", ["s5", "s5b", "s6", "s6b", "s7", "s7b", "s8"])
     left = {"5": files["s5"], "5_2": files["s5b"], "5#2": files["s5"], "5_2#2": files["s5b"], "6": files["s6"],
             "6_2": files["s6b"]}
-    right = {"7": files["s7"], "7_2": files["s7b"]}
+    right = {"7": files["s7"], "7_2": files["s7b"], "8": files["s8"]}
 
     def part(name: str, gallery: dict[str, Path], queries: list[Query]) -> CIRSplit:
         return CIRSplit(dataset="spots", name=name, split="val", queries=queries, gallery=gallery,
@@ -78,7 +79,7 @@ def _spots(root: Path) -> dict[str, list[CIRSplit]]:
     return {"val": [part("left", left, [_query("0/0", "5", "a car left", target="5_2"),
                                         _query("1/0", "5#2", "a car left again", target="5_2#2"),
                                         _query("2/0", "6", "the door opened", target="6_2")]),
-                    part("right", right, [_query("r0", "7", "a man walked in", target="7_2")])]}
+                    part("right", right, [_query("r0", "7", "a man walked in", target="7_2", excluded="8")])]}
 
 
 def _same_queries(original: CIRSplit, read: CIRSplit) -> None:
@@ -143,7 +144,7 @@ def test_label_hits_and_word_views_score_the_same_as_the_original(tmp_path):
     #   q0: red square, blue circle (e3: not the target image, but its label) -> hit at 2
     #   q1: red circle, green star (e4#2)                                     -> hit at 2
     #   q2: green star                                                         -> hit at 1
-    #   q3: green star, blue circle, blue circle: no "blue star"               -> never
+    #   q3: green star, blue circle, blue circle: no "blue star "              -> never
     assert (metrics["recall_at1"], metrics["recall_at2"], metrics["recall_at3"]) == (25.0, 75.0, 75.0)
     # Adjectives (word 0) sought: blue, green, green, blue. q3: green, then blue at 2.
     assert (metrics["adjective_recall_at1"], metrics["adjective_recall_at2"]) == (25.0, 100.0)
@@ -363,3 +364,15 @@ def test_bad_input_is_one_line_naming_file_and_line(case, tmp_path):
     text = str(error.value)
     assert message in text and len(text.splitlines()) == 1, text
     assert str(root) in text
+
+
+def test_a_table_row_without_a_label_or_an_excluded_entry_has_none():
+    import numpy as np
+
+    from clip_cir.data.table import QueryTable, Ragged, strings
+
+    table = QueryTable(ids=np.array([1, 2]), names=strings(["a", "b"]), reference=np.array([0, 1]),
+                       targets=Ragged.from_lengths(np.array([1, 1]), np.array([1, 0])), captions=strings(["x", "y"]),
+                       excluded=np.array([-1, 0], dtype=np.int32), target_labels=strings(["red", ""]))
+    assert [(q.target_label, q.excluded) for q in table] == [("red", None), (None, "a")]
+    assert [(q.target_label, q.excluded) for q in table.take(np.array([1]))] == [(None, "a")]
