@@ -222,6 +222,25 @@ def test_a_benchmark_without_the_new_fields_is_written_as_before(tmp_path):
                                                                 "recall_ks": [1, 5], "map_ks": []}
 
 
+def test_a_text_gallery_names_the_excluded_entry_by_its_path_and_keeps_map_cut_offs(tmp_path):
+    """No labels: a target label has no use and is not written; a test split without targets
+    need not share the mAP cut-offs of one with several ground truths."""
+    files = _images(tmp_path / "img", ["a", "b", "c"])
+    gallery = {n: files[n] for n in files}
+    val = CIRSplit(dataset="multi", name="multi", split="val", gallery=gallery, exclude_reference=True,
+                   queries=[_query("1", "a", "x", target="b", ground_truths=("b", "c"), target_label="unused",
+                                   excluded="c")], recall_ks=(1,), map_ks=(5, 10))
+    test = CIRSplit(dataset="multi", name="multi", split="test", gallery=gallery, exclude_reference=True,
+                    queries=[_query("2", "b", "y")], recall_ks=(1,))
+    write_triplets({"val": [val], "test": [test]}, tmp_path / "out", "multi")
+    assert json.loads((tmp_path / "out" / "val.jsonl").read_text()) == {
+        "id": "1", "reference": str(files["a"]), "caption": "x", "target": [str(files["b"]), str(files["c"])],
+        "excluded": str(files["c"])}
+    (read,) = load_splits("triplets", tmp_path / "out", "val")
+    assert read.map_ks == (5, 10) and read.queries[0].excluded == str(files["c"])
+    assert load_splits("triplets", tmp_path / "out", "test")[0].map_ks == ()
+
+
 def test_splits_whose_protocols_differ_are_not_written(tmp_path):
     splits = _labelled(tmp_path / "data")
     splits["test"][0].recall_ks = (1, 5)
@@ -243,8 +262,8 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 ROWS = ('{"reference": "a.png", "caption": "x", "target": "b", "target_label": "red"}\n'
-        '{"reference": "q.png", "caption": "y", "target": "a.png", "target_label": "blue", "excluded": "b"}\n')
-ENTRIES = ('{"image": "a.png", "label": "blue"}\n{"image": "b.png", "name": "b", "label": "red"}\n'
+        '{"reference": "q.png", "caption": "y", "target": "a.png", "target_label": " light  blue", "excluded": "b"}\n')
+ENTRIES = ('{"image": "a.png", "label": " light  blue"}\n{"image": "b.png", "name": "b", "label": "red"}\n'
            '{"image": "b.png", "name": "b again", "label": "red"}\n')
 
 
@@ -253,13 +272,15 @@ def test_reading_the_new_fields(tmp_path):
     (split,) = load_triplets(root, "val", images=NO_FILES)
     assert list(split.gallery.items()) == [("a.png", root / "a.png"), ("b", root / "b.png"),
                                            ("b again", root / "b.png")]
-    assert split.gallery_labels == {"a.png": "blue", "b": "red", "b again": "red"} and split.label_views == ()
+    assert split.gallery_labels == {"a.png": " light  blue", "b": "red", "b again": "red"}
+    assert split.label_views == ()  # none in the protocol
     assert dict(split.query_images) == {"q.png": root / "q.png"} and split.image_file("q.png") == root / "q.png"
     first, second = split.queries
     assert (first.target, first.target_label, first.excluded) == ("b", "red", None)
-    assert (second.reference, second.target, second.target_label, second.excluded) == ("q.png", "a.png", "blue", "b")
+    assert (second.reference, second.target, second.target_label, second.excluded) == ("q.png", "a.png",
+                                                                                         " light  blue", "b")
     # The same rows as CSV, read by numpy's C reader, and with a column more, row by row.
-    csv = ("reference,caption,target,target_label,excluded\na.png,x,b,red,\nq.png,y,a.png,blue, b \n")
+    csv = ("reference,caption,target,target_label,excluded\na.png,x,b,red,\nq.png,y,a.png, light  blue, b \n")
     for text in (csv, csv.replace("\na.png,x,b,red,\n", "\na.png,x,b,red,,extra\n")):
         (root / "val.jsonl").unlink(missing_ok=True)
         (root / "val.csv").write_text(text)
@@ -268,6 +289,16 @@ def test_reading_the_new_fields(tmp_path):
         assert [q.qid for q in again.queries] == ["2", "3"]
         assert [(q.reference, q.target, q.target_label, q.excluded) for q in again.queries] == \
             [(q.reference, q.target, q.target_label, q.excluded) for q in split.queries]
+
+
+def test_label_views_apply_only_where_the_gallery_has_labels(tmp_path):
+    views = '{"label_views": [["colour", 0]]}'
+    root = _write(tmp_path, {"val.jsonl": ROWS, "val.gallery.jsonl": ENTRIES, "clip_cir.json": views})
+    assert load_triplets(root, "val", images=NO_FILES)[0].label_views == (("colour", 0),)
+    plain = _write(tmp_path / "plain", {"val.jsonl": '{"reference": "a.png", "caption": "x", "target": "b.png"}\n',
+                                        "clip_cir.json": views})
+    (split,) = load_triplets(plain, "val", images=NO_FILES)
+    assert split.label_views == () and split.gallery_labels is None
 
 
 def test_without_a_gallery_file_the_excluded_entry_joins_the_gallery(tmp_path):
@@ -295,13 +326,16 @@ def test_a_reference_outside_the_gallery_is_a_query_image_where_nothing_is_maske
 
 def test_missing_images_drop_the_queries_that_need_them(tmp_path):
     _images(tmp_path, ["a", "b"])
-    root = _write(tmp_path, {"val.jsonl": '{"reference": "a.png", "caption": "x", "target": "b.png"}\n'
+    root = _write(tmp_path, {"val.jsonl": '{"reference": "a.png", "caption": "x", "target": "b.png", '
+                                          '"target_label": "two"}\n'
                                           '{"reference": "q.png", "caption": "y", "target": "a.png", '
-                                          '"excluded": "b.png"}\n'
+                                          '"target_label": "one", "excluded": "b.png"}\n'
                                           '{"reference": "b.png", "caption": "z", "target": "a.png", '
-                                          '"excluded": "c.png"}\n',
-                             "val.gallery.jsonl": '{"image": "a.png"}\n{"image": "b.png"}\n{"image": "c.png"}\n'})
-    with pytest.raises(CIRError, match=r"image 'c.png' listed in val.gallery.jsonl:3 is missing on disk"):
+                                          '"target_label": "one", "excluded": "C"}\n',
+                             "val.gallery.jsonl": '{"image": "c.png", "name": "C", "label": "three"}\n'
+                                                  '{"image": "a.png", "label": "one"}\n'
+                                                  '{"image": "b.png", "label": "two"}\n'})
+    with pytest.raises(CIRError, match=r"image 'C' listed in val.gallery.jsonl:1 is missing on disk"):
         load_triplets(root, "val")
     (root / "c.png").write_bytes((root / "a.png").read_bytes())
     with pytest.raises(CIRError, match=r"image 'q.png' listed in val.jsonl:2 is missing on disk"):
@@ -309,9 +343,11 @@ def test_missing_images_drop_the_queries_that_need_them(tmp_path):
     (root / "c.png").unlink()
     check = ImageCheck(skip=True)
     (split,) = load_triplets(root, "val", images=check)
-    assert [q.qid for q in split.queries] == ["1"]  # query 2 needs q.png, query 3 masks c.png
-    assert {s.name: s.listed_in for s in check.skipped.values()} == {"c.png": "val.gallery.jsonl:3",
+    assert [q.qid for q in split.queries] == ["1"]  # query 2 needs q.png, query 3 masks C
+    assert {s.name: s.listed_in for s in check.skipped.values()} == {"C": "val.gallery.jsonl:1",
                                                                       "q.png": "val.jsonl:2"}
+    assert list(split.gallery.items()) == [("a.png", root / "a.png"), ("b.png", root / "b.png")]
+    assert split.gallery_labels == {"a.png": "one", "b.png": "two"}
 
 
 BAD = {
