@@ -412,3 +412,16 @@ def test_a_table_row_without_a_label_or_an_excluded_entry_has_none():
                        excluded=np.array([-1, 0], dtype=np.int32), target_labels=strings(["red", ""]))
     assert [(q.target_label, q.excluded) for q in table] == [("red", None), (None, "a")]
     assert [(q.target_label, q.excluded) for q in table.take(np.array([1]))] == [(None, "a")]
+
+
+def test_rows_that_differ_only_in_target_label_or_excluded_entry_are_distinct_queries(tmp_path):
+    row = '{{"reference": "a.png", "caption": "x", "target_label": "{}", "excluded": "{}"}}\n'
+    entries = '{"image": "a.png", "label": "red"}\n{"image": "b.png", "label": "blue"}\n'
+    root = _write(tmp_path, {"val.jsonl": row.format("red", "b.png") + row.format("blue", "b.png")
+                             + row.format("blue", "a.png"), "val.gallery.jsonl": entries})
+    (split,) = load_triplets(root, "val", images=NO_FILES)
+    assert [(q.target_label, q.excluded) for q in split.queries] == [("red", "b.png"), ("blue", "b.png"),
+                                                                     ("blue", "a.png")]
+    (root / "val.jsonl").write_text(row.format("red", "b.png") * 2)
+    with pytest.raises(CIRError, match=r"val.jsonl: lines 1, 2: the same query \(reference, caption\) listed 2 times"):
+        load_triplets(root, "val", images=NO_FILES)
