@@ -1,9 +1,9 @@
 """Any CIR data in one documented layout (`--dataset triplets`): per split, one CSV, TSV or JSONL
-file of queries, read into the same `CIRSplit` as the three benchmarks.
+file of queries, read into the same `CIRSplit` as the benchmarks.
 
     DATA/<split>.jsonl | <split>.csv | <split>.tsv   one query per row: reference, caption, target(s)
-    DATA/<split>.gallery.txt                          optional: the gallery, one image path per line
-    DATA/<split>.<group>.gallery.txt                  optional: the gallery of one group (see below)
+    DATA/<split>.gallery.txt | .gallery.jsonl         optional: the gallery (image paths, or entries)
+    DATA/<split>.<group>.gallery.txt | .jsonl         optional: the gallery of one group (see below)
     DATA/clip_cir.json                                optional: the protocol (reference removed? which K)
 
 Columns (names chosen by `TripletFormat`): `reference` and `target` are image paths, relative to
@@ -11,11 +11,28 @@ the file that lists them or absolute; `target` holds one path or several (a JSON
 `|`-separated in CSV), several meaning several ground truths (mAP@K as CIRCO computes it); it is
 empty or absent in test splits. `caption` is the relative caption. Optional: `id` (the query id,
 unique; default: the line number), `benchmark` (a group: one CIRSplit per value, ranked against
-its own gallery, as FashionIQ's categories) and, in JSONL, `train_captions` (the caption forms
-training draws from) and `aspects` (semantic aspects: mAP@10 is reported per aspect, as CIRCO's).
-Without a gallery file the gallery is every image the split names. A split that is evaluated lists
-each query once (rows without an `id` that repeat a group, reference, caption and targets are an
-error); a split trained on may repeat one, which weighs that triplet more.
+its own gallery, as FashionIQ's categories), `target_label` (the label a hit carries: where the
+gallery's entries have labels, any entry carrying it is a hit, tirg's rule; for every row or
+none, and only with a labelled gallery), `excluded` (the gallery entry left out of this query's
+ranking instead of its reference) and, in JSONL, `train_captions` (the caption forms training
+draws from) and `aspects` (semantic aspects: mAP@10 is reported per aspect, as CIRCO's).
+
+A gallery file is a text file of image paths, or a JSONL file of entries
+`{"image": PATH, "name": NAME, "label": LABEL}` (`clip_cir.data.gallery_files`): `name`
+(default: the path) is what rows call the entry, so one file can be several entries; labels are
+on every entry or none. Rows name gallery entries (`target`, `excluded`, a gallery `reference`)
+by their names. A `reference` that is no entry of a gallery file is a query image, encoded apart
+from the gallery (`CIRSplit.query_images`); where the protocol removes references from their
+rankings such a row must name its `excluded` entry. Without a gallery file the gallery is every
+image the split names (references, targets, excluded entries). A split that is evaluated lists
+each query once (rows without an `id` that repeat a group, reference, caption, targets, target
+label and excluded entry are an error); a split trained on may repeat one, which weighs that
+triplet more.
+
+The protocol file's keys: `exclude_reference` (default true), `recall_ks`, `map_ks`, `source` (the
+benchmark a converted copy came from) and `label_views`, a list of `[name, word index]`: recall
+also on one whitespace-separated word of the labels, reported as `<name>_recall_at<K>` (MIT-States'
+`[["adjective", 0], ["noun", 1]]`), for the splits whose gallery has labels.
 """
 
 from __future__ import annotations

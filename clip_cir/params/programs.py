@@ -289,7 +289,7 @@ def cli_parser() -> argparse.ArgumentParser:
     add_circo_args(p.add_argument_group("data"))
     _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
 
-    p = sub.add_parser("convert", help="write a benchmark (cirr, fashioniq, circo) in the generic triplet layout",
+    p = sub.add_parser("convert", help="write a benchmark in the generic triplet layout",
                        description="Write every split of a benchmark as DIR/<split>.jsonl with gallery files and "
                                    "the benchmark's protocol (clip_cir.json), for --dataset triplets: eval on the "
                                    "output gives the benchmark's own numbers (CIRR's subset and soft metrics "
