@@ -26,6 +26,7 @@ from clip_cir.config import (
 )
 from clip_cir.constants import (
     COMBINING,
+    CSS_QUERY_IMAGES,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     FAISS_INDEXES,
@@ -66,13 +67,15 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = Q
                   split: bool = True, required: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=DATASETS, **required_option(required), help="benchmark layout to read")
-    add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)",
-                      required)
+    add_data_root_arg(group, "folder holding the benchmark in its published layout (docs/datasets.md), e.g. "
+                             "cirr_dataset/, fashionIQ_dataset/, CIRCO/", required)
     if split:
-        add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
-                                            "(default: %(default)s)")
+        add_split_arg(group, split_default, "the benchmark's split, e.g. cirr: train, val, test1; fashioniq: train, "
+                                            "val, test; circo: val, test; css, fashion200k, mitstates: train, test "
+                                            "(default: its validation split: val, or test where it has none)")
     add_fashioniq_categories_arg(group, DataConfig.fashioniq_categories)
     add_circo_args(group)
+    add_css_args(group)
     add_triplet_args(group)
 
 
@@ -112,6 +115,12 @@ def add_circo_args(parser: Group) -> None:
     parser.add_argument("--circo-query-text", choices=QUERY_TEXTS, default=DataConfig.circo_query_text,
                         help="CIRCO query text: the relative caption alone, or 'a photo of {shared concept} that "
                              "{relative caption}' (default: %(default)s)")
+
+
+def add_css_args(parser: Group) -> None:
+    parser.add_argument("--css-query-images", choices=CSS_QUERY_IMAGES, default=DataConfig.css_query_images,
+                        help="css: query images, the source's 3-D rendering (3D->3D) or tirg's flat 2-D drawing of its "
+                             "objects (2D->3D; drawn once into the cache folder) (default: %(default)s)")
 
 
 def add_search_args(parser: Group) -> None:
