@@ -329,6 +329,8 @@ def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool 
     single = lengths == 1
     only = np.zeros(n, dtype=bool)
     only[single] = target_codes[starts[single]] == reference[single]
+    if columns.target_labels is not None:  # a hit is any entry with the label: the target is only training's positive
+        only &= columns.target_labels == ""
     fault(only, ONLY_TARGET, lambda row: f"the reference '{names[reference[row]]}' is also its only target")
     ids = lines.astype(np.int32) if n and lines.max() < 2 ** 31 else lines
     if columns.ids is not None:

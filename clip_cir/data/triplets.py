@@ -12,8 +12,9 @@ the file that lists them or absolute; `target` holds one path or several (a JSON
 empty or absent in test splits. `caption` is the relative caption. Optional: `id` (the query id,
 unique; default: the line number), `benchmark` (a group: one CIRSplit per value, ranked against
 its own gallery, as FashionIQ's categories), `target_label` (the label a hit carries: where the
-gallery's entries have labels, any entry carrying it is a hit, tirg's rule; for every row or
-none, and only with a labelled gallery), `excluded` (the gallery entry left out of this query's
+gallery's entries have labels, any entry carrying it is a hit, tirg's rule, and `target` is only
+the positive training uses, which may then be the reference itself; for every row or none, and
+only with a labelled gallery), `excluded` (the gallery entry left out of this query's
 ranking instead of its reference) and, in JSONL, `train_captions` (the caption forms training
 draws from) and `aspects` (semantic aspects: mAP@10 is reported per aspect, as CIRCO's).
 

@@ -425,3 +425,15 @@ def test_rows_that_differ_only_in_target_label_or_excluded_entry_are_distinct_qu
     (root / "val.jsonl").write_text(row.format("red", "b.png") * 2)
     with pytest.raises(CIRError, match=r"val.jsonl: lines 1, 2: the same query \(reference, caption\) listed 2 times"):
         load_triplets(root, "val", images=NO_FILES)
+
+
+def test_with_a_target_label_the_reference_may_be_its_own_target(tmp_path):
+    """MIT-States' training draws may give the source image itself as the target: the label decides
+    the hits, the target is only training's positive. Without a label the row means nothing."""
+    row = '{"reference": "a.png", "caption": "x", "target": "a.png", "target_label": "red"}\n'
+    root = _write(tmp_path, {"train.jsonl": row, "train.gallery.jsonl": '{"image": "a.png", "label": "red"}\n'})
+    (split,) = load_triplets(root, "train", images=NO_FILES)
+    assert (split.queries[0].reference, split.queries[0].target) == ("a.png", "a.png") and split.has_targets
+    (root / "train.jsonl").write_text(row.replace(', "target_label": "red"', ""))
+    with pytest.raises(CIRError, match=r"train.jsonl:1: the reference 'a.png' is also its only target"):
+        load_triplets(root, "train", images=NO_FILES)
