@@ -437,3 +437,25 @@ def test_with_a_target_label_the_reference_may_be_its_own_target(tmp_path):
     (root / "train.jsonl").write_text(row.replace(', "target_label": "red"', ""))
     with pytest.raises(CIRError, match=r"train.jsonl:1: the reference 'a.png' is also its only target"):
         load_triplets(root, "train", images=NO_FILES)
+
+
+def test_convert_css_with_its_2d_query_images_scores_as_the_reader(tmp_path, cli):
+    """The CSS reader's own splits (labels, 2-D query images outside the gallery, each masking its
+    scene's 3-D entry), through `clip-cir convert`: the same rankings and metrics."""
+    from clip_cir.data.synthetic.css import write_css
+    from clip_cir.data.types import ReaderOptions
+
+    write_css(tmp_path / "css")
+    out = tmp_path / "out"
+    result = cli("convert", "css", "--data-root", tmp_path / "css", "--output", out, "--css-query-images", "2d")
+    assert result.code == 0, result.err
+    (original,) = load_splits("css", tmp_path / "css", "test", options=ReaderOptions(css_query_images="2d"))
+    (read,) = load_splits("triplets", out, "test")
+    assert original.query_images and len(read.query_images) == len(original.query_images)
+    assert all(q.excluded is not None for q in read.queries)
+    generator = torch.Generator().manual_seed(0)
+    gallery = torch.randn(len(original.gallery), 8, generator=generator)
+    queries = torch.randn(len(original.queries), 8, generator=generator)
+    rankings = [rank_split(split, queries, gallery, k=original.rank_depth) for split in (original, read)]
+    assert torch.equal(rankings[0].indices, rankings[1].indices)
+    assert split_metrics(read, rankings[1]) == split_metrics(original, rankings[0])
