@@ -357,6 +357,8 @@ BAD = {
     "entry image": ({"val.gallery.jsonl": '{"name": "a"}\n'}, "val.gallery.jsonl:1: 'image' should be the entry's "),
     "entry label type": ({"val.gallery.jsonl": '{"image": "a.png", "label": 3}\n'},
                          "val.gallery.jsonl:1: 'label' should be a non-empty string"),
+    "blank name": ({"val.gallery.jsonl": '{"image": "a.png", "name": " "}\n'},
+                   "val.gallery.jsonl:1: 'name' should be a non-empty string"),
     "some labels": ({"val.gallery.jsonl": '{"image": "a.png", "label": "x"}\n\n{"image": "b.png"}\n'},
                     "val.gallery.jsonl:3: this entry has no 'label' and the one at line 1 has; give every entry"),
     "name taken": ({"val.gallery.jsonl": '{"image": "a.png"}\n{"image": "b.png"}\n'
