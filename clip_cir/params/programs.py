@@ -180,7 +180,7 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
     add_output_dir_arg(parser, "where to write the PNGs (default: RUN_DIR/report)")
     parser.add_argument("--queries", type=int, default=4,
                         help="validation queries in the retrieval figure; 0 for none (default: %(default)s)")
-    add_split_arg(parser, "val", "split the queries come from (default: %(default)s)")
+    add_split_arg(parser, None, "split the queries come from (default: the benchmark's validation split)")
     add_seed_arg(parser, help="which queries are drawn")
     add_feature_cache_args(parser)
 

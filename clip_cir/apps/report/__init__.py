@@ -50,7 +50,7 @@ FIGURE_NAMES = {"loss": "training_loss.png", "validation": "validation.png", "re
 # ----------------------------------------------------------------------------- entry points
 
 
-def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_queries: int = 4, split: str = "val",
+def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_queries: int = 4, split: str | None = None,
                 *, seed: int = 0, cache: FeatureCache | None = None, progress: bool = True) -> list[Path]:
     """Write the run's figures into `output_dir` (default RUN_DIR/report) and return their paths.
 
@@ -75,7 +75,10 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
     if not has_checkpoint(run):
         log.warning("%s: no checkpoint yet, so no retrieval examples", run.path)
         return written
+    from clip_cir.data.registry import validation_split
+
     cache = cache if cache is not None else FeatureCache(default_cache_dir())
+    split = split or validation_split(run.config.get("dataset"))
     examples, description = retrieval_examples(run, split, n_queries, seed, cache, progress)
     if not examples:
         raise CIRError(f"{run.config['dataset']} split '{split}' has no queries to show")

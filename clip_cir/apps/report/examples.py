@@ -108,15 +108,17 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
     """Rank `n_queries` queries of `split` with the run's model; returns them and the model's description."""
     import torch
 
-    from clip_cir.data import load_splits
+    from clip_cir.config import DataConfig
     from clip_cir.data.images import EVALUATION_HINT, ImageCheck
+    from clip_cir.data.registry import load_data
     from clip_cir.encoding.split_features import EncodeOptions
     from clip_cir.evaluation.evaluate import encode_and_rank
 
-    skip = bool(run.config.get("skip_missing_images"))  # as the run itself read the data
-    splits = load_splits(_config_value(run, "dataset"), Path(_config_value(run, "data_root")), split,
-                         run.config.get("fashioniq_categories"),
-                         ImageCheck(skip=skip, readable=skip, hint=EVALUATION_HINT))
+    _config_value(run, "dataset"), _config_value(run, "data_root")
+    # The data as the run itself read it: its benchmark, reader options and skipping.
+    data = DataConfig.from_options({k: run.config[k] for k in DataConfig.option_names() if k in run.config})
+    skip = data.skip_missing_images
+    splits = load_data(data, split, ImageCheck(skip=skip, readable=skip, hint=EVALUATION_HINT))
     clip, combine, description = load_retrieval_model(run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip.model.to(device)
