@@ -160,8 +160,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from clip_cir.data.convert import convert
+    from clip_cir.data.types import ReaderOptions
 
-    written = convert(args.source, args.data_root, args.output, args.fashioniq_categories, args.circo_query_text)
+    options = ReaderOptions(fashioniq_categories=args.fashioniq_categories, circo_query_text=args.circo_query_text)
+    written = convert(args.source, args.data_root, args.output, options)
     print(f"{args.source} written to {args.output} in the triplet layout ({len(written)} files); evaluate it with "
           f"--dataset triplets --data-root {args.output}")
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.registry import dataset_splits, load_splits
 from clip_cir.data.triplets import PROTOCOL_FILE
-from clip_cir.data.types import CIRSplit
+from clip_cir.data.types import CIRSplit, ReaderOptions
 from clip_cir.errors import CIRError
 
 
 def _row(split: CIRSplit, index: int, grouped: bool) -> dict:
     query = split.queries[index]
-    row = {"id": query.qid, "reference": str(split.gallery[query.reference]), "caption": query.eval_caption}
+    row = {"id": query.qid, "reference": str(split.image_file(query.reference)), "caption": query.eval_caption}
     if grouped:
         row["benchmark"] = split.name
     if query.aspects:
@@ -36,8 +35,8 @@ def _row(split: CIRSplit, index: int, grouped: bool) -> dict:
     return row
 
 
-def convert(dataset: str, data_root: str | Path, output: str | Path, categories: Sequence[str] | None = None,
-            circo_query_text: str = "caption") -> list[Path]:
+def convert(dataset: str, data_root: str | Path, output: str | Path,
+            options: ReaderOptions | None = None) -> list[Path]:
     """Write every split of `dataset` under `output`; returns the files written.
 
     The images are not copied (the rows point at them) and need not all be present: only the
@@ -48,8 +47,8 @@ def convert(dataset: str, data_root: str | Path, output: str | Path, categories:
         raise CIRError(f"{output}: exists and is not empty; choose a new --output folder")
     written: list[Path] = []
     protocols = set()
-    all_splits = {split: load_splits(dataset, data_root, split, categories, ImageCheck(require_files=False),
-                                     circo_query_text) for split in dataset_splits(dataset)}
+    all_splits = {split: load_splits(dataset, data_root, split, images=ImageCheck(require_files=False),
+                                     options=options) for split in dataset_splits(dataset)}
     output.mkdir(parents=True, exist_ok=True)
     for split, parts in all_splits.items():
         grouped = dataset == "fashioniq"

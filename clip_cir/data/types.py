@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from clip_cir.errors import CIRError
+
 
 @dataclass(frozen=True)
 class Query:
@@ -36,6 +38,13 @@ class Query:
     min(K, len(ground_truths)) exactly as the official evaluation does."""
     aspects: tuple[str, ...] = ()
     """Semantic aspects of the query (CIRCO's `semantic_aspects`): mAP@10 is also reported per aspect."""
+    target_label: str | None = None
+    """The label a hit must carry where the split has `gallery_labels` (Fashion200k, MIT-States: the
+    target caption; CSS: the target scene's label): any ranked image with this label is a hit, as
+    tirg's evaluation counts. `target`, if set, is then the positive training uses."""
+    excluded: str | None = None
+    """The gallery entry left out of this query's ranking when the protocol removes the reference;
+    None: the reference itself (a CSS 2D query masks its scene's 3D image)."""
 
 
 @dataclass
@@ -59,6 +68,23 @@ class CIRSplit:
     image_ids: Mapping[str, int] | None = None
     """Gallery name -> the integer id a test server knows the image by (CIRCO's COCO ids);
     None where images are known by their names (CIRR)."""
+    gallery_labels: Mapping[str, str] | None = None
+    """Gallery name -> label, where a hit is label equality (`Query.target_label`); None: a hit is
+    the target image itself (or, for mAP@K, one of `Query.ground_truths`)."""
+    label_views: tuple[tuple[str, int], ...] = ()
+    """Diagnostics scored on one whitespace-separated word of the labels, as `(name, word index)`:
+    MIT-States' adjective-only and noun-only recalls are `(("adjective", 0), ("noun", 1))`."""
+    query_images: Mapping[str, Path] | None = None
+    """Reference images that are not gallery entries (CSS's 2D queries), encoded apart."""
+
+    def image_file(self, name: str) -> Path:
+        """The file of a gallery entry or of a reference kept apart from the gallery."""
+        if name in self.gallery:
+            return self.gallery[name]
+        if self.query_images is not None and name in self.query_images:
+            return self.query_images[name]
+        raise CIRError(f"{self.dataset} {self.name} {self.split}: image '{name}' is neither in the gallery "
+                       f"nor among the query images")
 
     @property
     def rank_depth(self) -> int:
@@ -67,6 +93,8 @@ class CIRSplit:
 
     @property
     def has_targets(self) -> bool:
+        if self.gallery_labels is not None:
+            return all(q.target_label is not None for q in self.queries)
         return all(q.target is not None for q in self.queries)
 
     def __repr__(self) -> str:
@@ -91,3 +119,18 @@ class TripletFormat:
     """Between several targets in one CSV cell."""
     exclude_reference: bool | None = None
     """Remove each reference from its own ranking; None: the protocol file's choice, else True."""
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """Options that mean something for one dataset's reader only; each reader reads its own and
+    ignores the rest, so the commands pass one object whatever `--dataset` is."""
+
+    fashioniq_categories: tuple[str, ...] | None = None
+    """FashionIQ categories to read (None: all three)."""
+    fashioniq_protocol: str = "clip4cir"
+    circo_query_text: str = "caption"
+    triplet_format: TripletFormat | None = None
+    shoes_protocol: str | None = None
+    """None: the Shoes reader's default protocol."""
+    css_query_images: str = "3d"

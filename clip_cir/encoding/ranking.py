@@ -100,15 +100,15 @@ class GallerySearch(Protocol):
 
 def rank_split(split: CIRSplit, query_features: torch.Tensor, gallery_features: torch.Tensor,
                k: int, index: GallerySearch | None = None) -> Ranking:
-    """The method's ranking for one split: whole gallery (reference removed if the protocol
-    says so) plus the CIRR subset ranking when the split has image sets.
+    """The method's ranking for one split: whole gallery (reference, or the query's `excluded`
+    entry, removed if the protocol says so) plus the CIRR subset ranking when the split has image sets.
 
     The global ranking is the exact chunked top-k unless `index` (built over the same gallery
     features) is given; approximate indexes may leave slots at -1."""
     gallery_index = {name: i for i, name in enumerate(split.gallery)}
     exclude = None
     if split.exclude_reference:
-        exclude = torch.tensor([gallery_index[q.reference] for q in split.queries], dtype=torch.long)
+        exclude = torch.tensor([gallery_index[q.excluded or q.reference] for q in split.queries], dtype=torch.long)
     if index is None:
         scores, indices = rank_gallery(query_features, gallery_features, k, exclude)
     else:

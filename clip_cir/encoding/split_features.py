@@ -1,8 +1,9 @@
 """The raw features of a whole split that evaluation, validation and the demo rank with (and
 `EncodeOptions`, how to run CLIP, from `encoding.options`).
 
-The reference image of every query is a gallery member, so its features come from the
-gallery features: a split encodes each gallery image once and each caption once.
+A query's reference image is usually a gallery member, so its features come from the gallery
+features: a split encodes each gallery image once and each caption once. References kept apart
+from the gallery (`CIRSplit.query_images`) are encoded once each besides.
 """
 
 from __future__ import annotations
@@ -107,8 +108,14 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
     paths = list(split.gallery.values())
     gallery = encode_image_files(clip, paths, options, f"{name} gallery")
     index = {name: i for i, name in enumerate(split.gallery)}
+    apart = list(dict.fromkeys(q.reference for q in split.queries if q.reference not in index))
+    images = gallery
+    if apart:  # references that are not gallery entries (CSS's 2D queries)
+        index.update({ref: len(index) + i for i, ref in enumerate(apart)})
+        images = torch.cat([gallery, encode_image_files(clip, [split.image_file(r) for r in apart], options,
+                                                        f"{name} query images")])
     reference_rows = torch.tensor([index[q.reference] for q in split.queries], dtype=torch.long)
-    reference = gallery[reference_rows]
+    reference = images[reference_rows]
     captions = [q.eval_caption for q in split.queries]
     text = encode_captions(clip, captions, options, f"{name} captions")
     features = SplitFeatures(split=split, gallery=gallery, reference=reference, text=text)
@@ -119,7 +126,7 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
         # references against 123k gallery images).
         references = list(dict.fromkeys(q.reference for q in split.queries))
         at = {reference: row for row, reference in enumerate(references)}
-        image_table = encode_image_tokens(clip, [split.gallery[r] for r in references], options,
+        image_table = encode_image_tokens(clip, [split.image_file(r) for r in references], options,
                                           f"{name} reference tokens", grid=tokens.grid)
         text_table = encode_text_tokens(clip, captions, options, f"{name} caption tokens") if tokens.captions else None
         features.reference_tokens = TokenRows(reference, image_table,

@@ -8,7 +8,7 @@ and a submission file scored offline go through the same functions.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -23,6 +23,38 @@ def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, k: int) -> float:
         return 0.0
     hits = (ranked[:, :k] == targets.unsqueeze(1)).any(dim=1)
     return 100.0 * int(hits.sum()) / len(targets)
+
+
+def label_recall_at_k(ranked: torch.Tensor, gallery_labels: torch.Tensor, target_labels: torch.Tensor,
+                      k: int) -> float:
+    """Percentage of queries with any of the first k ranked indices carrying the query's label, as
+    tirg's evaluation counts a hit (`target_caption in captions_of_top_k`): labels are integer
+    codes, `gallery_labels[i]` of gallery image i and `target_labels[q]` of query q (-1: none).
+    Padding (-1) in `ranked` never hits."""
+    if len(target_labels) == 0:
+        return 0.0
+    top = ranked[:, :k]
+    labels = gallery_labels[top.clamp(min=0)]
+    hits = ((labels == target_labels.unsqueeze(1)) & (top >= 0) & (target_labels.unsqueeze(1) >= 0)).any(dim=1)
+    return 100.0 * int(hits.sum()) / len(target_labels)
+
+
+def label_codes(split: CIRSplit, view: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's gallery labels and query target labels as integer codes (one code per distinct
+    label; a target label no gallery image has gets -1), or of word `view` of each label (a label
+    without that word matches nothing)."""
+    def word(label: str | None) -> str | None:
+        if label is None or view is None:
+            return label
+        words = label.split()
+        return words[view] if view < len(words) else None
+
+    gallery = [word(split.gallery_labels[name]) for name in split.gallery]
+    codes = {label: i for i, label in enumerate(dict.fromkeys(g for g in gallery if g is not None))}
+    gallery_codes = torch.tensor([codes.get(g, -2) if g is not None else -2 for g in gallery], dtype=torch.long)
+    targets = [word(q.target_label) for q in split.queries]
+    target_codes = torch.tensor([codes.get(t, -1) if t is not None else -1 for t in targets], dtype=torch.long)
+    return gallery_codes, target_codes
 
 
 def soft_recall_at_k(ranked_names: Sequence[Sequence[str]], target_soft: Sequence[Mapping[str, float]],
@@ -89,13 +121,28 @@ def target_indices(split: CIRSplit, index: Mapping[str, int]) -> torch.Tensor:
     return torch.tensor([index[q.target] for q in split.queries], dtype=torch.long)
 
 
+def recall_function(split: CIRSplit, index: Mapping[str, int],
+                    view: int | None = None) -> Callable[[torch.Tensor, int, torch.Tensor | None], float]:
+    """`recall(ranked, k, rows)`: recall@k of the queries `rows` selects (None: all) by the split's
+    hit rule: the target image, or any image with the target's label where the split has labels
+    (of word `view` of the labels for a diagnostic view)."""
+    if split.gallery_labels is not None:
+        gallery_codes, target_codes = label_codes(split, view)
+        return lambda ranked, k, rows=None: label_recall_at_k(
+            ranked if rows is None else ranked[rows], gallery_codes,
+            target_codes if rows is None else target_codes[rows], k)
+    targets = target_indices(split, index)
+    return lambda ranked, k, rows=None: recall_at_k(ranked if rows is None else ranked[rows],
+                                                    targets if rows is None else targets[rows], k)
+
+
 def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
     """All metrics the split supports: map_at{k} (and per-aspect mAP@10) where queries have
     several ground truths, recall_at{k}, recall_subset_at{k}, `soft_` ones and, with an image-set
     ranking, CIRR's `recall_avg`."""
     names = list(split.gallery)
     index = {name: i for i, name in enumerate(names)}
-    targets = target_indices(split, index)
+    recall = recall_function(split, index)
     soft = [q.target_soft for q in split.queries]
     has_soft = all(s is not None for s in soft)
     metrics: dict[str, float] = {}
@@ -106,13 +153,16 @@ def split_metrics(split: CIRSplit, ranking: Ranking) -> dict[str, float]:
         rankings.append(("recall_subset", ranking.subset_indices, split.subset_ks))
     for prefix, ranked, ks in rankings:
         for k in ks:
-            metrics[f"{prefix}_at{k}"] = recall_at_k(ranked, targets, k)
+            metrics[f"{prefix}_at{k}"] = recall(ranked, k, None)
         if has_soft:
             ranked_names = [[names[i] for i in row if i >= 0] for row in ranked.tolist()]
             for k in ks:
                 metrics[f"soft_{prefix}_at{k}"] = soft_recall_at_k(ranked_names, soft, k)
     if "recall_at5" in metrics and "recall_subset_at1" in metrics:
         metrics[AVG_KEY] = (metrics["recall_at5"] + metrics["recall_subset_at1"]) / 2
+    for view, word in split.label_views:
+        view_recall = recall_function(split, index, word)
+        metrics.update({f"{view}_recall_at{k}": view_recall(ranking.indices, k, None) for k in split.recall_ks})
     return metrics
 
 
@@ -127,12 +177,12 @@ def recall_by_group(split: CIRSplit, ranking: Ranking, groups: Sequence[str],
                        f"{split.name} {split.split}")
     if not split.has_targets:
         raise CIRError(f"{split.dataset} split '{split.split}' has no targets to score")
-    targets = target_indices(split, {name: i for i, name in enumerate(split.gallery)})
+    recall = recall_function(split, {name: i for i, name in enumerate(split.gallery)})
     ks = split.recall_ks if ks is None else tuple(ks)
     out: dict[str, dict[str, float]] = {}
     for group in sorted(set(groups)):
         rows = torch.tensor([g == group for g in groups], dtype=torch.bool)
-        out[group] = {f"recall_at{k}": recall_at_k(ranking.indices[rows], targets[rows], k) for k in ks}
+        out[group] = {f"recall_at{k}": recall(ranking.indices, k, rows) for k in ks}
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from clip_cir.data import load_splits
-from clip_cir.data.types import CIRSplit, Query
+from clip_cir.data.types import CIRSplit, Query, ReaderOptions
 from clip_cir.encoding.ranking import Ranking, rank_gallery, rank_split
 from clip_cir.evaluation.metrics import (
     average_precisions,
@@ -170,7 +170,7 @@ def test_reader_on_synthetic_circo(synth_root):
         assert query.aspects == tuple(entry["semantic_aspects"])
     assert all(split.image_ids[name] == int(name) for name in split.gallery)
     assert all(path.name == f"{int(name):012d}.jpg" for name, path in split.gallery.items())
-    concept = load_splits("circo", synth_root, "val", circo_query_text="concept-and-caption")[0]
+    concept = load_splits("circo", synth_root, "val", options=ReaderOptions(circo_query_text="concept-and-caption"))[0]
     assert concept.queries[0].eval_caption == (f"a photo of {raw[0]['shared_concept']} that "
                                                f"{raw[0]['relative_caption']}")
     test = load_splits("circo", synth_root, "test")[0]

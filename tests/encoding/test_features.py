@@ -292,3 +292,23 @@ def test_single_file_entries_of_earlier_versions_are_still_read(loaded, val_path
     before = encode_counts["image"]
     again = encode_images(loaded, val_paths[:8], transform, cache=cache, progress=False)
     assert encode_counts["image"] == before and torch.equal(again, first * 2)
+
+
+def test_references_outside_the_gallery_are_encoded_apart(loaded, val_paths):
+    """A split whose references are not gallery entries (CSS's 2D queries) takes their features
+    from their own files; gallery references still come from the gallery rows."""
+    from clip_cir.data.types import CIRSplit, Query
+    from clip_cir.encoding.split_features import EncodeOptions, split_features
+
+    transform = build_transform("targetpad", 64)
+    gallery = {f"g{i}": p for i, p in enumerate(val_paths[:4])}
+    apart = {"q0": val_paths[10], "q1": val_paths[11]}
+    queries = [Query("0", "q0", ("c",), ("c",), "make it red", target="g1", excluded="g0"),
+               Query("1", "g2", ("c",), ("c",), "remove the star", target="g3"),
+               Query("2", "q1", ("c",), ("c",), "add a square", target="g0", excluded="g2")]
+    split = CIRSplit("css", "css", "test", queries, gallery, exclude_reference=True, recall_ks=(1,),
+                     query_images=apart)
+    features = split_features(loaded, split, EncodeOptions(transform=transform, progress=False))
+    direct = encode_images(loaded, [val_paths[10], val_paths[2], val_paths[11]], transform, progress=False)
+    assert features.gallery.shape == (4, 128)
+    assert torch.allclose(features.reference, direct, atol=1e-5)

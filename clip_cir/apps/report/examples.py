@@ -133,7 +133,8 @@ def retrieval_examples(run: Run, split: str, n_queries: int, seed: int, cache: F
         for query, top, scores in zip(sub.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             ranked = [names[i] for i in top]
             examples.append(Example(
-                benchmark=sub.name, qid=query.qid, caption=query.eval_caption, reference=sub.gallery[query.reference],
+                benchmark=sub.name, qid=query.qid, caption=query.eval_caption,
+                reference=sub.image_file(query.reference),
                 results=[(names[i], sub.gallery[names[i]], s) for i, s in zip(top[:TOP_RESULTS], scores)],
                 target=query.target, target_path=sub.gallery.get(query.target) if query.target else None,
                 target_rank=ranked.index(query.target) + 1 if query.target in ranked else None,
