@@ -135,6 +135,14 @@ def evaluation_queries(found: list[StateImage], adjectives: dict[str, list[str]]
     return queries
 
 
+def _draw_target(rng: random.Random, noun: str, adjectives: dict[str, list[str]], found: list[StateImage],
+                 by_caption: dict[str, list[int]]) -> StateImage:
+    """TIRG's `caption_index_sample_`: a random adjective of the noun (the source's own included),
+    then a random image of that caption."""
+    adjective = rng.choice(adjectives[noun])
+    return found[rng.choice(by_caption[f"{adjective} {noun}"])]
+
+
 def training_queries(found: list[StateImage], adjectives: dict[str, list[str]]) -> list[Query]:
     """Two queries per image with targets of different adjectives (TIRG's `__getitem__` pair)."""
     by_caption: dict[str, list[int]] = {}
@@ -143,13 +151,9 @@ def training_queries(found: list[StateImage], adjectives: dict[str, list[str]]) 
     queries = []
     for i, image in enumerate(found):
         rng = random.Random(f"{DATASET}:{i}")
-
-        def draw() -> StateImage:
-            adjective = rng.choice(adjectives[image.noun])
-            return found[rng.choice(by_caption[f"{adjective} {image.noun}"])]
-
         while True:
-            first, second = draw(), draw()
+            first = _draw_target(rng, image.noun, adjectives, found, by_caption)
+            second = _draw_target(rng, image.noun, adjectives, found, by_caption)
             if first.adjective != second.adjective:
                 break
         for k, target in enumerate((first, second)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, fashioniq
+from clip_cir.data import circo, cirr, fashion200k, fashioniq, mitstates
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -44,11 +44,15 @@ READERS: dict[str, Reader] = {
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
+    "fashion200k": fashion200k.load_fashion200k,
+    "mitstates": mitstates.load_mitstates,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
+    "fashion200k": fashion200k.SPLITS,
+    "mitstates": mitstates.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
 DATASETS = tuple(READERS)
