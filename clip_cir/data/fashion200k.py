@@ -216,10 +216,13 @@ def load_fashion200k(data_root: Path, split: str, images: ImageCheck | None = No
     queries = read_test_queries(base, lines) if split == "test" else training_queries(lines)
     used = {name for q in queries for name in (q.reference, q.target)}
     candidates = images.gallery_candidates(split, {line.name: [base / line.path] for line in lines}, used)
+    by_file: dict[Path, dict[str, list[Path]]] = {}  # each label file's images, so errors name the file
+    for line in lines:
+        if line.name in candidates:
+            by_file.setdefault(line.listed_in, {})[line.name] = candidates[line.name]
     gallery: dict[str, Path] = {}
-    for label_file in dict.fromkeys(line.listed_in for line in lines):  # each file's images, so errors name it
-        gallery.update(images.locate({line.name: candidates[line.name] for line in lines
-                                      if line.listed_in == label_file and line.name in candidates}, label_file))
+    for label_file, files in by_file.items():
+        gallery.update(images.locate(files, label_file))
     labels = {line.name: line.caption for line in lines if line.name in gallery}
     return [images.drop_queries(CIRSplit(dataset=DATASET, name=DATASET, split=split, queries=queries,
                                          gallery=gallery, exclude_reference=True, recall_ks=RECALL_KS,
