@@ -182,6 +182,22 @@ def test_training_pairs_follow_tirg_parents_and_a_seeded_draw(f200k):
     assert again.queries == split.queries
 
 
+def test_training_draw_is_seeded_by_the_image_index(tmp_path):
+    # One "red lace dress" and twelve "blue lace dress" images: image 0's target is one of twelve,
+    # the one Random("fashion200k:0") draws by TIRG's rule.
+    lines = [("dress", "r/0.jpeg", "red lace dress")]
+    lines += [("top", f"b/{i}.jpeg", "blue lace dress") for i in range(1, 13)]
+    _write_split(tmp_path / "Fashion200k", "train", lines)
+    (split,) = load_splits("fashion200k", tmp_path, "train")
+    rng = random.Random("fashion200k:0")
+    while True:
+        rng.choice(["lace dress"])  # image 0's only parent with two children
+        if rng.choice(["red lace dress", "blue lace dress"]) != "red lace dress":
+            break
+    assert split.queries[0].target == f"b/{rng.choice(range(1, 13))}.jpeg"
+    assert [q.target for q in split.queries[1:]] == ["r/0.jpeg"] * 12
+
+
 # ----------------------------------------------------------------------------- bad input, missing images
 
 
