@@ -166,6 +166,27 @@ def test_training_queries_are_static_pairs_with_different_adjectives(states):
     assert again.queries == split.queries
 
 
+def test_training_draw_is_seeded_by_the_image_index(tmp_path):
+    # Eight images each of "ripe pear" and "soft pear": image 0's pair is one of 128 the draw may
+    # give, the one Random("mitstates:0") gives by TIRG's rule.
+    for adjective in ("ripe", "soft"):
+        (tmp_path / "images" / f"{adjective} pear").mkdir(parents=True)
+        for k in range(8):
+            Image.new("RGB", (4, 4)).save(tmp_path / "images" / f"{adjective} pear" / f"{k}.jpg", "JPEG")
+    (split,) = load_splits("mitstates", tmp_path, "train")
+    rng = random.Random("mitstates:0")
+
+    def draw() -> str:
+        adjective = rng.choice(["ripe", "soft"])
+        return f"{adjective} pear/{rng.choice(range(8))}.jpg"
+
+    while True:
+        pair = draw(), draw()
+        if pair[0][:4] != pair[1][:4]:
+            break
+    assert (split.queries[0].target, split.queries[1].target) == pair
+
+
 # ----------------------------------------------------------------------------- bad input, unreadable images
 
 
