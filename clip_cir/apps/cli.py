@@ -162,7 +162,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from clip_cir.data.convert import convert
     from clip_cir.data.types import ReaderOptions
 
-    options = ReaderOptions(fashioniq_categories=args.fashioniq_categories, circo_query_text=args.circo_query_text)
+    options = ReaderOptions(fashioniq_categories=args.fashioniq_categories, circo_query_text=args.circo_query_text,
+                            css_query_images=args.css_query_images)
     written = convert(args.source, args.data_root, args.output, options)
     print(f"{args.source} written to {args.output} in the triplet layout ({len(written)} files); evaluate it with "
           f"--dataset triplets --data-root {args.output}")

@@ -53,9 +53,10 @@ PLACEHOLDER_REPO = "ORG/NAME"
 PRIVATE_SETTINGS = {"data_root", "output_dir", "run_dir", "cache_dir", "resume", "experiment_name", "program",
                     "num_workers", "no_progress", "tracker", "no_cache", "cpu"}
 """Run options that describe one machine, not the model: kept out of a published card."""
-LAYOUT_SETTINGS = {"fashioniq_categories": "fashioniq", "circo_query_text": "circo", "keep_reference": "triplets",
-                   "csv_reference_key": "triplets", "csv_caption_key": "triplets", "csv_target_key": "triplets",
-                   "csv_separator": "triplets"}
+LAYOUT_SETTINGS = {"fashioniq_categories": "fashioniq", "circo_query_text": "circo", "css_query_images": "css",
+                   "fashioniq_protocol": "fashioniq", "shoes_protocol": "shoes",
+                   "keep_reference": "triplets", "csv_reference_key": "triplets", "csv_caption_key": "triplets",
+                   "csv_target_key": "triplets", "csv_separator": "triplets"}
 """Data options only one `--dataset` reads: on the card of a run on that dataset only."""
 CITATIONS = (
     "@inproceedings{baldrati2022conditioned,\n"

@@ -16,6 +16,7 @@ from typing import Any, Mapping, TypeVar
 from clip_cir.constants import (
     COMBINING,
     COMPOSITORS,
+    CSS_QUERY_IMAGES,
     ENCODERS,
     FAISS_INDEXES,
     LR_SCHEDULERS,
@@ -88,7 +89,8 @@ CHOICES = {"lr_scheduler": LR_SCHEDULERS, "validation_schedule": VALIDATION_SCHE
            "mixed_precision": (None, "no", "fp16", "bf16"), "channels_last": ("auto", "on", "off"),
            "pixel_cache": ("auto", "on", "off"), "transform": TRANSFORMS, "tracker": TRACKERS,
            "combining": COMBINING, "search": SEARCH_BACKENDS, "faiss_index": FAISS_INDEXES,
-           "compositor": COMPOSITORS, "loss": STAGE2_LOSSES}
+           "compositor": COMPOSITORS, "loss": STAGE2_LOSSES,
+           "css_query_images": CSS_QUERY_IMAGES}
 """The settings that take one of a few values (the command lines' `choices`)."""
 
 

@@ -22,7 +22,10 @@ class DataConfig(Options):
     dataset: str | None = None
     data_root: Path | None = None
     fashioniq_categories: tuple[str, ...] | None = FASHIONIQ_CATEGORIES
+    fashioniq_protocol: str = "clip4cir"
+    shoes_protocol: str = "val"
     circo_query_text: str = "caption"
+    css_query_images: str = "3d"
     csv_reference_key: str = "reference"
     csv_caption_key: str = "caption"
     csv_target_key: str = "target"
@@ -36,7 +39,8 @@ class QueryDataConfig(DataConfig):
     """What the commands that rank read: one split of a benchmark, or a folder of photos as the
     gallery (with a file of queries, or none)."""
 
-    split: str = "val"
+    split: str | None = None
+    """None: the benchmark's validation split (`val`, or `test` for tirg's benchmarks)."""
     gallery_dir: Path | None = None
     query_file: Path | None = None
 

@@ -25,9 +25,12 @@ from clip_cir.data.types import TripletFormat
 from clip_cir.errors import CIRError
 
 # The order in which one row's rules are checked: of two faults on one row, the first is reported.
-EMPTY_REFERENCE, EMPTY_CAPTION, TARGET_TYPE, ONLY_TARGET, DUPLICATE_ID, MIXED, ASPECTS, TRAIN_CAPTIONS = range(8)
+(EMPTY_REFERENCE, EMPTY_CAPTION, TARGET_TYPE, ONLY_TARGET, DUPLICATE_ID, MIXED, ASPECTS, TRAIN_CAPTIONS,
+ EXCLUDED_TYPE, TARGET_LABEL_TYPE, MIXED_LABELS) = range(11)
 ASPECTS_MESSAGE = "'aspects' should be a list of names"
 TRAIN_CAPTIONS_MESSAGE = "'train_captions' should be a list of captions"
+EXCLUDED_MESSAGE = "'excluded' should be an image path or a gallery entry's name"
+TARGET_LABEL_MESSAGE = "'target_label' should be a label (a string)"
 
 
 @dataclass
@@ -44,6 +47,10 @@ class Columns:
     groups: np.ndarray | None = None
     train_captions: Ragged | None = None
     aspects: Ragged | None = None
+    excluded: np.ndarray | None = None
+    """The entry each row leaves out of its ranking (stripped), '' where none; None: no row names one."""
+    target_labels: np.ndarray | None = None
+    """Each row's target label as written, '' where none (or blank); None: no row has one."""
     problems: list[tuple[int, int, str]] = field(default_factory=list)
     """(row, rule, message) of values of the wrong type, found while reading."""
     plain: bool = True
@@ -68,7 +75,7 @@ def split_targets(value: Any, fmt: TripletFormat) -> tuple[str, ...] | str:
 def row_columns(rows: Iterable[tuple[int, dict[str, Any]]], fmt: TripletFormat) -> Columns:
     """Columns of (line number, row) pairs, as `read_rows` yields them."""
     lines, references, captions, targets, target_counts, ids, groups = [], [], [], [], [], [], []
-    forms, form_counts, aspects, aspect_counts, problems = [], [], [], [], []
+    forms, form_counts, aspects, aspect_counts, problems, excluded, labels = [], [], [], [], [], [], []
     plain, pending = True, None
     try:
         for line, row in rows:
@@ -98,7 +105,16 @@ def row_columns(rows: Iterable[tuple[int, dict[str, Any]]], fmt: TripletFormat) 
                 given = []
             forms += given
             form_counts.append(len(given))
-            plain = plain and not any("\x00" in v for v in (references[-1], captions[-1], *found, ids[-1]))
+            given = row.get("excluded")
+            if given is not None and not isinstance(given, str):
+                problems.append((i, EXCLUDED_TYPE, EXCLUDED_MESSAGE))
+            excluded.append(given.strip() if isinstance(given, str) else "")
+            given = row.get("target_label")
+            if given is not None and not isinstance(given, str):
+                problems.append((i, TARGET_LABEL_TYPE, TARGET_LABEL_MESSAGE))
+            labels.append(given if isinstance(given, str) and given.strip() else "")
+            plain = plain and not any("\x00" in v for v in (references[-1], captions[-1], *found, ids[-1],
+                                                              excluded[-1]))
     except CIRError as e:
         pending = e
     return Columns(lines=np.asarray(lines, dtype=np.int64), reference=strings(references), caption=strings(captions),
@@ -109,6 +125,8 @@ def row_columns(rows: Iterable[tuple[int, dict[str, Any]]], fmt: TripletFormat) 
                    if forms else None,
                    aspects=Ragged.from_lengths(np.asarray(aspect_counts, dtype=np.int64), strings(aspects))
                    if aspects else None,
+                   excluded=strings(excluded) if any(excluded) else None,
+                   target_labels=strings(labels) if any(labels) else None,
                    problems=problems, plain=plain, pending=pending)
 
 
@@ -161,6 +179,13 @@ def csv_columns(path: Path, fmt: TripletFormat) -> Columns | None:
     columns.ids = ids.copy() if ids is not None and (ids != "").any() else None
     if groups is not None:
         columns.groups = np.where(groups == "", strings(["triplets"]), groups).astype(text_dtype())
+    excluded, labels = column("excluded"), column("target_label")
+    excluded = np.strings.strip(excluded) if excluded is not None else None
+    if excluded is not None and (excluded != "").any():
+        columns.excluded = excluded
+    if labels is not None:  # a blank cell is no label; any other is kept as written
+        labels = np.where(np.strings.strip(labels) == "", strings([""]), labels).astype(text_dtype())
+        columns.target_labels = labels if (labels != "").any() else None
     for key, rule, message in (("aspects", ASPECTS, ASPECTS_MESSAGE),
                                ("train_captions", TRAIN_CAPTIONS, TRAIN_CAPTIONS_MESSAGE)):
         given = column(key)  # a CSV cell is never a list: any value is a fault
@@ -252,8 +277,11 @@ class Checked:
     group_codes: np.ndarray | None
     """Each row's group (an index into `group_names`); None: one group."""
     image_codes: np.ndarray
-    """The image code of each reference and target, row by row (reference first): the order in
-    which a group's images first appear is its default gallery order."""
+    """The image code of each image a row names, row by row (its reference, its targets, then the
+    entry it leaves out of its ranking): the order in which a group's images first appear is its
+    default gallery order."""
+    mention_counts: np.ndarray
+    """How many of `image_codes` each row has."""
 
 
 def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool = False) -> Checked:
@@ -274,21 +302,35 @@ def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool 
     fault(columns.reference == "", EMPTY_REFERENCE, "empty reference")
     fault(columns.caption == "", EMPTY_CAPTION, "empty caption")
     starts = targets.offsets[:-1]
-    events = np.empty(n + len(targets.values), dtype=object)  # what pandas hashes (one str per mention, freed after)
-    is_reference = np.zeros(len(events), dtype=bool)
-    is_reference[np.arange(n) + starts] = True
+    has_excluded = columns.excluded != "" if columns.excluded is not None else np.zeros(n, dtype=bool)
+    mention_counts = 1 + lengths + has_excluded
+    events = np.empty(n + len(targets.values) + int(has_excluded.sum()), dtype=object)  # what pandas hashes
+    is_reference = np.zeros(len(events), dtype=bool)  # (one str per mention, freed after)
+    row_starts = np.arange(n) + starts if columns.excluded is None else np.cumsum(mention_counts) - mention_counts
+    is_reference[row_starts] = True
+    is_excluded = np.zeros(len(events), dtype=bool)
+    is_excluded[(row_starts + 1 + lengths)[has_excluded]] = True
+    is_target = ~(is_reference | is_excluded)
     events[is_reference] = columns.reference.astype(object)
-    events[~is_reference] = targets.values.astype(object)
+    events[is_target] = targets.values.astype(object)
+    if columns.excluded is not None:
+        events[is_excluded] = columns.excluded[has_excluded].astype(object)
     codes, names = first_seen(events)
     del events
     normalised = normalise_paths(names, columns.plain)
     if normalised is not names:  # two ways of writing one path are one image
         renamed, names = first_seen(normalised)
         codes = renamed[codes]
-    reference, target_codes = codes[is_reference], codes[~is_reference]
+    reference, target_codes = codes[is_reference], codes[is_target]
+    excluded = None
+    if columns.excluded is not None:
+        excluded = np.full(n, -1, dtype=np.int32)
+        excluded[has_excluded] = codes[is_excluded]
     single = lengths == 1
     only = np.zeros(n, dtype=bool)
     only[single] = target_codes[starts[single]] == reference[single]
+    if columns.target_labels is not None:  # a hit is any entry with the label: the target is only training's positive
+        only &= columns.target_labels == ""
     fault(only, ONLY_TARGET, lambda row: f"the reference '{names[reference[row]]}' is also its only target")
     ids = lines.astype(np.int32) if n and lines.max() < 2 ** 31 else lines
     if columns.ids is not None:
@@ -305,6 +347,12 @@ def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool 
         row = max(int(np.argmax(has)), int(np.argmax(~has)))
         faults.append((row, MIXED, f"some rows have a {fmt.target_key} and others none; "
                                    f"a split has targets for every query or for none"))
+    if columns.target_labels is not None:
+        has = columns.target_labels != ""
+        if not has.all():
+            row = max(int(np.argmax(has)), int(np.argmax(~has)))
+            faults.append((row, MIXED_LABELS, "some rows have a target_label and others none; "
+                                              "a split has target labels for every query or for none"))
     if faults:
         row, _, message = min(faults, key=lambda f: (f[0], f[1]))
         raise CIRError(f"{path}:{lines[row]}: {message}")
@@ -313,23 +361,26 @@ def check(columns: Columns, path: Path, fmt: TripletFormat, allow_repeats: bool 
     if not n:
         raise CIRError(f"{path}: no queries")
     if not allow_repeats:
-        _refuse_repeats(columns, reference, Ragged(targets.offsets, target_codes), path, fmt)
+        _refuse_repeats(columns, reference, Ragged(targets.offsets, target_codes), excluded, path, fmt)
     table = QueryTable(ids=ids, names=names, reference=reference, targets=Ragged(targets.offsets, target_codes),
                        captions=columns.caption, train_captions=columns.train_captions, aspects=columns.aspects,
-                       all_ground_truths=bool((lengths > 1).any()))
+                       all_ground_truths=bool((lengths > 1).any()), excluded=excluded,
+                       target_labels=columns.target_labels)
     group_names, group_codes = ["triplets"], None
     if columns.groups is not None:
         group_codes, distinct = first_seen(columns.groups)
         group_names = distinct.tolist()
     return Checked(table=table, lines=lines, group_names=group_names, group_codes=group_codes,
-                   image_codes=codes)
+                   image_codes=codes, mention_counts=mention_counts)
 
 
-def _refuse_repeats(columns: Columns, reference: np.ndarray, targets: Ragged, path: Path, fmt: TripletFormat) -> None:
+def _refuse_repeats(columns: Columns, reference: np.ndarray, targets: Ragged, excluded: np.ndarray | None,
+                    path: Path, fmt: TripletFormat) -> None:
     """A `CIRError` naming the lines of the first query listed more than once, if any.
 
     Rows with an id of their own are distinct queries whatever they hold (a benchmark may ask one
-    question twice); the others are compared on (group, reference, caption, targets) in a few
+    question twice); the others are compared on (group, reference, caption, targets, and the
+    target label and excluded entry where rows have them) in a few
     vectorised passes: image codes and caption lengths first, then the captions themselves (the
     costly part) of only the rows that share those."""
     every = columns.ids is None
@@ -353,6 +404,10 @@ def _refuse_repeats(columns: Columns, reference: np.ndarray, targets: Ragged, pa
     keys = pd.DataFrame({"reference": of(reference), "target": target_key, "length": np.strings.str_len(captions)})
     if columns.groups is not None:
         keys["group"] = pd.factorize(of(columns.groups).astype(object))[0]
+    if excluded is not None:
+        keys["excluded"] = of(excluded)
+    if columns.target_labels is not None:
+        keys["target_label"] = pd.factorize(of(columns.target_labels).astype(object))[0]
     candidates = np.flatnonzero(keys.duplicated(keep=False).to_numpy())
     if not len(candidates):
         return

@@ -1,4 +1,8 @@
-"""FashionIQ in its published layout (`<root>/fashionIQ_dataset/{captions,image_splits,images}`)."""
+"""FashionIQ in its published layout (`<root>/fashionIQ_dataset/{captions,image_splits,images}`).
+
+The default protocol is CLIP4Cir's (one query per triplet, "C0 and c1"; the split file's gallery,
+reference kept); VAL's and CoSMo's are in `clip_cir.data.fashioniq_protocols`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from clip_cir.data.fashioniq_protocols import OTHER_PROTOCOLS, FashionIQProtocol
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.io import read_json, require_fields, require_type
 from clip_cir.data.types import CIRSplit, Query
@@ -58,7 +63,25 @@ def _candidates(images_dir: Path, name: str, index: dict[str, Path]) -> list[Pat
     return [index[name]] if name in index else [images_dir / f"{name}{ext}" for ext in IMAGE_EXTENSIONS]
 
 
-def _load_category(base: Path, category: str, split: str, index: dict[str, Path], images: ImageCheck) -> CIRSplit:
+def clip4cir_queries(category: str, index: int, captions: Sequence[str], candidate: str,
+                     target: str | None) -> list[Query]:
+    """CLIP4Cir's one query per triplet: four caption forms to train on, "C0 and c1" to evaluate."""
+    return [Query(qid=f"{category}/{index}", reference=candidate, captions=tuple(captions),
+                  train_captions=training_captions(*captions), eval_caption=evaluation_caption(*captions),
+                  target=target)]
+
+
+PROTOCOLS: dict[str, FashionIQProtocol] = {
+    "clip4cir": FashionIQProtocol("clip4cir", gallery_from_triplets=False, exclude_reference=False,
+                                  recall_ks=RECALL_KS, make_queries=clip4cir_queries),
+    **OTHER_PROTOCOLS,
+}
+"""`--fashioniq-protocol`: CLIP4Cir's (the default), VAL's, CoSMo's code's, CoSMo's paper's."""
+DEFAULT_PROTOCOL = "clip4cir"
+
+
+def _load_category(base: Path, category: str, split: str, index: dict[str, Path], images: ImageCheck,
+                   protocol: FashionIQProtocol) -> CIRSplit:
     split_path = base / "image_splits" / f"split.{category}.{split}.json"
     names = require_type(split_path, read_json(split_path, "FashionIQ image split file"), list, "the top level")
     for name in names:
@@ -67,51 +90,57 @@ def _load_category(base: Path, category: str, split: str, index: dict[str, Path]
     cap_path = base / "captions" / f"cap.{category}.{split}.json"
     entries = require_type(cap_path, read_json(cap_path, "FashionIQ caption file"), list, "the top level")
     has_targets = split != "test"
-    fields = ["candidate", "captions"] + (["target"] if has_targets else [])
+    keys = ("candidate", "target") if has_targets else ("candidate",)
     listed = set(names)
-    by_name = {name: _candidates(base / "images", name, index) for name in names}
-    by_caption: dict[str, list[Path]] = {}  # training images the split file does not list
     for i, entry in enumerate(entries):
-        require_fields(cap_path, entry, i, fields)
-        for key in ("candidate", "target") if has_targets else ("candidate",):
+        require_fields(cap_path, entry, i, ["candidate", "captions", *keys[1:]])
+        for key in keys:
             name = entry[key]
             if not isinstance(name, str):
                 raise CIRError(f"{cap_path}: entry {i} field '{key}' should be an image name (a string)")
             # Training loads images by name, as the published code does: a triplet may use an image
-            # the split file does not list. Evaluation galleries are exactly the split file.
+            # the split file does not list. Evaluation galleries are exactly the split file (or, for
+            # protocols whose gallery is the triplets' images, drawn from it).
             if name not in listed and split != "train":
                 raise CIRError(f"{cap_path}: entry {i} names image '{name}' ({key}), "
                                f"which is not in {split_path.name}")
-            if name not in listed:
-                by_caption.setdefault(name, _candidates(base / "images", name, index))
-    used = {e[k] for e in entries for k in ("candidate", "target") if isinstance(e.get(k), str)}
+    if protocol.gallery_from_triplets:
+        names = sorted({entry[key] for entry in entries for key in keys})
+    by_name = {name: _candidates(base / "images", name, index) for name in names}
+    by_caption: dict[str, list[Path]] = {}  # training images the gallery does not hold
+    for entry in entries:
+        for key in keys:
+            if entry[key] not in by_name:
+                by_caption.setdefault(entry[key], _candidates(base / "images", entry[key], index))
+    used = {entry[key] for entry in entries for key in keys}
     by_name = images.gallery_candidates(split, by_name, used)
-    gallery = {**images.locate(by_name, split_path), **images.locate(by_caption, cap_path)}
+    gallery_file = cap_path if protocol.gallery_from_triplets else split_path
+    gallery = {**images.locate(by_name, gallery_file), **images.locate(by_caption, cap_path)}
     looked_for = len(by_name) + len(by_caption)
     queries = []
     for i, entry in enumerate(entries):
         captions = entry["captions"]
         if not (isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)):
             raise CIRError(f"{cap_path}: entry {i} field 'captions' should be a list of two strings")
-        queries.append(Query(
-            qid=f"{category}/{i}",
-            reference=entry["candidate"],
-            captions=tuple(captions),
-            train_captions=training_captions(*captions),
-            eval_caption=evaluation_caption(*captions),
-            target=entry.get("target"),
-        ))
+        queries += protocol.make_queries(category, i, captions, entry["candidate"], entry.get("target"))
     return images.drop_queries(CIRSplit(dataset="fashioniq", name=category, split=split, queries=queries,
-                                        gallery=gallery, exclude_reference=False, recall_ks=RECALL_KS),
+                                        gallery=gallery, exclude_reference=protocol.exclude_reference,
+                                        recall_ks=protocol.recall_ks),
                                looked_for)
 
 
 def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None = None,
-                   images: ImageCheck | None = None) -> list[CIRSplit]:
-    """One CIRSplit per category: the method's protocol ranks each category's queries against
-    that category's whole split gallery, reference included."""
+                   images: ImageCheck | None = None, protocol: str = DEFAULT_PROTOCOL) -> list[CIRSplit]:
+    """One CIRSplit per category: CLIP4Cir's protocol (the default) ranks each category's queries
+    against that category's whole split gallery, reference included; `protocol` picks another
+    (`PROTOCOLS`, see `clip_cir.data.fashioniq_protocols`)."""
     if split not in SPLITS:
         raise CIRError(f"unknown FashionIQ split '{split}' (choose from {', '.join(SPLITS)})")
+    if protocol not in PROTOCOLS:
+        raise CIRError(f"unknown FashionIQ protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+    if split == "test" and PROTOCOLS[protocol].gallery_from_triplets:
+        raise CIRError(f"FashionIQ protocol '{protocol}' has no test split: its gallery is the images of the "
+                       f"split's triplets, targets included, and test triplets have no targets")
     categories = list(categories or CATEGORIES)
     for category in categories:
         if category not in CATEGORIES:
@@ -119,4 +148,4 @@ def load_fashioniq(data_root: Path, split: str, categories: Sequence[str] | None
     base = fashioniq_dir(data_root)
     index = index_images(base / "images")
     images = images or ImageCheck()
-    return [_load_category(base, category, split, index, images) for category in categories]
+    return [_load_category(base, category, split, index, images, PROTOCOLS[protocol]) for category in categories]

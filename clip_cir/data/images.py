@@ -185,7 +185,7 @@ class ImageCheck:
         return {n: c for n, c in candidates.items() if n in used} if split in self.used_only else candidates
 
     def drop_queries(self, split: CIRSplit, listed: int) -> CIRSplit:
-        """The split without queries whose reference or target was skipped; CIRR image sets lose
+        """The split without queries whose reference, target or masked entry was skipped; CIRR image sets lose
         their skipped members (they cannot be ranked). `listed`: how many images the reader
         looked for (the gallery already lacks the skipped ones)."""
         key = f"{split.dataset}/{split.name}/{split.split}"
@@ -207,8 +207,9 @@ class ImageCheck:
         queries = []
         for query in split.queries:
             # CIRCO's other ground truths too: mAP needs every one of them in the gallery.
+            # The masked entry too: ranking removes it by its gallery row.
             needed = (query.reference, *([query.target] if query.target is not None else []),
-                      *(query.ground_truths or ()))
+                      *(query.ground_truths or ()), *([query.excluded] if query.excluded is not None else []))
             if any(self.is_skipped(name) for name in needed):
                 self.dropped_queries[key] = self.dropped_queries.get(key, 0) + 1
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import circo, cirr, fashion200k, fashioniq, mitstates
+from clip_cir.data import birdstowords, cfq, circo, cirr, css, fashion200k, fashioniq, mitstates, shoes, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -26,7 +26,7 @@ def _read_cirr(root: Path, split: str, images: ImageCheck, options: ReaderOption
 
 
 def _read_fashioniq(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
-    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images)
+    return fashioniq.load_fashioniq(root, split, options.fashioniq_categories, images, options.fashioniq_protocol)
 
 
 def _read_circo(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
@@ -44,6 +44,11 @@ READERS: dict[str, Reader] = {
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
+    "css": css.load_css,
+    "birdstowords": birdstowords.load_birdstowords,
+    "spotthediff": spotthediff.load_spotthediff,
+    "shoes": shoes.load_shoes,
+    "cfq": cfq.load_cfq,
     "fashion200k": fashion200k.load_fashion200k,
     "mitstates": mitstates.load_mitstates,
 }
@@ -51,11 +56,25 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
+    "css": css.SPLITS,
+    "birdstowords": birdstowords.SPLITS,
+    "spotthediff": spotthediff.SPLITS,
+    "shoes": shoes.SPLITS,
+    "cfq": cfq.SPLITS,
     "fashion200k": fashion200k.SPLITS,
     "mitstates": mitstates.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
+VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test", "cfq": "test", "fashion200k": "test",
+                                     "mitstates": "test"}
+"""The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
+benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
+
+
+def validation_split(dataset: str | None) -> str:
+    """The split training validates on and `eval` reads by default: `val`, or the benchmark's own."""
+    return VALIDATION_SPLITS.get(dataset or "", "val")
 
 
 def dataset_splits(dataset: str) -> tuple[str, ...]:
@@ -93,12 +112,15 @@ def triplet_format(data: DataConfig) -> TripletFormat:
 def reader_options(data: DataConfig) -> ReaderOptions:
     """The dataset-specific reading options from the data settings."""
     return ReaderOptions(fashioniq_categories=data.fashioniq_categories, circo_query_text=data.circo_query_text,
-                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None)
+                         css_query_images=data.css_query_images,
+                         triplet_format=triplet_format(data) if data.dataset == "triplets" else None,
+                         fashioniq_protocol=data.fashioniq_protocol, shoes_protocol=data.shoes_protocol)
 
 
-def load_data(data: DataConfig, split: str, images: ImageCheck) -> list[CIRSplit]:
-    """One split of the benchmark `data` names, read with its options."""
+def load_data(data: DataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:
+    """One split of the benchmark `data` names, read with its options (None: its validation split)."""
     missing = [flag for flag, value in (("--dataset", data.dataset), ("--data-root", data.data_root)) if value is None]
     if missing:
         raise CIRError(f"the following arguments are required: {', '.join(missing)}")
+    split = split or validation_split(data.dataset)
     return load_splits(data.dataset, data.data_root, split, images=images, options=reader_options(data))

@@ -102,6 +102,11 @@ class QueryTable(Sequence[Query]):
     all_ground_truths: bool = False
     """True when some row of the file has several targets: a single target is then also listed
     as the query's ground truths, so mAP@K ranks every query."""
+    excluded: np.ndarray | None = None
+    """Each row's entry to leave out of its ranking as a code into `names`, -1 where the row names
+    none (its reference is left out). None: no row names one."""
+    target_labels: np.ndarray | None = None
+    """Each row's target label (numpy strings, '' where the row has none). None: no row has one."""
 
     def __len__(self) -> int:
         return len(self.reference)
@@ -130,6 +135,8 @@ class QueryTable(Sequence[Query]):
         ids = [str(i) for i in self.ids[start:stop].tolist()]
         forms = self.train_captions.rows(start, stop) if self.train_captions is not None else None
         aspects = self.aspects.rows(start, stop) if self.aspects is not None else None
+        excluded = self._excluded_names(start, stop)
+        labels = self.target_labels[start:stop].tolist() if self.target_labels is not None else None
         several = 1 if self.all_ground_truths else 2
         out = []
         for i, (qid, reference, caption, target) in enumerate(zip(ids, references, captions, targets)):
@@ -137,8 +144,17 @@ class QueryTable(Sequence[Query]):
                              train_captions=tuple(forms[i]) if forms and forms[i] else (caption,),
                              eval_caption=caption, target=target[0] if target else None,
                              ground_truths=tuple(target) if len(target) >= several else None,
-                             aspects=tuple(aspects[i]) if aspects else ()))
+                             aspects=tuple(aspects[i]) if aspects else (),
+                             target_label=(labels[i] or None) if labels else None,
+                             excluded=excluded[i] if excluded else None))
         return out
+
+    def _excluded_names(self, start: int, stop: int) -> list[str | None] | None:
+        if self.excluded is None:
+            return None
+        codes = self.excluded[start:stop]
+        names = self.names[np.maximum(codes, 0)].tolist()
+        return [name if code >= 0 else None for name, code in zip(names, codes.tolist())]
 
     def take(self, rows: np.ndarray) -> "QueryTable":
         """The table of the given rows (indices, in the order given); the vocabulary is shared."""
@@ -146,26 +162,35 @@ class QueryTable(Sequence[Query]):
         return replace(self, ids=self.ids[rows], reference=self.reference[rows], targets=self.targets.take(rows),
                        captions=self.captions[rows],
                        train_captions=self.train_captions.take(rows) if self.train_captions is not None else None,
-                       aspects=self.aspects.take(rows) if self.aspects is not None else None)
+                       aspects=self.aspects.take(rows) if self.aspects is not None else None,
+                       excluded=self.excluded[rows] if self.excluded is not None else None,
+                       target_labels=self.target_labels[rows] if self.target_labels is not None else None)
 
     def using_none_of(self, images: Container[str]) -> np.ndarray:
-        """Per row: True when neither its reference nor any of its targets is in `images`."""
+        """Per row: True when neither its reference nor any of its targets (nor the entry it leaves
+        out of its ranking) is in `images`."""
         bad = np.fromiter((name in images for name in self.names.tolist()), dtype=bool, count=len(self.names))
         keep = ~bad[self.reference]
         keep[self.targets.row_of_values()[bad[self.targets.values]]] = False
+        if self.excluded is not None:
+            named = self.excluded >= 0
+            keep[named] &= ~bad[self.excluded[named]]
         return keep
 
 
 class ImageFiles(Mapping[str, Path]):
     """Image name -> file, for a gallery held as an array of names: a file is the name joined to
-    `base` (which leaves an absolute name as it is), made when asked for."""
+    `base` (which leaves an absolute name as it is), made when asked for. Where entries are named
+    apart from their files (several names may show one file), `files[i]` is entry i's path."""
 
-    def __init__(self, names: np.ndarray, base: str | os.PathLike):
-        self.names, self.base = names, str(base)
+    def __init__(self, names: np.ndarray, base: str | os.PathLike, files: np.ndarray | None = None):
+        self.names, self.base, self.files = names, str(base), files
         self._index: dict[str, int] | None = None
 
     def file(self, name: str) -> Path:
-        return Path(os.path.join(self.base, name))
+        if self.files is None:
+            return Path(os.path.join(self.base, name))
+        return self[name]
 
     def _position(self) -> dict[str, int]:
         if self._index is None:  # built on the first look-up only: iterating needs none
@@ -173,9 +198,10 @@ class ImageFiles(Mapping[str, Path]):
         return self._index
 
     def __getitem__(self, name: str) -> Path:
-        if name not in self._position():
+        position = self._position().get(name)
+        if position is None:
             raise KeyError(name)
-        return self.file(name)
+        return Path(os.path.join(self.base, name if self.files is None else str(self.files[position])))
 
     def __contains__(self, name: object) -> bool:
         return name in self._position()
@@ -187,6 +213,12 @@ class ImageFiles(Mapping[str, Path]):
         for start in range(0, len(self.names), BLOCK):
             yield from self.names[start:start + BLOCK].tolist()
 
+    def paths(self) -> Iterator[str]:
+        """Each entry's path as listed (relative to `base`, or absolute), in order."""
+        listed = self.names if self.files is None else self.files
+        for start in range(0, len(listed), BLOCK):
+            yield from listed[start:start + BLOCK].tolist()
+
     def values(self) -> ValuesView[Path]:
         return _Files(self)
 
@@ -195,7 +227,7 @@ class ImageFiles(Mapping[str, Path]):
 
     def take(self, keep: np.ndarray) -> "ImageFiles":
         """The gallery of the kept names (a boolean mask or indices), in this gallery's order."""
-        return ImageFiles(self.names[keep], self.base)
+        return ImageFiles(self.names[keep], self.base, self.files[keep] if self.files is not None else None)
 
     def __repr__(self) -> str:
         return f"ImageFiles({len(self)} images under {self.base})"
@@ -204,10 +236,10 @@ class ImageFiles(Mapping[str, Path]):
 class _Files(ValuesView):
     def __iter__(self) -> Iterator[Path]:
         files: ImageFiles = self._mapping
-        return (files.file(name) for name in files)
+        return (Path(os.path.join(files.base, path)) for path in files.paths())
 
 
 class _Items(ItemsView):
     def __iter__(self) -> Iterator[tuple[str, Path]]:
         files: ImageFiles = self._mapping
-        return ((name, files.file(name)) for name in files)
+        return ((name, Path(os.path.join(files.base, path))) for name, path in zip(files, files.paths()))

@@ -76,6 +76,9 @@ class CIRSplit:
     MIT-States' adjective-only and noun-only recalls are `(("adjective", 0), ("noun", 1))`."""
     query_images: Mapping[str, Path] | None = None
     """Reference images that are not gallery entries (CSS's 2D queries), encoded apart."""
+    judgments: Mapping[str, Mapping[str, tuple[float, float]]] | None = None
+    """Graded judgements instead of targets (CFQ): qid -> judged gallery name -> (accurate, similar),
+    each the mean of the judges' votes in [-1, 1]. Only these pairs are scored (`evaluation.graded`)."""
 
     def image_file(self, name: str) -> Path:
         """The file of a gallery entry or of a reference kept apart from the gallery."""
@@ -93,6 +96,8 @@ class CIRSplit:
 
     @property
     def has_targets(self) -> bool:
+        if self.judgments is not None:
+            return True
         if self.gallery_labels is not None:
             return all(q.target_label is not None for q in self.queries)
         return all(q.target is not None for q in self.queries)

@@ -14,6 +14,7 @@ from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import GallerySearch, Ranking, rank_split
 from clip_cir.encoding.split_features import EncodeOptions, SplitFeatures, TokenRows, split_features, token_request
 from clip_cir.errors import CIRError
+from clip_cir.evaluation.graded import combine_graded, graded_split_metrics
 from clip_cir.evaluation.metrics import combine_benchmarks, split_metrics
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
@@ -82,14 +83,22 @@ def no_targets_message(split: CIRSplit) -> str:
 
 def metrics_from_features(all_features: Sequence[SplitFeatures], combine: CombiningFunction,
                           index_factory: IndexFactory | None = None) -> dict[str, float]:
-    """The dataset's metric dictionary (see metrics.combine_benchmarks for the key names)."""
-    per_split = []
+    """The dataset's metric dictionary (see metrics.combine_benchmarks for the key names, and
+    graded.combine_graded for a benchmark of graded judgements, CFQ)."""
+    per_split, graded = [], []
     for features in all_features:
-        if not features.split.has_targets:
-            raise CIRError(no_targets_message(features.split))
-        ranking = rank_features(features, combine, k=features.split.rank_depth, index_factory=index_factory)
-        per_split.append((features.split, split_metrics(features.split, ranking)))
-    return combine_benchmarks(per_split)
+        split = features.split
+        if split.judgments is not None:  # every judged candidate's score: the whole gallery is ranked
+            ranking = rank_features(features, combine, k=len(split.gallery), index_factory=index_factory)
+            graded.append((split, graded_split_metrics(split, ranking)))
+            continue
+        if not split.has_targets:
+            raise CIRError(no_targets_message(split))
+        ranking = rank_features(features, combine, k=split.rank_depth, index_factory=index_factory)
+        per_split.append((split, split_metrics(split, ranking)))
+    if graded and per_split:
+        raise CIRError("splits with graded judgements and splits with targets cannot be scored together")
+    return combine_graded(graded) if graded else combine_benchmarks(per_split)
 
 
 def evaluate(clip: LoadedCLIP, splits: Sequence[CIRSplit], combine: CombiningFunction,

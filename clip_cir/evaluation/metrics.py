@@ -15,6 +15,7 @@ import torch
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import Ranking
 from clip_cir.errors import CIRError
+from clip_cir.evaluation.graded import format_graded, is_graded
 
 
 def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -263,7 +264,9 @@ def _parse_key(key: str) -> tuple[str, bool, str, int] | None:
 
 def format_metrics(metrics: Mapping[str, float], label: str = "") -> str:
     """A table with one row per benchmark (and soft variant, and CIRCO semantic aspect) and one
-    column per metric: mAP@K, then R@K, then Rs@K."""
+    column per metric: mAP@K, then R@K, then Rs@K; graded metrics (CFQ) as `graded.format_graded`."""
+    if is_graded(metrics):
+        return format_graded(metrics, label)
     rows: dict[tuple[str, bool], dict[tuple[str, int], float]] = {}
     columns: list[tuple[str, int]] = []
     for key, value in metrics.items():

@@ -26,6 +26,7 @@ from clip_cir.config import (
 )
 from clip_cir.constants import (
     COMBINING,
+    CSS_QUERY_IMAGES,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     FAISS_INDEXES,
@@ -35,7 +36,9 @@ from clip_cir.constants import (
 from clip_cir.data import DATASETS
 from clip_cir.data.circo import QUERY_TEXTS
 from clip_cir.data.fashioniq import CATEGORIES
+from clip_cir.data.fashioniq import PROTOCOLS as FASHIONIQ_PROTOCOLS
 from clip_cir.data.images import SKIP_FLAG
+from clip_cir.data.shoes import PROTOCOLS as SHOES_PROTOCOLS
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
@@ -65,20 +68,38 @@ def required_option(required: bool) -> dict[str, Any]:
 def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = QueryDataConfig.split,
                   split: bool = True, required: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, **required_option(required), help="benchmark layout to read")
-    add_data_root_arg(group, "folder containing cirr_dataset/, fashionIQ_dataset/ or CIRCO/ (published layouts)",
-                      required)
+    group.add_argument("--dataset", choices=DATASETS, metavar="DATASET", **required_option(required),
+                       help=f"benchmark layout to read: {', '.join(DATASETS)}")
+    add_data_root_arg(group, "folder holding the benchmark in its published layout (docs/datasets.md), e.g. "
+                             "cirr_dataset/, fashionIQ_dataset/, CIRCO/", required)
     if split:
-        add_split_arg(group, split_default, "cirr: train, val, test1; fashioniq: train, val, test; circo: val, test "
-                                            "(default: %(default)s)")
+        add_split_arg(group, split_default, "the benchmark's split, e.g. cirr: train, val, test1; fashioniq: train, "
+                                            "val, test; circo: val, test; css, fashion200k, mitstates, shoes: train, "
+                                            "test (default: its validation split: val, or test where it has none)")
     add_fashioniq_categories_arg(group, DataConfig.fashioniq_categories)
+    add_protocol_args(group)
     add_circo_args(group)
+    add_css_args(group)
     add_triplet_args(group)
 
 
 def add_fashioniq_categories_arg(group: Group, default: Sequence[str] | None) -> None:
     group.add_argument("--fashioniq-categories", nargs="+", default=default, metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
+
+
+def add_protocol_args(group: Group) -> None:
+    """Which published protocol reads FashionIQ and Shoes (docs/datasets.md)."""
+    group.add_argument("--fashioniq-protocol", choices=tuple(FASHIONIQ_PROTOCOLS),
+                       default=DataConfig.fashioniq_protocol,
+                       help="FashionIQ protocol: clip4cir (one 'c0 and c1' query per triplet, split-file gallery), "
+                            "val (each caption a query, gallery = the triplets' images, reference removed), cosmo "
+                            "(both caption orders, split-file gallery, reference removed) or cosmo-val (both orders, "
+                            "VAL's gallery) (default: %(default)s)")
+    group.add_argument("--shoes-protocol", choices=SHOES_PROTOCOLS, default=DataConfig.shoes_protocol,
+                       help="Shoes protocol: val (VAL's, which TIRG, VAL and CoSMo report: every pair with an image "
+                            "in the split's list, once per such image) or artemis (pairs with both images in the "
+                            "list, once) (default: %(default)s)")
 
 
 def add_triplet_args(group: Group) -> None:
@@ -112,6 +133,12 @@ def add_circo_args(parser: Group) -> None:
     parser.add_argument("--circo-query-text", choices=QUERY_TEXTS, default=DataConfig.circo_query_text,
                         help="CIRCO query text: the relative caption alone, or 'a photo of {shared concept} that "
                              "{relative caption}' (default: %(default)s)")
+
+
+def add_css_args(parser: Group) -> None:
+    parser.add_argument("--css-query-images", choices=CSS_QUERY_IMAGES, default=DataConfig.css_query_images,
+                        help="css: query images, the source's 3-D rendering (3D->3D) or tirg's flat 2-D drawing of its "
+                             "objects (2D->3D; drawn once into the cache folder) (default: %(default)s)")
 
 
 def add_search_args(parser: Group) -> None:

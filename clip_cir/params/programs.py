@@ -19,6 +19,7 @@ from clip_cir.params.groups import (
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
+    add_css_args,
     add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
@@ -289,7 +290,7 @@ def cli_parser() -> argparse.ArgumentParser:
     add_circo_args(p.add_argument_group("data"))
     _add_score_parser(sub, "circo", "JSON {query id: [50 integer image ids]}")
 
-    p = sub.add_parser("convert", help="write a benchmark (cirr, fashioniq, circo) in the generic triplet layout",
+    p = sub.add_parser("convert", help="write a benchmark in the generic triplet layout",
                        description="Write every split of a benchmark as DIR/<split>.jsonl with gallery files and "
                                    "the benchmark's protocol (clip_cir.json), for --dataset triplets: eval on the "
                                    "output gives the benchmark's own numbers (CIRR's subset and soft metrics "
@@ -299,6 +300,7 @@ def cli_parser() -> argparse.ArgumentParser:
     add_output_arg(p, "folder to write (new or empty)", required=True)
     add_fashioniq_categories_arg(p, None)
     add_circo_args(p)
+    add_css_args(p)
 
     p = sub.add_parser("export",
                        help="write a CLIP (+ Combiner) as a Hugging Face Hub repository in open_clip's format",

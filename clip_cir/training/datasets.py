@@ -38,7 +38,7 @@ class TrainingSet:
             for query in split.queries:
                 for name in (query.reference, query.target):
                     if name not in images:  # a file path is made once per image, not per use
-                        images[name] = split.gallery[name]
+                        images[name] = split.image_file(name)  # CSS's 2-D references are not gallery entries
         queries = splits[0].queries if len(splits) == 1 else [q for s in splits for q in s.queries]
         return cls(queries=queries, image_names=list(images),
                    image_paths=list(images.values()))
@@ -100,7 +100,7 @@ def training_and_validation(data: DataConfig, batch_size: int,
     """What both stages train and validate on: the training triplets (checked to fill a batch)
     and the validation splits of the benchmark `data` names."""
     training = TrainingSet.from_splits(load_data(data, "train", images))
-    val_splits = load_data(data, "val", images)
+    val_splits = load_data(data, None, images)  # `val`, or the benchmark's own validation split
     check_batch_fits(batch_size, len(training.queries), "training triplets")
     return training, val_splits
 

@@ -5,11 +5,12 @@ forms are rebuilt here from docs/method.md#fashioniq-captions, independently of 
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from clip_cir.data import load_splits
+from clip_cir.data import DATASETS, load_splits
 from clip_cir.data.fashioniq import evaluation_caption, training_captions
 from clip_cir.errors import CIRError
 
@@ -159,7 +160,7 @@ def test_fashioniq_caption_forms(c0, c1, train, evaluation):
 
 
 def test_unknown_dataset_and_split_in_api(synth_root):
-    with pytest.raises(CIRError, match="unknown dataset 'coco' \\(choose from cirr, fashioniq, circo, triplets\\)"):
+    with pytest.raises(CIRError, match=re.escape(f"unknown dataset 'coco' (choose from {', '.join(DATASETS)})")):
         load_splits("coco", synth_root, "val")
     with pytest.raises(CIRError, match="unknown CIRCO split 'train' \\(choose from val, test\\)"):
         load_splits("circo", synth_root, "train")

@@ -90,3 +90,19 @@ def test_the_masked_entry_can_differ_from_the_reference_and_the_reference_can_li
     # Query 0 masks "a" (not its reference "q0"): "b" first. Query 1 masks its reference "b": "c" first.
     assert ranking.indices.tolist() == [[1, 2, 3], [2, 0, 3]]
     assert split_metrics(split, ranking)["recall_at1"] == 100.0
+
+
+def test_a_query_whose_masked_entry_was_skipped_is_dropped(tmp_path):
+    from clip_cir.data.images import ImageCheck
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.png").write_bytes(b"")
+    images = ImageCheck(skip=True)
+    gallery = images.locate({n: [tmp_path / f"{n}.png"] for n in ("a", "b", "c", "d")}, tmp_path / "list.txt")
+    assert set(gallery) == {"a", "b", "c"}
+    queries = [Query("0", "q0", ("c",), ("c",), "c", target="b", excluded="d"),
+               Query("1", "q1", ("c",), ("c",), "c", target="b", excluded="a")]
+    split = CIRSplit("css", "css", "test", queries, gallery, exclude_reference=True, recall_ks=(1,),
+                     query_images={"q0": tmp_path / "a.png", "q1": tmp_path / "a.png"})
+    kept = images.drop_queries(split, 4)
+    assert [q.qid for q in kept.queries] == ["1"] and images.dropped_queries == {"css/css/test": 1}

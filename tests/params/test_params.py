@@ -170,7 +170,7 @@ def test_without_resume_argparse_reports_missing_required_options(capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.splitlines()[-1] == "prog: error: the following arguments are required: --dataset, --data-root"
-    assert err.startswith("usage: prog [-h] --dataset {cirr,fashioniq,circo,triplets} --data-root")
+    assert err.startswith("usage: prog [-h] --dataset DATASET --data-root")
 
 
 def test_resumed_run_continues_to_the_abbreviated_epoch_count_and_refuses_a_new_lr(synth_root, tmp_path, capsys):

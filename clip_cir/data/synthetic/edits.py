@@ -48,8 +48,9 @@ def write_edit_kinds(root: str | os.PathLike, dataset: str, category: str | None
 
 
 def _layout_key(split: CIRSplit, qid: str) -> str:
-    """A query's key in the sidecar: FashionIQ's qid is `<category>/<position>`, the others' is the key."""
-    return qid.split("/", 1)[1] if split.dataset == "fashioniq" else qid
+    """A query's key in the sidecar: FashionIQ's qid is `<category>/<position>` (or, under protocols
+    with several queries per entry, `<category>/<position>/<form>`), the others' is the key."""
+    return qid.split("/")[1] if split.dataset == "fashioniq" else qid
 
 
 def edit_kinds(root: str | os.PathLike, split: CIRSplit) -> list[str]:
