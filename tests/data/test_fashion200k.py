@@ -4,14 +4,17 @@ input, missing images and the shapes-world stand-in, each against values worked 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import stage1_options, stage2_options
 from PIL import Image
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.fashion200k import caption_text, different_words, modifier_text, parent_caption
 from clip_cir.data.images import ImageCheck
@@ -275,3 +278,24 @@ def test_synthetic_stand_in_reads_back(tmp_path):
     write_fashion200k(tmp_path / "b", seed=3, size=32)
     for name in ("labels/dress_train_detect_all.txt", "test_queries.txt"):
         assert (tmp_path / "a/Fashion200k" / name).read_bytes() == (tmp_path / "b/Fashion200k" / name).read_bytes()
+
+
+def test_stand_in_trains_both_stages_and_evaluates(tmp_path, cli):
+    """Stage 1 trains on the static training queries and validates on test; stage 2 trains on its
+    CLIP's features; `clip-cir eval` (test by default) gives stage 2's last validation numbers."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_fashion200k(data, size=32)
+    stage1 = clip_cir.finetune(**stage1_options(data, runs, "s1", dataset="fashion200k", batch_size=8, epochs=1,
+                                                encoder="text"))
+    stage2 = clip_cir.train_combiner(**stage2_options(data, runs, "s2", dataset="fashion200k", batch_size=8,
+                                                      epochs=1, pretrained=runs / "s1"))
+    keys = [f"recall_at{k}" for k in (1, 5, 10, 50, 100)]
+    views = []
+    assert all(key in stage1.metrics and key in stage2.metrics for key in keys + views)
+    out = tmp_path / "test.json"
+    result = cli("eval", "--dataset", "fashion200k", "--data-root", data, "--num-workers", "0", "--model",
+                 "cir-tiny-vit", "--pretrained", runs / "s1", "--combiner", runs / "s2", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+    assert [metrics[key] for key in keys + views] == pytest.approx([stage2.metrics[key] for key in keys + views],
+                                                                   abs=1e-3)

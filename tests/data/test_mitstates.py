@@ -5,14 +5,17 @@ images and the shapes-world stand-in, each against values worked out by hand."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import stage1_options, stage2_options
 from PIL import Image
 
+import clip_cir
 from clip_cir.data import load_splits
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.mitstates import TEST_NOUNS
@@ -242,3 +245,24 @@ def test_synthetic_stand_in_reads_back(tmp_path):
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.jpg"))
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+
+
+def test_stand_in_trains_both_stages_and_evaluates(tmp_path, cli):
+    """Stage 1 trains on the static training queries and validates on test; stage 2 trains on its
+    CLIP's features; `clip-cir eval` (test by default) gives stage 2's last validation numbers."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_mitstates(data, size=32)
+    stage1 = clip_cir.finetune(**stage1_options(data, runs, "s1", dataset="mitstates", batch_size=8, epochs=1,
+                                                encoder="text"))
+    stage2 = clip_cir.train_combiner(**stage2_options(data, runs, "s2", dataset="mitstates", batch_size=8,
+                                                      epochs=1, pretrained=runs / "s1"))
+    keys = [f"recall_at{k}" for k in (1, 5, 10, 50, 100)]
+    views = [f"{view}_recall_at{k}" for view in ("adjective", "noun") for k in (1, 5, 10, 50, 100)]
+    assert all(key in stage1.metrics and key in stage2.metrics for key in keys + views)
+    out = tmp_path / "test.json"
+    result = cli("eval", "--dataset", "mitstates", "--data-root", data, "--num-workers", "0", "--model",
+                 "cir-tiny-vit", "--pretrained", runs / "s1", "--combiner", runs / "s2", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+    assert [metrics[key] for key in keys + views] == pytest.approx([stage2.metrics[key] for key in keys + views],
+                                                                   abs=1e-3)
