@@ -15,9 +15,10 @@ from helpers import stage1_options, stage2_options
 from PIL import Image
 
 import clip_cir
-from clip_cir.data import load_splits
+from clip_cir.data import DATASETS, dataset_splits, load_splits
 from clip_cir.data.fashion200k import caption_text, different_words, modifier_text, parent_caption
 from clip_cir.data.images import ImageCheck
+from clip_cir.data.registry import validation_split
 from clip_cir.data.synthetic.fashion200k import write_fashion200k
 from clip_cir.encoding.ranking import rank_split
 from clip_cir.errors import CIRError
@@ -71,6 +72,11 @@ def f200k(tmp_path) -> Path:
     rows = "".join(f"{TEST_LINES[s][1]} {TEST_LINES[t][1]}\n" for s, t in TEST_QUERIES)
     (base / "test_queries.txt").write_text(rows, encoding="utf-8")
     return tmp_path
+
+
+def test_registered_with_train_and_test_validating_on_test():
+    assert "fashion200k" in DATASETS and dataset_splits("fashion200k") == ("train", "test")
+    assert validation_split("fashion200k") == "test"
 
 
 # ----------------------------------------------------------------------------- text rules, by hand

@@ -16,9 +16,10 @@ from helpers import stage1_options, stage2_options
 from PIL import Image
 
 import clip_cir
-from clip_cir.data import load_splits
+from clip_cir.data import DATASETS, dataset_splits, load_splits
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.mitstates import TEST_NOUNS
+from clip_cir.data.registry import validation_split
 from clip_cir.data.synthetic.mitstates import write_mitstates
 from clip_cir.encoding.ranking import rank_split
 from clip_cir.errors import CIRError
@@ -54,6 +55,11 @@ def states(tmp_path) -> Path:
             Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(images / folder / file, "JPEG")
     (images / "README.txt").write_text("no space in the name: skipped")
     return tmp_path
+
+
+def test_registered_with_train_and_test_validating_on_test():
+    assert "mitstates" in DATASETS and dataset_splits("mitstates") == ("train", "test")
+    assert validation_split("mitstates") == "test"
 
 
 def test_test_nouns_are_tirgs_49():
