@@ -99,6 +99,15 @@ class LabelLine:
     """The label file."""
 
 
+def _text_lines(path: Path) -> list[str]:
+    """A text file's lines split at line ends only (`\n`, `\r\n`, `\r`), as Python's file iteration
+    splits them; a file that is not UTF-8 is one line naming it."""
+    try:
+        return path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise CIRError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def dataset_dir(data_root: Path) -> Path:
     """`<data_root>/Fashion200k`, or `data_root` itself where it holds `labels/` directly."""
     base = Path(data_root) / FOLDER
@@ -117,21 +126,20 @@ def read_label_files(base: Path, split: str) -> list[LabelLine]:
         path = base / "labels" / f"{category}_{split}_detect_all.txt"
         if not path.is_file():
             raise CIRError(f"{path}: Fashion200k label file not found")
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\n").split("\t")
-                where = f"{path}:{number}"
-                if len(fields) < 3:
-                    raise CIRError(f"{where}: expected 'path<TAB>score<TAB>description', got {len(fields)} "
-                                   f"tab-separated field{'s' if len(fields) != 1 else ''}")
-                image = fields[0]
-                if not image.strip():
-                    raise CIRError(f"{where}: empty image path")
-                listed[image] = listed.get(image, 0) + 1
-                name = image if listed[image] == 1 else f"{image}#{listed[image]}"
-                lines.append(LabelLine(name, image, caption_text(fields[2]), path))
+        for number, line in enumerate(_text_lines(path), start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            where = f"{path}:{number}"
+            if len(fields) < 3:
+                raise CIRError(f"{where}: expected 'path<TAB>score<TAB>description', got {len(fields)} "
+                               f"tab-separated field{'s' if len(fields) != 1 else ''}")
+            image = fields[0]
+            if not image.strip():
+                raise CIRError(f"{where}: empty image path")
+            listed[image] = listed.get(image, 0) + 1
+            name = image if listed[image] == 1 else f"{image}#{listed[image]}"
+            lines.append(LabelLine(name, image, caption_text(fields[2]), path))
     return lines
 
 
@@ -143,24 +151,23 @@ def read_test_queries(base: Path, lines: list[LabelLine]) -> list[Query]:
         raise CIRError(f"{path}: Fashion200k test query file not found (TIRG's test_queries.txt)")
     last = {line.path: line for line in lines}  # TIRG's file2imgid: the last listing wins
     queries: list[Query] = []
-    with open(path, encoding="utf-8") as f:
-        for number, row in enumerate(f, start=1):
-            fields = row.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise CIRError(f"{path}:{number}: expected 'source_path target_path', got {len(fields)} fields")
-            for image in fields:
-                if image not in last:
-                    raise CIRError(f"{path}:{number}: image '{image}' is not listed in labels/*_test_detect_all.txt")
-            source, target = last[fields[0]], last[fields[1]]
-            if not source.caption or not target.caption:
-                raise CIRError(f"{path}:{number}: image '{(target if source.caption else source).path}' has an "
-                               f"empty description, so no word to replace")
-            text = modifier_text(source.caption, target.caption)
-            queries.append(Query(qid=str(len(queries)), reference=source.name, captions=(text,),
-                                 train_captions=(text,), eval_caption=text, target=target.name,
-                                 target_label=target.caption))
+    for number, row in enumerate(_text_lines(path), start=1):
+        fields = row.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise CIRError(f"{path}:{number}: expected 'source_path target_path', got {len(fields)} fields")
+        for image in fields:
+            if image not in last:
+                raise CIRError(f"{path}:{number}: image '{image}' is not listed in labels/*_test_detect_all.txt")
+        source, target = last[fields[0]], last[fields[1]]
+        if not source.caption or not target.caption:
+            raise CIRError(f"{path}:{number}: image '{(target if source.caption else source).path}' has an "
+                           f"empty description, so no word to replace")
+        text = modifier_text(source.caption, target.caption)
+        queries.append(Query(qid=str(len(queries)), reference=source.name, captions=(text,),
+                             train_captions=(text,), eval_caption=text, target=target.name,
+                             target_label=target.caption))
     return queries
 
 

@@ -216,6 +216,13 @@ def test_malformed_label_line_names_file_and_line(f200k):
     with pytest.raises(CIRError, match=r"jacket_test_detect_all\.txt:3: expected 'path<TAB>score<TAB>description', "
                                        r"got 2 tab-separated fields"):
         load_splits("fashion200k", f200k, "test")
+    path.write_bytes(b"women/jacket/4/4_0.jpeg\t0.9\tred \xff jacket\n")
+    with pytest.raises(CIRError, match=r"jacket_test_detect_all\.txt: not UTF-8 text"):
+        load_splits("fashion200k", f200k, "test")
+    # A form feed inside a description is not a line end (tirg's readlines splits at line ends only).
+    path.write_text("women/jacket/4/4_0.jpeg\t0.9\tred\x0clace jacket\r\n", encoding="utf-8")
+    (split,) = load_splits("fashion200k", f200k, "test")
+    assert split.gallery_labels["women/jacket/4/4_0.jpeg"] == "red\x0clace jacket"
 
 
 def test_query_naming_an_unknown_image_names_file_and_line(f200k):
