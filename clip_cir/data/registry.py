@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import birdstowords, cfq, circo, cirr, css, fashioniq, shoes, spotthediff
+from clip_cir.data import birdstowords, cfq, circo, cirr, css, fashion200k, fashioniq, mitstates, shoes, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -49,6 +49,8 @@ READERS: dict[str, Reader] = {
     "spotthediff": spotthediff.load_spotthediff,
     "shoes": shoes.load_shoes,
     "cfq": cfq.load_cfq,
+    "fashion200k": fashion200k.load_fashion200k,
+    "mitstates": mitstates.load_mitstates,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
@@ -59,9 +61,12 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "spotthediff": spotthediff.SPLITS,
     "shoes": shoes.SPLITS,
     "cfq": cfq.SPLITS,
+    "fashion200k": fashion200k.SPLITS,
+    "mitstates": mitstates.SPLITS,
 }
 """Each benchmark's split names; the generic layout has any split its files name."""
-VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test", "cfq": "test"}
+VALIDATION_SPLITS: dict[str, str] = {"css": "test", "shoes": "test", "cfq": "test", "fashion200k": "test",
+                                     "mitstates": "test"}
 """The split a benchmark validates and evaluates on by default where it is not `val` (tirg's
 benchmarks have train and test only, and their papers select on test)."""
 DATASETS = tuple(READERS)
