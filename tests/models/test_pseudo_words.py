@@ -66,6 +66,20 @@ def test_the_placeholder_is_one_token_of_the_tokenizer():
     with pytest.raises(CIRError, match=r"^placeholder 'qzxqzxwv' is not one token of this tokenizer \(choose"):
         placeholder_token_id(tokenizer, "qzxqzxwv")
 
+    class UnknownWords:
+        """A tokenizer that reads every unknown word as its unknown token 3 (as Hugging Face ones do)."""
+        tokenizer = type("HF", (), {"unk_token_id": 3})()
+
+        def __call__(self, texts):
+            rows = {"a": [0, 5, 2, 1, 1], "a $": [0, 5, 3, 2, 1], "a b": [0, 5, 6, 2, 1], "a c": [0, 5, 2, 2, 1]}
+            return torch.tensor([rows[t] for t in texts])
+
+    assert placeholder_token_id(UnknownWords(), "b") == 6
+    with pytest.raises(CIRError, match=r"^placeholder '\$' is not one token"):
+        placeholder_token_id(UnknownWords(), "$")  # one token, but the unknown one
+    with pytest.raises(CIRError, match=r"^placeholder 'c' is not one token"):
+        placeholder_token_id(UnknownWords(), "c")  # the id it inserts is a special one the prompt already has
+
 
 @torch.no_grad()
 def test_vit_style_clip_equals_the_text_tower_run_step_by_step(tiny_clip):

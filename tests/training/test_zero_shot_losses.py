@@ -183,6 +183,11 @@ def test_textual_inversion_starts_from_small_gaussian_tokens_and_moves_prompts_t
     again = textual_inversion(tiny, images, concepts, steps=2, generator=torch.Generator().manual_seed(4))
     assert torch.equal(again, textual_inversion(tiny, images, concepts, steps=2,
                                                 generator=torch.Generator().manual_seed(4)))  # one generator
+    one_step = textual_inversion(tiny, images, concepts, steps=1, ema_decay=0.0,
+                                 generator=torch.Generator().manual_seed(4))
+    averaged = textual_inversion(tiny, images, concepts, steps=1, ema_decay=0.25,
+                                 generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(averaged, 0.25 * start + 0.75 * one_step)  # the EMA of the start and one step
     ids = tiny.tokenizer(["A photo of a $"] * 2)
     with torch.no_grad():
         before = F.cosine_similarity(encode_with_pseudo_words(tiny.model, ids, start, 259), images).mean()
