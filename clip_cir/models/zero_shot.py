@@ -270,6 +270,9 @@ class ZeroShotComposer:
     """Reference image features + captions -> normalised query features: φ(image) is the
     placeholder's embedding in the method's prompt, and the prompt's text feature is the query."""
 
+    reads_captions = True
+    """Evaluation, the API and the demo hand it the captions, not their features."""
+
     def __init__(self, clip, mapping: PseudoWordMapping, template: str | None = None,
                  placeholder: str | None = None, batch_size: int = COMPOSE_BATCH):
         check_mapping_fits(mapping, clip)
@@ -281,6 +284,15 @@ class ZeroShotComposer:
 
     def __str__(self) -> str:
         return f"{self.mapping.method} pseudo-word ({self.template!r})"
+
+    @property
+    def name(self) -> str:
+        return self.mapping.method
+
+    def to(self, device: torch.device | str) -> "ZeroShotComposer":
+        """φ onto `device` (the CLIP is placed by its owner, as for every combining function)."""
+        self.mapping.to(device)
+        return self
 
     def prompts(self, captions: Sequence[str]) -> list[str]:
         """Each caption in the template, its own placeholders removed."""
