@@ -59,8 +59,10 @@ def cmd_rank(args: argparse.Namespace) -> None:
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
     source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
                                                                                              "split": args.split}
-    combining = {"combining": "combiner" if args.combiner else args.combining,
-                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {})}
+    name = "combiner" if args.combiner else prepared.combine.name if args.zero_shot else args.combining
+    combining = {"combining": name,
+                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {}),
+                 **({"zero_shot": str(args.zero_shot), "prompt": prepared.combine.template} if args.zero_shot else {})}
     write_json(args.output, {**source, "model": clip.describe(), **combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")

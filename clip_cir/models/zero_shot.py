@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_cir.constants import ZERO_SHOT_METHODS
 from clip_cir.errors import CIRError
 from clip_cir.models.pseudo_words import (
     DEFAULT_PLACEHOLDER,
@@ -49,7 +50,7 @@ from clip_cir.models.pseudo_words import (
     token_embedding_dim,
 )
 
-METHODS = ("pic2word", "searle", "lincir")
+METHODS = ZERO_SHOT_METHODS
 CAPTION_FIELD = "{caption}"
 PROMPT_TEMPLATES = {"pic2word": "a photo of $ , {caption}",
                     "searle": "a photo of $ that {caption}",
@@ -219,12 +220,15 @@ def resolve_mapping_checkpoint(path: Path) -> Path:
 
 
 def load_mapping(path: str | Path) -> PseudoWordMapping:
-    """φ from our safetensors file, a run directory, or a published torch file (weights only), in
+    """φ from our safetensors file, a run directory, `hf-hub:ORG/NAME` (a `clip-cir export` with φ),
+    or a published torch file (weights only), in
     eval mode, with what it was trained on and with (`trained_on`, `prompt_template`, `placeholder`)."""
     from clip_cir.models.checkpoint_formats import read_torch_file
     from clip_cir.models.files import read_safetensors
+    from clip_cir.models.hub import hub_file, hub_repo_id
 
-    path = resolve_mapping_checkpoint(Path(path))
+    repo_id = hub_repo_id(str(path))
+    path = hub_file(repo_id, MAPPING_FILE) if repo_id else resolve_mapping_checkpoint(Path(path))
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path)
         if meta.get("kind") != "zero-shot-mapping" or meta.get("method") not in METHODS:
@@ -331,3 +335,14 @@ class ZeroShotComposer:
         if not queries:
             return image_features.new_zeros((0, image_features.shape[-1]), dtype=torch.float32)
         return torch.cat(queries)
+
+
+def zero_shot_composer(clip, source: str | Path, method: str | None = None, template: str | None = None,
+                       placeholder: str | None = None) -> ZeroShotComposer:
+    """The pseudo-word composition `--zero-shot SOURCE [--combining METHOD] [--prompt-template T]`
+    builds for `clip`: φ loaded and checked against the CLIP; `method`, when given, must be φ's."""
+    mapping = load_mapping(source)
+    if method is not None and method in METHODS and method != mapping.method:
+        raise CIRError(f"{source} is a {mapping.method} mapping network, not {method} (drop --combining, or give "
+                       f"--combining {mapping.method})")
+    return ZeroShotComposer(clip, mapping, template, placeholder)
