@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                        "tag with --model, or hf-hub:ORG/NAME)")
     folder = export_model(args.pretrained, args.output_dir, combiner_source=args.combiner, model_name=args.model,
                           push_to_hub=args.push_to_hub, private=args.private, license_name=args.license,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, zero_shot_source=args.zero_shot)
     print(folder)
 
 
