@@ -16,10 +16,14 @@ Adaptations, none of which the paper fixes otherwise:
   sees only directions). The paper learns d by its loss (2) and calls d_{a,i} the centroid of class
   i's cluster (§3.3); `set_dictionary_to_centroids` makes that literal: the normalised mean of the
   embeddings of the images labelled i (missing labels ignored), used for queries.
-- The paper gives no layer sizes besides k. φ_a is a linear map (a hidden layer on request); G and
-  D are MLPs with LeakyReLU(0.2) as in DiscoGAN (its reference [21], by the same authors). G adds
-  its output to x and normalises (`residual`, default on): a manipulated feature starts as the
-  query and lives on the sphere where CLIP's features are ranked.
+- The paper gives no layer sizes besides k. φ_a, G and D are MLPs with LeakyReLU(0.2) as in
+  DiscoGAN (its reference [21], by the same authors): φ_a with one hidden layer (0: a linear map),
+  G and D with two. G synthesises x~ from [x, e] as the paper's does; `residual` makes it x plus
+  the MLP's output instead (worse on the synthetic catalogue).
+- Every network works in a centred and scaled copy of CLIP's space (`fit_feature_space`): CLIP's
+  normalised features fill a narrow cone (a random-init tiny CLIP's: mean cosine 0.99 between
+  images), so they are moved to zero mean and unit mean norm, and manipulated queries are moved
+  back and normalised before they are ranked against the gallery's CLIP features.
 - Each attribute has its own G and D: the matching target puts the manipulated attribute first,
   so its layout depends on which attribute is changed; one conditional network for all
   attributes would not know which slot e belongs to.
@@ -37,7 +41,7 @@ from clip_cir.errors import CIRError
 
 FLAM_EMBEDDING_DIM = 32
 """k, the dimension of an attribute-specific embedding (§4.1)."""
-FLAM_EMBEDDER_HIDDEN = 0
+FLAM_EMBEDDER_HIDDEN = 512
 """Hidden width of φ_a; 0 = a single linear layer (the paper does not say)."""
 FLAM_MANIPULATOR_HIDDEN = 512
 FLAM_DISCRIMINATOR_HIDDEN = 512
@@ -87,7 +91,7 @@ class QueryManipulator(nn.Module):
     """G: (x [B, D], e [B, k]) -> manipulated features [B, D] (in the space x is given in)."""
 
     def __init__(self, feature_dim: int, embedding_dim: int = FLAM_EMBEDDING_DIM,
-                 hidden_dim: int = FLAM_MANIPULATOR_HIDDEN, residual: bool = True):
+                 hidden_dim: int = FLAM_MANIPULATOR_HIDDEN, residual: bool = False):
         super().__init__()
         self.residual = residual
         self.net = _mlp([feature_dim + embedding_dim, hidden_dim, hidden_dim, feature_dim])
@@ -119,7 +123,7 @@ class FLAM(nn.Module):
     def __init__(self, feature_dim: int, value_counts: Sequence[int], embedding_dim: int = FLAM_EMBEDDING_DIM,
                  embedder_hidden: int = FLAM_EMBEDDER_HIDDEN, manipulator_hidden: int = FLAM_MANIPULATOR_HIDDEN,
                  discriminator_hidden: int = FLAM_DISCRIMINATOR_HIDDEN, match_remaining: bool = True,
-                 residual: bool = True):
+                 residual: bool = False):
         if feature_dim < 1 or embedding_dim < 1 or not value_counts or min(value_counts) < 1:
             raise CIRError(f"FLAM needs positive sizes and at least one attribute with values, got feature_dim "
                            f"{feature_dim}, embedding_dim {embedding_dim}, value counts {list(value_counts)}")
