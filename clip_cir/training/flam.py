@@ -9,8 +9,8 @@
 The paper trains its manipulator on images without attribute labels, the embedders serving as
 pseudo-labellers: here an image without a label of a takes the class of the nearest dictionary
 vector to φ_a(x). The paper gives no optimiser settings: Adam, with DCGAN's (2e-4, β1 = 0.5) for G
-and D. Everything is drawn from generators seeded by `seed`, on the features' device, and the
-caller's global RNG state is left as it was.
+and D. The initial weights, batches and random pairs are drawn from CPU generators seeded by
+`seed`, and the caller's global RNG state is left as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from clip_cir.data.attributes import AttributeQuery
 from clip_cir.errors import CIRError
@@ -45,8 +46,8 @@ GAN_BETAS = (0.5, 0.999)
 DEFAULT_WEIGHTS = FLAMLossWeights()
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator).to(device)
     return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 
 
@@ -57,7 +58,7 @@ def train_embedders(model: FLAM, features: torch.Tensor, labels: torch.Tensor, e
     history = []
     for _ in range(epochs):
         total, steps = 0.0, 0
-        for rows in _batches(len(features), batch_size, generator):
+        for rows in _batches(len(features), batch_size, generator, features.device):
             x, y = features[rows], labels[rows]
             loss = sum(embedding_loss(embedder(x), y[:, a], embedder.dictionary_vectors(), margin)
                        for a, embedder in enumerate(model.embedders))
@@ -77,6 +78,37 @@ def manipulation_classes(model: FLAM, embeddings: Sequence[torch.Tensor], labels
     return torch.where(labels[:, attribute] >= 0, labels[:, attribute], pseudo)
 
 
+def pair_negatives(embeddings: Sequence[torch.Tensor], classes: torch.Tensor, attribute: int, online_sampling: bool,
+                   generator: torch.Generator) -> torch.Tensor:
+    """x- for each row of a batch (-1: none): of another class of `attribute`, the closest in the
+    other attributes' embeddings with online sampling, else a random one."""
+    if online_sampling:
+        return online_negatives([e for a, e in enumerate(embeddings) if a != attribute], classes)
+    return random_negatives(classes, generator)
+
+
+def discriminator_loss(D: nn.Module, features: torch.Tensor, fake: torch.Tensor, embeddings: Sequence[torch.Tensor],
+                       attribute: int, weights: FLAMLossWeights, match_remaining: bool) -> torch.Tensor:
+    """D's loss: (3) on real features and detached manipulated ones, and the real term of (4)."""
+    real_logits, real_matching = D(features)
+    fake_logits, _ = D(fake.detach())
+    target = matching_target(embeddings, attribute, include_remaining=match_remaining)
+    return (discriminator_adversarial_loss(real_logits, fake_logits)
+            + weights.matching * feature_matching_loss(real_matching, target))
+
+
+def generator_losses(G: nn.Module, D: nn.Module, features: torch.Tensor, fake: torch.Tensor, wanted: torch.Tensor,
+                     embeddings: Sequence[torch.Tensor], attribute: int,
+                     match_remaining: bool) -> dict[str, torch.Tensor]:
+    """G's unweighted terms for x~ = G(x, e-), e- = `wanted`: `adversarial` (3), `matching` (the
+    fake term of (4), towards [e- ⊕ x's other embeddings]) and `cycle` (5), back with φ_a(x)."""
+    fake_logits, fake_matching = D(fake)
+    return {"adversarial": generator_adversarial_loss(fake_logits),
+            "matching": feature_matching_loss(fake_matching, matching_target(embeddings, attribute, wanted,
+                                                                             include_remaining=match_remaining)),
+            "cycle": cycle_loss(G, features, wanted, embeddings[attribute])}
+
+
 def train_manipulator(model: FLAM, attribute: int, features: torch.Tensor, labels: torch.Tensor, epochs: int,
                       batch_size: int, learning_rate: float, weights: FLAMLossWeights, online_sampling: bool,
                       generator: torch.Generator) -> list[dict[str, float]]:
@@ -91,11 +123,9 @@ def train_manipulator(model: FLAM, attribute: int, features: torch.Tensor, label
     for _ in range(epochs):
         sums = {"d": 0.0, "g": 0.0, "cycle": 0.0}
         steps = 0
-        for rows in _batches(len(features), batch_size, generator):
+        for rows in _batches(len(features), batch_size, generator, features.device):
             embeddings = [e[rows] for e in all_embeddings]
-            remaining = [e for a, e in enumerate(embeddings) if a != attribute]
-            negatives = (online_negatives(remaining, classes[rows]) if online_sampling
-                         else random_negatives(classes[rows], generator))
+            negatives = pair_negatives(embeddings, classes[rows], attribute, online_sampling, generator)
             keep = negatives >= 0
             if not keep.any():
                 continue
@@ -103,28 +133,21 @@ def train_manipulator(model: FLAM, attribute: int, features: torch.Tensor, label
             wanted = embeddings[attribute][negatives[keep]]  # φ_a(x-)
             embeddings = [e[keep] for e in embeddings]
             fake = G(x, wanted)
-            real_target = matching_target(embeddings, attribute, include_remaining=model.match_remaining)
-            fake_target = matching_target(embeddings, attribute, wanted, include_remaining=model.match_remaining)
 
-            real_logits, real_matching = D(x)
-            fake_logits, _ = D(fake.detach())
-            loss_d = (discriminator_adversarial_loss(real_logits, fake_logits)
-                      + weights.matching * feature_matching_loss(real_matching, real_target))
+            loss_d = discriminator_loss(D, x, fake, embeddings, attribute, weights, model.match_remaining)
             optimizer_d.zero_grad()
             loss_d.backward()
             optimizer_d.step()
 
-            fake_logits, fake_matching = D(fake)
-            cycle = cycle_loss(G, x, wanted, embeddings[attribute])
-            loss_g = (weights.adversarial * generator_adversarial_loss(fake_logits)
-                      + weights.matching * feature_matching_loss(fake_matching, fake_target)
-                      + weights.cycle * cycle)
+            terms = generator_losses(G, D, x, fake, wanted, embeddings, attribute, model.match_remaining)
+            loss_g = (weights.adversarial * terms["adversarial"] + weights.matching * terms["matching"]
+                      + weights.cycle * terms["cycle"])
             optimizer_g.zero_grad()
             loss_g.backward()
             optimizer_g.step()
             sums["d"] += loss_d.item()
             sums["g"] += loss_g.item()
-            sums["cycle"] += cycle.item()
+            sums["cycle"] += terms["cycle"].item()
             steps += 1
         history.append({key: value / max(steps, 1) for key, value in sums.items()})
     return history
@@ -144,8 +167,8 @@ def train_flam(features: torch.Tensor, labels: torch.Tensor | np.ndarray, value_
     if features.ndim != 2 or labels.shape != (len(features), len(value_counts)):
         raise CIRError(f"FLAM training needs features [N, D] and labels [N, {len(value_counts)}], got "
                        f"{list(features.shape)} and {list(labels.shape)}")
-    if int(labels.max(dim=0).values.ge(torch.tensor(value_counts, device=labels.device)).sum()) > 0:
-        raise CIRError(f"a label is out of range for the value counts {list(value_counts)}")
+    if (labels < -1).any() or (labels >= torch.tensor(value_counts, device=labels.device)).any():
+        raise CIRError(f"a label is out of range for the value counts {list(value_counts)} (-1: missing)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = FLAM(features.shape[1], value_counts, **model_options).to(features.device)

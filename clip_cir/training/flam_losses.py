@@ -125,6 +125,6 @@ def online_negatives(remaining: Sequence[torch.Tensor], classes: torch.Tensor) -
 def random_negatives(classes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Without online sampling: for each row, a random row of another class (-1 where none)."""
     allowed = (classes.unsqueeze(1) != classes.unsqueeze(0)) & (classes >= 0).unsqueeze(1) & (classes >= 0).unsqueeze(0)
-    scores = torch.rand(allowed.shape, generator=generator, device=classes.device).masked_fill(~allowed, -1.0)
+    scores = torch.rand(allowed.shape, generator=generator).to(classes.device).masked_fill(~allowed, -1.0)
     best = scores.argmax(dim=1)
     return torch.where(allowed.any(dim=1), best, torch.full_like(best, -1))
