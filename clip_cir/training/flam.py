@@ -179,7 +179,6 @@ def train_flam(features: torch.Tensor, labels: torch.Tensor | np.ndarray, value_
     train_embedders(model, features, labels, embedding_epochs, batch_size, embedding_learning_rate, margin, generator)
     if centroid_dictionary:
         model.set_dictionary_to_centroids(features, labels)
-    model.embedders.requires_grad_(False)
     for attribute in range(len(value_counts)):
         train_manipulator(model, attribute, features, labels, manipulation_epochs, batch_size, gan_learning_rate,
                           weights, online_sampling, generator)
