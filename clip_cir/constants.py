@@ -23,4 +23,5 @@ DEMO_MAX_K = 100  # the demo's largest --top-k and API k
 VALIDATION_SCHEDULES = ("published", "every-nth-and-last")  # --validation-schedule (clip_cir.config.TrainingConfig)
 COMPOSITORS = ("combiner", "tirg", "maaf", "cosmo", "lbf")  # stage 2's --compositor (clip_cir.models.compositors)
 STAGE2_LOSSES = ("contrastive", "soft-triplet-classification")  # stage 2's --loss
+CSS_SPLITS = ("train", "test")  # clip_cir.data.css, which needs numpy: named here for the registry
 CSS_QUERY_IMAGES = ("3d", "2d")  # --css-query-images: CSS's query images (clip_cir.data.css)
