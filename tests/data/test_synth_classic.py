@@ -16,7 +16,7 @@ from clip_cir.data.synthetic.css import write_css
 from clip_cir.data.synthetic.fashion200k import write_fashion200k
 from clip_cir.data.synthetic.spotthediff import write_spotthediff
 
-SIZES = ("--train", "4", "--val", "3", "--test", "3", "--circo", "2", "--size", "32", "--seed", "5")
+SIZES = ("--train", "4", "--val", "3", "--test", "3", "--circo", "2", "--size", "24", "--seed", "5")
 THREE_LAYOUTS = ("cirr_dataset", "fashionIQ_dataset", "CIRCO", "synthetic_edits", "pretrain_captions.csv")
 
 
@@ -49,12 +49,19 @@ def test_synth_classic_all_writes_each_stand_in_as_its_writer(cli, tmp_path):
     # Each stand-in is its writer's output with the same seed and size, bytes and summary.
     alone = tmp_path / "alone"
     for name, write in (("css", write_css), ("fashion200k", write_fashion200k), ("spotthediff", write_spotthediff)):
-        summary = write(alone, seed=5, size=32)
+        summary = write(alone, seed=5, size=24)
         assert info["classic"][name] == {k: v for k, v in summary.items() if k != "root"}
         assert _digest(both / CLASSIC[name]) == _digest(alone / CLASSIC[name]), name
     assert info["classic"]["css"]["test"]["queries"] == len(load_splits("css", both, "test")[0].queries)
     assert info["classic"]["fashion200k"]["test"]["queries"] == len(load_splits("fashion200k", both, "test")[0].queries)
     assert len(load_splits("mitstates", both, "test")[0].gallery) == info["classic"]["mitstates"]["test"]["images"]
+
+
+def test_generate_writes_each_named_stand_in_once_in_a_fixed_order(tmp_path):
+    summary = generate(tmp_path, n_train=2, n_val=2, n_test=2, size=16, progress=False,
+                       classic=("spotthediff", "css", "spotthediff"))
+    assert summary["args"]["classic"] == ["css", "spotthediff"] and list(summary["classic"]) == ["css", "spotthediff"]
+    assert json.loads((tmp_path / "synth_info.json").read_text())["classic"] == summary["classic"]
 
 
 def test_an_existing_stand_in_folder_is_refused_or_replaced(cli, tmp_path):
