@@ -56,9 +56,10 @@ def cmd_rank(args: argparse.Namespace) -> None:
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
                             "caption": query.eval_caption, "target": query.target,
+                            **({"target_label": query.target_label} if split.gallery_labels is not None else {}),
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
-    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
-                                                                                             "split": args.split}
+    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {
+        "dataset": args.dataset, "split": prepared.splits[0].split}  # the split read (default: the validation one)
     combining = {"combining": "combiner" if args.combiner else args.combining,
                  **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {})}
     write_json(args.output, {**source, "model": clip.describe(), **combining, "top_k": args.top_k,
