@@ -36,7 +36,7 @@ from clip_cir.encoding.extraction import (
 from clip_cir.encoding.search import SearchIndex, build_index
 from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files, no_tokens
 from clip_cir.errors import CIRError
-from clip_cir.evaluation.evaluate import compose_features
+from clip_cir.evaluation.evaluate import compose_features, reads_captions
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
 from clip_cir.models.compositors.base import TokenFeatures
@@ -206,6 +206,9 @@ class CIRModel:
 
     def compose_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Query vectors [N, D] from raw image and text features: the combining function, as evaluation runs it."""
+        if reads_captions(self.combine):
+            raise CIRError(f"the {self.combine.name} pseudo-word composition reads the captions themselves: compose "
+                           f"with model.compose(images, captions)")
         if uses_tokens(self.combine) and isinstance(image_features, torch.Tensor):
             raise CIRError(f"the {self.combine.name} compositor reads token features: compose images and captions "
                            f"with model.compose, or pass model.token_features(images, captions)")
@@ -229,6 +232,8 @@ class CIRModel:
             raise CIRError(f"{len(items)} images but {len(captions)} captions: give one caption per image")
         if uses_tokens(self.combine):
             return compose_features(self.combine, *self.token_features(items, captions))
+        if reads_captions(self.combine):
+            return self.combine(self.image_features(items), [check_caption(c) for c in captions]).cpu()
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
 
@@ -369,7 +374,10 @@ class Gallery(GalleryFeatures):
             query = self.model.compose([self.paths[self.names[row]] if row is not None else reference], [caption])
         else:
             image = self.features[row:row + 1] if row is not None else self.model.image_features([reference])
-            query = self.model.compose_features(image, self.model.text_features([caption]))
+            if reads_captions(self.model.combine):
+                query = self.model.combine(image, [caption]).cpu()
+            else:
+                query = self.model.compose_features(image, self.model.text_features([caption]))
         exclude = self.exclude_reference if exclude_reference is None else exclude_reference
         return self.search_features(query, k, row if exclude else None)
 

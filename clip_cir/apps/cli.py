@@ -60,8 +60,10 @@ def cmd_rank(args: argparse.Namespace) -> None:
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
     source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {
         "dataset": args.dataset, "split": prepared.splits[0].split}  # the split read (default: the validation one)
-    combining = {"combining": "combiner" if args.combiner else args.combining,
-                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {})}
+    name = "combiner" if args.combiner else prepared.combine.name if args.zero_shot else args.combining
+    combining = {"combining": name,
+                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {}),
+                 **({"zero_shot": str(args.zero_shot), "prompt": prepared.combine.template} if args.zero_shot else {})}
     write_json(args.output, {**source, "model": clip.describe(), **combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")
@@ -142,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                        "tag with --model, or hf-hub:ORG/NAME)")
     folder = export_model(args.pretrained, args.output_dir, combiner_source=args.combiner, model_name=args.model,
                           push_to_hub=args.push_to_hub, private=args.private, license_name=args.license,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, zero_shot_source=args.zero_shot)
     print(folder)
 
 

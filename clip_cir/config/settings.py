@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from clip_cir.config.options import Options
+from clip_cir.constants import ZERO_SHOT_METHODS
 from clip_cir.errors import CIRError
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
@@ -107,9 +108,24 @@ class CombiningConfig(Options):
     slerp_alpha: float = 0.8
     """`--combining slerp`'s α: how far along the great circle from the image to the caption the
     query lies (docs/zero-shot.md)."""
+    zero_shot: str | None = None
+    """A zero-shot mapping network φ (`clip-cir zero-shot` run, φ file or `hf-hub:`): queries are the
+    text features of its prompt with φ(reference) as the pseudo-word; its method is the combining."""
+    prompt_template: str | None = None
+    """The prompt φ's pseudo-word and the caption go into (None: the one φ was trained with)."""
 
     def __post_init__(self) -> None:
         check_slerp_alpha(self.slerp_alpha)  # refused with the other settings, before any work
+        if self.combining in ZERO_SHOT_METHODS and self.zero_shot is None and self.combiner is None:
+            raise CIRError(f"--combining {self.combining} needs --zero-shot RUN (a mapping network trained by "
+                           f"`clip-cir zero-shot --method {self.combining}`)")
+        if self.zero_shot is not None and self.combiner is not None:
+            raise CIRError("give --combiner or --zero-shot, not both")
+        if self.zero_shot is not None and self.combining not in (*ZERO_SHOT_METHODS, "sum"):
+            raise CIRError(f"--zero-shot gives the pseudo-word composition; it does not go with --combining "
+                           f"{self.combining}")
+        if self.prompt_template is not None and self.zero_shot is None:
+            raise CIRError("--prompt-template goes with --zero-shot (the prompt of a pseudo-word composition)")
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,16 @@ TOKEN_BATCH = 256
 per query bounds the batch, not the 4096 global features a Combiner takes at once."""
 
 
+def reads_captions(combine: object) -> bool:
+    """Whether `combine` takes the captions themselves rather than their features (a zero-shot
+    pseudo-word composer runs them through the text tower with the reference image in a prompt)."""
+    return bool(getattr(combine, "reads_captions", False))
+
+
 def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
     """The split's normalised query vectors (`compose_features` of its references and captions)."""
+    if reads_captions(combine):
+        return combine(features.reference, [q.eval_caption for q in features.split.queries]).float().cpu()
     if not uses_tokens(combine):
         return compose_features(combine, features.reference, features.text, batch_size)
     if features.reference_tokens is None or features.text_tokens is None:

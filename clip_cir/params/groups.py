@@ -184,12 +184,20 @@ def add_combining_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--combining", choices=COMBINING, default=CombiningConfig.combining,
                        help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
                             "image: the reference image alone, caption ignored (a baseline); slerp: spherical "
-                            "linear interpolation from the image to the caption (training-free, Jang et al. 2024)")
+                            "linear interpolation from the image to the caption (training-free, Jang et al. 2024); "
+                            "pic2word, searle, lincir: a pseudo-word composition (with --zero-shot RUN)")
     add_combiner_arg(group)
     section.add_argument(
         "--slerp-alpha", type=float, default=CombiningConfig.slerp_alpha, metavar="ALPHA",
         help="with --combining slerp: how far from the reference image (0) towards the caption (1) the query lies "
              "(default: %(default)s)")
+    section.add_argument("--zero-shot", metavar="RUN", default=CombiningConfig.zero_shot,
+                         help="a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
+                              "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
+                              "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
+    section.add_argument("--prompt-template", default=CombiningConfig.prompt_template, metavar="TEXT",
+                         help="with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
+                              "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
 
 
 def add_transform_args(parser: Group) -> None:

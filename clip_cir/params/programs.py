@@ -317,6 +317,9 @@ def cli_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     group = p.add_argument_group("export")
     add_combiner_arg(group)
+    group.add_argument("--zero-shot", metavar="RUN", default=None,
+                       help="a zero-shot mapping network to export beside the CLIP instead of a Combiner (a "
+                            "`clip-cir zero-shot` run or φ file), as phi.safetensors")
     add_output_dir_arg(group, "folder to write (written atomically)", required=True)
     add_overwrite_arg(group, "replace --output-dir if it is not empty")
     group.add_argument("--license", default="other",

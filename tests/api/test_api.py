@@ -343,7 +343,7 @@ def bad_combiner(tmp_path) -> Path:
     ("slerp-alpha-range", "--slerp-alpha must be between 0 (the reference image alone) and 1 (the caption alone), "
                           "got 1.5"),
     ("slerp-alpha-without-slerp", "slerp_alpha goes with combining='slerp', not 'sum'"),
-    ("stage2-and-combiner", "is a stage-2 run and brings its own Combiner"),
+    ("stage2-and-combiner", "is a stage2 run and brings its own Combiner"),
     ("unknown-model", "unknown open_clip model 'cir-tiny-vitt'; did you mean cir-tiny-vit"),
     ("unknown-transform", "unknown transform 'crop'"),
     ("bad-device", "unknown device 'gpu0'"),
