@@ -121,6 +121,25 @@ def _fiq_captions(world: Path, entry: int) -> list[tuple[str, str]]:
     return [(c0, c1), (c1, c0)]
 
 
+def test_convert_lists_the_reading_options_the_data_commands_list():
+    """One option group: convert's reading options are the data group of eval (and of training)
+    less what names the data (dataset, root, split) and the generic layout's columns, which
+    convert cannot read."""
+    from clip_cir.params import cli_parser, stage1_parser
+
+    def options(group) -> set[str]:
+        return {o for action in group._group_actions for o in action.option_strings}
+
+    commands = cli_parser()._subparsers._group_actions[0].choices
+    reading = {g.title: options(g) for g in commands["convert"]._action_groups}["reading"]
+    data = {g.title: options(g) for g in commands["eval"]._action_groups}["data"]
+    assert data - reading == {"--dataset", "--data-root", "--split", "--csv-reference-key", "--csv-caption-key",
+                              "--csv-target-key", "--csv-separator", "--keep-reference"}
+    assert reading == {"--fashioniq-categories", "--fashioniq-protocol", "--shoes-protocol", "--circo-query-text",
+                       "--css-query-images"} < data
+    assert reading < {g.title: options(g) for g in stage1_parser()._action_groups}["data"]
+
+
 @pytest.mark.parametrize(("benchmark", "flags", "message"), [
     ("fashioniq", ("--fashioniq-protocol", "val"),
      "FashionIQ protocol 'val' has no test split: its gallery is the images of the split's triplets, targets "
