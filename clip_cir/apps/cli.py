@@ -56,9 +56,10 @@ def cmd_rank(args: argparse.Namespace) -> None:
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
                             "caption": query.eval_caption, "target": query.target,
+                            **({"target_label": query.target_label} if split.gallery_labels is not None else {}),
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
-    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
-                                                                                             "split": args.split}
+    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {
+        "dataset": args.dataset, "split": prepared.splits[0].split}  # the split read (default: the validation one)
     name = "combiner" if args.combiner else prepared.combine.name if args.zero_shot else args.combining
     combining = {"combining": name,
                  **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {}),
@@ -151,10 +152,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from clip_cir.data import synthetic
 
     opt.check_positive(args, ["train", "val", "test", "size"])
+    classic = list(synthetic.CLASSIC) if "all" in args.classic else args.classic
     try:
         summary = synthetic.generate(args.root, n_train=args.train, n_val=args.val, n_test=args.test,
-                                 size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
-                                 circo_distractors=args.circo_distractors)
+                                     size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
+                                     circo_distractors=args.circo_distractors, classic=classic)
     except ValueError as e:
         raise CIRError(str(e)) from None
     print(json.dumps(summary, indent=2, default=str))
@@ -162,11 +164,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from clip_cir.data.convert import convert
-    from clip_cir.data.types import ReaderOptions
+    from clip_cir.data.registry import reader_options
 
-    options = ReaderOptions(fashioniq_categories=args.fashioniq_categories, circo_query_text=args.circo_query_text,
-                            css_query_images=args.css_query_images)
-    written = convert(args.source, args.data_root, args.output, options)
+    data = opt.data_settings(args, dataset=args.source)
+    written = convert(args.source, args.data_root, args.output, reader_options(data))
     print(f"{args.source} written to {args.output} in the triplet layout ({len(written)} files); evaluate it with "
           f"--dataset triplets --data-root {args.output}")
 

@@ -23,6 +23,7 @@ from clip_cir.params.groups import (
     add_output_arg,
     add_output_dir_arg,
     add_pixel_cache_args,
+    add_reader_option_args,
     add_search_args,
     add_seed_arg,
     add_skip_missing_arg,
@@ -45,7 +46,7 @@ from clip_cir.params.programs import (
     stage2_parser,
 )
 from clip_cir.params.resume import ParserBuilder, given_options, parse_with_resume
-from clip_cir.params.settings import program_settings, ranking_settings
+from clip_cir.params.settings import data_settings, program_settings, ranking_settings
 from clip_cir.params.training import add_accum_arg, add_training_args
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "add_output_arg",
     "add_output_dir_arg",
     "add_pixel_cache_args",
+    "add_reader_option_args",
     "add_report_args",
     "add_search_args",
     "add_seed_arg",
@@ -78,6 +80,7 @@ __all__ = [
     "add_training_args",
     "add_transform_args",
     "check_positive",
+    "data_settings",
     "cli_parser",
     "demo_parser",
     "given_options",

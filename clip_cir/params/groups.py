@@ -76,15 +76,23 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = Q
         add_split_arg(group, split_default, "the benchmark's split, e.g. cirr: train, val, test1; fashioniq: train, "
                                             "val, test; circo: val, test; css, fashion200k, mitstates, shoes: train, "
                                             "test (default: its validation split: val, or test where it has none)")
-    add_fashioniq_categories_arg(group, DataConfig.fashioniq_categories)
+    add_reader_option_args(group)
+
+
+def add_reader_option_args(group: Group, triplets: bool = True) -> None:
+    """Every dataset-specific reading option (`DataConfig`'s, which `registry.reader_options` makes
+    the readers' `ReaderOptions`): the commands that read data and `convert` list the same ones.
+    `triplets=False` leaves out the generic layout's columns, for a command that cannot read it."""
+    add_fashioniq_categories_arg(group)
     add_protocol_args(group)
     add_circo_args(group)
     add_css_args(group)
-    add_triplet_args(group)
+    if triplets:
+        add_triplet_args(group)
 
 
-def add_fashioniq_categories_arg(group: Group, default: Sequence[str] | None) -> None:
-    group.add_argument("--fashioniq-categories", nargs="+", default=default, metavar="CAT",
+def add_fashioniq_categories_arg(group: Group) -> None:
+    group.add_argument("--fashioniq-categories", nargs="+", default=DataConfig.fashioniq_categories, metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
 
 

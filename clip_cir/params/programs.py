@@ -15,22 +15,22 @@ from typing import TYPE_CHECKING, NamedTuple
 from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
 from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
 from clip_cir.data import DATASETS
+from clip_cir.data.synthetic.classic import CLASSIC
 from clip_cir.params.groups import (
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
-    add_css_args,
     add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
     add_encode_args,
-    add_fashioniq_categories_arg,
     add_feature_cache_args,
     add_gallery_dir_arg,
     add_model_args,
     add_num_workers_arg,
     add_output_arg,
     add_output_dir_arg,
+    add_reader_option_args,
     add_search_args,
     add_seed_arg,
     add_skip_missing_arg,
@@ -248,15 +248,20 @@ def cli_parser() -> argparse.ArgumentParser:
     add_verbose_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts",
+    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts "
+                                     "(and the classic benchmarks' with --classic)",
                        description="Render a deterministic 2-D shapes world (CSS-like) and write it in the three "
-                                   "published layouts, plus per-image captions for pretraining.")
+                                   "published layouts, plus per-image captions for pretraining; --classic adds small "
+                                   "stand-ins of the classic benchmarks in theirs.")
     p.add_argument("--root", type=Path, required=True, help="output folder (becomes a --data-root)")
     add_synthetic_size_args(p, train=3000, val=600, test=600, circo=100,
                             circo_help="CIRCO queries in each of val and test, with 1-8 ground truths each; 0 writes "
                                        "no CIRCO folder (default: %(default)s)")
     p.add_argument("--circo-distractors", type=int, default=None,
                    help="unrelated scenes added to the CIRCO gallery (default: 5 per CIRCO query)")
+    p.add_argument("--classic", nargs="+", choices=("all", *CLASSIC), default=[], metavar="NAME",
+                   help=f"also write small stand-ins (a few dozen images each) of these benchmarks in their own "
+                        f"layouts: all, or any of {', '.join(CLASSIC)}")
     p.add_argument("--size", type=int, default=64, help="short image side in pixels (default: %(default)s)")
     add_seed_arg(p)
     add_overwrite_arg(p, "replace an existing dataset under --root")
@@ -298,9 +303,8 @@ def cli_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=[d for d in DATASETS if d != "triplets"], help="the benchmark")
     add_data_root_arg(p, "folder containing the benchmark in its published layout")
     add_output_arg(p, "folder to write (new or empty)", required=True)
-    add_fashioniq_categories_arg(p, None)
-    add_circo_args(p)
-    add_css_args(p)
+    add_reader_option_args(p.add_argument_group("reading", "how the benchmark is read (as --dataset reads it)"),
+                           triplets=False)
 
     p = sub.add_parser("export",
                        help="write a CLIP (+ Combiner) as a Hugging Face Hub repository in open_clip's format",
