@@ -178,6 +178,10 @@ def add_combiner_arg(parser: Group) -> None:
                              "{'Combiner': ...} file, or hf-hub:ORG/NAME (a repository written by clip-cir export)")
 
 
+def add_zero_shot_arg(group: Group, help: str) -> None:
+    group.add_argument("--zero-shot", metavar="RUN", default=CombiningConfig.zero_shot, help=help)
+
+
 def add_combining_args(parser: argparse.ArgumentParser) -> None:
     section = parser.add_argument_group("combining")
     group = section.add_mutually_exclusive_group()
@@ -191,10 +195,9 @@ def add_combining_args(parser: argparse.ArgumentParser) -> None:
         "--slerp-alpha", type=float, default=CombiningConfig.slerp_alpha, metavar="ALPHA",
         help="with --combining slerp: how far from the reference image (0) towards the caption (1) the query lies "
              "(default: %(default)s)")
-    section.add_argument("--zero-shot", metavar="RUN", default=CombiningConfig.zero_shot,
-                         help="a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
-                              "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
-                              "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
+    add_zero_shot_arg(section, "a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
+                               "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
+                               "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
     section.add_argument("--prompt-template", default=CombiningConfig.prompt_template, metavar="TEXT",
                          help="with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
                               "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")

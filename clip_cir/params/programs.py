@@ -36,6 +36,7 @@ from clip_cir.params.groups import (
     add_skip_missing_arg,
     add_split_arg,
     add_transform_args,
+    add_zero_shot_arg,
     required_option,
 )
 from clip_cir.params.training import (
@@ -317,9 +318,8 @@ def cli_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     group = p.add_argument_group("export")
     add_combiner_arg(group)
-    group.add_argument("--zero-shot", metavar="RUN", default=None,
-                       help="a zero-shot mapping network to export beside the CLIP instead of a Combiner (a "
-                            "`clip-cir zero-shot` run or φ file), as phi.safetensors")
+    add_zero_shot_arg(group, "a zero-shot mapping network to export beside the CLIP instead of a Combiner (a "
+                             "`clip-cir zero-shot` run or φ file), as phi.safetensors")
     add_output_dir_arg(group, "folder to write (written atomically)", required=True)
     add_overwrite_arg(group, "replace --output-dir if it is not empty")
     group.add_argument("--license", default="other",
