@@ -61,7 +61,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="φ's learning rate (default: %(default)s)")
     parser.add_argument("--no-supervised", action="store_true", help="skip the two-stage rows (faster)")
     parser.add_argument("--model", default="cir-tiny-vit", help="open_clip model (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE, help="synthetic image size (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
+                        help="synthetic image size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="data, CLIP and training seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
