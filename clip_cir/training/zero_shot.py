@@ -37,6 +37,7 @@ class PseudoWordText:
     def __init__(self, clip, placeholder: str = DEFAULT_PLACEHOLDER):
         self.clip, self.placeholder = clip, placeholder
         self.placeholder_id = placeholder_token_id(clip.tokenizer, placeholder)
+        clip.model.requires_grad_(False)  # gradients pass through the tower to φ; its weights get none
 
     @property
     def device(self) -> torch.device:

@@ -165,3 +165,37 @@ def test_bad_zero_shot_input_is_one_line(case, message, setup, cli, synth_root, 
         args += ["--zero-shot", setup["searle"], "--combiner", setup["searle"]]
     result = cli(*args)
     assert result.code == 2 and len(result.error_lines) == 1 and message in result.error_lines[0], result.err
+
+
+@pytest.mark.parametrize("method", ["searle", "pic2word"])
+def test_fashioniq_captions_compose_both_ways_as_each_method_evaluates_them(method, setup, synth_root, tmp_path):
+    """SEARLE and LinCIR average the normalised features of "C0 and c1" and "C1 and c0"; Pic2Word's
+    prompt holds the captions reversed. Written out from the raw captions."""
+    from clip_cir.evaluation.evaluate import predict_queries
+    from clip_cir.models.zero_shot import load_mapping, zero_shot_composer
+
+    clip = setup["clip"]
+    phi = setup["searle"] if method == "searle" else _save_phi(clip, "pic2word", tmp_path / "p2w.safetensors", 5)
+    split = load_splits("fashioniq", synth_root, "val", ["dress"])[0]
+    split.queries = split.queries[:6]
+    features = split_features(clip, split, EncodeOptions(transform=clip.image_transform(), progress=False))
+    queries = predict_queries(features, zero_shot_composer(clip, phi))
+    mapping, placeholder = load_mapping(phi), placeholder_token_id(clip.tokenizer, "$")
+    template = "a photo of $ , {}" if method == "pic2word" else "a photo of $ that {}"
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        ids = clip.tokenize([template.format(t) for t in texts])
+        with torch.no_grad():
+            pseudo = mapping(features.reference)
+            return F.normalize(encode_with_pseudo_words(clip.model, ids, pseudo, placeholder), dim=-1)
+
+    def joined(a: str, b: str) -> str:
+        return f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}"
+
+    backward = encode([joined(q.captions[1], q.captions[0]) for q in split.queries])
+    if method == "pic2word":
+        expected = backward
+    else:
+        forward = encode([joined(q.captions[0], q.captions[1]) for q in split.queries])
+        expected = F.normalize((forward + backward) / 2, dim=-1)
+    assert torch.allclose(queries, expected, atol=1e-6)
