@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
+from clip_cir.config import (
+    AttributeDataConfig,
+    AttributesConfig,
+    CaptionDataConfig,
+    PretrainConfig,
+    Stage1Config,
+    Stage2Config,
+)
 from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
 from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
@@ -130,6 +137,65 @@ def stage2_parser(prog: str = "stage2/train_combiner.py", required: bool = True)
     return parser
 
 
+CATALOGUE_HELP = ("attribute catalogue folder: ADDE's files (attr_num.txt, imgs_<split>.txt, labels_<split>.txt, "
+                  "ref/indfull/gt_test.txt) or attributes_<split>.csv with queries_<split>.csv "
+                  "(docs/attribute-manipulation.md)")
+
+
+def add_catalogue_args(group: Group, required: bool | None) -> None:
+    """`--catalogue DIR` (`required`: True, False = MISSING when not given, None = optional), its layout
+    and its images' folder."""
+    option = {"default": AttributeDataConfig.catalogue} if required is None else required_option(required)
+    group.add_argument("--catalogue", type=Path, metavar="DIR", help=CATALOGUE_HELP, **option)
+    group.add_argument("--catalogue-layout", choices=("adde", "csv"), default=AttributeDataConfig.catalogue_layout,
+                       help="the catalogue's layout (default: found from its files)")
+    group.add_argument("--image-root", type=Path, default=AttributeDataConfig.image_root,
+                       help="folder the catalogue's image names are relative to (default: the catalogue folder)")
+
+
+def attributes_parser(prog: str = "attributes/train_flam.py", required: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Attribute manipulation: train FLAM (attribute embedders, then a query "
+                               "manipulator and discriminator per attribute) on frozen CLIP image features of an "
+                               "attribute catalogue; epochs 1..--embedding-epochs train the embedders, the later "
+                               "ones the manipulators. Run with `accelerate launch` or plain python.")
+    data = parser.add_argument_group("data")
+    add_catalogue_args(data, required)
+    data.add_argument("--validation-split", default=AttributeDataConfig.validation_split,
+                      help="split that validates (default: val, or test when the catalogue has no val)")
+    add_model_args(parser)
+    add_transform_args(parser)
+    flam = parser.add_argument_group("FLAM", "the paper's k = 32; what it leaves open, ours (clip_cir/models/flam.py)")
+    defaults = AttributesConfig()
+    flam.add_argument("--embedding-epochs", type=int, default=defaults.embedding_epochs, metavar="E",
+                      help="epochs 1..E train the embedders, the rest the manipulators (default: %(default)s)")
+    flam.add_argument("--gan-lr", type=float, default=defaults.gan_lr,
+                      help="learning rate of G and D, Adam betas (0.5, 0.999); --lr is the embedders' "
+                           "(default: %(default)s)")
+    for name, text in (("embedding_dim", "k, the size of an attribute embedding"),
+                       ("embedder_hidden", "hidden width of each embedder (0: linear)"),
+                       ("manipulator_hidden", "hidden width of each manipulator G"),
+                       ("discriminator_hidden", "hidden width of each discriminator D")):
+        flam.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                          help=f"{text} (default: %(default)s)")
+    for name, text in (("margin", "triplet margin on the cosine distance"),
+                       ("adversarial_weight", "weight of G's adversarial loss (3)"),
+                       ("matching_weight", "weight of the feature-matching loss (4)"),
+                       ("cycle_weight", "weight of the cycle loss (5)")):
+        flam.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
+                          help=f"{text} (default: %(default)s)")
+    flam.add_argument("--single-matching", action="store_true",
+                      help="D matches the manipulated attribute's embedding only (the paper's 'S' variant)")
+    flam.add_argument("--residual", action="store_true", help="G adds its output to the reference feature")
+    flam.add_argument("--random-pairs", action="store_true", help="x- at random instead of by online sampling")
+    flam.add_argument("--learned-dictionary", action="store_true",
+                      help="query with the learned dictionary vectors, not the class centroids")
+    add_top_k_arg(flam, defaults.top_k, "k of the validation's top-k accuracy (the selection score) and NDCG@k "
+                                        "(default: %(default)s, ADDE's)")
+    add_training_args(parser, defaults)
+    return parser
+
+
 def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Contrastive image-caption pretraining (open_clip's CLIP loss, learned "
@@ -234,6 +300,8 @@ PROGRAMS = {
                         "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
     "train-combiner": Program("clip_cir.apps.train", "train_combiner", stage2_parser,
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+    "train-attributes": Program("clip_cir.apps.train", "train_attributes", attributes_parser,
+                                "attribute manipulation: train FLAM on an attribute catalogue's CLIP features"),
     "quickstart": Program("clip_cir.apps.quickstart", "run", quickstart_parser,
                           "the whole method on synthetic data in a few CPU minutes"),
 }
