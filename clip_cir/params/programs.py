@@ -153,6 +153,22 @@ def add_catalogue_args(group: Group, required: bool | None) -> None:
                        help="folder the catalogue's image names are relative to (default: the catalogue folder)")
 
 
+def add_attribute_eval_args(parser: argparse.ArgumentParser, evaluating: bool) -> None:
+    """eval's and rank's attribute-catalogue options: with --catalogue, queries change one attribute
+    of a catalogue image (top-k accuracy and NDCG@k, docs/attribute-manipulation.md)."""
+    group = parser.add_argument_group("attribute catalogue", "rank an attribute catalogue's split (--split, default "
+                                      "val or test) instead of a triplet benchmark")
+    add_catalogue_args(group, None)
+    group.add_argument("--attributes", metavar="RUN", default=None,
+                       help="a `clip-cir train-attributes` run or flam.safetensors: FLAM's manipulated queries "
+                            "(else the change is a caption composed by --combining or --combiner)")
+    group.add_argument("--attribute-template", default=None,
+                       help='the caption that says a change (default: "change the {attribute} to {value}")')
+    if evaluating:
+        group.add_argument("--top-k", type=int, default=None,
+                           help="k of top-k accuracy and NDCG@k (default: 30, ADDE's)")
+
+
 def attributes_parser(prog: str = "attributes/train_flam.py", required: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Attribute manipulation: train FLAM (attribute embedders, then a query "
@@ -337,14 +353,16 @@ def cli_parser() -> argparse.ArgumentParser:
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
                                    "R@10/50 per category and averages; CIRCO: mAP@5/10/25/50, R@5/10/25/50 and "
                                    "mAP@10 per semantic aspect).")
-    _add_ranking_args(p)
+    _add_ranking_args(p, required=False)
     add_output_arg(p, "write the metrics as JSON here")
+    add_attribute_eval_args(p, evaluating=True)
 
     p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
     _add_ranking_args(p, required=False)
     add_gallery_dir_arg(p.add_argument_group("gallery folder"), queries=True)
     add_top_k_arg(p, 50, "results per query (default: %(default)s)")
     add_output_arg(p, "JSON file to write", required=True)
+    add_attribute_eval_args(p, evaluating=False)
 
     _add_submit_parser(sub, "cirr", "test1", "files", "Write recall_submission_NAME.json and "
                        "recall_subset_submission_NAME.json, checked against the server's rules first. --split "
