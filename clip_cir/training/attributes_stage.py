@@ -61,8 +61,9 @@ log = logging.getLogger("clip_cir")
 
 class IndexBatches:
     """Rows of the training features in a permutation drawn from (seed, epoch) alone, in batches of
-    the global batch size (the last may be smaller), each process taking its slice; `set_epoch`
-    also tells the stage which epoch begins."""
+    the global batch size, each process taking its slice; the last, partial batch is kept by a
+    single process and dropped under DDP (as stage 2's batches: no process gets an empty slice).
+    `set_epoch` also tells the stage which epoch begins."""
 
     def __init__(self, n: int, batch_size: int, seed: int, device: torch.device, on_epoch,
                  process_index: int = 0, num_processes: int = 1):
@@ -74,15 +75,15 @@ class IndexBatches:
         self.on_epoch(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(self.n / self.batch_size) if self.processes == 1 else self.n // self.batch_size
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).to(self.device)
-        for start in range(0, self.n, self.batch_size):
+        share = self.batch_size // self.processes
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = order[start:start + self.batch_size]
-            share = math.ceil(len(batch) / self.processes)
-            yield batch[self.rank * share:(self.rank + 1) * share]
+            yield batch if self.processes == 1 else batch[self.rank * share:(self.rank + 1) * share]
 
 
 class FLAMObjective(nn.Module):

@@ -75,6 +75,24 @@ def test_the_program_trains_flam_that_beats_the_reference_image_alone(flam_run, 
     assert meta["metrics"]["score"] == round(flam_run.best["score"], 6)
 
 
+def test_the_run_queries_with_class_centroids_and_trains_g_and_d_at_their_own_rate(flam_run, catalogue):
+    model = clip_cir.load(attributes=flam_run.path, device="cpu", cache=False, progress=False)
+    flam = model.attributes.flam
+    data = read_attribute_splits(catalogue.image_root)
+    working = (F.normalize(model.image_features(list(data.train.paths)), dim=-1) - flam.center) / flam.scale
+    labels = torch.from_numpy(data.train.labels.copy())
+    with torch.no_grad():
+        for a, embedder in enumerate(flam.embedders):
+            embeddings = F.normalize(embedder.net(working), dim=-1)
+            for value in range(len(data.train.values[a])):
+                centroid = F.normalize(embeddings[labels[:, a] == value].sum(dim=0), dim=0)  # missing labels left out
+                assert torch.allclose(F.normalize(embedder.dictionary[value], dim=0), centroid, atol=1e-4), (a, value)
+    state = torch.load(flam_run.path / "last" / "training_state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(1e-3, (0.9, 0.999)), (1e-3, (0.5, 0.999))]
+    assert state["epoch"] == 100
+
+
 def test_eval_of_the_run_equals_the_metrics_of_the_apis_manipulate_vectors(flam_run, catalogue, cli, tmp_path):
     out = tmp_path / "eval.json"
     result = cli("eval", "--catalogue", catalogue.image_root, "--attributes", flam_run.path, "--top-k", K,
@@ -138,6 +156,8 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(catalogue, tiny_
     for name, tensor in expected.items():
         assert torch.equal(weights[name], tensor), name
     assert resumed.metrics == whole.metrics
+    groups = torch.load(resumed.path / "last" / "training_state.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 2e-4]  # --lr for the embedders, --gan-lr (default) for G and D
     rows = (tmp_path / "cut" / "train_metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
 
