@@ -154,7 +154,6 @@ class FLAMTraining(Stage):
         self.objective.generator.manual_seed(self.config.training.seed * 1_000_003 + epoch + 1)
         if epoch >= self.config.embedding_epochs and self.objective.embeddings is None:
             self.objective.begin_manipulation(not self.config.learned_dictionary)
-            self.flam.embedders.requires_grad_(False)
             log.info("epoch %d: the embedders are trained; the manipulators and discriminators train from here",
                      epoch + 1)
 

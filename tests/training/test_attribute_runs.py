@@ -156,6 +156,8 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(catalogue, tiny_
     for name, tensor in expected.items():
         assert torch.equal(weights[name], tensor), name
     assert resumed.metrics == whole.metrics
+    with open(whole.path / "validation_metrics.csv") as f:  # a selection score from epoch E + 1 = 3 on
+        assert [row["score"] == "" for row in csv.DictReader(f)] == [True, True, False, False, False]
     groups = torch.load(resumed.path / "last" / "training_state.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [1e-3, 2e-4]  # --lr for the embedders, --gan-lr (default) for G and D
     rows = (tmp_path / "cut" / "train_metrics.csv").read_text().splitlines()

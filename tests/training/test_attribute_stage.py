@@ -9,8 +9,9 @@ import math
 
 import torch
 
+from clip_cir.config import AttributesConfig
 from clip_cir.models.flam import FLAM
-from clip_cir.training.attributes_stage import FLAMObjective, IndexBatches
+from clip_cir.training.attributes_stage import FLAMObjective, FLAMTraining, IndexBatches
 from clip_cir.training.flam import discriminator_loss, generator_losses, manipulation_classes
 from clip_cir.training.flam_losses import FLAMLossWeights, embedding_loss, online_negatives
 from clip_cir.training.optim import LRSchedule
@@ -73,7 +74,6 @@ def test_a_manipulation_step_gives_d_its_own_loss_and_g_its_loss_through_a_fixed
     objective = _objective()
     flam = objective.flam
     objective.begin_manipulation(centroid_dictionary=True)
-    flam.embedders.requires_grad_(False)
     rows = torch.arange(12)
     loss = objective(rows)
     loss.backward()
@@ -100,3 +100,17 @@ def test_a_manipulation_step_gives_d_its_own_loss_and_g_its_loss_through_a_fixed
             assert torch.allclose(got, want, atol=1e-6)
         total = total + loss_d.detach() + loss_g.detach()
     assert torch.allclose(loss.detach(), total)
+
+
+def test_the_manipulation_phase_begins_with_epoch_e_plus_1():
+    objective = _objective()
+    optimizer = torch.optim.Adam(objective.parameters())
+    batches = IndexBatches(12, 4, 0, torch.device("cpu"), lambda epoch: None)
+    stage = FLAMTraining(objective, objective, optimizer, batches, None, torch.zeros(0), None,
+                         AttributesConfig(embedding_epochs=2))
+    before = objective.flam.embedders[0].dictionary.detach().clone()
+    batches.set_epoch(1)  # 0-based: the second epoch, still the embedders'
+    assert objective.embeddings is None and torch.equal(objective.flam.embedders[0].dictionary, before)
+    batches.set_epoch(2)
+    assert objective.embeddings is not None and not torch.equal(objective.flam.embedders[0].dictionary, before)
+    assert stage.objective is objective
