@@ -51,5 +51,10 @@ def test_a_val_split_validates_and_without_query_files_takes_adde_rule(files, tm
     splits = read_attribute_splits(root)
     assert splits.split == "val" and list(splits.queries) == generate_queries(splits.gallery)
     assert read_attribute_splits(root, split="test").split == "test"
+    lines = (root / "queries_test.csv").read_text().splitlines()
+    (root / "queries_val.csv").write_text("\n".join(lines[:3]) + "\n")  # the header and two queries
+    splits = read_attribute_splits(root)
+    assert list(splits.queries) == read_csv_queries(root / "queries_val.csv", splits.gallery)
+    assert len(splits.queries) == 2
     with pytest.raises(CIRError, match=r"catalogue: the catalogue has no split 'dev'"):
         read_attribute_splits(root, split="dev")
