@@ -165,8 +165,7 @@ def add_attribute_eval_args(parser: argparse.ArgumentParser, evaluating: bool) -
     group.add_argument("--attribute-template", default=None,
                        help='the caption that says a change (default: "change the {attribute} to {value}")')
     if evaluating:
-        group.add_argument("--top-k", type=int, default=None,
-                           help="k of top-k accuracy and NDCG@k (default: 30, ADDE's)")
+        add_top_k_arg(group, None, "with --catalogue: k of top-k accuracy and NDCG@k (default: 30, ADDE's)")
 
 
 def attributes_parser(prog: str = "attributes/train_flam.py", required: bool = True) -> argparse.ArgumentParser:
@@ -188,17 +187,15 @@ def attributes_parser(prog: str = "attributes/train_flam.py", required: bool = T
     flam.add_argument("--gan-lr", type=float, default=defaults.gan_lr,
                       help="learning rate of G and D, Adam betas (0.5, 0.999); --lr is the embedders' "
                            "(default: %(default)s)")
-    for name, text in (("embedding_dim", "k, the size of an attribute embedding"),
-                       ("embedder_hidden", "hidden width of each embedder (0: linear)"),
-                       ("manipulator_hidden", "hidden width of each manipulator G"),
-                       ("discriminator_hidden", "hidden width of each discriminator D")):
-        flam.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
-                          help=f"{text} (default: %(default)s)")
-    for name, text in (("margin", "triplet margin on the cosine distance"),
-                       ("adversarial_weight", "weight of G's adversarial loss (3)"),
-                       ("matching_weight", "weight of the feature-matching loss (4)"),
-                       ("cycle_weight", "weight of the cycle loss (5)")):
-        flam.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
+    for name, kind, text in (("embedding_dim", int, "k, the size of an attribute embedding"),
+                             ("embedder_hidden", int, "hidden width of each embedder (0: linear)"),
+                             ("manipulator_hidden", int, "hidden width of each manipulator G"),
+                             ("discriminator_hidden", int, "hidden width of each discriminator D"),
+                             ("margin", float, "triplet margin on the cosine distance"),
+                             ("adversarial_weight", float, "weight of G's adversarial loss (3)"),
+                             ("matching_weight", float, "weight of the feature-matching loss (4)"),
+                             ("cycle_weight", float, "weight of the cycle loss (5)")):
+        flam.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name),
                           help=f"{text} (default: %(default)s)")
     flam.add_argument("--single-matching", action="store_true",
                       help="D matches the manipulated attribute's embedding only (the paper's 'S' variant)")
