@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import command_line, read_weights
+from helpers import REPO, command_line, ddp_launcher, read_weights
 
 import clip_cir
 from clip_cir.data.attribute_splits import read_attribute_splits
@@ -75,8 +78,11 @@ def test_the_program_trains_flam_that_beats_the_reference_image_alone(flam_run, 
     assert meta["metrics"]["score"] == round(flam_run.best["score"], 6)
 
 
-def test_the_run_queries_with_class_centroids_and_trains_g_and_d_at_their_own_rate(flam_run, catalogue):
-    model = clip_cir.load(attributes=flam_run.path, device="cpu", cache=False, progress=False)
+def _assert_dictionary_is_the_centroids(run: Path, catalogue) -> None:
+    """Each dictionary vector of the saved FLAM is the normalised mean of its saved embedder's
+    embeddings of the training images labelled with that value (the embedders held still after
+    the centroids were made)."""
+    model = clip_cir.load(attributes=run, device="cpu", cache=False, progress=False)
     flam = model.attributes.flam
     data = read_attribute_splits(catalogue.image_root)
     working = (F.normalize(model.image_features(list(data.train.paths)), dim=-1) - flam.center) / flam.scale
@@ -87,6 +93,10 @@ def test_the_run_queries_with_class_centroids_and_trains_g_and_d_at_their_own_ra
             for value in range(len(data.train.values[a])):
                 centroid = F.normalize(embeddings[labels[:, a] == value].sum(dim=0), dim=0)  # missing labels left out
                 assert torch.allclose(F.normalize(embedder.dictionary[value], dim=0), centroid, atol=1e-4), (a, value)
+
+
+def test_the_run_queries_with_class_centroids_and_trains_g_and_d_at_their_own_rate(flam_run, catalogue):
+    _assert_dictionary_is_the_centroids(flam_run.path, catalogue)
     state = torch.load(flam_run.path / "last" / "training_state.pt", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(1e-3, (0.9, 0.999)), (1e-3, (0.5, 0.999))]
@@ -195,3 +205,17 @@ def test_bad_input_is_one_line(flam_run, catalogue, tiny_checkpoint, cli, tmp_pa
     result = cli("eval", "--dataset", "cirr", "--data-root", tmp_path, "--top-k", "5")
     assert result.code == 2 and result.error_lines == ["clip-cir: error: --top-k goes with --catalogue DIR (an "
                                                        "attribute catalogue)"]
+
+
+def test_two_processes_train_with_the_embedders_held_still_in_the_manipulation_phase(catalogue, tiny_checkpoint,
+                                                                                     tmp_path):
+    """DDP over gloo: each phase leaves some networks without gradient; under DDP they must stay
+    without one (not zero: Adam's momentum would move them), so the final embedders still give
+    the centroids made at the phase boundary."""
+    options = _options(catalogue, tiny_checkpoint, tmp_path, "ddp", epochs=4, embedding_epochs=2, cpu=True, **SMALL)
+    cmd = [sys.executable, *ddp_launcher(2), str(REPO / "attributes" / "train_flam.py"), *command_line(options)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "processes: 2 |" in result.stderr
+    _assert_dictionary_is_the_centroids(tmp_path / "ddp", catalogue)
