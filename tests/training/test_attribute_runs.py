@@ -119,6 +119,19 @@ def test_eval_of_the_run_equals_the_metrics_of_the_apis_manipulate_vectors(flam_
     assert printed == {key: round(value, 4) for key, value in expected.items()}
     assert expected[f"top{K}_accuracy"] == pytest.approx(flam_run.best["score"], abs=1e-9)  # the run's validation
 
+    # rank: each query's top 3 by cosine similarity to the gallery, with the scores.
+    out = tmp_path / "rank.json"
+    result = cli("rank", "--catalogue", catalogue.image_root, "--attributes", flam_run.path, "--top-k", 3,
+                 "--num-workers", 0, "--output", out, "--no-cache")
+    assert result.code == 0, result.err
+    ranked = json.loads(out.read_text())["queries"]
+    similarity = queries @ F.normalize(gallery, dim=-1).T
+    for row, q, scores in zip(ranked, data.queries, similarity):
+        assert (row["reference"], row["attribute"]) == (data.gallery.images[q.reference],
+                                                        data.gallery.attributes[q.attribute])
+        assert [r["name"] for r in row["ranking"]] == [data.gallery.images[i] for i in scores.topk(3).indices]
+        assert [r["score"] for r in row["ranking"]] == pytest.approx(scores.topk(3).values.tolist(), abs=1e-5)
+
     # One query by hand: G_a(working(x), d_{a,v}) moved back to CLIP's space and normalised.
     flam, q = model.attributes.flam, data.queries[0]
     x = gallery[q.reference:q.reference + 1]
@@ -182,6 +195,18 @@ def test_bad_input_is_one_line(flam_run, catalogue, tiny_checkpoint, cli, tmp_pa
     with pytest.raises(CIRError, match=r"^unknown value 'pink' of attribute 'colour' \(known: blue, green, red, "
                                        r"yellow\)$"):
         model.manipulate(image, "colour", "pink")
+    with pytest.raises(CIRError, match=r"^attributes gives FLAM's manipulation; it does not go with combiner, "):
+        clip_cir.load(attributes=flam_run.path, combining="sum", device="cpu", cache=False, progress=False)
+    with pytest.raises(CIRError, match=r"^attribute template 'make it \{hue\}' must hold only the fields "):
+        clip_cir.load(tiny_checkpoint, attribute_template="make it {hue}", device="cpu", cache=False, progress=False)
+    with pytest.raises(CIRError, match=r"^attribute template 'make it \{value\}' must hold \{attribute\} and "):
+        clip_cir.load(tiny_checkpoint, attribute_template="make it {value}", device="cpu", cache=False, progress=False)
+    # A FLAM on a catalogue with other names (the ADDE copy of the same images: positional names).
+    result = cli("eval", "--catalogue", catalogue.adde, "--image-root", catalogue.image_root, "--attributes",
+                 flam_run.path, "--no-cache", "--num-workers", 0)
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "manipulates attributes ['colour', 'shape', 'size', 'position'] with values [['blue'" in result.err
+    assert "labels_test.txt has ['attribute_0', 'attribute_1', 'attribute_2', 'attribute_3']" in result.err
     # A FLAM trained on another CLIP's image features.
     with pytest.raises(CIRError, match=r"flam.safetensors: this FLAM was trained on the image features of "
                                        r"openai-inferred \(.*tiny_clip.pt\), not on those of cir-tiny-vit"):
