@@ -108,9 +108,8 @@ class CIRModel:
         self.encode = encode
         self.combining = combining
         """The combining function's name for people: a Combiner and its source, or the sum's."""
-        self.attributes = attributes
-        """A `LoadedFLAM` (`load(..., attributes=RUN)`): `manipulate` uses it; None: the template caption."""
-        self.attribute_template = attribute_template
+        self.attributes, self.attribute_template = attributes, attribute_template
+        """`manipulate`'s FLAM (a `LoadedFLAM`, `load(..., attributes=RUN)`), or None: the template's caption."""
 
     @property
     def device(self) -> torch.device:
@@ -244,11 +243,9 @@ class CIRModel:
     def manipulate(self, image: ImageInput, attribute: str, value: str) -> torch.Tensor:
         """A unit query vector [D]: `image` with `attribute` set to `value` (names), by FLAM when the
         model was loaded with `attributes=`, else by composing the template caption."""
-        from clip_cir.api.attributes import manipulated_features
-
         if len(_image_list(image)) != 1:
             raise CIRError("manipulate takes one image (manipulate_features takes many)")
-        return manipulated_features(self, self.image_features(image), [attribute], [value])[0]
+        return self.manipulate_features(self.image_features(image), [attribute], [value])[0]
 
     def manipulate_features(self, image_features: torch.Tensor, attributes: Sequence[str],
                             values: Sequence[str]) -> torch.Tensor:
