@@ -8,7 +8,7 @@ first use, so `import clip_cir` and `clip-cir --help` load no torch. docs/api.md
 __version__ = "0.1.0"
 
 _LAZY = {name: "clip_cir.api" for name in ("load", "CIRModel", "Gallery", "TrainedRun", "finetune",
-                                           "train_combiner", "pretrain")}
+                                           "train_combiner", "pretrain", "train_attributes")}
 """Public name -> the module that defines it, imported when the name is first used (PEP 562)."""
 
 __all__ = ["__version__", *_LAZY]

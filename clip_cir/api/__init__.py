@@ -5,8 +5,8 @@ answers through `CIRModel` and `Gallery`, and `clip-cir finetune`, `train-combin
 
 from clip_cir.api.inference import CACHE_MIN_ROWS, CIRModel, Gallery, GalleryFeatures, check_caption
 from clip_cir.api.loading import load
-from clip_cir.api.training import finetune, pretrain, train_combiner, training_settings
+from clip_cir.api.training import finetune, pretrain, train_attributes, train_combiner, training_settings
 from clip_cir.training.loop import TrainedRun
 
 __all__ = ["CACHE_MIN_ROWS", "CIRModel", "Gallery", "GalleryFeatures", "TrainedRun", "check_caption", "finetune",
-           "load", "pretrain", "train_combiner", "training_settings"]
+           "load", "pretrain", "train_attributes", "train_combiner", "training_settings"]

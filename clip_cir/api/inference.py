@@ -101,12 +101,15 @@ class CIRModel:
     Made by `load`. Image and text features are rows of float32 CPU tensors."""
 
     def __init__(self, clip: LoadedCLIP, combine: CombiningFunction, encode: EncodeOptions, *,
-                 combining: str = "element-wise sum"):
+                 combining: str = "element-wise sum", attributes: Any = None,
+                 attribute_template: str = "change the {attribute} to {value}"):
         self.clip = clip
         self.combine = combine
         self.encode = encode
         self.combining = combining
         """The combining function's name for people: a Combiner and its source, or the sum's."""
+        self.attributes, self.attribute_template = attributes, attribute_template
+        """`manipulate`'s FLAM (a `LoadedFLAM`, `load(..., attributes=RUN)`), or None: the template's caption."""
 
     @property
     def device(self) -> torch.device:
@@ -236,6 +239,20 @@ class CIRModel:
             return self.combine(self.image_features(items), [check_caption(c) for c in captions]).cpu()
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
+
+    def manipulate(self, image: ImageInput, attribute: str, value: str) -> torch.Tensor:
+        """A unit query vector [D]: `image` with `attribute` set to `value` (names), by FLAM when the
+        model was loaded with `attributes=`, else by composing the template caption."""
+        if len(_image_list(image)) != 1:
+            raise CIRError("manipulate takes one image (manipulate_features takes many)")
+        return self.manipulate_features(self.image_features(image), [attribute], [value])[0]
+
+    def manipulate_features(self, image_features: torch.Tensor, attributes: Sequence[str],
+                            values: Sequence[str]) -> torch.Tensor:
+        """Unit query vectors [N, D] from raw image features [N, D], one attribute and value each."""
+        from clip_cir.api.attributes import manipulated_features
+
+        return manipulated_features(self, image_features, attributes, values)
 
     def index(self, images: GallerySource, *, exclude_reference: bool | None = None,
               backend: str = SearchConfig.search,

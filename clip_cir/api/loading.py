@@ -64,9 +64,22 @@ def _trained_run_config(source: str | None) -> dict[str, Any] | None:
     return config if isinstance(config, dict) and config.get("program") in ("stage2", "zero-shot") else None
 
 
+def _attributes_run_config(source: str | os.PathLike) -> dict[str, Any]:
+    """A `clip-cir train-attributes` run's config.json ({} for a FLAM file)."""
+    path = Path(source) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CIRError(f"{path}: unreadable run config ({e})") from None
+    return config if isinstance(config, dict) and config.get("program") == "attributes" else {}
+
+
 def load(pretrained: str | os.PathLike | None = None, *, model: str | None = None,
          combiner: str | os.PathLike | None = None, combining: str | None = None, slerp_alpha: float | None = None,
          zero_shot: str | os.PathLike | None = None, prompt_template: str | None = None,
+         attributes: str | os.PathLike | None = None, attribute_template: str | None = None,
          device: str | torch.device | None = None, transform: str | ImageTransform = ModelConfig.transform,
          target_ratio: float = ModelConfig.target_ratio, batch_size: int = INFERENCE_BATCH_SIZE, num_workers: int = 0,
          cache: bool | str | os.PathLike | None = True, channels_last: str = DeviceConfig.channels_last,
@@ -84,6 +97,12 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
     `combining`: "sum" (the default), "image" or "slerp" (with `slerp_alpha`, default
     `CombiningConfig.slerp_alpha`). With neither `pretrained` nor `model`: RN50x4 with OpenAI's
     weights, as the commands.
+
+    `attributes` is a `clip-cir train-attributes` run or FLAM file: `manipulate(image, attribute,
+    value)` then gives FLAM's query (refused unless the CLIP is the one it was trained on; with
+    neither `pretrained` nor `model`, a run's own CLIP is loaded); without
+    it, `manipulate` composes the caption `attribute_template` writes (default "change the
+    {attribute} to {value}") with the combining function.
 
     `device`: None means CUDA when available, else the CPU. `transform`, `target_ratio`,
     `batch_size`, `num_workers`, `channels_last` are the encoding commands' options of those
@@ -113,7 +132,17 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
             raise CIRError(f"{name} must be positive, got {value}")
     if channels_last not in MEMORY_FORMATS:
         raise CIRError(f"channels_last must be one of {', '.join(MEMORY_FORMATS)}, got {channels_last!r}")
+    if attributes is not None and (combiner is not None or combining is not None or zero_shot is not None):
+        raise CIRError("attributes gives FLAM's manipulation; it does not go with combiner, combining or zero_shot")
+    if attributes is not None and attribute_template is not None:
+        raise CIRError("attribute_template writes captions for a combining; FLAM (attributes) reads no caption")
+    from clip_cir.api.attributes import DEFAULT_ATTRIBUTE_TEMPLATE, check_attribute_template
+
+    attribute_template = check_attribute_template(attribute_template or DEFAULT_ATTRIBUTE_TEMPLATE)
     device = _device(device)
+    if attributes is not None and source is None and model is None:  # the CLIP the FLAM run trained on
+        trained = _attributes_run_config(attributes)
+        source, model = trained.get("pretrained"), trained.get("model")
 
     run = _trained_run_config(source)
     combiner_source = None if combiner is None else os.fspath(combiner)
@@ -153,8 +182,14 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
     features = _feature_cache(cache)
     encode = EncodeOptions(transform=transform, device=device, batch_size=batch_size, num_workers=num_workers,
                            image_cache=features, text_cache=features, progress=progress)
+    flam = None
+    if attributes is not None:
+        from clip_cir.models.flam_files import load_flam
+
+        flam = load_flam(attributes, clip).to(device)
+        name = f"FLAM ({flam.path})"
     log.info("model: %s | combining: %s | device: %s", clip.describe(), name, device)
-    return CIRModel(clip, combine, encode, combining=name)
+    return CIRModel(clip, combine, encode, combining=name, attributes=flam, attribute_template=attribute_template)
 
 
 def _hub_holds(repo_id: str, filename: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from clip_cir.config import (
+    AttributesConfig,
     PretrainConfig,
     Stage1Config,
     Stage2Config,
@@ -71,3 +72,11 @@ def pretrain(config: PretrainConfig | None = None, /, **options: Any) -> Trained
     from clip_cir.training import pretrain as pretraining
 
     return _train(pretraining.run, training_settings(PretrainConfig, config, options))
+
+
+def train_attributes(config: AttributesConfig | None = None, /, **options: Any) -> TrainedRun:
+    """FLAM on the frozen CLIP image features of an attribute catalogue (`catalogue=` a folder in
+    ADDE's or the CSV layout); its run keeps `flam.safetensors`."""
+    from clip_cir.training import attributes_stage
+
+    return _train(attributes_stage.run, training_settings(AttributesConfig, config, options))

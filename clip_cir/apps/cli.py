@@ -26,6 +26,11 @@ def search_index(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.catalogue is not None:
+        from clip_cir.apps.attributes import cmd_attribute_eval
+
+        return cmd_attribute_eval(args)
+    _no_attribute_options(args)
     from clip_cir.evaluation.evaluate import evaluate
     from clip_cir.evaluation.metrics import format_metrics
     from clip_cir.models.files import write_json
@@ -41,7 +46,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
         log.info("metrics written to %s", args.output)
 
 
+def _no_attribute_options(args: argparse.Namespace) -> None:
+    """The attribute-catalogue options go with --catalogue only."""
+    given = [flag for flag, name in (("--attributes", "attributes"), ("--attribute-template", "attribute_template"),
+                                     ("--catalogue-layout", "catalogue_layout"), ("--image-root", "image_root"))
+             if getattr(args, name, None) is not None]
+    if args.command == "eval" and args.top_k is not None:
+        given.append("--top-k")
+    if given:
+        raise CIRError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --catalogue DIR "
+                       f"(an attribute catalogue)")
+
+
 def cmd_rank(args: argparse.Namespace) -> None:
+    if args.catalogue is not None:
+        from clip_cir.apps.attributes import cmd_attribute_rank
+
+        return cmd_attribute_rank(args)
+    _no_attribute_options(args)
     from clip_cir.evaluation.evaluate import encode_and_rank
     from clip_cir.models.files import write_json
 

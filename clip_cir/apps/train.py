@@ -1,5 +1,6 @@
 """The training programs' entry points: `stage1/finetune.py` and `clip-cir finetune`,
-`stage2/train_combiner.py` and `clip-cir train-combiner`, `clip-cir pretrain`. Each parses its
+`stage2/train_combiner.py` and `clip-cir train-combiner`, `clip-cir pretrain`,
+`attributes/train_flam.py` and `clip-cir train-attributes`. Each parses its
 command line into its settings and runs the Python API's function with them."""
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from functools import partial
 
 from clip_cir import api
 from clip_cir.apps.entry import program_main
-from clip_cir.config import PretrainConfig, Stage1Config, Stage2Config
+from clip_cir.config import AttributesConfig, PretrainConfig, Stage1Config, Stage2Config
 from clip_cir.params import pretrain_parser, stage1_parser, stage2_parser
+from clip_cir.params.programs import attributes_parser
 from clip_cir.params.settings import program_settings
 from clip_cir.training.loop import TrainedRun
 
@@ -27,6 +29,10 @@ def pretrain(args: argparse.Namespace) -> TrainedRun:
     return api.pretrain(program_settings(PretrainConfig, args))
 
 
+def train_attributes(args: argparse.Namespace) -> TrainedRun:
+    return api.train_attributes(program_settings(AttributesConfig, args))
+
+
 def finetune_main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
     program_main(partial(stage1_parser, prog), finetune, argv, prog)
 
@@ -37,3 +43,7 @@ def train_combiner_main(argv: list[str] | None = None, prog: str = "stage2/train
 
 def pretrain_main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
     program_main(partial(pretrain_parser, prog), pretrain, argv, prog)
+
+
+def train_attributes_main(argv: list[str] | None = None, prog: str = "attributes/train_flam.py") -> None:
+    program_main(partial(attributes_parser, prog), train_attributes, argv, prog)

@@ -312,6 +312,75 @@ class PretrainConfig(TowerTrainingProgramConfig):
 
 
 @dataclass(frozen=True)
+class AttributeDataConfig(Options):
+    """An attribute-labelled catalogue (docs/attribute-manipulation.md): a folder in ADDE's layout or
+    the CSV one (None: found from its files), and where its images are."""
+
+    catalogue: Path | None = None
+    catalogue_layout: str | None = None
+    image_root: Path | None = None
+    """Default: the catalogue folder."""
+    validation_split: str | None = None
+    """Default: `val` when the catalogue has one, else `test`."""
+    skip_missing_images: bool = False
+
+
+@dataclass(frozen=True)
+class AttributesConfig(TrainingProgramConfig):
+    """FLAM on frozen CLIP image features: epochs 1..`embedding_epochs` train the attribute
+    embedders, the later ones every attribute's manipulator and discriminator. Defaults: the
+    paper's k = 32 and its two phases, and `clip_cir.training.flam`'s settings where it gives none."""
+
+    program: ClassVar[str] = "attributes"
+    data: AttributeDataConfig = field(default_factory=AttributeDataConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        epochs=200, batch_size=64, lr=1e-3, weight_decay=0.0, validation_frequency=10,
+        validation_schedule="every-nth-and-last"))
+    embedding_epochs: int = 100
+    gan_lr: float = 2e-4
+    """The manipulators' and discriminators' learning rate (`--lr` is the embedders'; a schedule
+    scales both alike)."""
+    embedding_dim: int = 32
+    embedder_hidden: int = 512
+    manipulator_hidden: int = 512
+    discriminator_hidden: int = 512
+    single_matching: bool = False
+    """The paper's "S" variant: D matches the manipulated attribute's embedding only."""
+    residual: bool = False
+    random_pairs: bool = False
+    """x- drawn at random instead of by online sampling."""
+    learned_dictionary: bool = False
+    """Keep the learned dictionary vectors instead of the class centroids."""
+    margin: float = 0.2
+    adversarial_weight: float = 1.0
+    matching_weight: float = 1.0
+    cycle_weight: float = 1.0
+    top_k: int = 30
+    """k of the validation's top-k accuracy (the selection score) and NDCG@k (ADDE's 30)."""
+
+    @property
+    def data_name(self) -> str:
+        return Path(self.data.catalogue).name if self.data.catalogue is not None else "catalogue"
+
+    def check(self, num_processes: int = 1) -> None:
+        super().check(num_processes)
+        if self.data.catalogue is None:
+            raise CIRError("the following arguments are required: --catalogue")
+        if not 0 <= self.embedding_epochs < self.training.epochs:
+            raise CIRError(f"--embedding-epochs must be at least 0 and below --epochs ({self.training.epochs}), "
+                           f"got {self.embedding_epochs}")
+        for name in ("gan_lr", "embedding_dim", "top_k", "margin"):
+            if getattr(self, name) <= 0:
+                raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("embedder_hidden", "manipulator_hidden", "discriminator_hidden", "adversarial_weight",
+                     "matching_weight", "cycle_weight"):
+            if getattr(self, name) < 0 or (name in ("manipulator_hidden", "discriminator_hidden")
+                                           and getattr(self, name) == 0):
+                raise CIRError(f"--{name.replace('_', '-')} must not be negative (hidden widths of G and D: "
+                               f"positive), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class RankingConfig(Options):
     """What every command that encodes and ranks has (eval, rank, the submissions, the demo)."""
 

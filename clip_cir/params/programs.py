@@ -16,6 +16,7 @@ from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Sta
 from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
 from clip_cir.data import DATASETS
 from clip_cir.data.synthetic.classic import CLASSIC
+from clip_cir.params.attributes import add_attribute_eval_args, add_top_k_arg, attributes_parser
 from clip_cir.params.groups import (
     add_circo_args,
     add_combiner_arg,
@@ -62,10 +63,6 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_encoder_arg(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--encoder", choices=ENCODERS, default=Stage1Config.encoder, help=help)
-
-
-def add_top_k_arg(parser: Group, default: int, help: str) -> None:
-    parser.add_argument("--top-k", type=int, default=default, help=help)
 
 
 def add_overwrite_arg(parser: Group, help: str) -> None:
@@ -235,6 +232,8 @@ PROGRAMS = {
                         "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
     "train-combiner": Program("clip_cir.apps.train", "train_combiner", stage2_parser,
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+    "train-attributes": Program("clip_cir.apps.train", "train_attributes", attributes_parser,
+                                "attribute manipulation: train FLAM on an attribute catalogue's CLIP features"),
     "quickstart": Program("clip_cir.apps.quickstart", "run", quickstart_parser,
                           "the whole method on synthetic data in a few CPU minutes"),
 }
@@ -275,14 +274,16 @@ def cli_parser() -> argparse.ArgumentParser:
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
                                    "R@10/50 per category and averages; CIRCO: mAP@5/10/25/50, R@5/10/25/50 and "
                                    "mAP@10 per semantic aspect).")
-    _add_ranking_args(p)
+    _add_ranking_args(p, required=False)
     add_output_arg(p, "write the metrics as JSON here")
+    add_attribute_eval_args(p, evaluating=True)
 
     p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
     _add_ranking_args(p, required=False)
     add_gallery_dir_arg(p.add_argument_group("gallery folder"), queries=True)
     add_top_k_arg(p, 50, "results per query (default: %(default)s)")
     add_output_arg(p, "JSON file to write", required=True)
+    add_attribute_eval_args(p, evaluating=False)
 
     _add_submit_parser(sub, "cirr", "test1", "files", "Write recall_submission_NAME.json and "
                        "recall_subset_submission_NAME.json, checked against the server's rules first. --split "
