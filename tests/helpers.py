@@ -302,8 +302,11 @@ def demo_search(client, **body):
 
 
 def demo_upload(client, data: bytes, caption="is blue", k="5", filename="query.png", **extra):
-    """`POST /api/search` with an uploaded image (multipart), through a Flask test client."""
-    form = {"image": (io.BytesIO(data), filename), "caption": caption, "k": k, **extra}
+    """`POST /api/search` with an uploaded image (multipart), through a Flask test client; caption
+    None sends none (an attribute search)."""
+    form = {"image": (io.BytesIO(data), filename), "k": k, **extra}
+    if caption is not None:
+        form["caption"] = caption
     return client.post("/api/search", data=form, content_type="multipart/form-data")
 
 

@@ -13,18 +13,18 @@ from clip_cir.errors import CIRError
 log = logging.getLogger("clip_cir")
 
 
-def attribute_queries(args: argparse.Namespace):
-    """(the catalogue splits, the gallery's raw features, the queries' unit vectors)."""
+def attribute_model(args: argparse.Namespace, catalogue=None):
+    """The `CIRModel` the attribute options name (FLAM with --attributes, else --combining or
+    --combiner writing the change as --attribute-template's caption), checked against `catalogue`'s
+    attribute and value names when it is FLAM's."""
     from clip_cir.api.attributes import check_catalogue_names
     from clip_cir.api.loading import load
-    from clip_cir.data.attribute_splits import read_attribute_splits
 
     if getattr(args, "zero_shot", None):
         raise CIRError("--zero-shot does not go with --catalogue (FLAM: --attributes RUN; captions: --combining, "
                        "--combiner)")
     if args.attributes and args.combiner:
         raise CIRError("give --attributes or --combiner, not both")
-    data = read_attribute_splits(args.catalogue, args.catalogue_layout, args.split, args.image_root)
     cache = False if args.no_cache else (args.cache_dir or True)
     model = load(args.pretrained, model=args.model, combiner=args.combiner,
                  combining=None if args.attributes or args.combiner else args.combining,
@@ -32,9 +32,23 @@ def attribute_queries(args: argparse.Namespace):
                  attributes=args.attributes, attribute_template=None if args.attributes else args.attribute_template,
                  device="cpu" if args.cpu else None, transform=args.transform, target_ratio=args.target_ratio,
                  batch_size=args.batch_size, num_workers=args.num_workers or 0, cache=cache, progress=False)
+    if model.attributes is not None and catalogue is not None:
+        check_catalogue_names(model.attributes, catalogue.attributes, catalogue.values, catalogue.source)
+    return model
+
+
+def read_catalogue_split(args: argparse.Namespace):
+    """The catalogue's training split and the evaluated one (`--split`, default val or test)."""
+    from clip_cir.data.attribute_splits import read_attribute_splits
+
+    return read_attribute_splits(args.catalogue, args.catalogue_layout, args.split, args.image_root)
+
+
+def attribute_queries(args: argparse.Namespace):
+    """(the catalogue splits, the gallery's raw features, the queries' unit vectors, the model)."""
+    data = read_catalogue_split(args)
     gallery = data.gallery
-    if model.attributes is not None:
-        check_catalogue_names(model.attributes, gallery.attributes, gallery.values, gallery.source)
+    model = attribute_model(args, gallery)
     features = model.image_features(list(gallery.paths))
     references = features[[q.reference for q in data.queries]]
     queries = model.manipulate_features(references, [gallery.attributes[q.attribute] for q in data.queries],

@@ -36,11 +36,12 @@ def add_catalogue_args(group: Group, required: bool | None) -> None:
                        help="folder the catalogue's image names are relative to (default: the catalogue folder)")
 
 
-def add_attribute_eval_args(parser: argparse.ArgumentParser, evaluating: bool) -> None:
-    """eval's and rank's attribute-catalogue options: with --catalogue, queries change one attribute
-    of a catalogue image (top-k accuracy and NDCG@k, docs/attribute-manipulation.md)."""
-    group = parser.add_argument_group("attribute catalogue", "rank an attribute catalogue's split (--split, default "
-                                      "val or test) instead of a triplet benchmark")
+def add_attribute_eval_args(parser: argparse.ArgumentParser, evaluating: bool,
+                            purpose: str = "rank an attribute catalogue's split") -> None:
+    """eval's, rank's and the demo's attribute-catalogue options: with --catalogue, queries change one
+    attribute of a catalogue image (top-k accuracy and NDCG@k, docs/attribute-manipulation.md)."""
+    group = parser.add_argument_group("attribute catalogue", f"{purpose} (--split, default val or test) instead "
+                                      f"of a triplet benchmark")
     add_catalogue_args(group, None)
     group.add_argument("--attributes", metavar="RUN", default=None,
                        help="a `clip-cir train-attributes` run or flam.safetensors: FLAM's manipulated queries "

@@ -198,6 +198,8 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     add_combining_args(parser)
     add_encode_args(parser)
     add_skip_missing_arg(parser, training=False)
+    add_attribute_eval_args(parser, evaluating=False, purpose="serve an attribute catalogue's split, searched by "
+                                                              "caption or by changing one attribute,")
     group = parser.add_argument_group("demo server")
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes "

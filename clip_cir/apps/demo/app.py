@@ -11,14 +11,18 @@ JSON API (the page uses nothing else, so scripts can do all it does). Every erro
 
     GET  /api/info
          -> {"model", "combining", "dataset", "split", "gallery_size", "embed_dim", "search",
-             "exclude_reference", "default_k", "max_k", "max_upload_bytes"}
+             "exclude_reference", "attributes", "default_k", "max_k", "max_upload_bytes"}
+         attributes: {name: [value, ...]} of an attribute catalogue's gallery (--catalogue), else {}.
     GET  /api/gallery?page=1&per_page=48&filter=TEXT
          -> {"total", "page", "pages", "per_page", "filter", "items": [{"name", "url"}]}
          Names containing TEXT (case-insensitive), in gallery order; per_page 1..200;
          a page past the last one has no items.
     POST /api/search   JSON {"reference": NAME, "caption": TEXT, "k": 10}
                        or multipart/form-data: image=@FILE (or reference=NAME), caption=TEXT, k=10
-         -> {"reference": NAME or null, "caption", "k", "results": [{"rank", "name", "score", "url"}],
+                       or, instead of the caption, "attribute": NAME, "value": NAME (a catalogue gallery):
+                       the query is `CIRModel.manipulate(reference, attribute, value)`
+         -> {"reference": NAME or null, "caption" (null for an attribute search), "attribute", "value", "k",
+             "results": [{"rank", "name", "score", "url"}],
              "model", "combining", "search", "excluded_reference", "elapsed_ms"}
          k is 1..max_k (100); the caption 1..1000 characters; an upload must decode as an image,
          at most --max-upload-mb megabytes and 40 megapixels.
@@ -124,6 +128,7 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.debug = False
+    app.json.sort_keys = False  # attributes are listed in the catalogue's order (the page's drop-down order)
     app.url_map.merge_slashes = False  # '/images//etc/passwd' is a 404, not a redirect
     info = {**engine.info(), "default_k": default_k, "max_k": MAX_K, "max_upload_bytes": max_upload_bytes}
 
@@ -196,11 +201,16 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
             raise ClientError("give either a reference name or an uploaded image, not both")
         if image is None and not reference:
             raise ClientError("no reference: give a gallery image name as 'reference' or upload an 'image'")
-        if "caption" not in body:
+        by_attribute = "attribute" in body or "value" in body
+        if by_attribute and "caption" in body:
+            raise ClientError("give a caption or an attribute and value, not both")
+        if not by_attribute and "caption" not in body:
             raise ClientError("no caption: say how the reference should change")
         k = _int_field(body.get("k", default_k), "k", 1, MAX_K)
-        result = engine.search(body["caption"], k, reference=reference or None, image=image)
-        return jsonify(reference=result.reference, caption=result.caption, k=k,
+        result = engine.search(None if by_attribute else body["caption"], k, reference=reference or None, image=image,
+                               attribute=body.get("attribute"), value=body.get("value"))
+        return jsonify(reference=result.reference, caption=result.caption, attribute=result.attribute,
+                       value=result.value, k=k,
                        results=[{"rank": h.rank, "name": h.name, "score": round(h.score, 6),
                                  "url": image_url(h.name)} for h in result.hits],
                        model=info["model"], combining=info["combining"], search=info["search"],
@@ -286,12 +296,33 @@ def _build_app(args: argparse.Namespace) -> Flask:
     from clip_cir.apps.demo.engine import DemoEngine
     from clip_cir.apps.prepare import prepare
 
-    prepared = prepare(args)
     faiss_options = {"index": args.faiss_index, "nprobe": args.faiss_nprobe} if args.search == "faiss" else None
-    engine = DemoEngine.from_splits(prepared.clip, prepared.combine, prepared.splits, prepared.encode,
-                                    combining_name=prepared.combining, backend=args.search, faiss_options=faiss_options)
+    if args.catalogue is not None:
+        engine = _catalogue_engine(args, backend=args.search, faiss_options=faiss_options)
+    else:
+        given = [flag for flag, name in (("--attributes", "attributes"), ("--attribute-template", "attribute_template"),
+                                         ("--catalogue-layout", "catalogue_layout"), ("--image-root", "image_root"))
+                 if getattr(args, name) is not None]
+        if given:
+            raise CIRError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --catalogue DIR")
+        prepared = prepare(args)
+        engine = DemoEngine.from_splits(prepared.clip, prepared.combine, prepared.splits, prepared.encode,
+                                        combining_name=prepared.combining, backend=args.search,
+                                        faiss_options=faiss_options)
     log.info("gallery: %d images | search: %s", len(engine.gallery), engine.index.description)
     return create_app(engine, default_k=args.top_k, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
+
+
+def _catalogue_engine(args: argparse.Namespace, **kwargs) -> DemoEngine:
+    """An attribute catalogue's split as the gallery, with the model `clip-cir eval --catalogue` loads."""
+    from clip_cir.apps.attributes import attribute_model, read_catalogue_split
+    from clip_cir.apps.demo.engine import DemoEngine
+
+    if args.gallery_dir is not None or isinstance(args.dataset, str):
+        raise CIRError("--catalogue serves an attribute catalogue: it does not go with --dataset or --gallery-dir")
+    data = read_catalogue_split(args)
+    model = attribute_model(args, data.gallery)
+    return DemoEngine.from_catalogue(model, data.gallery, data.split, **kwargs)
 
 
 def main(argv: list[str] | None = None, prog: str = "clip-cir demo") -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from PIL import Image
 
 from clip_cir.api import CIRModel, Gallery, GalleryFeatures
 from clip_cir.api import check_caption as check_text
+from clip_cir.data.attributes import AttributeCatalogue
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.search import SearchIndex
 from clip_cir.encoding.split_features import EncodeOptions
@@ -41,9 +42,11 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     reference: str | None
-    caption: str
+    caption: str | None
     elapsed_ms: float
     excluded_reference: bool = False
+    attribute: str | None = None
+    value: str | None = None
 
 
 class DemoEngine:
@@ -51,8 +54,11 @@ class DemoEngine:
 
     def __init__(self, clip: LoadedCLIP, combine: CombiningFunction, gallery: GalleryFeatures, encode: EncodeOptions, *,
                  combining_name: str, dataset: str = "", split: str = "", exclude_reference: bool = False,
-                 backend: str = "exact", faiss_options: dict | None = None):
-        self.model = CIRModel(clip, combine, encode, combining=combining_name)
+                 backend: str = "exact", faiss_options: dict | None = None,
+                 attributes: Mapping[str, Sequence[str]] | None = None, model: CIRModel | None = None):
+        self.model = model or CIRModel(clip, combine, encode, combining=combining_name)
+        self.attributes = {name: list(values) for name, values in (attributes or {}).items()}
+        """Each attribute's value names, for searches that change one attribute (empty: no labels)."""
         self.clip = clip
         self.combine = combine
         self.encode = encode
@@ -75,11 +81,23 @@ class DemoEngine:
         return cls(clip, combine, gallery, encode, dataset=splits[0].dataset, split=splits[0].split,
                    exclude_reference=splits[0].exclude_reference, **kwargs)
 
+    @classmethod
+    def from_catalogue(cls, model: CIRModel, catalogue: AttributeCatalogue, split: str, **kwargs) -> DemoEngine:
+        """An attribute catalogue's split as the gallery (named as its files list the images), searched
+        by `model` (`load(...)`: FLAM's manipulation or the template's caption). The reference stays in
+        its results, as `clip-cir eval/rank --catalogue` rank it."""
+        gallery = model.gallery_features(dict(zip(catalogue.images, catalogue.paths)))
+        return cls(model.clip, model.combine, gallery, model.encode, combining_name=model.combining,
+                   dataset="attribute catalogue", split=split, exclude_reference=False, model=model,
+                   attributes=dict(zip(catalogue.attributes, catalogue.values)), **kwargs)
+
     def info(self) -> dict:
-        """What the page shows about the setup: model, combining function, gallery, back-end."""
+        """What the page shows about the setup: model, combining function, gallery, back-end, and
+        each attribute's values when the gallery has labels."""
         return {"model": self.clip.describe(), "combining": self.combining_name, "dataset": self.dataset,
                 "split": self.split, "gallery_size": len(self.gallery), "embed_dim": self.clip.embed_dim,
-                "search": self.index.description, "exclude_reference": self.exclude_reference}
+                "search": self.index.description, "exclude_reference": self.exclude_reference,
+                "attributes": self.attributes}
 
     def filter_names(self, text: str = "") -> list[str]:
         text = text.strip().lower()
@@ -89,22 +107,53 @@ class DemoEngine:
         """Raw features of an uploaded image (`CIRModel.image_features`)."""
         return self.model.image_features([image])
 
-    def search(self, caption: str, k: int, reference: str | None = None,
-               image: Image.Image | None = None) -> SearchResult:
-        """Top-k gallery images for a reference (a gallery name or an uploaded image) + caption."""
-        caption = check_caption(caption)
+    def check_attribute(self, attribute: object, value: object) -> tuple[str, str]:
+        """An attribute and one of its values, both named as the gallery's labels name them."""
+        if not self.attributes:
+            raise CIRError("this gallery has no attribute labels (start the demo with --catalogue DIR)")
+        if not isinstance(attribute, str) or attribute not in self.attributes:
+            shown = attribute[:100] if isinstance(attribute, str) else type(attribute).__name__
+            raise CIRError(f"unknown attribute '{shown}' (the gallery's: {', '.join(self.attributes)})")
+        values = self.attributes[attribute]
+        if not isinstance(value, str) or value not in values:
+            shown = value[:100] if isinstance(value, str) else type(value).__name__
+            raise CIRError(f"attribute '{attribute}' has no value '{shown}' (its values: {', '.join(values)})")
+        return attribute, value
+
+    def search(self, caption: str | None, k: int, reference: str | None = None, image: Image.Image | None = None,
+               attribute: str | None = None, value: str | None = None) -> SearchResult:
+        """Top-k gallery images for a reference (a gallery name or an uploaded image) changed by a
+        caption, or (caption None) with `attribute` set to `value` (`CIRModel.manipulate`)."""
+        if caption is not None:
+            caption = check_caption(caption)
+        else:
+            attribute, value = self.check_attribute(attribute, value)
         if (reference is None) == (image is None):
             raise CIRError("give either a gallery reference or an uploaded image")
         if reference is not None and reference not in self.gallery.index_of:
             raise CIRError(f"reference '{reference[:200]}' is not in the gallery")
         start = time.perf_counter()
         with self.lock:
-            found = self.gallery.search(reference if reference is not None else image, caption, k,
-                                        exclude_reference=self.exclude_reference)
+            if caption is not None:
+                found = self.gallery.search(reference if reference is not None else image, caption, k,
+                                            exclude_reference=self.exclude_reference)
+            else:
+                found = self._manipulated_search(reference, image, attribute, value, k)
         hits = [Hit(rank=r + 1, name=name, score=score) for r, (name, score) in enumerate(found)]
         return SearchResult(hits=hits, reference=reference, caption=caption,
                             elapsed_ms=(time.perf_counter() - start) * 1000,
-                            excluded_reference=reference is not None and self.exclude_reference)
+                            excluded_reference=reference is not None and self.exclude_reference,
+                            attribute=None if caption is not None else attribute,
+                            value=None if caption is not None else value)
+
+    def _manipulated_search(self, reference: str | None, image: Image.Image | None, attribute: str, value: str,
+                            k: int) -> list[tuple[str, float]]:
+        """A gallery reference's stored features manipulated (no encoding), or an upload's."""
+        if reference is None:
+            return self.gallery.search_features(self.model.manipulate(image, attribute, value), k)
+        row = self.gallery.index_of[reference]
+        query = self.model.manipulate_features(self.gallery.features[row:row + 1], [attribute], [value])[0]
+        return self.gallery.search_features(query, k, row if self.exclude_reference else None)
 
 
 def check_caption(caption: object) -> str:

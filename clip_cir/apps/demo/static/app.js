@@ -11,6 +11,7 @@ const state = {
   pages: 1,
   filter: "",
   turn: 0,
+  attributes: {},    // {name: [values]} when the gallery has attribute labels
 };
 
 function el(tag, props = {}, children = []) {
@@ -51,7 +52,24 @@ async function loadInfo() {
   $("k").value = info.default_k;
   $("k").max = info.max_k;
   if (info.exclude_reference) $("results-note").textContent = "(reference excluded, as in the dataset's protocol)";
+  state.attributes = info.attributes || {};
+  const names = Object.keys(state.attributes);
+  $("attribute-row").hidden = names.length === 0;
+  $("attribute").append(...names.map((name) => el("option", {value: name, textContent: name})));
 }
+
+// ---- attribute search (a gallery with attribute labels): set one attribute to one value ----------
+function fillValues() {
+  const values = state.attributes[$("attribute").value] || [];
+  $("value").replaceChildren(el("option", {value: "", textContent: "value…"}),
+                             ...values.map((v) => el("option", {value: v, textContent: v})));
+}
+
+$("attribute").addEventListener("change", fillValues);
+$("value").addEventListener("change", () => {
+  if ($("value").value) $("search-form").requestSubmit();
+});
+$("caption").addEventListener("input", () => { $("attribute").value = ""; fillValues(); });
 
 // ---- reference ----------------------------------------------------------------------------
 function setReference(reference) {
@@ -110,9 +128,11 @@ function addTurn(reference, caption, top) {
 async function search(event) {
   event.preventDefault();
   const caption = $("caption").value.trim();
+  const change = $("attribute").value && $("value").value
+    ? {attribute: $("attribute").value, value: $("value").value} : {caption};
   const k = Number($("k").value);
   if (!state.reference) return setStatus("Pick a reference image first.", true);
-  if (!caption) return setStatus("Type a caption: how should the reference change?", true);
+  if (!caption && !change.attribute) return setStatus("Type a caption: how should the reference change?", true);
   const results = $("results");
   results.dataset.state = "loading";
   $("search-button").disabled = true;
@@ -122,11 +142,11 @@ async function search(event) {
     let options;
     if (reference.kind === "gallery") {
       options = {method: "POST", headers: {"Content-Type": "application/json"},
-                 body: JSON.stringify({reference: reference.name, caption, k})};
+                 body: JSON.stringify({reference: reference.name, ...change, k})};
     } else {
       const form = new FormData();
       form.append("image", reference.file);
-      form.append("caption", caption);
+      for (const [key, value] of Object.entries(change)) form.append(key, value);
       form.append("k", String(k));
       options = {method: "POST", body: form};
     }
@@ -134,10 +154,11 @@ async function search(event) {
     results.replaceChildren(...answer.results.map(resultCard));
     state.turn += 1;
     results.dataset.turn = String(state.turn);
-    results.dataset.caption = answer.caption;
+    const said = answer.caption ?? `${answer.attribute}: ${answer.value}`;
+    results.dataset.caption = said;
     results.dataset.reference = answer.reference || "";
     results.dataset.state = "done";
-    addTurn(reference, answer.caption, answer.results.length ? answer.results[0].name : "");
+    addTurn(reference, said, answer.results.length ? answer.results[0].name : "");
     setStatus(`${answer.results.length} results in ${answer.elapsed_ms.toFixed(0)} ms.`);
   } catch (error) {
     results.dataset.state = "error";
