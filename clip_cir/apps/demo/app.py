@@ -125,6 +125,8 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
     from flask import Flask, jsonify, request, send_file, send_from_directory, url_for
     from werkzeug.exceptions import HTTPException
 
+    from clip_cir.apps.demo.engine import check_caption
+
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.debug = False
@@ -207,7 +209,8 @@ def create_app(engine: DemoEngine, *, default_k: int = 10, max_upload_bytes: int
         if not by_attribute and "caption" not in body:
             raise ClientError("no caption: say how the reference should change")
         k = _int_field(body.get("k", default_k), "k", 1, MAX_K)
-        result = engine.search(None if by_attribute else body["caption"], k, reference=reference or None, image=image,
+        caption = None if by_attribute else check_caption(body["caption"])  # None: the attribute search
+        result = engine.search(caption, k, reference=reference or None, image=image,
                                attribute=body.get("attribute"), value=body.get("value"))
         return jsonify(reference=result.reference, caption=result.caption, attribute=result.attribute,
                        value=result.value, k=k,
