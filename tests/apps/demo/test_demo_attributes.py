@@ -149,3 +149,25 @@ def test_attribute_options_need_a_catalogue(tmp_path):
     args = params.demo_parser().parse_args(["--gallery-dir", str(tmp_path), "--attribute-template", TEMPLATE])
     with pytest.raises(CIRError, match="^--attribute-template goes with --catalogue DIR$"):
         _build_app(args)
+
+
+def test_a_flam_run_answers_attribute_searches(catalogue, tiny_checkpoint, tmp_path):
+    """`--attributes RUN`: the query is FLAM's manipulated feature (two tiny epochs suffice to check the path)."""
+    runs = tmp_path / "runs"
+    run = clip_cir.train_attributes(catalogue=catalogue.image_root, pretrained=tiny_checkpoint, output_dir=runs,
+                                    experiment_name="flam", num_workers=0, no_progress=True, cache_dir=runs / "cache",
+                                    seed=0, epochs=2, embedding_epochs=1, embedder_hidden=16, manipulator_hidden=16,
+                                    discriminator_hidden=16, embedding_dim=8, batch_size=8, validation_frequency=1)
+    args = params.demo_parser().parse_args(["--catalogue", str(catalogue.image_root), "--attributes", str(run.path),
+                                            "--cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")])
+    client = _build_app(args).test_client()
+    assert client.get("/api/info").get_json()["combining"].startswith("FLAM (")
+    reference = _test_rows(catalogue)[1]["image"]
+    answer = demo_search(client, reference=reference, attribute="position", value="top left", k=7).get_json()
+    model = clip_cir.load(attributes=run.path, device="cpu", cache=False, progress=False)
+    expected = _expected(model, catalogue, reference, "position", "top left", 7)
+    assert [h["name"] for h in answer["results"]] == [name for name, _ in expected]
+    assert [h["score"] for h in answer["results"]] == pytest.approx([s for _, s in expected], abs=1e-5)
+    template = _expected(clip_cir.load(tiny_checkpoint, device="cpu", cache=False, progress=False), catalogue,
+                         reference, "position", "top left", 7)
+    assert [s for _, s in expected] != pytest.approx([s for _, s in template], abs=1e-3)  # not the caption's query
