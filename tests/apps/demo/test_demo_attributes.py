@@ -106,9 +106,10 @@ def test_upload_with_an_attribute(attribute_client, reference_model, catalogue):
     """An uploaded copy of a gallery image ranks as that image (the reference stays in the gallery)."""
     reference = _test_rows(catalogue)[2]["image"]
     data = (catalogue.image_root / reference).read_bytes()
-    answer = demo_upload(attribute_client, data, caption=None, k="5", attribute="colour", value="green")
-    names = [h["name"] for h in answer.get_json()["results"]]
-    assert names == [name for name, _ in _expected(reference_model, catalogue, reference, "colour", "green", 5)]
+    answer = demo_upload(attribute_client, data, caption=None, k="24", attribute="colour", value="green")
+    names = [h["name"] for h in answer.get_json()["results"]]  # the whole gallery: nothing left out
+    assert names == [name for name, _ in _expected(reference_model, catalogue, reference, "colour", "green", 24)]
+    assert len(names) == 24 and reference in names
 
 
 @pytest.mark.parametrize("body, message", [
