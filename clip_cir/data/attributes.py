@@ -233,11 +233,16 @@ def read_adde_queries(file_root: str | os.PathLike, catalogue: AttributeCatalogu
         if len(indicator) != sum(counts) or any(v not in (-1, 0, 1) for v in indicator):
             raise CIRError(f"{paths[1]}:{ind_line}: expected {sum(counts)} numbers of -1, 0 and 1 "
                            f"(the widths {attr_num} gives)")
-        if 1 not in indicator:
-            raise CIRError(f"{paths[1]}:{ind_line}: no +1 marks the new value")
+        if indicator.count(1) != 1 or indicator.count(-1) > 1:
+            raise CIRError(f"{paths[1]}:{ind_line}: a query changes one attribute: one +1 marks the new value "
+                           f"and at most one -1 the old one (got {indicator.count(1)} and {indicator.count(-1)})")
         position = indicator.index(1)
         attribute = int(np.searchsorted(np.cumsum(counts), position, side="right"))
         value = position - sum(counts[:attribute])
+        old_value = int(catalogue.labels[ref[0], attribute])
+        if -1 in indicator and old_value >= 0 and indicator.index(-1) != sum(counts[:attribute]) + old_value:
+            raise CIRError(f"{paths[1]}:{ind_line}: the -1 should mark the reference's value of attribute "
+                           f"{attribute} ({old_value}), the value the +1 replaces")
         target = tuple(_decode_multi_hot(paths[2], gt_line, gt, counts, attr_num))
         if target[attribute] != value:
             raise CIRError(f"{paths[2]}:{gt_line}: the target's value of attribute {attribute} is "
