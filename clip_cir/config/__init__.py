@@ -33,15 +33,19 @@ from clip_cir.config.settings import (
     SearchConfig,
     Stage1Config,
     Stage2Config,
+    TextualInversionConfig,
     TowerTrainingConfig,
     TowerTrainingProgramConfig,
     TrainingConfig,
     TrainingProgramConfig,
+    ZeroShotConfig,
+    ZeroShotDataConfig,
     check_slerp_alpha,
 )
 
 __all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "CacheConfig", "CaptionDataConfig",
            "CombiningConfig", "DataConfig", "DeviceConfig", "EncodeConfig", "ModelConfig", "Options", "PretrainConfig",
            "QueryDataConfig", "RankingConfig", "RunConfig", "SearchConfig", "Stage1Config", "Stage2Config",
-           "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig", "TrainingProgramConfig",
-           "check_resumed_options", "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]
+           "TextualInversionConfig", "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig",
+           "TrainingProgramConfig", "ZeroShotConfig", "ZeroShotDataConfig", "check_resumed_options",
+           "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_cir.constants import ZERO_SHOT_METHODS
 from clip_cir.errors import CIRError
 from clip_cir.models.pseudo_words import (
     DEFAULT_PLACEHOLDER,
@@ -49,7 +50,7 @@ from clip_cir.models.pseudo_words import (
     token_embedding_dim,
 )
 
-METHODS = ("pic2word", "searle", "lincir")
+METHODS = ZERO_SHOT_METHODS
 CAPTION_FIELD = "{caption}"
 PROMPT_TEMPLATES = {"pic2word": "a photo of $ , {caption}",
                     "searle": "a photo of $ that {caption}",
