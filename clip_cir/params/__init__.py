@@ -43,6 +43,7 @@ from clip_cir.params.programs import (
     report_parser,
     stage1_parser,
     stage2_parser,
+    zero_shot_parser,
 )
 from clip_cir.params.resume import ParserBuilder, given_options, parse_with_resume
 from clip_cir.params.settings import program_settings, ranking_settings
@@ -90,4 +91,5 @@ __all__ = [
     "required_option",
     "stage1_parser",
     "stage2_parser",
+    "zero_shot_parser",
 ]

@@ -270,10 +270,12 @@ def add_skip_missing_arg(parser: Group, training: bool) -> None:
                         "use them; the numbers are then NOT comparable with published ones")
 
 
-def add_gallery_dir_arg(group: Group, queries: bool) -> None:
-    """A folder of photos (recursively) as the gallery, instead of --dataset/--data-root."""
-    group.add_argument("--gallery-dir", type=Path, default=QueryDataConfig.gallery_dir,
-                       help="search every image under this folder (recursively) instead of a dataset's gallery")
+def add_gallery_dir_arg(group: Group, queries: bool,
+                        help: str = "search every image under this folder (recursively) instead of a dataset's "
+                                    "gallery") -> None:
+    """A folder of photos (recursively) as the gallery, instead of --dataset/--data-root (or, with
+    `help` saying so, as a program's training images)."""
+    group.add_argument("--gallery-dir", type=Path, default=QueryDataConfig.gallery_dir, help=help)
     if queries:
         group.add_argument("--query-file", type=Path, default=QueryDataConfig.query_file,
                            help="with --gallery-dir: CSV/TSV/JSONL of queries (reference image path relative to "

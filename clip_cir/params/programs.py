@@ -1,5 +1,6 @@
 """Each program's parser: `clip-cir` and its subcommands, the training programs (also scripts:
-stage1/finetune.py, stage2/train_combiner.py), the quickstart, the report and the demo.
+stage1/finetune.py, stage2/train_combiner.py, zero_shot/train_mapping.py), the quickstart, the
+report and the demo.
 
 Built from the option groups in `clip_cir.params.groups`; the programs import their parser from
 here and hold no option of their own. Program parsers take `required`: see `parse_with_resume`.
@@ -12,8 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
-from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
+from clip_cir.config import (
+    CaptionDataConfig,
+    PretrainConfig,
+    Stage1Config,
+    Stage2Config,
+    TextualInversionConfig,
+    ZeroShotConfig,
+    ZeroShotDataConfig,
+)
+from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES, ZERO_SHOT_METHODS
 from clip_cir.data import DATASETS
 from clip_cir.params.groups import (
     add_circo_args,
@@ -151,6 +160,71 @@ def pretrain_parser(prog: str = "clip-cir pretrain", required: bool = True) -> a
     return parser
 
 
+ZERO_SHOT_DESCRIPTION = (
+    "Train a zero-shot mapping network (Pic2Word, SEARLE or LinCIR) on a frozen CLIP: it turns a reference image's "
+    "CLIP feature into a pseudo-word, and the prompt 'a photo of $ that {caption}' with it is the query. No triplets: "
+    "Pic2Word and SEARLE train on images, LinCIR on captions. --dataset/--data-root give a benchmark's training "
+    "images and captions (unless --gallery-dir, --image-list or --captions name others) and its validation split, "
+    "on which the best checkpoints are kept; without it there is no validation and last/ holds the network. Load "
+    "the run directory as the mapping network of the commands that rank. Run with `accelerate launch` or plain python.")
+
+
+def zero_shot_parser(prog: str = "zero_shot/train_mapping.py", required: bool = True) -> argparse.ArgumentParser:
+    """`clip-cir zero-shot` (`required`: every program parser's argument; no option is required here)."""
+    parser = argparse.ArgumentParser(prog=prog, description=ZERO_SHOT_DESCRIPTION)
+    method = parser.add_argument_group("method", "which mapping network and prompt (docs/zero-shot.md)")
+    method.add_argument("--method", choices=ZERO_SHOT_METHODS, default=ZeroShotConfig.method,
+                        help="pic2word: φ(image) in 'a photo of $' must find its image among the batch's; searle: φ "
+                             "distils per-image textual-inversion tokens, regularised to act like a word; lincir: "
+                             "φ of a noised caption feature must stand for the caption's keywords "
+                             "(default: %(default)s)")
+    method.add_argument("--prompt-template", default=ZeroShotConfig.prompt_template, metavar="TEMPLATE",
+                        help="the query prompt validation uses and the checkpoint records, with $ for the image and "
+                             "{caption} for the caption (default: the method's: 'a photo of $ , {caption}' for "
+                             "pic2word, 'a photo of $ that {caption}' for searle and lincir)")
+    method.add_argument("--phi-hidden-dim", type=int, default=ZeroShotConfig.phi_hidden_dim, metavar="N",
+                        help="φ's hidden width (default: the method's: 512 for pic2word, 4x the CLIP embedding size "
+                             "for searle and lincir)")
+    method.add_argument("--phi-layers", type=int, default=ZeroShotConfig.phi_layers, metavar="N",
+                        help="pic2word: φ's hidden blocks (default: 2)")
+    method.add_argument("--phi-dropout", type=float, default=ZeroShotConfig.phi_dropout, metavar="P",
+                        help="φ's dropout (default: the method's: 0.1 for pic2word, 0.5 for searle and lincir)")
+    add_data_args(parser, split=False, required=False)
+    data = parser.add_argument_group("training data", "instead of --dataset's training images and captions")
+    add_gallery_dir_arg(data, queries=False, help="train on every image under this folder (recursively)")
+    data.add_argument("--image-list", type=Path, default=ZeroShotDataConfig.image_list, metavar="FILE",
+                      help="train on the images FILE lists, one path a line (relative to FILE's folder or absolute)")
+    data.add_argument("--captions", type=Path, default=ZeroShotDataConfig.captions, metavar="FILE",
+                      help="lincir's captions (and searle's concept words, unless --concepts): one caption a line, or "
+                           "a .csv/.tsv file with --caption-column")
+    data.add_argument("--caption-column", default=ZeroShotDataConfig.caption_column, metavar="NAME",
+                      help="the caption column of a .csv/.tsv --captions file")
+    data.add_argument("--concepts", type=Path, default=ZeroShotDataConfig.concepts, metavar="FILE",
+                      help="searle: concept words, one a line (default: the content words of the captions)")
+    add_model_args(parser)
+    add_transform_args(parser)
+    inversion = parser.add_argument_group("searle's textual inversion",
+                                          "each training image's token, computed once before φ trains and kept in "
+                                          "RUN_DIR/oti/ (SEARLE's defaults)")
+    defaults = TextualInversionConfig()
+    inversion.add_argument("--oti-steps", type=int, default=defaults.oti_steps,
+                           help="optimisation steps per batch of images (default: %(default)s)")
+    inversion.add_argument("--oti-lr", type=float, default=defaults.oti_lr,
+                           help="AdamW learning rate (default: %(default)s)")
+    inversion.add_argument("--oti-weight-decay", type=float, default=defaults.oti_weight_decay,
+                           help="AdamW weight decay (default: %(default)s)")
+    inversion.add_argument("--oti-ema-decay", type=float, default=defaults.oti_ema_decay,
+                           help="the tokens kept are this exponential moving average (default: %(default)s)")
+    inversion.add_argument("--oti-batch-size", type=int, default=defaults.oti_batch_size,
+                           help="images inverted together (default: %(default)s)")
+    inversion.add_argument("--oti-top-k", type=int, default=defaults.oti_top_k, metavar="K",
+                           help="concept words per image, the nearest by CLIP similarity: the regulariser talks "
+                                "about one of them (default: %(default)s)")
+    add_training_args(parser, ZeroShotConfig())
+    add_tower_training_args(parser)
+    return parser
+
+
 def quickstart_parser(prog: str = "clip-cir quickstart", required: bool = True) -> argparse.ArgumentParser:
     """The quickstart's options (none is required; `required` is every program parser's argument)."""
     parser = argparse.ArgumentParser(prog=prog, description="`clip-cir quickstart`: the whole method on synthetic "
@@ -234,6 +308,9 @@ PROGRAMS = {
                         "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
     "train-combiner": Program("clip_cir.apps.train", "train_combiner", stage2_parser,
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+    "zero-shot": Program("clip_cir.apps.train", "zero_shot", zero_shot_parser,
+                         "train a zero-shot mapping network: Pic2Word, SEARLE or LinCIR (same as "
+                         "zero_shot/train_mapping.py)"),
     "quickstart": Program("clip_cir.apps.quickstart", "run", quickstart_parser,
                           "the whole method on synthetic data in a few CPU minutes"),
 }
