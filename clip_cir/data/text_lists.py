@@ -9,6 +9,7 @@ file (and its line where one line is at fault).
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from clip_cir.data.images import ImageCheck
@@ -39,7 +40,7 @@ def read_image_list(path: str | Path, images: ImageCheck | None = None) -> list[
     candidates: dict[str, list[Path]] = {}
     for _, entry in entries:
         file = Path(entry)
-        candidates.setdefault(entry, [file if file.is_absolute() else path.parent.absolute() / file])
+        candidates.setdefault(entry, [Path(os.path.normpath(path.parent.absolute() / file))])
     found = (images or ImageCheck()).locate(candidates, path)
     if not found:
         raise CIRError(f"{path}: none of the listed images can be used")
