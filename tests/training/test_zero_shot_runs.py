@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from helpers import read_weights
+from helpers import REPO, command_line, ddp_launcher, read_weights, update_gaps
 
 import clip_cir
 from clip_cir.evaluation.metrics import selection_scores
@@ -198,6 +201,39 @@ def test_a_nested_folder_of_photos_trains_keeps_last_and_resumes_as_uninterrupte
     a, b = read_weights(run / "last" / "phi.safetensors"), read_weights(tmp_path / "straight" / "last" /
                                                                          "phi.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc_out.weight"], saved["fc_out.weight"])
+
+
+@pytest.mark.parametrize("method", ["pic2word", "searle"])
+def test_two_processes_train_as_one_with_the_global_batch(method, photos, pretrained, tmp_path):
+    """DDP (2 CPU processes of 8, the second also in 2 micro-batches) == one process with the
+    batch of 16: Pic2Word's contrastive loss and SEARLE's distillation see every process's rows;
+    SEARLE's inversion is shared out batch by batch. φ without dropout, so the runs can agree."""
+    from clip_cir.models.clip import load_clip
+    from clip_cir.models.zero_shot import mapping_for
+    from clip_cir.training.run import seed_everything
+
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("star\ncircle\nsquare\nred\nblue\ngreen\n", encoding="utf-8")
+    searle = dict(concepts=concepts, oti_steps=3, oti_batch_size=16, oti_top_k=3) if method == "searle" else {}
+    common = dict(method=method, gallery_dir=photos, pretrained=pretrained, epochs=2, batch_size=16, lr=1e-3,
+                  phi_dropout=0.0, cpu=True, output_dir=tmp_path, num_workers=0, no_progress=True, **searle)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, processes, extra in (("one", 1, {}), ("two", 2, {"accum_steps": 2})):
+        cmd = [sys.executable, *ddp_launcher(processes), str(REPO / "zero_shot" / "train_mapping.py"),
+               *command_line({**common, **extra, "experiment_name": name})]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"processes: {processes} |" in result.stderr
+    one, two = (read_weights(tmp_path / name / "last" / "phi.safetensors") for name in ("one", "two"))
+    seed_everything(0)  # the start-up's order: seed, CLIP, then φ
+    start = mapping_for(method, load_clip(None, str(pretrained)), dropout=0.0).state_dict()
+    # 4 AdamW steps of lr 1e-3 move a weight by at most about 4e-3: `start` is the runs' start.
+    assert max((one[k] - start[k]).abs().max().item() for k in one) < 5e-3
+    if method == "searle":
+        assert torch.equal(read_weights(tmp_path / "one" / "oti" / "tokens_00000.safetensors")["tokens"],
+                           read_weights(tmp_path / "two" / "oti" / "tokens_00000.safetensors")["tokens"])
+    per_tensor, overall = update_gaps(one, two, start)
+    assert per_tensor < 0.05 and overall < 0.01, (per_tensor, overall)
 
 
 @pytest.fixture(scope="module")
