@@ -147,8 +147,9 @@ class TrainedRun:
 
     @property
     def best_checkpoint(self) -> Path:
-        """The folder of the checkpoint kept by the main selection score."""
-        return self.path / "best"
+        """The folder of the checkpoint kept by the main selection score (a run that never
+        validated, as a zero-shot run without a benchmark: its last checkpoint)."""
+        return self.path / ("best" if self.best else "last")
 
 
 def resume_state(accelerator, run: Run, stage: Stage) -> tuple[int, int, dict[str, Any] | None]:

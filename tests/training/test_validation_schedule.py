@@ -13,7 +13,7 @@ from helpers import ScriptedStage
 from safetensors.torch import load_file
 
 from clip_cir.config import TrainingConfig
-from clip_cir.training.loop import Selection, fit
+from clip_cir.training.loop import Selection, TrainedRun, fit
 from clip_cir.training.optim import LRSchedule
 from clip_cir.training.run import Run
 
@@ -141,3 +141,5 @@ def test_a_stage_without_validation_data_writes_last_on_the_schedule_and_keeps_n
     assert stage.validated == [] and written == [("last", 1), ("last", 3), ("last", 5), ("last", 6)]
     assert not (tmp_path / "validation_metrics.csv").exists() and not (tmp_path / "best").exists()
     assert list(pd.read_csv(tmp_path / "train_metrics.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert TrainedRun(tmp_path, best={}, metrics={}).best_checkpoint == tmp_path / "last"
+    assert TrainedRun(tmp_path, best={"score": 1.0}, metrics={}).best_checkpoint == tmp_path / "best"

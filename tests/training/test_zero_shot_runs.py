@@ -121,7 +121,7 @@ def test_the_best_mapping_network_scores_what_its_run_recorded_and_beats_an_untr
     trained = _scores(validation, _composer(clip, mapping))
     for key, value in recorded["metrics"].items():
         assert trained[key] == pytest.approx(value, abs=1e-3), key
-    assert run.best["score"] == pytest.approx(trained["score"], abs=1e-3)
+    assert run.best["score"] == pytest.approx(trained["score"], abs=1e-3) and run.best_checkpoint == run.path / "best"
 
     torch.manual_seed(0)
     untrained = _scores(validation, _composer(clip, mapping_for(method, clip)))
@@ -181,6 +181,7 @@ def test_a_nested_folder_of_photos_trains_keeps_last_and_resumes_as_uninterrupte
     result = _photo_run(cli, photos, pretrained, tmp_path, "photos", "--epochs", "2")
     assert result.code == 0, result.err
     run = tmp_path / "photos"
+    assert "done (no validation data): the last checkpoint is in" in (run / "log.txt").read_text()
     assert (run / "last" / "phi.safetensors").is_file() and not (run / "best").exists()
     assert not (run / "validation_metrics.csv").exists()  # no benchmark: no validation
     with open(run / "train_metrics.csv", newline="") as f:
