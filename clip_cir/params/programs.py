@@ -165,8 +165,9 @@ ZERO_SHOT_DESCRIPTION = (
     "CLIP feature into a pseudo-word, and the prompt 'a photo of $ that {caption}' with it is the query. No triplets: "
     "Pic2Word and SEARLE train on images, LinCIR on captions. --dataset/--data-root give a benchmark's training "
     "images and captions (unless --gallery-dir, --image-list or --captions name others) and its validation split, "
-    "on which the best checkpoints are kept; without it there is no validation and last/ holds the network. Load "
-    "the run directory as the mapping network of the commands that rank. Run with `accelerate launch` or plain python.")
+    "on which the best checkpoints are kept; without it there is no validation and last/ holds the network "
+    "(phi.safetensors; a run directory read as a mapping network means its best/, else its last/). Run with "
+    "`accelerate launch` or plain python; docs/training.md.")
 
 
 def zero_shot_parser(prog: str = "zero_shot/train_mapping.py", required: bool = True) -> argparse.ArgumentParser:
