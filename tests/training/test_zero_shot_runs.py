@@ -149,6 +149,12 @@ def test_pic2word_against_the_zero_shot_sum(runs, validation):
     assert pic2word["score"] > summed["score"] and pic2word["recall_at10"] > summed["recall_at10"]
 
 
+def test_clip_cir_report_plots_a_zero_shot_run(runs, cli, tmp_path):
+    result = cli("report", runs["lincir"].path, "--output-dir", tmp_path)
+    assert result.code == 0, result.err
+    assert result.out.split() == [str(tmp_path / "training_loss.png"), str(tmp_path / "validation.png")]
+
+
 def test_searle_keeps_its_inversion_tokens_in_the_run_directory(runs, image_list):
     chunk = runs["searle"].path / "oti" / "tokens_00000.safetensors"
     tokens = read_weights(chunk)["tokens"]
