@@ -210,6 +210,19 @@ def test_a_nested_folder_of_photos_trains_keeps_last_and_resumes_as_uninterrupte
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc_out.weight"], saved["fc_out.weight"])
 
 
+def test_a_mixed_precision_run_with_micro_batches_keeps_a_float32_mapping_network(photos, pretrained, tmp_path):
+    """bf16 autocast (in a process of its own: Accelerate's precision is set once per process)."""
+    options = dict(method="pic2word", gallery_dir=photos, pretrained=pretrained, epochs=1, batch_size=16, cpu=True,
+                   mixed_precision="bf16", accum_steps=2, output_dir=tmp_path, experiment_name="bf16", num_workers=0,
+                   no_progress=True)
+    result = subprocess.run([sys.executable, str(REPO / "zero_shot" / "train_mapping.py"), *command_line(options)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mixed precision: bf16" in (tmp_path / "bf16" / "log.txt").read_text()
+    weights = read_weights(tmp_path / "bf16" / "last" / "phi.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+
+
 @pytest.mark.parametrize("method", ["pic2word", "searle"])
 def test_two_processes_train_as_one_with_the_global_batch(method, photos, pretrained, tmp_path):
     """DDP (2 CPU processes of 8, the second also in 2 micro-batches) == one process with the
