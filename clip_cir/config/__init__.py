@@ -33,19 +33,22 @@ from clip_cir.config.settings import (
     SearchConfig,
     Stage1Config,
     Stage2Config,
-    TextualInversionConfig,
     TowerTrainingConfig,
     TowerTrainingProgramConfig,
     TrainingConfig,
     TrainingProgramConfig,
+    check_slerp_alpha,
+)
+from clip_cir.config.zero_shot import (
+    ZERO_SHOT_IMAGE_METHODS,
+    TextualInversionConfig,
     ZeroShotConfig,
     ZeroShotDataConfig,
-    check_slerp_alpha,
 )
 
 __all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "CacheConfig", "CaptionDataConfig",
            "CombiningConfig", "DataConfig", "DeviceConfig", "EncodeConfig", "ModelConfig", "Options", "PretrainConfig",
            "QueryDataConfig", "RankingConfig", "RunConfig", "SearchConfig", "Stage1Config", "Stage2Config",
            "TextualInversionConfig", "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig",
-           "TrainingProgramConfig", "ZeroShotConfig", "ZeroShotDataConfig", "check_resumed_options",
-           "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]
+           "TrainingProgramConfig", "ZERO_SHOT_IMAGE_METHODS", "ZeroShotConfig", "ZeroShotDataConfig",
+           "check_resumed_options", "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]

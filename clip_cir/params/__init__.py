@@ -2,7 +2,8 @@
 
 The programs (`clip_cir.apps`) add no option of their own: they get their parser here. `groups`
 holds the option groups the programs share; `training` the options only the training programs
-have; `programs` each program's parser; `resume` parsing with --resume; `settings` the
+have; `programs` each program's parser (`zero_shot` that of `clip-cir zero-shot`); `resume`
+parsing with --resume; `settings` the
 `clip_cir.config` settings built from parsed options. Defaults live in `clip_cir.config`.
 """
 
@@ -43,11 +44,11 @@ from clip_cir.params.programs import (
     report_parser,
     stage1_parser,
     stage2_parser,
-    zero_shot_parser,
 )
 from clip_cir.params.resume import ParserBuilder, given_options, parse_with_resume
 from clip_cir.params.settings import program_settings, ranking_settings
 from clip_cir.params.training import add_accum_arg, add_training_args
+from clip_cir.params.zero_shot import zero_shot_parser
 
 __all__ = [
     "MISSING",

@@ -16,8 +16,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from clip_cir.config import ZeroShotConfig
-from clip_cir.config.settings import ZERO_SHOT_IMAGE_METHODS
+from clip_cir.config import ZERO_SHOT_IMAGE_METHODS, ZeroShotConfig
 from clip_cir.data.folder import folder_gallery
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.registry import load_data
