@@ -3,8 +3,8 @@
 The programs (`clip_cir.apps`) add no option of their own: they get their parser here. `groups`
 holds the option groups the programs share; `training` the options only the training programs
 have; `programs` each program's parser (`zero_shot` that of `clip-cir zero-shot`); `resume`
-parsing with --resume; `settings` the
-`clip_cir.config` settings built from parsed options. Defaults live in `clip_cir.config`.
+parsing with --resume; `settings` the `clip_cir.config` settings built from parsed options.
+Defaults live in `clip_cir.config`.
 """
 
 from clip_cir.params.groups import (
