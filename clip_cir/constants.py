@@ -15,10 +15,14 @@ TRACKERS = ("none", "comet_ml")
 
 
 ENCODERS = ("text", "image", "both")  # stage 1's --encoder: which towers train
-COMBINING = ("sum", "image", "slerp")  # --combining: `clip_cir.models.combiner.COMBINING_FUNCTIONS`
+ZERO_SHOT_METHODS = ("pic2word", "searle", "lincir")  # `clip-cir zero-shot --method` (clip_cir.models.zero_shot)
+COMBINING = ("sum", "image", "slerp", *ZERO_SHOT_METHODS)
+"""--combining: the functions of `clip_cir.models.combiner.COMBINING_FUNCTIONS`, and the pseudo-word
+methods, which need a trained φ (`--zero-shot RUN`)."""
 DEMO_MAX_K = 100  # the demo's largest --top-k and API k
 VALIDATION_SCHEDULES = ("published", "every-nth-and-last")  # --validation-schedule (clip_cir.config.TrainingConfig)
 COMPOSITORS = ("combiner", "tirg", "maaf", "cosmo", "lbf")  # stage 2's --compositor (clip_cir.models.compositors)
 STAGE2_LOSSES = ("contrastive", "soft-triplet-classification")  # stage 2's --loss
+CSS_SPLITS = ("train", "test")  # clip_cir.data.css, which needs numpy: named here for the registry
 CSS_QUERY_IMAGES = ("3d", "2d")  # --css-query-images: CSS's query images (clip_cir.data.css)
 ZERO_SHOT_METHODS = ("pic2word", "searle", "lincir")  # `clip-cir zero-shot --method` (clip_cir.models.zero_shot)

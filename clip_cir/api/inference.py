@@ -36,7 +36,7 @@ from clip_cir.encoding.extraction import (
 from clip_cir.encoding.search import SearchIndex, build_index
 from clip_cir.encoding.split_features import EncodeOptions, encode_captions, encode_image_files, no_tokens
 from clip_cir.errors import CIRError
-from clip_cir.evaluation.evaluate import compose_features
+from clip_cir.evaluation.evaluate import compose_features, reads_captions
 from clip_cir.models.clip import LoadedCLIP
 from clip_cir.models.combiner import CombiningFunction
 from clip_cir.models.compositors.base import TokenFeatures
@@ -101,12 +101,15 @@ class CIRModel:
     Made by `load`. Image and text features are rows of float32 CPU tensors."""
 
     def __init__(self, clip: LoadedCLIP, combine: CombiningFunction, encode: EncodeOptions, *,
-                 combining: str = "element-wise sum"):
+                 combining: str = "element-wise sum", attributes: Any = None,
+                 attribute_template: str = "change the {attribute} to {value}"):
         self.clip = clip
         self.combine = combine
         self.encode = encode
         self.combining = combining
         """The combining function's name for people: a Combiner and its source, or the sum's."""
+        self.attributes, self.attribute_template = attributes, attribute_template
+        """`manipulate`'s FLAM (a `LoadedFLAM`, `load(..., attributes=RUN)`), or None: the template's caption."""
 
     @property
     def device(self) -> torch.device:
@@ -206,6 +209,9 @@ class CIRModel:
 
     def compose_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Query vectors [N, D] from raw image and text features: the combining function, as evaluation runs it."""
+        if reads_captions(self.combine):
+            raise CIRError(f"the {self.combine.name} pseudo-word composition reads the captions themselves: compose "
+                           f"with model.compose(images, captions)")
         if uses_tokens(self.combine) and isinstance(image_features, torch.Tensor):
             raise CIRError(f"the {self.combine.name} compositor reads token features: compose images and captions "
                            f"with model.compose, or pass model.token_features(images, captions)")
@@ -229,8 +235,24 @@ class CIRModel:
             raise CIRError(f"{len(items)} images but {len(captions)} captions: give one caption per image")
         if uses_tokens(self.combine):
             return compose_features(self.combine, *self.token_features(items, captions))
+        if reads_captions(self.combine):
+            return self.combine(self.image_features(items), [check_caption(c) for c in captions]).cpu()
         text = self.text_features(captions)
         return self.compose_features(self.image_features(items), text)
+
+    def manipulate(self, image: ImageInput, attribute: str, value: str) -> torch.Tensor:
+        """A unit query vector [D]: `image` with `attribute` set to `value` (names), by FLAM when the
+        model was loaded with `attributes=`, else by composing the template caption."""
+        if len(_image_list(image)) != 1:
+            raise CIRError("manipulate takes one image (manipulate_features takes many)")
+        return self.manipulate_features(self.image_features(image), [attribute], [value])[0]
+
+    def manipulate_features(self, image_features: torch.Tensor, attributes: Sequence[str],
+                            values: Sequence[str]) -> torch.Tensor:
+        """Unit query vectors [N, D] from raw image features [N, D], one attribute and value each."""
+        from clip_cir.api.attributes import manipulated_features
+
+        return manipulated_features(self, image_features, attributes, values)
 
     def index(self, images: GallerySource, *, exclude_reference: bool | None = None,
               backend: str = SearchConfig.search,
@@ -369,7 +391,10 @@ class Gallery(GalleryFeatures):
             query = self.model.compose([self.paths[self.names[row]] if row is not None else reference], [caption])
         else:
             image = self.features[row:row + 1] if row is not None else self.model.image_features([reference])
-            query = self.model.compose_features(image, self.model.text_features([caption]))
+            if reads_captions(self.model.combine):
+                query = self.model.combine(image, [caption]).cpu()
+            else:
+                query = self.model.compose_features(image, self.model.text_features([caption]))
         exclude = self.exclude_reference if exclude_reference is None else exclude_reference
         return self.search_features(query, k, row if exclude else None)
 

@@ -1,7 +1,7 @@
 """Training from Python (docs/api.md): settings in, a trained run out.
 
-`finetune`, `train_combiner`, `pretrain` and `train_zero_shot` run the same code as
-`clip-cir finetune`, `clip-cir train-combiner`, `clip-cir pretrain` and `clip-cir zero-shot`
+`finetune`, `train_combiner`, `pretrain`, `train_attributes` and `train_zero_shot` run the same
+code as `clip-cir finetune`, `train-combiner`, `pretrain`, `train-attributes` and `zero-shot`
 (which call them): settings are a config object of `clip_cir.config`, flat options with the
 command line's names, or both.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from clip_cir.config import (
+    AttributesConfig,
     PretrainConfig,
     Stage1Config,
     Stage2Config,
@@ -73,6 +74,14 @@ def pretrain(config: PretrainConfig | None = None, /, **options: Any) -> Trained
     from clip_cir.training import pretrain as pretraining
 
     return _train(pretraining.run, training_settings(PretrainConfig, config, options))
+
+
+def train_attributes(config: AttributesConfig | None = None, /, **options: Any) -> TrainedRun:
+    """FLAM on the frozen CLIP image features of an attribute catalogue (`catalogue=` a folder in
+    ADDE's or the CSV layout); its run keeps `flam.safetensors`."""
+    from clip_cir.training import attributes_stage
+
+    return _train(attributes_stage.run, training_settings(AttributesConfig, config, options))
 
 
 def train_zero_shot(config: ZeroShotConfig | None = None, /, **options: Any) -> TrainedRun:

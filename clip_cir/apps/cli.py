@@ -26,6 +26,11 @@ def search_index(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.catalogue is not None:
+        from clip_cir.apps.attributes import cmd_attribute_eval
+
+        return cmd_attribute_eval(args)
+    _no_attribute_options(args)
     from clip_cir.evaluation.evaluate import evaluate
     from clip_cir.evaluation.metrics import format_metrics
     from clip_cir.models.files import write_json
@@ -41,7 +46,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
         log.info("metrics written to %s", args.output)
 
 
+def _no_attribute_options(args: argparse.Namespace) -> None:
+    """The attribute-catalogue options go with --catalogue only."""
+    given = [flag for flag, name in (("--attributes", "attributes"), ("--attribute-template", "attribute_template"),
+                                     ("--catalogue-layout", "catalogue_layout"), ("--image-root", "image_root"))
+             if getattr(args, name, None) is not None]
+    if args.command == "eval" and args.top_k is not None:
+        given.append("--top-k")
+    if given:
+        raise CIRError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --catalogue DIR "
+                       f"(an attribute catalogue)")
+
+
 def cmd_rank(args: argparse.Namespace) -> None:
+    if args.catalogue is not None:
+        from clip_cir.apps.attributes import cmd_attribute_rank
+
+        return cmd_attribute_rank(args)
+    _no_attribute_options(args)
     from clip_cir.evaluation.evaluate import encode_and_rank
     from clip_cir.models.files import write_json
 
@@ -56,11 +78,14 @@ def cmd_rank(args: argparse.Namespace) -> None:
         for query, top, scores in zip(split.queries, ranking.indices.tolist(), ranking.scores.tolist()):
             queries.append({"qid": query.qid, "benchmark": split.name, "reference": query.reference,
                             "caption": query.eval_caption, "target": query.target,
+                            **({"target_label": query.target_label} if split.gallery_labels is not None else {}),
                             "ranking": [{"name": names[i], "score": round(s, 6)} for i, s in zip(top, scores)]})
-    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {"dataset": args.dataset,
-                                                                                             "split": args.split}
-    combining = {"combining": "combiner" if args.combiner else args.combining,
-                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {})}
+    source = {"gallery_dir": str(args.gallery_dir.absolute())} if args.gallery_dir else {
+        "dataset": args.dataset, "split": prepared.splits[0].split}  # the split read (default: the validation one)
+    name = "combiner" if args.combiner else prepared.combine.name if args.zero_shot else args.combining
+    combining = {"combining": name,
+                 **({"slerp_alpha": args.slerp_alpha} if args.combining == "slerp" and not args.combiner else {}),
+                 **({"zero_shot": str(args.zero_shot), "prompt": prepared.combine.template} if args.zero_shot else {})}
     write_json(args.output, {**source, "model": clip.describe(), **combining, "top_k": args.top_k,
                              "queries": queries})
     print(f"rankings of {len(queries)} queries written to {args.output}")
@@ -141,7 +166,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                        "tag with --model, or hf-hub:ORG/NAME)")
     folder = export_model(args.pretrained, args.output_dir, combiner_source=args.combiner, model_name=args.model,
                           push_to_hub=args.push_to_hub, private=args.private, license_name=args.license,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, zero_shot_source=args.zero_shot)
     print(folder)
 
 
@@ -149,10 +174,11 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from clip_cir.data import synthetic
 
     opt.check_positive(args, ["train", "val", "test", "size"])
+    classic = list(synthetic.CLASSIC) if "all" in args.classic else args.classic
     try:
         summary = synthetic.generate(args.root, n_train=args.train, n_val=args.val, n_test=args.test,
-                                 size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
-                                 circo_distractors=args.circo_distractors)
+                                     size=args.size, seed=args.seed, overwrite=args.overwrite, n_circo=args.circo,
+                                     circo_distractors=args.circo_distractors, classic=classic)
     except ValueError as e:
         raise CIRError(str(e)) from None
     print(json.dumps(summary, indent=2, default=str))
@@ -160,11 +186,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from clip_cir.data.convert import convert
-    from clip_cir.data.types import ReaderOptions
+    from clip_cir.data.registry import reader_options
 
-    options = ReaderOptions(fashioniq_categories=args.fashioniq_categories, circo_query_text=args.circo_query_text,
-                            css_query_images=args.css_query_images)
-    written = convert(args.source, args.data_root, args.output, options)
+    data = opt.data_settings(args, dataset=args.source)
+    written = convert(args.source, args.data_root, args.output, reader_options(data))
     print(f"{args.source} written to {args.output} in the triplet layout ({len(written)} files); evaluate it with "
           f"--dataset triplets --data-root {args.output}")
 

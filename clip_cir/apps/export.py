@@ -182,7 +182,7 @@ def _metrics_block(title: str, origin: Provenance) -> str:
 
 
 def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Compositor | None, combiner_from: Provenance | None,
-               title: str, repo_id: str | None, license_name: str) -> str:
+               title: str, repo_id: str | None, license_name: str, mapping: Any = None) -> str:
     """README.md: open_clip's model card format, with what the runs recorded."""
     from open_clip.push_to_hf_hub import generate_readme
 
@@ -228,7 +228,13 @@ def model_card(clip: LoadedCLIP, clip_from: Provenance, combiner: Compositor | N
     combiner_usage = (f"\n{network} (stage 2) loads with clip-cir: `load_compositor(\"{name}\")` from "
                       f"`clip_cir.models.compositors.loading`, or `clip_cir.load(\"{name}\")` with its CLIP.\n"
                       if combiner is not None else "")
-    combiner_flag = f" --combiner {name}" if combiner is not None else ""
+    if mapping is not None:
+        details[f"Zero-shot mapping network ({mapping.method})"] = {
+            **mapping.dims, "prompt": mapping.saved_metadata["prompt_template"]}
+        combiner_usage = (f"\nThe {mapping.method} mapping network (phi.safetensors, trained by `clip-cir "
+                          f"zero-shot`) loads with clip-cir: `clip_cir.load(\"{name}\")` composes queries as "
+                          f"pseudo-word prompts.\n")
+    combiner_flag = f" --combiner {name}" if combiner is not None else f" --zero-shot {name}" if mapping else ""
     usage = f"""
 With plain [open_clip](https://github.com/mlfoundations/open_clip) (no clip-cir needed):
 
@@ -267,7 +273,7 @@ def _combiner_metadata(combiner: Compositor, origin: Provenance) -> dict[str, An
 
 
 def write_export(folder: Path, clip: LoadedCLIP, combiner: Compositor | None, card: str,
-                 combiner_metadata: Mapping[str, Any]) -> None:
+                 combiner_metadata: Mapping[str, Any], mapping: Any = None) -> None:
     """Fill `folder` with open_clip's hub layout (its own config writer and file names)."""
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file
@@ -277,12 +283,16 @@ def write_export(folder: Path, clip: LoadedCLIP, combiner: Compositor | None, ca
     save_config_for_hf(clip.model, folder / HF_CONFIG_NAME, model_config=clip.config)
     if combiner is not None:
         save_weights(folder / COMBINER_FILE, combiner.state_dict(), dict(combiner_metadata))
+    if mapping is not None:  # φ with its metadata (method, prompt, the CLIP it was trained on)
+        from clip_cir.models.zero_shot import MAPPING_FILE, save_mapping
+
+        save_mapping(folder / MAPPING_FILE, mapping, mapping.saved_metadata)
     write_text(folder / CARD_FILE, card)
 
 
 def export_model(pretrained: str, output_dir: Path, combiner_source: str | None = None, model_name: str | None = None,
                  push_to_hub: str | None = None, private: bool = False, license_name: str = "other",
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, zero_shot_source: str | None = None) -> Path:
     """Load the sources exactly as every command does, write the folder atomically, push if asked."""
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not output_dir.is_dir():
@@ -306,10 +316,20 @@ def export_model(pretrained: str, output_dir: Path, combiner_source: str | None 
         combiner = load_compositor(combiner_source)
         combiner_from = provenance(combiner_source, resolve_compositor_checkpoint)
         check_compositor_fits(combiner, clip)
+    if combiner_source and zero_shot_source:
+        raise CIRError("give --combiner or --zero-shot, not both")
+    mapping = None
+    if zero_shot_source:
+        from clip_cir.models.zero_shot import clip_identity, mapping_metadata, zero_shot_composer
+
+        mapping = zero_shot_composer(clip, zero_shot_source).mapping  # checked against the CLIP
+        # A published φ records no CLIP: the exported one is bound to the CLIP exported with it.
+        mapping.saved_metadata = mapping_metadata(mapping, mapping.trained_on or clip_identity(clip),
+                                                  mapping.prompt_template, mapping.placeholder)
     title = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
-    card = model_card(clip, clip_from, combiner, combiner_from, title, repo_id, license_name)
+    card = model_card(clip, clip_from, combiner, combiner_from, title, repo_id, license_name, mapping)
     combiner_metadata = _combiner_metadata(combiner, combiner_from) if combiner is not None else {}
-    write_dir(output_dir, lambda tmp: write_export(tmp, clip, combiner, card, combiner_metadata))
+    write_dir(output_dir, lambda tmp: write_export(tmp, clip, combiner, card, combiner_metadata, mapping))
     log.info("exported %s%s to %s", clip.describe(), f" + Combiner {combiner_source}" if combiner else "", output_dir)
     if repo_id is not None and token is not None:
         url = push_folder(output_dir, repo_id, token, private=private)

@@ -57,12 +57,17 @@ def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> Enco
                                          pixel_cache=pixel_cache_for(config.cache, repeated=False))
 
 
-def combining(config: CombiningConfig) -> tuple[Callable[..., Any], str]:
-    """The combining function, or a stage-2 checkpoint (a Combiner, ours or published, or another
-    compositor), and its name."""
+def combining(config: CombiningConfig, clip: LoadedCLIP) -> tuple[Callable[..., Any], str]:
+    """The combining function, a stage-2 checkpoint (a Combiner, ours or published, or another
+    compositor) or a zero-shot pseudo-word composition for `clip`, and its name."""
     from clip_cir.models.combiner import combining_function
     from clip_cir.models.compositors.loading import load_compositor
 
+    if config.zero_shot:
+        from clip_cir.models.zero_shot import zero_shot_composer
+
+        composer = zero_shot_composer(clip, config.zero_shot, config.combining, config.prompt_template)
+        return composer, f"{composer} ({config.zero_shot})"
     if config.combiner:
         network = load_compositor(config.combiner)
         label = "Combiner" if network.name == "combiner" else f"{network.name} compositor"
@@ -115,7 +120,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
 
         raise CIRError(no_targets_message(splits[0]))
     clip = load_clip(config.model.model, config.model.pretrained)
-    combine, combine_name = combining(config.combining)
+    combine, combine_name = combining(config.combining, clip)
     check_compositor_fits(combine, clip)
     accelerator = accelerator_for(config)
     if hasattr(combine, "to"):

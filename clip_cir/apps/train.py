@@ -1,7 +1,8 @@
 """The training programs' entry points: `stage1/finetune.py` and `clip-cir finetune`,
 `stage2/train_combiner.py` and `clip-cir train-combiner`, `clip-cir pretrain`,
-`zero_shot/train_mapping.py` and `clip-cir zero-shot`. Each parses its command line into its
-settings and runs the Python API's function with them."""
+`attributes/train_flam.py` and `clip-cir train-attributes`, `zero_shot/train_mapping.py` and
+`clip-cir zero-shot`. Each parses its command line into its settings and runs the Python API's
+function with them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from functools import partial
 
 from clip_cir import api
 from clip_cir.apps.entry import program_main
-from clip_cir.config import PretrainConfig, Stage1Config, Stage2Config, ZeroShotConfig
+from clip_cir.config import AttributesConfig, PretrainConfig, Stage1Config, Stage2Config, ZeroShotConfig
 from clip_cir.params import pretrain_parser, stage1_parser, stage2_parser, zero_shot_parser
+from clip_cir.params.programs import attributes_parser
 from clip_cir.params.settings import program_settings
 from clip_cir.training.loop import TrainedRun
 
@@ -28,6 +30,10 @@ def pretrain(args: argparse.Namespace) -> TrainedRun:
     return api.pretrain(program_settings(PretrainConfig, args))
 
 
+def train_attributes(args: argparse.Namespace) -> TrainedRun:
+    return api.train_attributes(program_settings(AttributesConfig, args))
+
+
 def zero_shot(args: argparse.Namespace) -> TrainedRun:
     return api.train_zero_shot(program_settings(ZeroShotConfig, args))
 
@@ -42,6 +48,10 @@ def train_combiner_main(argv: list[str] | None = None, prog: str = "stage2/train
 
 def pretrain_main(argv: list[str] | None = None, prog: str = "clip-cir pretrain") -> None:
     program_main(partial(pretrain_parser, prog), pretrain, argv, prog)
+
+
+def train_attributes_main(argv: list[str] | None = None, prog: str = "attributes/train_flam.py") -> None:
+    program_main(partial(attributes_parser, prog), train_attributes, argv, prog)
 
 
 def zero_shot_main(argv: list[str] | None = None, prog: str = "zero_shot/train_mapping.py") -> None:

@@ -19,6 +19,8 @@ from clip_cir.config.options import (
 )
 from clip_cir.config.settings import (
     FASHIONIQ_CATEGORIES,
+    AttributeDataConfig,
+    AttributesConfig,
     CacheConfig,
     CaptionDataConfig,
     CombiningConfig,
@@ -46,7 +48,8 @@ from clip_cir.config.zero_shot import (
     ZeroShotDataConfig,
 )
 
-__all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "CacheConfig", "CaptionDataConfig",
+__all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "AttributeDataConfig",
+           "AttributesConfig", "CacheConfig", "CaptionDataConfig",
            "CombiningConfig", "DataConfig", "DeviceConfig", "EncodeConfig", "ModelConfig", "Options", "PretrainConfig",
            "QueryDataConfig", "RankingConfig", "RunConfig", "SearchConfig", "Stage1Config", "Stage2Config",
            "TextualInversionConfig", "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from clip_cir.config.options import Options
+from clip_cir.constants import ZERO_SHOT_METHODS
 from clip_cir.errors import CIRError
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
@@ -107,9 +108,24 @@ class CombiningConfig(Options):
     slerp_alpha: float = 0.8
     """`--combining slerp`'s α: how far along the great circle from the image to the caption the
     query lies (docs/zero-shot.md)."""
+    zero_shot: str | None = None
+    """A zero-shot mapping network φ (`clip-cir zero-shot` run, φ file or `hf-hub:`): queries are the
+    text features of its prompt with φ(reference) as the pseudo-word; its method is the combining."""
+    prompt_template: str | None = None
+    """The prompt φ's pseudo-word and the caption go into (None: the one φ was trained with)."""
 
     def __post_init__(self) -> None:
         check_slerp_alpha(self.slerp_alpha)  # refused with the other settings, before any work
+        if self.combining in ZERO_SHOT_METHODS and self.zero_shot is None and self.combiner is None:
+            raise CIRError(f"--combining {self.combining} needs --zero-shot RUN (a mapping network trained by "
+                           f"`clip-cir zero-shot --method {self.combining}`)")
+        if self.zero_shot is not None and self.combiner is not None:
+            raise CIRError("give --combiner or --zero-shot, not both")
+        if self.zero_shot is not None and self.combining not in (*ZERO_SHOT_METHODS, "sum"):
+            raise CIRError(f"--zero-shot gives the pseudo-word composition; it does not go with --combining "
+                           f"{self.combining}")
+        if self.prompt_template is not None and self.zero_shot is None:
+            raise CIRError("--prompt-template goes with --zero-shot (the prompt of a pseudo-word composition)")
 
 
 @dataclass(frozen=True)
@@ -293,6 +309,75 @@ class PretrainConfig(TowerTrainingProgramConfig):
             raise CIRError("the following arguments are required: --train-data")
         if not 0 < self.data.val_fraction < 1:
             raise CIRError(f"--val-fraction must be between 0 and 1, got {self.data.val_fraction}")
+
+
+@dataclass(frozen=True)
+class AttributeDataConfig(Options):
+    """An attribute-labelled catalogue (docs/attribute-manipulation.md): a folder in ADDE's layout or
+    the CSV one (None: found from its files), and where its images are."""
+
+    catalogue: Path | None = None
+    catalogue_layout: str | None = None
+    image_root: Path | None = None
+    """Default: the catalogue folder."""
+    validation_split: str | None = None
+    """Default: `val` when the catalogue has one, else `test`."""
+    skip_missing_images: bool = False
+
+
+@dataclass(frozen=True)
+class AttributesConfig(TrainingProgramConfig):
+    """FLAM on frozen CLIP image features: epochs 1..`embedding_epochs` train the attribute
+    embedders, the later ones every attribute's manipulator and discriminator. Defaults: the
+    paper's k = 32 and its two phases, and `clip_cir.training.flam`'s settings where it gives none."""
+
+    program: ClassVar[str] = "attributes"
+    data: AttributeDataConfig = field(default_factory=AttributeDataConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        epochs=200, batch_size=64, lr=1e-3, weight_decay=0.0, validation_frequency=10,
+        validation_schedule="every-nth-and-last"))
+    embedding_epochs: int = 100
+    gan_lr: float = 2e-4
+    """The manipulators' and discriminators' learning rate (`--lr` is the embedders'; a schedule
+    scales both alike)."""
+    embedding_dim: int = 32
+    embedder_hidden: int = 512
+    manipulator_hidden: int = 512
+    discriminator_hidden: int = 512
+    single_matching: bool = False
+    """The paper's "S" variant: D matches the manipulated attribute's embedding only."""
+    residual: bool = False
+    random_pairs: bool = False
+    """x- drawn at random instead of by online sampling."""
+    learned_dictionary: bool = False
+    """Keep the learned dictionary vectors instead of the class centroids."""
+    margin: float = 0.2
+    adversarial_weight: float = 1.0
+    matching_weight: float = 1.0
+    cycle_weight: float = 1.0
+    top_k: int = 30
+    """k of the validation's top-k accuracy (the selection score) and NDCG@k (ADDE's 30)."""
+
+    @property
+    def data_name(self) -> str:
+        return Path(self.data.catalogue).name if self.data.catalogue is not None else "catalogue"
+
+    def check(self, num_processes: int = 1) -> None:
+        super().check(num_processes)
+        if self.data.catalogue is None:
+            raise CIRError("the following arguments are required: --catalogue")
+        if not 0 <= self.embedding_epochs < self.training.epochs:
+            raise CIRError(f"--embedding-epochs must be at least 0 and below --epochs ({self.training.epochs}), "
+                           f"got {self.embedding_epochs}")
+        for name in ("gan_lr", "embedding_dim", "top_k", "margin"):
+            if getattr(self, name) <= 0:
+                raise CIRError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("embedder_hidden", "manipulator_hidden", "discriminator_hidden", "adversarial_weight",
+                     "matching_weight", "cycle_weight"):
+            if getattr(self, name) < 0 or (name in ("manipulator_hidden", "discriminator_hidden")
+                                           and getattr(self, name) == 0):
+                raise CIRError(f"--{name.replace('_', '-')} must not be negative (hidden widths of G and D: "
+                               f"positive), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clip_cir.constants import CSS_SPLITS
 from clip_cir.data import css_2d
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, Query, ReaderOptions
 from clip_cir.errors import CIRError
 
-SPLITS = ("train", "test")
+SPLITS = CSS_SPLITS
 RECALL_KS = (1, 5, 10, 50, 100)
 QUERY_IMAGES = ("3d", "2d")
 FOLDER = "CSSDataset"

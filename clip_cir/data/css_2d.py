@@ -7,7 +7,7 @@ ones in its colour's RGB value (the table below) at centre (row, column) = `pos 
 size s = 4 pixels (8 when `size == "large"`):
 - `rectangle`: rows int(y-s) up to int(y+s) (exclusive), columns int(x-s) up to int(x+s) (exclusive);
 - `circle` (drawn as a diamond): each row r from int(y-s) to int(y+s) inclusive, columns
-  int(x0) up to int(2x - x0) with x0 = x + |r - y| - s;
+  int(x0) up to int(2x - x0) with x0 = x + (|r - y| - s) (added in that order);
 - `triangle`: each row r from int(y-s) to int(y+s) exclusive, columns int(min(x0, x1)) up to
   int(max(x0, x1)) with x0 = x + (r - y + s) / 2, x1 = 2x - x0.
 `int` truncates toward zero and bounds index the canvas as numpy does (a negative bound counts
@@ -53,7 +53,7 @@ COLOUR_VALUES: dict[str, tuple[int, int, int]] = {
 SHAPES = ("rectangle", "circle", "triangle")
 HALF_SIZE = 4.0
 LARGE_FACTOR = 2
-DRAWING_VERSION = 1
+DRAWING_VERSION = 2
 """Part of the cache folder's name: bump it when the drawing changes, so old files are not reused."""
 
 Rows = int | slice
@@ -71,7 +71,7 @@ def object_runs(obj: Mapping[str, Any]) -> list[tuple[Rows, int, int]]:
     runs: list[tuple[Rows, int, int]] = []
     if shape == "circle":
         for row in range(int(y - s), int(y + s) + 1):
-            left = x + abs(row - y) - s
+            left = x + (abs(row - y) - s)  # tirg's order of additions: it decides int() at whole numbers
             runs.append((row, int(left), int(2 * x - left)))
         return runs
     if shape == "triangle":

@@ -37,6 +37,15 @@ def evaluation_caption(c0: str, c1: str) -> str:
     return f"{_clean(c0).capitalize()} and {_clean(c1)}"
 
 
+def caption_orders(query: Query) -> tuple[str, str] | None:
+    """("C0 and c1", "C1 and c0") for a query in the method's form (two captions, evaluated as the
+    first joined to the second), else None: what a zero-shot method composes both ways."""
+    if len(query.captions) != 2 or query.eval_caption != evaluation_caption(*query.captions):
+        return None
+    first, second = query.captions
+    return evaluation_caption(first, second), evaluation_caption(second, first)
+
+
 def fashioniq_dir(data_root: Path) -> Path:
     base = Path(data_root) / "fashionIQ_dataset"
     if not base.is_dir():

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from clip_cir.data import birdstowords, cfq, circo, cirr, css, fashion200k, fashioniq, mitstates, shoes, spotthediff
+from clip_cir.constants import CSS_SPLITS
+from clip_cir.data import birdstowords, cfq, circo, cirr, fashion200k, fashioniq, mitstates, shoes, spotthediff
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, ReaderOptions, TripletFormat
 from clip_cir.errors import CIRError
@@ -39,12 +40,18 @@ def _read_triplets(root: Path, split: str, images: ImageCheck, options: ReaderOp
     return load_triplets(root, split, options.triplet_format, images)
 
 
+def _read_css(root: Path, split: str, images: ImageCheck, options: ReaderOptions) -> list[CIRSplit]:
+    from clip_cir.data import css  # numpy: only when CSS is read (`--help` stays light)
+
+    return css.load_css(root, split, images, options)
+
+
 READERS: dict[str, Reader] = {
     "cirr": _read_cirr,
     "fashioniq": _read_fashioniq,
     "circo": _read_circo,
     "triplets": _read_triplets,
-    "css": css.load_css,
+    "css": _read_css,
     "birdstowords": birdstowords.load_birdstowords,
     "spotthediff": spotthediff.load_spotthediff,
     "shoes": shoes.load_shoes,
@@ -56,7 +63,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cirr": cirr.SPLITS,
     "fashioniq": fashioniq.SPLITS,
     "circo": circo.SPLITS,
-    "css": css.SPLITS,
+    "css": CSS_SPLITS,
     "birdstowords": birdstowords.SPLITS,
     "spotthediff": spotthediff.SPLITS,
     "shoes": shoes.SPLITS,

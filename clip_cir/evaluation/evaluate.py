@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from clip_cir.data.fashioniq import caption_orders
 from clip_cir.data.types import CIRSplit
 from clip_cir.encoding.ranking import GallerySearch, Ranking, rank_split
 from clip_cir.encoding.split_features import EncodeOptions, SplitFeatures, TokenRows, split_features, token_request
@@ -51,10 +52,21 @@ def reads_captions(combine: object) -> bool:
     return bool(getattr(combine, "reads_captions", False))
 
 
+def zero_shot_queries(composer: CombiningFunction, features: SplitFeatures) -> torch.Tensor:
+    """A pseudo-word composer's queries: of each evaluation caption, or for FashionIQ's two captions
+    of both orders as each method's evaluation code composes them."""
+    queries = features.split.queries
+    pairs = [caption_orders(q) for q in queries] if features.split.dataset == "fashioniq" else []
+    if pairs and all(pair is not None for pair in pairs):
+        return composer.compose_caption_pair(features.reference, [p[0] for p in pairs],
+                                             [p[1] for p in pairs]).float().cpu()
+    return composer(features.reference, [q.eval_caption for q in queries]).float().cpu()
+
+
 def predict_queries(features: SplitFeatures, combine: CombiningFunction, batch_size: int = 4096) -> torch.Tensor:
     """The split's normalised query vectors (`compose_features` of its references and captions)."""
     if reads_captions(combine):
-        return combine(features.reference, [q.eval_caption for q in features.split.queries]).float().cpu()
+        return zero_shot_queries(combine, features)
     if not uses_tokens(combine):
         return compose_features(combine, features.reference, features.text, batch_size)
     if features.reference_tokens is None or features.text_tokens is None:

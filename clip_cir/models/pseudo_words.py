@@ -114,7 +114,10 @@ def token_embedding_table(model: torch.nn.Module) -> torch.Tensor:
         return model.token_embedding.weight
     if kind == "text-transformer":
         return model.text.token_embedding.weight
-    return model.text.transformer.get_input_embeddings().weight
+    embeddings = model.text.transformer.get_input_embeddings()
+    # Scaled word embeddings (M2M100/NLLB) multiply their table by `embed_scale`: a pseudo-word
+    # takes the place of the scaled vector, so the table is given in that space.
+    return embeddings.weight * getattr(embeddings, "embed_scale", 1.0)
 
 
 def _swap(embeddings: torch.Tensor, token_ids: torch.Tensor, pseudo: torch.Tensor, placeholder_id: int) -> torch.Tensor:

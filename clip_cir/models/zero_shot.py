@@ -56,6 +56,11 @@ PROMPT_TEMPLATES = {"pic2word": "a photo of $ , {caption}",
                     "searle": "a photo of $ that {caption}",
                     "lincir": "a photo of $ that {caption}"}
 """Each method's query prompt, `$` the placeholder and `{caption}` the caption."""
+PAIRED_CAPTIONS = {"pic2word": "reversed", "searle": "both", "lincir": "both"}
+"""How each method's evaluation composes FashionIQ's two captions: Pic2Word's prompt holds them
+reversed ("{cap2} and {cap1}", `src/data.py`); SEARLE and LinCIR average the normalised features of
+both orders (`validate.py`). The captions are the method's cleaned forms ("C1 and c0": trailing
+'.?, ' stripped, first letter capitalised; Pic2Word's code joins them as written)."""
 MAPPING_FILE = "phi.safetensors"
 """φ in a checkpoint folder."""
 COMPOSE_BATCH = 256
@@ -220,12 +225,15 @@ def resolve_mapping_checkpoint(path: Path) -> Path:
 
 
 def load_mapping(path: str | Path) -> PseudoWordMapping:
-    """φ from our safetensors file, a run directory, or a published torch file (weights only), in
+    """φ from our safetensors file, a run directory, `hf-hub:ORG/NAME` (a `clip-cir export` with φ),
+    or a published torch file (weights only), in
     eval mode, with what it was trained on and with (`trained_on`, `prompt_template`, `placeholder`)."""
     from clip_cir.models.checkpoint_formats import read_torch_file
     from clip_cir.models.files import read_safetensors
+    from clip_cir.models.hub import hub_file, hub_repo_id
 
-    path = resolve_mapping_checkpoint(Path(path))
+    repo_id = hub_repo_id(str(path))
+    path = hub_file(repo_id, MAPPING_FILE) if repo_id else resolve_mapping_checkpoint(Path(path))
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path)
         if meta.get("kind") != "zero-shot-mapping" or meta.get("method") not in METHODS:
@@ -290,6 +298,14 @@ class ZeroShotComposer:
     def name(self) -> str:
         return self.mapping.method
 
+    def compose_caption_pair(self, image_features: torch.Tensor, forward: Sequence[str],
+                             backward: Sequence[str]) -> torch.Tensor:
+        """Queries from two captions joined both ways (FashionIQ's "C0 and c1", "C1 and c0"), as
+        each method's evaluation code composes them (`PAIRED_CAPTIONS`)."""
+        if PAIRED_CAPTIONS[self.mapping.method] == "reversed":
+            return self(image_features, backward)
+        return F.normalize(self(image_features, forward) + self(image_features, backward), dim=-1)
+
     def to(self, device: torch.device | str) -> "ZeroShotComposer":
         """φ onto `device` (the CLIP is placed by its owner, as for every combining function)."""
         self.mapping.to(device)
@@ -332,3 +348,16 @@ class ZeroShotComposer:
         if not queries:
             return image_features.new_zeros((0, image_features.shape[-1]), dtype=torch.float32)
         return torch.cat(queries)
+
+
+def zero_shot_composer(clip, source: str | Path, method: str | None = None, template: str | None = None,
+                       placeholder: str | None = None) -> ZeroShotComposer:
+    """The pseudo-word composition `--zero-shot SOURCE [--combining METHOD] [--prompt-template T]`
+    builds for `clip`: φ loaded and checked against the CLIP; `method`, when given, must be φ's."""
+    mapping = load_mapping(source)
+    # A published {"Phi": ...} file is SEARLE's or LinCIR's: the same network and prompt.
+    published_phi = mapping.trained_on is None and {method, mapping.method} <= {"searle", "lincir"}
+    if method is not None and method in METHODS and method != mapping.method and not published_phi:
+        raise CIRError(f"{source} is a {mapping.method} mapping network, not {method} (drop --combining, or give "
+                       f"--combining {mapping.method})")
+    return ZeroShotComposer(clip, mapping, template, placeholder)

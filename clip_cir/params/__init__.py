@@ -24,6 +24,7 @@ from clip_cir.params.groups import (
     add_output_arg,
     add_output_dir_arg,
     add_pixel_cache_args,
+    add_reader_option_args,
     add_search_args,
     add_seed_arg,
     add_skip_missing_arg,
@@ -46,7 +47,7 @@ from clip_cir.params.programs import (
     stage2_parser,
 )
 from clip_cir.params.resume import ParserBuilder, given_options, parse_with_resume
-from clip_cir.params.settings import program_settings, ranking_settings
+from clip_cir.params.settings import data_settings, program_settings, ranking_settings
 from clip_cir.params.training import add_accum_arg, add_training_args
 from clip_cir.params.zero_shot import zero_shot_parser
 
@@ -72,6 +73,7 @@ __all__ = [
     "add_output_arg",
     "add_output_dir_arg",
     "add_pixel_cache_args",
+    "add_reader_option_args",
     "add_report_args",
     "add_search_args",
     "add_seed_arg",
@@ -80,6 +82,7 @@ __all__ = [
     "add_training_args",
     "add_transform_args",
     "check_positive",
+    "data_settings",
     "cli_parser",
     "demo_parser",
     "given_options",

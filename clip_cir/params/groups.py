@@ -76,15 +76,23 @@ def add_data_args(parser: argparse.ArgumentParser, split_default: str | None = Q
         add_split_arg(group, split_default, "the benchmark's split, e.g. cirr: train, val, test1; fashioniq: train, "
                                             "val, test; circo: val, test; css, fashion200k, mitstates, shoes: train, "
                                             "test (default: its validation split: val, or test where it has none)")
-    add_fashioniq_categories_arg(group, DataConfig.fashioniq_categories)
+    add_reader_option_args(group)
+
+
+def add_reader_option_args(group: Group, triplets: bool = True) -> None:
+    """Every dataset-specific reading option (`DataConfig`'s, which `registry.reader_options` makes
+    the readers' `ReaderOptions`): the commands that read data and `convert` list the same ones.
+    `triplets=False` leaves out the generic layout's columns, for a command that cannot read it."""
+    add_fashioniq_categories_arg(group)
     add_protocol_args(group)
     add_circo_args(group)
     add_css_args(group)
-    add_triplet_args(group)
+    if triplets:
+        add_triplet_args(group)
 
 
-def add_fashioniq_categories_arg(group: Group, default: Sequence[str] | None) -> None:
-    group.add_argument("--fashioniq-categories", nargs="+", default=default, metavar="CAT",
+def add_fashioniq_categories_arg(group: Group) -> None:
+    group.add_argument("--fashioniq-categories", nargs="+", default=DataConfig.fashioniq_categories, metavar="CAT",
                        help=f"FashionIQ categories (default: {' '.join(CATEGORIES)})")
 
 
@@ -170,18 +178,29 @@ def add_combiner_arg(parser: Group) -> None:
                              "{'Combiner': ...} file, or hf-hub:ORG/NAME (a repository written by clip-cir export)")
 
 
+def add_zero_shot_arg(group: Group, help: str) -> None:
+    group.add_argument("--zero-shot", metavar="RUN", default=CombiningConfig.zero_shot, help=help)
+
+
 def add_combining_args(parser: argparse.ArgumentParser) -> None:
     section = parser.add_argument_group("combining")
     group = section.add_mutually_exclusive_group()
     group.add_argument("--combining", choices=COMBINING, default=CombiningConfig.combining,
                        help="sum: element-wise sum of image and text features (the zero-shot baseline; default); "
                             "image: the reference image alone, caption ignored (a baseline); slerp: spherical "
-                            "linear interpolation from the image to the caption (training-free, Jang et al. 2024)")
+                            "linear interpolation from the image to the caption (training-free, Jang et al. 2024); "
+                            "pic2word, searle, lincir: a pseudo-word composition (with --zero-shot RUN)")
     add_combiner_arg(group)
     section.add_argument(
         "--slerp-alpha", type=float, default=CombiningConfig.slerp_alpha, metavar="ALPHA",
         help="with --combining slerp: how far from the reference image (0) towards the caption (1) the query lies "
              "(default: %(default)s)")
+    add_zero_shot_arg(section, "a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
+                               "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
+                               "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
+    section.add_argument("--prompt-template", default=CombiningConfig.prompt_template, metavar="TEXT",
+                         help="with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
+                              "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
 
 
 def add_transform_args(parser: Group) -> None:

@@ -16,27 +16,29 @@ from typing import TYPE_CHECKING, NamedTuple
 from clip_cir.config import CaptionDataConfig, PretrainConfig, Stage1Config, Stage2Config
 from clip_cir.constants import COMPOSITORS, DEMO_MAX_K, ENCODERS, STAGE2_LOSSES
 from clip_cir.data import DATASETS
+from clip_cir.data.synthetic.classic import CLASSIC
+from clip_cir.params.attributes import add_attribute_eval_args, add_top_k_arg, attributes_parser
 from clip_cir.params.groups import (
     add_circo_args,
     add_combiner_arg,
     add_combining_args,
-    add_css_args,
     add_csv_caption_args,
     add_data_args,
     add_data_root_arg,
     add_encode_args,
-    add_fashioniq_categories_arg,
     add_feature_cache_args,
     add_gallery_dir_arg,
     add_model_args,
     add_num_workers_arg,
     add_output_arg,
     add_output_dir_arg,
+    add_reader_option_args,
     add_search_args,
     add_seed_arg,
     add_skip_missing_arg,
     add_split_arg,
     add_transform_args,
+    add_zero_shot_arg,
     required_option,
 )
 from clip_cir.params.training import (
@@ -63,10 +65,6 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_encoder_arg(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--encoder", choices=ENCODERS, default=Stage1Config.encoder, help=help)
-
-
-def add_top_k_arg(parser: Group, default: int, help: str) -> None:
-    parser.add_argument("--top-k", type=int, default=default, help=help)
 
 
 def add_overwrite_arg(parser: Group, help: str) -> None:
@@ -236,6 +234,8 @@ PROGRAMS = {
                         "stage 1: task-oriented CLIP fine-tuning (same as stage1/finetune.py)"),
     "train-combiner": Program("clip_cir.apps.train", "train_combiner", stage2_parser,
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
+    "train-attributes": Program("clip_cir.apps.train", "train_attributes", attributes_parser,
+                                "attribute manipulation: train FLAM on an attribute catalogue's CLIP features"),
     "zero-shot": Program("clip_cir.apps.train", "zero_shot", zero_shot_parser,
                          "train a zero-shot mapping network: Pic2Word, SEARLE or LinCIR (same as "
                          "zero_shot/train_mapping.py)"),
@@ -253,15 +253,20 @@ def cli_parser() -> argparse.ArgumentParser:
     add_verbose_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts",
+    p = sub.add_parser("synth", help="write a synthetic shapes dataset in the CIRR, FashionIQ and CIRCO layouts "
+                                     "(and the classic benchmarks' with --classic)",
                        description="Render a deterministic 2-D shapes world (CSS-like) and write it in the three "
-                                   "published layouts, plus per-image captions for pretraining.")
+                                   "published layouts, plus per-image captions for pretraining; --classic adds small "
+                                   "stand-ins of the classic benchmarks in theirs.")
     p.add_argument("--root", type=Path, required=True, help="output folder (becomes a --data-root)")
     add_synthetic_size_args(p, train=3000, val=600, test=600, circo=100,
                             circo_help="CIRCO queries in each of val and test, with 1-8 ground truths each; 0 writes "
                                        "no CIRCO folder (default: %(default)s)")
     p.add_argument("--circo-distractors", type=int, default=None,
                    help="unrelated scenes added to the CIRCO gallery (default: 5 per CIRCO query)")
+    p.add_argument("--classic", nargs="+", choices=("all", *CLASSIC), default=[], metavar="NAME",
+                   help=f"also write small stand-ins (a few dozen images each) of these benchmarks in their own "
+                        f"layouts: all, or any of {', '.join(CLASSIC)}")
     p.add_argument("--size", type=int, default=64, help="short image side in pixels (default: %(default)s)")
     add_seed_arg(p)
     add_overwrite_arg(p, "replace an existing dataset under --root")
@@ -274,14 +279,16 @@ def cli_parser() -> argparse.ArgumentParser:
                                    "(CIRR: R@1/5/10/50, Recall_subset@1/2/3, plus soft-credit; FashionIQ: "
                                    "R@10/50 per category and averages; CIRCO: mAP@5/10/25/50, R@5/10/25/50 and "
                                    "mAP@10 per semantic aspect).")
-    _add_ranking_args(p)
+    _add_ranking_args(p, required=False)
     add_output_arg(p, "write the metrics as JSON here")
+    add_attribute_eval_args(p, evaluating=True)
 
     p = sub.add_parser("rank", help="write each query's top-K gallery images (any split, test included)")
     _add_ranking_args(p, required=False)
     add_gallery_dir_arg(p.add_argument_group("gallery folder"), queries=True)
     add_top_k_arg(p, 50, "results per query (default: %(default)s)")
     add_output_arg(p, "JSON file to write", required=True)
+    add_attribute_eval_args(p, evaluating=False)
 
     _add_submit_parser(sub, "cirr", "test1", "files", "Write recall_submission_NAME.json and "
                        "recall_subset_submission_NAME.json, checked against the server's rules first. --split "
@@ -303,9 +310,8 @@ def cli_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=[d for d in DATASETS if d != "triplets"], help="the benchmark")
     add_data_root_arg(p, "folder containing the benchmark in its published layout")
     add_output_arg(p, "folder to write (new or empty)", required=True)
-    add_fashioniq_categories_arg(p, None)
-    add_circo_args(p)
-    add_css_args(p)
+    add_reader_option_args(p.add_argument_group("reading", "how the benchmark is read (as --dataset reads it)"),
+                           triplets=False)
 
     p = sub.add_parser("export",
                        help="write a CLIP (+ Combiner) as a Hugging Face Hub repository in open_clip's format",
@@ -318,6 +324,8 @@ def cli_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     group = p.add_argument_group("export")
     add_combiner_arg(group)
+    add_zero_shot_arg(group, "a zero-shot mapping network to export beside the CLIP instead of a Combiner (a "
+                             "`clip-cir zero-shot` run or φ file), as phi.safetensors")
     add_output_dir_arg(group, "folder to write (written atomically)", required=True)
     add_overwrite_arg(group, "replace --output-dir if it is not empty")
     group.add_argument("--license", default="other",

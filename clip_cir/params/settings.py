@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TypeVar
 
-from clip_cir.config import Options, RankingConfig
+from clip_cir.config import DataConfig, Options, RankingConfig
 from clip_cir.params.groups import MISSING
 
 C = TypeVar("C", bound=Options)
@@ -22,3 +22,11 @@ def ranking_settings(args: argparse.Namespace) -> RankingConfig:
     device, search); its own options (output, top-k, ...) stay on its command line."""
     known = set(RankingConfig.option_names())
     return RankingConfig.from_options({k: v for k, v in vars(args).items() if k in known and v is not MISSING})
+
+
+def data_settings(args: argparse.Namespace, **given: object) -> DataConfig:
+    """The data settings among a command's options (`convert`'s reading options), plus `given`
+    (e.g. the dataset, where the command names it otherwise)."""
+    known = set(DataConfig.option_names())
+    return DataConfig.from_options({**{k: v for k, v in vars(args).items() if k in known and v is not MISSING},
+                                    **given})

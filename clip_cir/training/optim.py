@@ -42,9 +42,11 @@ class LRSchedule:
         raise ValueError(f"unknown learning-rate schedule {self.kind!r}")
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's learning rate (times the group's `lr_scale`, 1 by default: a program
+        whose networks train at different rates keeps their ratio through the schedule)."""
         lr = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     @classmethod

@@ -105,6 +105,7 @@ def textual_inversion(clip, image_features: torch.Tensor, concepts: Sequence[Seq
     if any(not words for words in concepts) or len(concepts) != len(image_features):
         raise ValueError("textual inversion needs at least one concept word for every image")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    clip.model.requires_grad_(False)  # only the tokens learn: no weight gradients computed or kept
     model, placeholder_id = clip.model, placeholder_token_id(clip.tokenizer, placeholder)
     device = next(model.parameters()).device
     count, width = image_features.shape[0], token_embedding_dim(model)

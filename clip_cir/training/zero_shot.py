@@ -39,6 +39,7 @@ class PseudoWordText:
         self.placeholder_id = placeholder_token_id(clip.tokenizer, placeholder)
         self.length_multiple = length_multiple
         """Token batches are padded to a multiple of this many tokens (few lengths for torch.compile)."""
+        clip.model.requires_grad_(False)  # gradients pass through the tower to φ; its weights get none
 
     @property
     def device(self) -> torch.device:

@@ -343,7 +343,7 @@ def bad_combiner(tmp_path) -> Path:
     ("slerp-alpha-range", "--slerp-alpha must be between 0 (the reference image alone) and 1 (the caption alone), "
                           "got 1.5"),
     ("slerp-alpha-without-slerp", "slerp_alpha goes with combining='slerp', not 'sum'"),
-    ("stage2-and-combiner", "is a stage-2 run and brings its own Combiner"),
+    ("stage2-and-combiner", "is a stage2 run and brings its own Combiner"),
     ("unknown-model", "unknown open_clip model 'cir-tiny-vitt'; did you mean cir-tiny-vit"),
     ("unknown-transform", "unknown transform 'crop'"),
     ("bad-device", "unknown device 'gpu0'"),
@@ -421,7 +421,7 @@ def test_import_clip_cir_and_help_load_no_torch_and_the_api_loads_on_first_use()
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = result.stderr.strip().splitlines()
     assert lines[-2] == ("False True ['CIRModel', 'Gallery', 'TrainedRun', '__version__', 'finetune', 'load', "
-                         "'pretrain', 'train_combiner', 'train_zero_shot']"), result.stderr
+                         "'pretrain', 'train_attributes', 'train_combiner', 'train_zero_shot']"), result.stderr
     assert lines[-1] == "True clip_cir.api.loading", result.stderr
     assert "usage: clip-cir" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'fine_tune'"):

@@ -192,6 +192,8 @@ def test_the_2d_drawing_is_tirgs_rule_pixel_by_pixel():
         {"shape": "rectangle", "color": "cyan", "size": "small", "pos": [0.8333, 0.7071]},
         {"shape": "circle", "color": "brown", "size": "small", "pos": [0.3, 0.5484375]},
         {"shape": "rectangle", "color": "gray", "size": "large", "pos": [0.2, 0.98]},  # clipped at the right edge
+        # A circle whose edges fall on whole numbers only in tirg's order of additions (x + (|r - y| - s)).
+        {"shape": "circle", "color": "green", "size": "small", "pos": [0.21, 0.29]},
     ]
     drawn = css_2d.draw_objects(objects)
     np.testing.assert_array_equal(drawn, tirg_drawing(objects))

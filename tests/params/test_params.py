@@ -219,10 +219,12 @@ def test_missing_faiss_stops_eval_and_demo_with_one_line(cli, synth_root, monkey
 
 
 def test_combining_names_are_the_registrys_and_image_ignores_the_caption():
-    from clip_cir.constants import COMBINING
+    from clip_cir.constants import COMBINING, ZERO_SHOT_METHODS
     from clip_cir.models.combiner import COMBINING_FUNCTIONS
+    from clip_cir.models.zero_shot import METHODS
 
-    assert tuple(COMBINING_FUNCTIONS) == COMBINING
+    # The training-free functions, then the pseudo-word methods (which need a trained φ).
+    assert (*COMBINING_FUNCTIONS, *METHODS) == COMBINING and METHODS == ZERO_SHOT_METHODS
     image, text = torch.randn(4, 8), torch.randn(4, 8)
     image_only, _ = COMBINING_FUNCTIONS["image"]
     element_wise_sum, _ = COMBINING_FUNCTIONS["sum"]
@@ -245,7 +247,7 @@ def test_slerp_alpha_parses_into_the_combining_settings_with_their_default():
     assert (given.combining.combining, given.combining.slerp_alpha) == ("slerp", 0.25)
     from clip_cir.apps.prepare import combining
 
-    assert combining(given.combining) == (Slerp(0.25), "slerp (α=0.25)")
+    assert combining(given.combining, clip=None) == (Slerp(0.25), "slerp (α=0.25)")  # no CLIP needed
     with pytest.raises(CIRError, match=r"^--slerp-alpha must be between 0 .* got -0\.5$"):
         params.ranking_settings(params.cli_parser().parse_args(["eval", *DATA, "--slerp-alpha", "-0.5"]))
 

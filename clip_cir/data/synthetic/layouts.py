@@ -8,7 +8,9 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Sequence
 
+from clip_cir.data.synthetic.classic import CLASSIC, check_classic, write_classic
 from clip_cir.data.synthetic.edits import EDITS_FOLDER, reported_kind, write_edit_kinds
 from clip_cir.data.synthetic.world import (
     ASIN_ALPHABET,
@@ -260,8 +262,10 @@ def _plan_circo(writer: _Writer, seed: int, n_queries: int, n_distractors: int) 
 
 
 def _check_root(root: Path, overwrite: bool) -> None:
-    """Refuse to mix generated data into an existing data set unless asked to replace it."""
-    for folder in ("cirr_dataset", "fashionIQ_dataset", "CIRCO", EDITS_FOLDER):
+    """Refuse to mix generated data into an existing data set unless asked to replace it: any
+    folder the synthetic world writes (the stand-ins' too, written this time or not, so that
+    synth_info.json describes all of it)."""
+    for folder in ("cirr_dataset", "fashionIQ_dataset", "CIRCO", EDITS_FOLDER, *CLASSIC.values()):
         path = root / folder
         if path.is_dir() and any(path.iterdir()):
             if not overwrite:
@@ -272,8 +276,9 @@ def _check_root(root: Path, overwrite: bool) -> None:
 
 def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_test: int = 600,
              size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False,
-             n_circo: int = 0, circo_distractors: int | None = None) -> dict:
-    """Write the shapes world under ``root`` in CIRR and FashionIQ layouts, and CIRCO's if asked.
+             n_circo: int = 0, circo_distractors: int | None = None, classic: Sequence[str] = ()) -> dict:
+    """Write the shapes world under ``root`` in CIRR and FashionIQ layouts, and CIRCO's and the
+    classic benchmarks' if asked.
 
     ``n_*`` are query counts per split (FashionIQ splits them across its three categories);
     ``size`` is the short side of every image. ``n_circo`` queries go in each of CIRCO's val
@@ -282,8 +287,10 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
     CIRR and FashionIQ pay nothing for it. Also writes ``pretrain_captions.csv`` (one
     descriptive title per train image, for contrastive CLIP pretraining, which the method
     assumes), ``synth_info.json`` and each query's kind of edit in ``synthetic_edits/``
-    (`clip_cir.data.synthetic.edits`). Returns the summary stored in ``synth_info.json``
-    plus ``root``.
+    (`clip_cir.data.synthetic.edits`). ``classic`` names stand-ins of the classic benchmarks
+    (`clip_cir.data.synthetic.classic.CLASSIC`: fashion200k, css, shoes, ...) to write too, each
+    small (its writer's default counts), ``size`` pixels, in its own published layout; without
+    them every file is as before. Returns the summary stored in ``synth_info.json`` plus ``root``.
     """
     if circo_distractors is None:
         circo_distractors = 5 * n_circo
@@ -291,6 +298,7 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
         raise ValueError("query counts must be >= 0")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
+    classic = check_classic(classic)
     root = Path(root)
     _check_root(root, overwrite)
     writer = _Writer(root, size)
@@ -299,7 +307,8 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
     info = {
         "generator": "clip_cir.data.synthetic",
         "args": {"n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size, "seed": seed,
-                 "n_circo": n_circo, "circo_distractors": circo_distractors},
+                 "n_circo": n_circo, "circo_distractors": circo_distractors,
+                 **({"classic": list(classic)} if classic else {})},
         "cirr": _plan_cirr(writer, seed, cirr_counts),
         "fashioniq": _plan_fashioniq(writer, seed, fiq_counts),
         **({"circo": _plan_circo(writer, seed, n_circo, circo_distractors)} if n_circo else {}),
@@ -316,5 +325,7 @@ def generate(root: str | os.PathLike, n_train: int = 3000, n_val: int = 600, n_t
         _save(job)
     lines = ["filepath\ttitle"] + [f"{rel}\t{title}" for rel, title in writer.titles]
     (root / "pretrain_captions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if classic:
+        info["classic"] = write_classic(root, classic, seed, size)
     _write_json(root / "synth_info.json", info)
     return {"root": str(root), **info}
