@@ -198,9 +198,15 @@ def add_combining_args(parser: argparse.ArgumentParser) -> None:
     add_zero_shot_arg(section, "a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
                                "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
                                "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
-    section.add_argument("--prompt-template", default=CombiningConfig.prompt_template, metavar="TEXT",
-                         help="with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
-                              "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
+    add_prompt_template_arg(section, CombiningConfig.prompt_template, "TEXT",
+                            "with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
+                            "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
+
+
+def add_prompt_template_arg(group: Group, default: str | None, metavar: str, help: str) -> None:
+    """`--prompt-template`: a pseudo-word query's prompt (the ranking commands' `--zero-shot`, and
+    the prompt `clip-cir zero-shot` validates and saves with)."""
+    group.add_argument("--prompt-template", default=default, metavar=metavar, help=help)
 
 
 def add_transform_args(parser: Group) -> None:

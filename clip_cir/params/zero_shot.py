@@ -8,7 +8,13 @@ from pathlib import Path
 
 from clip_cir.config import TextualInversionConfig, ZeroShotConfig, ZeroShotDataConfig
 from clip_cir.constants import ZERO_SHOT_METHODS
-from clip_cir.params.groups import add_data_args, add_gallery_dir_arg, add_model_args, add_transform_args
+from clip_cir.params.groups import (
+    add_data_args,
+    add_gallery_dir_arg,
+    add_model_args,
+    add_prompt_template_arg,
+    add_transform_args,
+)
 from clip_cir.params.training import add_tower_training_args, add_training_args
 
 ZERO_SHOT_DESCRIPTION = (
@@ -17,8 +23,8 @@ ZERO_SHOT_DESCRIPTION = (
     "Pic2Word and SEARLE train on images, LinCIR on captions. --dataset/--data-root give a benchmark's training "
     "images and captions (unless --gallery-dir, --image-list or --captions name others) and its validation split, "
     "on which the best checkpoints are kept; without it there is no validation and last/ holds the network "
-    "(phi.safetensors; a run directory read as a mapping network means its best/, else its last/). Run with "
-    "`accelerate launch` or plain python; docs/training.md.")
+    "(phi.safetensors); the commands that rank read the run with --zero-shot RUN_DIR. Run with `accelerate "
+    "launch` or plain python; docs/training.md.")
 
 
 def zero_shot_parser(prog: str = "zero_shot/train_mapping.py", required: bool = True) -> argparse.ArgumentParser:
@@ -30,10 +36,10 @@ def zero_shot_parser(prog: str = "zero_shot/train_mapping.py", required: bool = 
                              "distils per-image textual-inversion tokens, regularised to act like a word; lincir: "
                              "φ of a noised caption feature must stand for the caption's keywords "
                              "(default: %(default)s)")
-    method.add_argument("--prompt-template", default=ZeroShotConfig.prompt_template, metavar="TEMPLATE",
-                        help="the query prompt validation uses and the checkpoint records, with $ for the image and "
-                             "{caption} for the caption (default: the method's: 'a photo of $ , {caption}' for "
-                             "pic2word, 'a photo of $ that {caption}' for searle and lincir)")
+    add_prompt_template_arg(method, ZeroShotConfig.prompt_template, "TEMPLATE",
+                            "the query prompt validation uses and the checkpoint records, with $ for the image and "
+                            "{caption} for the caption (default: the method's: 'a photo of $ , {caption}' for "
+                            "pic2word, 'a photo of $ that {caption}' for searle and lincir)")
     method.add_argument("--phi-hidden-dim", type=int, default=ZeroShotConfig.phi_hidden_dim, metavar="N",
                         help="φ's hidden width (default: the method's: 512 for pic2word, 4x the CLIP embedding size "
                              "for searle and lincir)")
