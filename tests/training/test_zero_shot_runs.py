@@ -149,6 +149,17 @@ def test_pic2word_against_the_zero_shot_sum(runs, validation):
     assert pic2word["score"] > summed["score"] and pic2word["recall_at10"] > summed["recall_at10"]
 
 
+def test_clip_cir_eval_of_the_run_directory_reproduces_its_best_validation(runs, cli, world, pretrained, tmp_path):
+    out = tmp_path / "eval.json"
+    result = cli("eval", "--dataset", "cirr", "--data-root", world, "--pretrained", pretrained, "--zero-shot",
+                 runs["searle"].path, "--num-workers", "0", "--output", out)
+    assert result.code == 0, result.err
+    metrics = json.loads(out.read_text())
+    recorded = json.loads((runs["searle"].path / "best" / "phi.json").read_text())["metrics"]
+    assert {k: metrics[k] for k in metrics if k in recorded} == pytest.approx(
+        {k: v for k, v in recorded.items() if k in metrics}, abs=1e-3)
+
+
 def test_clip_cir_report_plots_a_zero_shot_run(runs, cli, tmp_path):
     result = cli("report", runs["lincir"].path, "--output-dir", tmp_path)
     assert result.code == 0, result.err
