@@ -1,8 +1,9 @@
 """Training from Python (docs/api.md): settings in, a trained run out.
 
-`finetune`, `train_combiner` and `pretrain` run the same code as `clip-cir finetune`,
-`clip-cir train-combiner` and `clip-cir pretrain` (which call them): settings are a config object
-of `clip_cir.config`, flat options with the command line's names, or both.
+`finetune`, `train_combiner`, `pretrain`, `train_attributes` and `train_zero_shot` run the same
+code as `clip-cir finetune`, `train-combiner`, `pretrain`, `train-attributes` and `zero-shot`
+(which call them): settings are a config object of `clip_cir.config`, flat options with the
+command line's names, or both.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from clip_cir.config import (
     Stage1Config,
     Stage2Config,
     TrainingProgramConfig,
+    ZeroShotConfig,
     check_resumed_options,
     read_run_config,
 )
@@ -80,3 +82,13 @@ def train_attributes(config: AttributesConfig | None = None, /, **options: Any) 
     from clip_cir.training import attributes_stage
 
     return _train(attributes_stage.run, training_settings(AttributesConfig, config, options))
+
+
+def train_zero_shot(config: ZeroShotConfig | None = None, /, **options: Any) -> TrainedRun:
+    """A zero-shot mapping network φ (Pic2Word, SEARLE, LinCIR) on a frozen CLIP, e.g.
+    `train_zero_shot(method="pic2word", gallery_dir="PHOTOS", pretrained="openai", model="ViT-B-32")`,
+    or with `dataset=`/`data_root=` to train on a benchmark's training images and validate on it.
+    φ is in the run's `best/` (or, without validation, `last/`) as `phi.safetensors`."""
+    from clip_cir.training import zero_shot_stage
+
+    return _train(zero_shot_stage.run, training_settings(ZeroShotConfig, config, options))

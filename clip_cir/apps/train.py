@@ -1,7 +1,8 @@
 """The training programs' entry points: `stage1/finetune.py` and `clip-cir finetune`,
 `stage2/train_combiner.py` and `clip-cir train-combiner`, `clip-cir pretrain`,
-`attributes/train_flam.py` and `clip-cir train-attributes`. Each parses its
-command line into its settings and runs the Python API's function with them."""
+`attributes/train_flam.py` and `clip-cir train-attributes`, `zero_shot/train_mapping.py` and
+`clip-cir zero-shot`. Each parses its command line into its settings and runs the Python API's
+function with them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from functools import partial
 
 from clip_cir import api
 from clip_cir.apps.entry import program_main
-from clip_cir.config import AttributesConfig, PretrainConfig, Stage1Config, Stage2Config
-from clip_cir.params import pretrain_parser, stage1_parser, stage2_parser
+from clip_cir.config import AttributesConfig, PretrainConfig, Stage1Config, Stage2Config, ZeroShotConfig
+from clip_cir.params import pretrain_parser, stage1_parser, stage2_parser, zero_shot_parser
 from clip_cir.params.programs import attributes_parser
 from clip_cir.params.settings import program_settings
 from clip_cir.training.loop import TrainedRun
@@ -33,6 +34,10 @@ def train_attributes(args: argparse.Namespace) -> TrainedRun:
     return api.train_attributes(program_settings(AttributesConfig, args))
 
 
+def zero_shot(args: argparse.Namespace) -> TrainedRun:
+    return api.train_zero_shot(program_settings(ZeroShotConfig, args))
+
+
 def finetune_main(argv: list[str] | None = None, prog: str = "stage1/finetune.py") -> None:
     program_main(partial(stage1_parser, prog), finetune, argv, prog)
 
@@ -47,3 +52,7 @@ def pretrain_main(argv: list[str] | None = None, prog: str = "clip-cir pretrain"
 
 def train_attributes_main(argv: list[str] | None = None, prog: str = "attributes/train_flam.py") -> None:
     program_main(partial(attributes_parser, prog), train_attributes, argv, prog)
+
+
+def zero_shot_main(argv: list[str] | None = None, prog: str = "zero_shot/train_mapping.py") -> None:
+    program_main(partial(zero_shot_parser, prog), zero_shot, argv, prog)

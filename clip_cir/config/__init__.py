@@ -41,10 +41,17 @@ from clip_cir.config.settings import (
     TrainingProgramConfig,
     check_slerp_alpha,
 )
+from clip_cir.config.zero_shot import (
+    ZERO_SHOT_IMAGE_METHODS,
+    TextualInversionConfig,
+    ZeroShotConfig,
+    ZeroShotDataConfig,
+)
 
 __all__ = ["CHOICES", "FASHIONIQ_CATEGORIES", "RESUME_OVERRIDABLE", "SAVED_BEFORE", "AttributeDataConfig",
            "AttributesConfig", "CacheConfig", "CaptionDataConfig",
            "CombiningConfig", "DataConfig", "DeviceConfig", "EncodeConfig", "ModelConfig", "Options", "PretrainConfig",
            "QueryDataConfig", "RankingConfig", "RunConfig", "SearchConfig", "Stage1Config", "Stage2Config",
-           "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig", "TrainingProgramConfig",
+           "TextualInversionConfig", "TowerTrainingConfig", "TowerTrainingProgramConfig", "TrainingConfig",
+           "TrainingProgramConfig", "ZERO_SHOT_IMAGE_METHODS", "ZeroShotConfig", "ZeroShotDataConfig",
            "check_resumed_options", "check_slerp_alpha", "option_flag", "portable_config", "read_run_config"]

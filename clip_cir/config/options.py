@@ -25,6 +25,7 @@ from clip_cir.constants import (
     TRACKERS,
     TRANSFORMS,
     VALIDATION_SCHEDULES,
+    ZERO_SHOT_METHODS,
 )
 from clip_cir.errors import CIRError
 
@@ -90,7 +91,8 @@ CHOICES = {"lr_scheduler": LR_SCHEDULERS, "validation_schedule": VALIDATION_SCHE
            "pixel_cache": ("auto", "on", "off"), "transform": TRANSFORMS, "tracker": TRACKERS,
            "combining": COMBINING, "search": SEARCH_BACKENDS, "faiss_index": FAISS_INDEXES,
            "compositor": COMPOSITORS, "loss": STAGE2_LOSSES,
-           "css_query_images": CSS_QUERY_IMAGES, "catalogue_layout": (None, "adde", "csv")}
+           "css_query_images": CSS_QUERY_IMAGES, "catalogue_layout": (None, "adde", "csv"),
+           "method": ZERO_SHOT_METHODS}
 """The settings that take one of a few values (the command lines' `choices`)."""
 
 

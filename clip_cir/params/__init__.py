@@ -2,8 +2,9 @@
 
 The programs (`clip_cir.apps`) add no option of their own: they get their parser here. `groups`
 holds the option groups the programs share; `training` the options only the training programs
-have; `programs` each program's parser; `resume` parsing with --resume; `settings` the
-`clip_cir.config` settings built from parsed options. Defaults live in `clip_cir.config`.
+have; `programs` each program's parser (`zero_shot` that of `clip-cir zero-shot`); `resume`
+parsing with --resume; `settings` the `clip_cir.config` settings built from parsed options.
+Defaults live in `clip_cir.config`.
 """
 
 from clip_cir.params.groups import (
@@ -48,6 +49,7 @@ from clip_cir.params.programs import (
 from clip_cir.params.resume import ParserBuilder, given_options, parse_with_resume
 from clip_cir.params.settings import data_settings, program_settings, ranking_settings
 from clip_cir.params.training import add_accum_arg, add_training_args
+from clip_cir.params.zero_shot import zero_shot_parser
 
 __all__ = [
     "MISSING",
@@ -93,4 +95,5 @@ __all__ = [
     "required_option",
     "stage1_parser",
     "stage2_parser",
+    "zero_shot_parser",
 ]

@@ -198,9 +198,15 @@ def add_combining_args(parser: argparse.ArgumentParser) -> None:
     add_zero_shot_arg(section, "a zero-shot mapping network (a `clip-cir zero-shot` run, its phi.safetensors, a "
                                "published Pic2Word/SEARLE/LinCIR file or hf-hub:ORG/NAME): the query is the text "
                                "feature of a prompt with the reference image as a pseudo-word (docs/zero-shot.md)")
-    section.add_argument("--prompt-template", default=CombiningConfig.prompt_template, metavar="TEXT",
-                         help="with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
-                              "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
+    add_prompt_template_arg(section, CombiningConfig.prompt_template, "TEXT",
+                            "with --zero-shot: the prompt, '$' standing for the image and {caption} for the caption "
+                            "(default: the one the network was trained with, e.g. 'a photo of $ that {caption}')")
+
+
+def add_prompt_template_arg(group: Group, default: str | None, metavar: str, help: str) -> None:
+    """`--prompt-template`: a pseudo-word query's prompt (the ranking commands' `--zero-shot`, and
+    the prompt `clip-cir zero-shot` validates and saves with)."""
+    group.add_argument("--prompt-template", default=default, metavar=metavar, help=help)
 
 
 def add_transform_args(parser: Group) -> None:
@@ -289,10 +295,12 @@ def add_skip_missing_arg(parser: Group, training: bool) -> None:
                         "use them; the numbers are then NOT comparable with published ones")
 
 
-def add_gallery_dir_arg(group: Group, queries: bool) -> None:
-    """A folder of photos (recursively) as the gallery, instead of --dataset/--data-root."""
-    group.add_argument("--gallery-dir", type=Path, default=QueryDataConfig.gallery_dir,
-                       help="search every image under this folder (recursively) instead of a dataset's gallery")
+def add_gallery_dir_arg(group: Group, queries: bool,
+                        help: str = "search every image under this folder (recursively) instead of a dataset's "
+                                    "gallery") -> None:
+    """A folder of photos (recursively) as the gallery, instead of --dataset/--data-root (or, with
+    `help` saying so, as a program's training images)."""
+    group.add_argument("--gallery-dir", type=Path, default=QueryDataConfig.gallery_dir, help=help)
     if queries:
         group.add_argument("--query-file", type=Path, default=QueryDataConfig.query_file,
                            help="with --gallery-dir: CSV/TSV/JSONL of queries (reference image path relative to "

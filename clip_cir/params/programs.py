@@ -1,5 +1,6 @@
 """Each program's parser: `clip-cir` and its subcommands, the training programs (also scripts:
-stage1/finetune.py, stage2/train_combiner.py), the quickstart, the report and the demo.
+stage1/finetune.py, stage2/train_combiner.py, zero_shot/train_mapping.py), the quickstart, the
+report and the demo.
 
 Built from the option groups in `clip_cir.params.groups`; the programs import their parser from
 here and hold no option of their own. Program parsers take `required`: see `parse_with_resume`.
@@ -44,6 +45,7 @@ from clip_cir.params.training import (
     add_tower_training_args,
     add_training_args,
 )
+from clip_cir.params.zero_shot import zero_shot_parser
 
 if TYPE_CHECKING:
     from clip_cir.params.groups import Group
@@ -236,6 +238,9 @@ PROGRAMS = {
                               "stage 2: train the Combiner (same as stage2/train_combiner.py)"),
     "train-attributes": Program("clip_cir.apps.train", "train_attributes", attributes_parser,
                                 "attribute manipulation: train FLAM on an attribute catalogue's CLIP features"),
+    "zero-shot": Program("clip_cir.apps.train", "zero_shot", zero_shot_parser,
+                         "train a zero-shot mapping network: Pic2Word, SEARLE or LinCIR (same as "
+                         "zero_shot/train_mapping.py)"),
     "quickstart": Program("clip_cir.apps.quickstart", "run", quickstart_parser,
                           "the whole method on synthetic data in a few CPU minutes"),
 }

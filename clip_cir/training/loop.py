@@ -85,6 +85,10 @@ class Stage(ABC):
     """One training stage of the method as the shared loop drives it: its step (`forward`, then
     `loss` over the whole batch's features), its validation and the modules it saves."""
 
+    validates: bool = True
+    """False for a stage without validation data: the loop then only writes `last/`, on the
+    validation schedule and after the last epoch."""
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
                  selection: Selection | None = None, accum_steps: int = 1):
         self.model = model
@@ -143,8 +147,9 @@ class TrainedRun:
 
     @property
     def best_checkpoint(self) -> Path:
-        """The folder of the checkpoint kept by the main selection score."""
-        return self.path / "best"
+        """The folder of the checkpoint kept by the main selection score (a run that never
+        validated, as a zero-shot run without a benchmark: its last checkpoint)."""
+        return self.path / ("best" if self.best else "last")
 
 
 def resume_state(accelerator, run: Run, stage: Stage) -> tuple[int, int, dict[str, Any] | None]:
@@ -221,7 +226,8 @@ def fit(accelerator, run: Run, stage: Stage, training: TrainingConfig, schedule:
                "lr": stage.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         log.info("epoch %d/%d: loss %.4f (%d steps, lr %.3g, %.1fs)", epoch + 1, epochs, mean_loss, steps,
                  row["lr"], row["seconds"])
-        validate_now = training.validates_after(epoch)
+        scheduled = training.validates_after(epoch)
+        validate_now = scheduled and stage.validates
         if validate_now and accelerator.is_main_process:
             with evaluation_numerics():
                 metrics = stage.validate(epoch)
@@ -239,9 +245,9 @@ def fit(accelerator, run: Run, stage: Stage, training: TrainingConfig, schedule:
         run.append_csv("train_metrics.csv", row)
         run.append_rows("train_steps.csv", step_rows)
         accelerator.log({"train/loss": mean_loss, "train/lr": row["lr"]}, step=epoch + 1)
-        # `last/` goes with each validation (a Combiner epoch can cost less than its write) and
-        # after the last epoch, validated or not: a finished run resumes as finished.
-        if validate_now or epoch + 1 == epochs:
+        # `last/` goes with each (scheduled) validation (a Combiner epoch can cost less than its
+        # write) and after the last epoch, validated or not: a finished run resumes as finished.
+        if scheduled or epoch + 1 == epochs:
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             if accelerator.is_main_process:
                 state = {"epoch": epoch + 1, "step": step, "lr_schedule": asdict(schedule),
@@ -278,7 +284,9 @@ def train(setup: TrainingSetup, stage: Stage) -> TrainedRun:
     with cuda_speed(accelerator.device, config.device.deterministic):
         metrics = fit(accelerator, run, stage, training, schedule, start_epoch, start_step, setup.progress)
     accelerator.end_training()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and stage.validates:
         best = ", ".join(f"{k} {v:.4g}" for k, v in stage.selection.best.items())
         log.info("done: best %s; checkpoints in %s", best, run.path / Selection.folder(stage.selection.keys[0]))
+    elif accelerator.is_main_process:
+        log.info("done (no validation data): the last checkpoint is in %s", run.path / "last")
     return TrainedRun(path=run.path, best=dict(stage.selection.best), metrics=metrics)

@@ -34,9 +34,11 @@ class PseudoWordText:
     """A frozen CLIP's text side with a placeholder: token ids on the model's device, features of
     prompts with pseudo-words, and plain caption features without gradient."""
 
-    def __init__(self, clip, placeholder: str = DEFAULT_PLACEHOLDER):
+    def __init__(self, clip, placeholder: str = DEFAULT_PLACEHOLDER, length_multiple: int = 1):
         self.clip, self.placeholder = clip, placeholder
         self.placeholder_id = placeholder_token_id(clip.tokenizer, placeholder)
+        self.length_multiple = length_multiple
+        """Token batches are padded to a multiple of this many tokens (few lengths for torch.compile)."""
         clip.model.requires_grad_(False)  # gradients pass through the tower to φ; its weights get none
 
     @property
@@ -44,7 +46,7 @@ class PseudoWordText:
         return next(self.clip.model.parameters()).device
 
     def ids(self, texts: Sequence[str], remember: bool = True) -> torch.Tensor:
-        return self.clip.tokenize(list(texts), remember=remember).to(self.device)
+        return self.clip.tokenize(list(texts), remember=remember, length_multiple=self.length_multiple).to(self.device)
 
     def encode(self, ids: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
         return encode_with_pseudo_words(self.clip.model, ids, pseudo.to(self.device), self.placeholder_id)

@@ -421,7 +421,7 @@ def test_import_clip_cir_and_help_load_no_torch_and_the_api_loads_on_first_use()
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = result.stderr.strip().splitlines()
     assert lines[-2] == ("False True ['CIRModel', 'Gallery', 'TrainedRun', '__version__', 'finetune', 'load', "
-                         "'pretrain', 'train_combiner']"), result.stderr
+                         "'pretrain', 'train_attributes', 'train_combiner', 'train_zero_shot']"), result.stderr
     assert lines[-1] == "True clip_cir.api.loading", result.stderr
     assert "usage: clip-cir" in result.stdout
     with pytest.raises(AttributeError, match="no attribute 'fine_tune'"):

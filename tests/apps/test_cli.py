@@ -370,7 +370,7 @@ for argv in (["--help"], *([name, "--help"] for name in [*COMMANDS, *params.PROG
         except SystemExit as e:
             assert e.code == 0 and "usage: clip-cir" in out.getvalue(), (argv, e.code)
 for build in (params.cli_parser, params.demo_parser, params.report_parser, params.stage1_parser,
-              params.stage2_parser, params.pretrain_parser, params.quickstart_parser):
+              params.stage2_parser, params.pretrain_parser, params.quickstart_parser, params.zero_shot_parser):
     build().format_help()
 print(" ".join(sorted(m for m in ("numpy", "pandas", "torch", "open_clip") if m in sys.modules)) or "none")
 """

@@ -18,6 +18,7 @@ from clip_cir.config import (
     Stage1Config,
     Stage2Config,
     TrainingConfig,
+    ZeroShotConfig,
     portable_config,
     read_run_config,
 )
@@ -25,16 +26,18 @@ from clip_cir.errors import CIRError
 
 REQUIRED = {Stage1Config: ["--dataset", "cirr", "--data-root", "DATA"],
             Stage2Config: ["--dataset", "cirr", "--data-root", "DATA"],
-            PretrainConfig: ["--train-data", "captions.csv"]}
+            PretrainConfig: ["--train-data", "captions.csv"],
+            ZeroShotConfig: ["--gallery-dir", "PHOTOS"]}
+GIVEN = {PretrainConfig: {"train_data": "captions.csv"}, ZeroShotConfig: {"gallery_dir": "PHOTOS"}}
 PARSERS = {Stage1Config: params.stage1_parser, Stage2Config: params.stage2_parser,
-           PretrainConfig: params.pretrain_parser}
+           PretrainConfig: params.pretrain_parser, ZeroShotConfig: params.zero_shot_parser}
 
 
 @pytest.mark.parametrize("cls", list(REQUIRED))
 def test_a_programs_parser_defaults_are_its_settings_defaults(cls):
     args = PARSERS[cls]().parse_args(REQUIRED[cls])
     from_parser = params.program_settings(cls, args)
-    given = {"dataset": "cirr", "data_root": "DATA"} if cls is not PretrainConfig else {"train_data": "captions.csv"}
+    given = GIVEN.get(cls, {"dataset": "cirr", "data_root": "DATA"})
     assert from_parser == cls.from_options(given)
     assert sorted(vars(args)) == sorted(cls.option_names())  # every option is a setting, and back
 

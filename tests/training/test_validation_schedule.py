@@ -13,7 +13,7 @@ from helpers import ScriptedStage
 from safetensors.torch import load_file
 
 from clip_cir.config import TrainingConfig
-from clip_cir.training.loop import Selection, fit
+from clip_cir.training.loop import Selection, TrainedRun, fit
 from clip_cir.training.optim import LRSchedule
 from clip_cir.training.run import Run
 
@@ -115,3 +115,31 @@ def test_stage2_resumed_mid_run_validates_as_an_uninterrupted_run(synth_root, tm
     assert resumed.best == straight.best
     weights = [load_file(str(run.path / "best" / "combiner.safetensors")) for run in (straight, resumed)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_stage_without_validation_data_writes_last_on_the_schedule_and_keeps_no_best(tmp_path, monkeypatch):
+    """`Stage.validates = False` (a zero-shot run without a benchmark): no validation, no best/,
+    and last/ after the epochs the schedule would validate after (published, N = 2: 1, 3, 5) and
+    after the last one."""
+    from accelerate import Accelerator
+
+    from clip_cir.training import loop
+
+    written = []
+    original = loop.save_checkpoint_dir
+
+    def recording(path, modules, state=None):
+        written.append((path.name, modules["model"][1]["epoch"]))
+        original(path, modules, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint_dir", recording)
+    stage = ScriptedStage([])
+    stage.validates = False
+    training = TrainingConfig(epochs=6, validation_frequency=2)
+    fit(Accelerator(cpu=True), Run(path=tmp_path, is_main=True), stage, training, LRSchedule("const", 0.1, 0, 12),
+        progress=False)
+    assert stage.validated == [] and written == [("last", 1), ("last", 3), ("last", 5), ("last", 6)]
+    assert not (tmp_path / "validation_metrics.csv").exists() and not (tmp_path / "best").exists()
+    assert list(pd.read_csv(tmp_path / "train_metrics.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert TrainedRun(tmp_path, best={}, metrics={}).best_checkpoint == tmp_path / "last"
+    assert TrainedRun(tmp_path, best={"score": 1.0}, metrics={}).best_checkpoint == tmp_path / "best"

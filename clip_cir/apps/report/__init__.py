@@ -55,7 +55,7 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
     """Write the run's figures into `output_dir` (default RUN_DIR/report) and return their paths.
 
     `n_queries=0` skips the retrieval figure; it is also skipped for pretraining runs (no
-    composed queries) and for runs without a checkpoint yet. `cache` is a
+    composed queries), zero-shot runs and runs without a checkpoint yet. `cache` is a
     `clip_cir.encoding.extraction.FeatureCache` (default: the user's feature cache; `FeatureCache(None)`
     for none): a stage-2 gallery is usually already there from training.
     """
@@ -70,7 +70,7 @@ def make_report(run_dir: str | Path, output_dir: str | Path | None = None, n_que
         written.append(plot_training_loss(run, output_dir / FIGURE_NAMES["loss"]))
     if run.validation is not None:
         written.append(plot_validation(run, output_dir / FIGURE_NAMES["validation"]))
-    if run.kind == "pretrain" or n_queries == 0:
+    if run.kind in ("pretrain", "zero-shot") or n_queries == 0:  # no stage-1/2 checkpoint to rank with
         return written
     if not has_checkpoint(run):
         log.warning("%s: no checkpoint yet, so no retrieval examples", run.path)

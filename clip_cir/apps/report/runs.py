@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-KIND_LABELS = {"pretrain": "pretraining", "stage1": "stage 1: CLIP fine-tuning", "stage2": "stage 2: Combiner"}
+KIND_LABELS = {"pretrain": "pretraining", "stage1": "stage 1: CLIP fine-tuning", "stage2": "stage 2: Combiner",
+               "zero-shot": "zero-shot mapping network"}
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Run:
     path: Path
     config: dict[str, Any]
     kind: str
-    """`pretrain`, `stage1` or `stage2` (see `run_kind`)."""
+    """`pretrain`, `stage1`, `stage2` or `zero-shot` (see `run_kind`)."""
     train: pd.DataFrame | None
     validation: pd.DataFrame | None
 
@@ -69,8 +70,8 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame | None:
 def run_kind(run_dir: Path, config: dict[str, Any]) -> str:
     """Which program made the run, as its config.json records."""
     kind = config.get("program")
-    if kind not in ("pretrain", "stage1", "stage2"):
-        raise CIRError(f"{run_dir / 'config.json'}: no 'program' of pretrain, stage1 or stage2 "
+    if kind not in KIND_LABELS:
+        raise CIRError(f"{run_dir / 'config.json'}: no 'program' of pretrain, stage1, stage2 or zero-shot "
                        f"(not a clip-cir training run?)")
     return kind
 
