@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                                            epochs=args.stage1_epochs, batch_size=64, lr=1e-4, encoder="text",
                                            experiment_name="stage1", **common).path
                 stage2 = clip_cir.train_combiner(dataset="cirr", data_root=data, pretrained=str(stage1),
-                                                 epochs=args.stage2_epochs, batch_size=256, lr=1e-3,
+                                                 epochs=args.stage2_epochs, batch_size=min(256, args.train), lr=1e-3,
                                                  experiment_name="stage2", **common).path
             rows["stage 1 + sum (triplets)"] = ["--pretrained", str(stage1)]
             rows["stage 1 + Combiner (triplets)"] = ["--pretrained", str(stage1), "--combiner", str(stage2)]
