@@ -13,7 +13,6 @@ Names are compared as paths are (`a/./b` is `a/b`) and are unique within a file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from clip_cir.data.columns import normalise_paths
+from clip_cir.data.io import json_object_lines
 from clip_cir.data.table import ImageFiles, strings
 from clip_cir.errors import CIRError
 
@@ -81,15 +81,7 @@ def _read_entries(path: Path) -> GalleryListing:
     named = False
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CIRError(f"{path}:{number}: malformed JSON ({e.msg})") from None
-                if not isinstance(entry, dict):
-                    raise CIRError(f"{path}:{number}: an entry should be a JSON object")
+            for number, entry in json_object_lines(f, path, "an entry"):
                 unknown = sorted(set(entry) - set(ENTRY_FIELDS))
                 if unknown:
                     raise CIRError(f"{path}:{number}: unknown field(s) {', '.join(unknown)} "

@@ -5,11 +5,26 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
 from clip_cir.errors import CIRError
+
+
+def json_object_lines(lines: IO[str], path: Path, what: str = "a row") -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; a line that is not a JSON
+    object is an error naming file:line (`what` names a line's object in the message)."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CIRError(f"{path}:{number}: malformed JSON ({e.msg})") from None
+        if not isinstance(value, dict):
+            raise CIRError(f"{path}:{number}: {what} should be a JSON object")
+        yield number, value
 
 
 def read_json(path: Path, what: str) -> Any:

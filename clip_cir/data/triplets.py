@@ -50,6 +50,7 @@ import pandas as pd
 from clip_cir.data.columns import Checked, check, csv_columns, row_columns
 from clip_cir.data.gallery_files import GalleryListing, gallery_file, listing_lines, read_gallery
 from clip_cir.data.images import ImageCheck
+from clip_cir.data.io import json_object_lines
 from clip_cir.data.table import ImageFiles, QueryTable, return_freed_memory
 from clip_cir.data.types import CIRSplit, TripletFormat
 from clip_cir.errors import CIRError
@@ -110,15 +111,7 @@ def read_rows(path: Path, fmt: TripletFormat) -> Iterator[tuple[int, dict[str, A
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if path.suffix == ".jsonl":
-                for line_number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise CIRError(f"{path}:{line_number}: malformed JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise CIRError(f"{path}:{line_number}: a row should be a JSON object")
+                for line_number, row in json_object_lines(f, path):
                     for key in required:
                         if key not in row:
                             raise CIRError(f"{path}:{line_number}: no field '{key}' ({_key_hint(key, fmt)})")
