@@ -24,5 +24,6 @@ VALIDATION_SCHEDULES = ("published", "every-nth-and-last")  # --validation-sched
 COMPOSITORS = ("combiner", "tirg", "maaf", "cosmo", "lbf")  # stage 2's --compositor (clip_cir.models.compositors)
 STAGE2_LOSSES = ("contrastive", "soft-triplet-classification")  # stage 2's --loss
 CSS_SPLITS = ("train", "test")  # clip_cir.data.css, which needs numpy: named here for the registry
+CSS_FOLDER = "CSSDataset"  # and its folder, for the synthetic stand-ins' list
 CSS_QUERY_IMAGES = ("3d", "2d")  # --css-query-images: CSS's query images (clip_cir.data.css)
 ZERO_SHOT_METHODS = ("pic2word", "searle", "lincir")  # `clip-cir zero-shot --method` (clip_cir.models.zero_shot)

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clip_cir.constants import CSS_SPLITS
+from clip_cir.constants import CSS_FOLDER, CSS_SPLITS
 from clip_cir.data import css_2d
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.types import CIRSplit, Query, ReaderOptions
@@ -57,7 +57,7 @@ from clip_cir.errors import CIRError
 SPLITS = CSS_SPLITS
 RECALL_KS = (1, 5, 10, 50, 100)
 QUERY_IMAGES = ("3d", "2d")
-FOLDER = "CSSDataset"
+FOLDER = CSS_FOLDER
 ANNOTATION_FILE = "css_toy_dataset_novel2_small.dup.npy"
 NPY_MAGIC = b"\x93NUMPY"
 DATA_GLOBALS = {

@@ -123,7 +123,7 @@ def test_the_python_api_composes_as_evaluation_does(name, compositor_runs, world
     from clip_cir.evaluation.evaluate import predict_queries
 
     model = clip_cir.load(compositor_runs[name].path, device="cpu", progress=False)
-    split = load_splits("cirr", world, "val", ImageCheck())[0]
+    split = load_splits("cirr", world, "val", images=ImageCheck())[0]
     expected = predict_queries(split_features(model.clip, split, model.encode, token_request(model.combine)),
                                model.combine)
     few = split.queries[:5]

@@ -11,12 +11,13 @@ import importlib
 from pathlib import Path
 from typing import Sequence
 
-from clip_cir.data import birdstowords, cfq, css, fashion200k, mitstates, spotthediff
+from clip_cir.constants import CSS_FOLDER
+from clip_cir.data import birdstowords, cfq, fashion200k, mitstates, spotthediff
 
 CLASSIC: dict[str, str] = {
     "fashion200k": fashion200k.FOLDER,
     "mitstates": mitstates.FOLDER,
-    "css": css.FOLDER,
+    "css": CSS_FOLDER,  # clip_cir.data.css.FOLDER, without importing numpy
     "shoes": "shoes",
     "birdstowords": birdstowords.FOLDER,
     "spotthediff": spotthediff.FOLDER.parts[0],
