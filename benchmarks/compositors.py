@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from fixtures import SYNTH_SIZE, load_model
+from fixtures import PRETRAIN_RECIPE, SYNTH_SIZE, load_model
 from harness import memory_measure, peak_memory_of, quiet, status, workspace
 from options import apply_threads, program_options
 from reporting import header, load_average, markdown_table
@@ -68,8 +68,6 @@ SIZES = {
 """The default setting, and `--small`'s: a check that everything runs (its recalls, on a random CLIP and 120
 queries, say nothing about the compositors)."""
 LR = 2e-3
-PRETRAIN_RECIPE = dict(batch_size=64, lr=5e-4, weight_decay=0.1, lr_scheduler="cosine")
-"""The quickstart's pretraining recipe (clip_cir/apps/quickstart.py)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

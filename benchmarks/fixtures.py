@@ -19,6 +19,9 @@ from clip_cir.training.run import seed_everything
 SYNTH_SIZE = 64
 """Short side of the synthetic images: the tiny CLIP's input size (`cir-tiny-vit`, 64 px:
 `clip_cir/models/configs/cir-tiny-vit.json`; docs/backbones.md, "Offline test matrix")."""
+PRETRAIN_RECIPE = dict(batch_size=64, lr=5e-4, weight_decay=0.1, lr_scheduler="cosine")
+"""The quickstart's pretraining recipe (clip_cir/apps/quickstart.py) without its fixed warm-up:
+what the benchmarks pretrain their frozen tiny CLIP with."""
 VAL_QUERIES = 50
 """The programs always validate after their last epoch; a small val split keeps that short
 (validation is outside the epoch timings anyway)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from fixtures import SYNTH_SIZE
+from fixtures import PRETRAIN_RECIPE, SYNTH_SIZE
 from harness import quiet, status, workspace
 from options import apply_threads
 from reporting import header, load_average, markdown_table
@@ -43,8 +43,6 @@ SIZES = {
     "small": dict(train=200, val=60, circo=10, epochs=2, pretrain_epochs=1, stage1_epochs=1, stage2_epochs=2),
 }
 """The default setting, and `--small`'s: a check that every row runs (its numbers say nothing)."""
-PRETRAIN_RECIPE = dict(batch_size=64, lr=5e-4, weight_decay=0.1, lr_scheduler="cosine")
-"""The quickstart's pretraining recipe (clip_cir/apps/quickstart.py)."""
 CIRR_COLUMNS = [("recall_at1", "R@1"), ("recall_at5", "R@5"), ("recall_at10", "R@10"), ("recall_at50", "R@50"),
                 ("recall_subset_at1", "Rs@1"), ("recall_avg", "Avg")]
 CIRCO_COLUMNS = [("map_at5", "mAP@5"), ("map_at10", "mAP@10"), ("map_at25", "mAP@25")]

@@ -34,8 +34,7 @@ RUNS = {
 }
 MARGIN = 3.0
 """Points of the selection score (mean of CIRR's seven recalls) by which each trained φ must beat
-an untrained one. Measured with seed 0: pic2word 37.6, lincir 33.6, searle 31.0; untrained φ
-25.0-26.1 (R@10 3-4 against 12-26 trained)."""
+an untrained one (the measured scores: docs/benchmarks.md, "Zero-shot: no triplets")."""
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +136,8 @@ def test_the_best_mapping_network_scores_what_its_run_recorded_and_beats_an_untr
 
 
 def test_pic2word_against_the_zero_shot_sum(runs, validation):
-    """Measured with seed 0: Pic2Word score 37.6 (R@10 26), the element-wise sum of the same CLIP
-    26.9 (R@10 11)."""
+    """Pic2Word's φ against the element-wise sum of the same CLIP, on the same split (the measured
+    scores: docs/benchmarks.md)."""
     from clip_cir.models.combiner import element_wise_sum
     from clip_cir.models.zero_shot import load_mapping
 
