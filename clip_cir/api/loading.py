@@ -23,12 +23,12 @@ from clip_cir.encoding.extraction import (
 from clip_cir.encoding.split_features import EncodeOptions
 from clip_cir.errors import CIRError
 from clip_cir.models.clip import load_clip
-from clip_cir.models.combiner import COMBINING_FUNCTIONS, CombiningFunction, combining_function
-from clip_cir.models.compositors.loading import COMBINER_FILE, check_compositor_fits, load_compositor
+from clip_cir.models.combiner import COMBINING_FUNCTIONS
+from clip_cir.models.compositors.loading import COMBINER_FILE, load_combining
 from clip_cir.models.hub import HUB_PREFIX, hub_repo_id
 from clip_cir.models.towers import MEMORY_FORMATS, set_memory_format
 from clip_cir.models.transforms import ImageTransform
-from clip_cir.models.zero_shot import MAPPING_FILE, zero_shot_composer
+from clip_cir.models.zero_shot import MAPPING_FILE
 
 log = logging.getLogger("clip_cir")
 
@@ -165,16 +165,11 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
             elif combining is None and _hub_holds(repo_id, COMBINER_FILE):
                 combiner_source = f"{HUB_PREFIX}{repo_id}"
 
-    if zero_shot is not None:
-        combine = zero_shot_composer(clip, zero_shot, combining, prompt_template).to(device)
-        name = f"{combine} ({zero_shot})"
-    elif combiner_source is not None:
-        combine: CombiningFunction = load_compositor(combiner_source)
-        check_compositor_fits(combine, clip)
+    settings = CombiningConfig(combining=combining or CombiningConfig.combining, combiner=combiner_source,
+                               slerp_alpha=slerp_alpha, zero_shot=zero_shot, prompt_template=prompt_template)
+    combine, name = load_combining(settings, clip)
+    if hasattr(combine, "to"):
         combine = combine.to(device)
-        name = f"Combiner ({combiner_source})"
-    else:
-        combine, name = combining_function(combining or CombiningConfig.combining, slerp_alpha)
     clip.model.to(device)
     set_memory_format(clip.model, device, channels_last)
     if not isinstance(transform, ImageTransform):

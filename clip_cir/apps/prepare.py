@@ -16,7 +16,7 @@ from clip_cir import params as opt
 from clip_cir.errors import CIRError
 
 if TYPE_CHECKING:
-    from clip_cir.config import CombiningConfig, QueryDataConfig, RankingConfig
+    from clip_cir.config import QueryDataConfig, RankingConfig
     from clip_cir.data import CIRSplit
     from clip_cir.data.images import ImageCheck
     from clip_cir.encoding.split_features import EncodeOptions
@@ -57,24 +57,6 @@ def encode_options(config: RankingConfig, clip: LoadedCLIP, accelerator) -> Enco
                                          pixel_cache=pixel_cache_for(config.cache, repeated=False))
 
 
-def combining(config: CombiningConfig, clip: LoadedCLIP) -> tuple[Callable[..., Any], str]:
-    """The combining function, a stage-2 checkpoint (a Combiner, ours or published, or another
-    compositor) or a zero-shot pseudo-word composition for `clip`, and its name."""
-    from clip_cir.models.combiner import combining_function
-    from clip_cir.models.compositors.loading import load_compositor
-
-    if config.zero_shot:
-        from clip_cir.models.zero_shot import zero_shot_composer
-
-        composer = zero_shot_composer(clip, config.zero_shot, config.combining, config.prompt_template)
-        return composer, f"{composer} ({config.zero_shot})"
-    if config.combiner:
-        network = load_compositor(config.combiner)
-        label = "Combiner" if network.name == "combiner" else f"{network.name} compositor"
-        return network, f"{label} ({config.combiner})"
-    return combining_function(config.combining, config.slerp_alpha)
-
-
 def load_query_data(data: QueryDataConfig, split: str | None, images: ImageCheck) -> list[CIRSplit]:
     """The split(s) the settings name: a dataset's, or a folder of photos as the gallery (with a
     file of queries, the queries of that file)."""
@@ -107,7 +89,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
     from clip_cir.data.images import ImageCheck
     from clip_cir.encoding.search import index_factory
     from clip_cir.models.clip import load_clip
-    from clip_cir.models.compositors.loading import check_compositor_fits
+    from clip_cir.models.compositors.loading import load_combining
 
     index_factory(config.search)  # a missing faiss-cpu stops the command before any work
     images = ImageCheck.for_purpose(purpose, config.data.skip_missing_images)
@@ -120,8 +102,7 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
 
         raise CIRError(no_targets_message(splits[0]))
     clip = load_clip(config.model.model, config.model.pretrained)
-    combine, combine_name = combining(config.combining, clip)
-    check_compositor_fits(combine, clip)
+    combine, combine_name = load_combining(config.combining, clip)
     accelerator = accelerator_for(config)
     if hasattr(combine, "to"):
         combine = combine.to(accelerator.device)

@@ -245,9 +245,9 @@ def test_slerp_alpha_parses_into_the_combining_settings_with_their_default():
     given = params.ranking_settings(params.cli_parser().parse_args(["eval", *DATA, "--combining", "slerp",
                                                                     "--slerp-alpha", "0.25"]))
     assert (given.combining.combining, given.combining.slerp_alpha) == ("slerp", 0.25)
-    from clip_cir.apps.prepare import combining
+    from clip_cir.models.compositors.loading import load_combining
 
-    assert combining(given.combining, clip=None) == (Slerp(0.25), "slerp (α=0.25)")  # no CLIP needed
+    assert load_combining(given.combining, clip=None) == (Slerp(0.25), "slerp (α=0.25)")  # no CLIP needed
     with pytest.raises(CIRError, match=r"^--slerp-alpha must be between 0 .* got -0\.5$"):
         params.ranking_settings(params.cli_parser().parse_args(["eval", *DATA, "--slerp-alpha", "-0.5"]))
 
