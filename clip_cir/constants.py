@@ -14,6 +14,9 @@ LR_SCHEDULERS = ("const", "cosine")
 TRACKERS = ("none", "comet_ml")
 
 
+ADDE_TOP_K = 30  # k of attribute manipulation's top-k accuracy and NDCG@k: ADDE eval.py's `--top_k` default
+
+
 ENCODERS = ("text", "image", "both")  # stage 1's --encoder: which towers train
 ZERO_SHOT_METHODS = ("pic2word", "searle", "lincir")  # `clip-cir zero-shot --method` (clip_cir.models.zero_shot)
 COMBINING = ("sum", "image", "slerp", *ZERO_SHOT_METHODS)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from clip_cir.config.options import Options
-from clip_cir.constants import ZERO_SHOT_METHODS
+from clip_cir.constants import ADDE_TOP_K, ZERO_SHOT_METHODS
 from clip_cir.errors import CIRError
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
@@ -355,7 +355,7 @@ class AttributesConfig(TrainingProgramConfig):
     adversarial_weight: float = 1.0
     matching_weight: float = 1.0
     cycle_weight: float = 1.0
-    top_k: int = 30
+    top_k: int = ADDE_TOP_K
     """k of the validation's top-k accuracy (the selection score) and NDCG@k (ADDE's 30)."""
 
     @property

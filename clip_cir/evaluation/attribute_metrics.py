@@ -29,12 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clip_cir.constants import ADDE_TOP_K
 from clip_cir.data.attributes import AttributeCatalogue, AttributeQuery
 from clip_cir.encoding.ranking import rank_gallery
 from clip_cir.errors import CIRError
-
-ADDE_TOP_K = 30
-"""eval.py's `--top_k` default."""
 
 
 def rank_attribute_gallery(query_features: torch.Tensor, gallery_features: torch.Tensor,

@@ -10,6 +10,8 @@ import logging
 import torch
 from open_clip.model import CLIP
 
+from clip_cir.config import DeviceConfig
+
 log = logging.getLogger("clip_cir")
 
 COMPILED_LENGTH_MULTIPLE = 16
@@ -94,7 +96,8 @@ def is_convolutional(visual: torch.nn.Module) -> bool:
     return sum(isinstance(m, torch.nn.Conv2d) for m in visual.modules()) > 1
 
 
-def use_channels_last(model: torch.nn.Module, device: torch.device | str, choice: str = "auto") -> bool:
+def use_channels_last(model: torch.nn.Module, device: torch.device | str,
+                      choice: str = DeviceConfig.channels_last) -> bool:
     """Whether the image tower should run channels-last (NHWC): cuDNN's tensor-core convolutions
     work in that layout, so a default-layout (NCHW) tower pays a transpose around every one.
     `choice`: on, off, or auto (on for a convolutional tower on a CUDA device)."""
@@ -105,7 +108,8 @@ def use_channels_last(model: torch.nn.Module, device: torch.device | str, choice
     return torch.device(device).type == "cuda" and is_convolutional(model.visual)
 
 
-def set_memory_format(model: torch.nn.Module, device: torch.device | str, choice: str = "auto") -> bool:
+def set_memory_format(model: torch.nn.Module, device: torch.device | str,
+                      choice: str = DeviceConfig.channels_last) -> bool:
     """Put the image tower's 4-D weights in the layout `use_channels_last` picks (in place, the
     parameters stay the same objects) and return whether it is channels-last. Call it before an
     optimizer or DDP wraps the model; inputs follow with `tower_input`."""

@@ -18,6 +18,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision import transforms as T
 
+from clip_cir.config import ModelConfig
 from clip_cir.constants import TRANSFORMS
 from clip_cir.errors import CIRError
 
@@ -145,7 +146,7 @@ def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tens
 
 
 def build_transform(name: str, input_size: int, mean: Sequence[float] = OPENAI_MEAN,
-                    std: Sequence[float] = OPENAI_STD, target_ratio: float = 1.25,
+                    std: Sequence[float] = OPENAI_STD, target_ratio: float = ModelConfig.target_ratio,
                     clip_preprocess: Callable | None = None) -> ImageTransform:
     """The preprocessing named by `--transform`; `clip` is the model's own open_clip one."""
     if name == "clip":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clip_cir.config import AttributeDataConfig, AttributesConfig
+from clip_cir.constants import ADDE_TOP_K
 from clip_cir.params.groups import add_model_args, add_transform_args, required_option
 from clip_cir.params.training import add_training_args
 
@@ -49,7 +50,7 @@ def add_attribute_eval_args(parser: argparse.ArgumentParser, evaluating: bool,
     group.add_argument("--attribute-template", default=None,
                        help='the caption that says a change (default: "change the {attribute} to {value}")')
     if evaluating:
-        add_top_k_arg(group, None, "with --catalogue: k of top-k accuracy and NDCG@k (default: 30, ADDE's)")
+        add_top_k_arg(group, None, f"with --catalogue: k of top-k accuracy and NDCG@k (default: {ADDE_TOP_K}, ADDE's)")
 
 
 def attributes_parser(prog: str = "attributes/train_flam.py", required: bool = True) -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import torch
 
 from clip_cir import params
 from clip_cir.config import (
+    AttributesConfig,
     CaptionDataConfig,
     PretrainConfig,
     RankingConfig,
@@ -23,14 +24,17 @@ from clip_cir.config import (
     read_run_config,
 )
 from clip_cir.errors import CIRError
+from clip_cir.params.attributes import attributes_parser
 
 REQUIRED = {Stage1Config: ["--dataset", "cirr", "--data-root", "DATA"],
             Stage2Config: ["--dataset", "cirr", "--data-root", "DATA"],
             PretrainConfig: ["--train-data", "captions.csv"],
-            ZeroShotConfig: ["--gallery-dir", "PHOTOS"]}
-GIVEN = {PretrainConfig: {"train_data": "captions.csv"}, ZeroShotConfig: {"gallery_dir": "PHOTOS"}}
+            ZeroShotConfig: ["--gallery-dir", "PHOTOS"], AttributesConfig: ["--catalogue", "CATALOGUE"]}
+GIVEN = {PretrainConfig: {"train_data": "captions.csv"}, ZeroShotConfig: {"gallery_dir": "PHOTOS"},
+         AttributesConfig: {"catalogue": Path("CATALOGUE")}}
 PARSERS = {Stage1Config: params.stage1_parser, Stage2Config: params.stage2_parser,
-           PretrainConfig: params.pretrain_parser, ZeroShotConfig: params.zero_shot_parser}
+           PretrainConfig: params.pretrain_parser, ZeroShotConfig: params.zero_shot_parser,
+           AttributesConfig: attributes_parser}
 
 
 @pytest.mark.parametrize("cls", list(REQUIRED))
