@@ -23,7 +23,8 @@ PRETRAIN_RECIPE = dict(batch_size=64, lr=5e-4, weight_decay=0.1, lr_scheduler="c
 """The quickstart's pretraining recipe (clip_cir/apps/quickstart.py) without its fixed warm-up:
 what the benchmarks pretrain their frozen tiny CLIP with."""
 VAL_QUERIES = 50
-"""The programs always validate after their last epoch; a small val split keeps that short
+"""The benchmarks train on the every-nth-and-last schedule, so they validate after their last
+epoch; a small val split keeps that short
 (validation is outside the epoch timings anyway)."""
 
 

@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=1024,
                         help="stage-1 synthetic CIRR triplets (default: %(default)s)")
     parser.add_argument("--val", type=int, default=50,
-                        help="synthetic val queries: the programs validate after their last epoch "
+                        help="synthetic val queries: the benchmark validates after its last epoch "
                              "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="stage-1 batch (default: %(default)s, published)")
     parser.add_argument("--epochs", type=int, default=3, help="stage-1 epochs per run, epoch 1 is warm-up "

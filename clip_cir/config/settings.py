@@ -198,7 +198,7 @@ class TowerTrainingConfig(Options):
 
 @dataclass(frozen=True)
 class RunConfig(Options):
-    """The run directory and the tracker (docs/training.md, "The run directory")."""
+    """The run directory and the tracker (docs/training.md, "Run directory")."""
 
     output_dir: Path = Path("runs")
     experiment_name: str | None = None

@@ -4,7 +4,7 @@ Frozen towers give the same features every time, so image (and text) features ar
 disk, keyed by a hash of the tower's weights, the preprocessing and the exact list of inputs.
 Evaluating the same CLIP twice, or training stage 2 for 300 epochs, encodes each image once.
 Features are stored raw (un-normalised): the method sums raw image and text features. They are
-written chunk by chunk as they are encoded (`feature_cache`), so an interrupted extraction of a
+written chunk by chunk as they are encoded (`feature_store.FeatureCache`), so an interrupted extraction of a
 large gallery resumes where it stopped.
 """
 

@@ -30,7 +30,7 @@ class EncodeOptions:
     """The autocast precision, part of the cache key: fp16 features are not fp32 features."""
     progress: bool = True
     sharded: bool = False
-    """Every DDP rank encodes the same inputs here: split the work (see features.Shard)."""
+    """Every DDP rank encodes the same inputs here: split the work (see extraction.Shard)."""
 
     @classmethod
     def for_accelerator(cls, accelerator, transform: ImageTransform, cache: FeatureCache | None, *,

@@ -1,6 +1,6 @@
 """What stage 1, stage 2 and pretraining share: the `Stage` each of them is (its step,
 validation and saved modules), and the one training loop (`fit`) that drives a stage, with the
-run directory's resumable checkpoints and CSV logs (docs/training.md, "The run directory").
+run directory's resumable checkpoints and CSV logs (docs/training.md, "Run directory").
 
 Validation follows the published schedule by default (`TrainingConfig.validates_after`), and
 `last/` is written with every validation and after the last epoch. Resuming restores weights,

@@ -1,6 +1,6 @@
 """The run directory a training program writes, and what makes a run reproducible: seeding,
 RNG state, atomic checkpoint folders, CSV logs, the Accelerator and tracker it runs with. The
-run directory's layout is documented once, in docs/training.md ("The run directory").
+run directory's layout is documented once, in docs/training.md ("Run directory").
 """
 
 from __future__ import annotations
