@@ -171,7 +171,8 @@ def test_development_page_paths_exist():
     the package (paths outside it, starting with ../, are not checked)."""
     paths = re.findall(r"`([\w./-]+/[\w.-]+\.py)`", _prose(DEVELOPMENT.read_text(encoding="utf-8")))
     assert paths
-    ghosts = [p for p in paths if not p.startswith("../") and not (REPO / p).is_file() and not (REPO / PACKAGE / p).is_file()]
+    ghosts = [p for p in paths
+              if not p.startswith("../") and not (REPO / p).is_file() and not (REPO / PACKAGE / p).is_file()]
     assert not ghosts, f"docs/development.md names files that do not exist: {ghosts}"
 
 
@@ -181,8 +182,9 @@ def test_development_page_tests_tree_is_the_tests_folder():
     entry, and no file a folder does not hold."""
     block = next(b for b in _fenced_blocks(DEVELOPMENT.read_text(encoding="utf-8")) if b.startswith("tests/\n"))
     entries = tree_entries(block)
-    actual = {"tests"} | {p.relative_to(REPO).as_posix() for p in TESTS.rglob("*")
-                          if p.is_dir() and not any(part.startswith((".", "__")) for part in p.relative_to(TESTS).parts)}
+    folders = [p for p in TESTS.rglob("*") if p.is_dir()]
+    actual = {"tests"} | {p.relative_to(REPO).as_posix() for p in folders
+                          if not any(part.startswith((".", "__")) for part in p.relative_to(TESTS).parts)}
     assert set(entries) == actual, (sorted(actual - set(entries)), sorted(set(entries) - actual))
     support = [p for p in TESTS.rglob("*.py") if not p.name.startswith("test_") and "__pycache__" not in p.parts]
     missing = sorted(p.relative_to(REPO).as_posix() for p in support
@@ -213,12 +215,13 @@ def test_package_descriptions_reads_each_bullet_and_its_continuation_lines():
     page = ("# Development\n\n## The package\n\n```\n- **`fake/`**: in a code block\n```\n\n"
             "- **`errors.py`**: one\n  line two\n- **`data/`**: `cirr.py`,\n  `shoes.py`.\n\n"
             "After the list.\n\n## Tests\n\n- **`tests/`**: not the package\n")
-    assert package_descriptions(page) == {"errors.py": ": one\n  line two\n", "data/": ": `cirr.py`,\n  `shoes.py`.\n\n"}
+    assert package_descriptions(page) == {"errors.py": ": one\n  line two\n",
+                                          "data/": ": `cirr.py`,\n  `shoes.py`.\n\n"}
 
 
 def test_tree_entries_collects_each_folders_lines():
-    block = "tests/\n  conftest.py   fixtures\n                more\n  apps/    commands\n    demo/  web (demo/conftest.py)\n" \
-            "                 browser\n  scripts/  (a.py, b.py)\n"
+    block = ("tests/\n  conftest.py   fixtures\n                more\n  apps/    commands\n"
+             "    demo/  web (demo/conftest.py)\n                 browser\n  scripts/  (a.py, b.py)\n")
     assert tree_entries(block) == {
         "tests": "tests/\nconftest.py   fixtures\nmore",
         "tests/apps": "apps/    commands",
