@@ -37,31 +37,40 @@ def _fenced_blocks(markdown: str) -> list[str]:
     return blocks
 
 
-def parse_tree(block: str) -> set[str]:
-    """Directories named in a tree drawn as an indented code block.
+def tree_entries(block: str) -> dict[str, str]:
+    """Directories named in a tree drawn as an indented code block, each with the text written in
+    it: its own line and the lines of the files and descriptions inside it.
 
     A line whose first word ends in "/" names a directory; its parent is the nearest directory
-    line above it with less indentation (box-drawing characters count as indentation). Other
-    lines (files, descriptions, continuation lines) are ignored. Returns POSIX paths relative to
-    the tree's roots, without the trailing slash: {"clip_cir", "clip_cir/data", ...}.
+    line above it with less indentation (box-drawing characters count as indentation). Any other
+    line (a file, a continuation of a description) belongs to that nearest directory above it
+    with less indentation; lines before the first directory are ignored. Keys are POSIX paths
+    relative to the tree's roots, without the trailing slash: {"clip_cir": "...", "clip_cir/data": ...}.
     """
     stack: list[tuple[int, str]] = []
-    directories: set[str] = set()
+    entries: dict[str, str] = {}
     for line in block.splitlines():
         body = line.lstrip(TREE_PREFIX)
         if not body.strip():
             continue
         indent = len(line) - len(body)
         word = body.split()[0]
-        if not word.endswith("/") or word == "/":
-            continue
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        name = word.strip("/")
-        path = f"{stack[-1][1]}/{name}" if stack else name
-        stack.append((indent, path))
-        directories.add(path)
-    return directories
+        if word.endswith("/") and word != "/":
+            name = word.strip("/")
+            path = f"{stack[-1][1]}/{name}" if stack else name
+            stack.append((indent, path))
+            entries[path] = body
+        elif stack:
+            entries[stack[-1][1]] += "\n" + body
+    return entries
+
+
+def parse_tree(block: str) -> set[str]:
+    """Directories named in a tree drawn as an indented code block (see `tree_entries`):
+    {"clip_cir", "clip_cir/data", ...}."""
+    return set(tree_entries(block))
 
 
 def package_directories() -> set[str]:
@@ -89,6 +98,148 @@ def test_development_page_tree_is_the_package():
     assert named == actual, (sorted(actual - named), sorted(named - actual))
     files = [line.split()[0] for line in block.splitlines()[1:] if line.split() and line.split()[0].endswith(".py")]
     assert files and all((REPO / PACKAGE / f).is_file() for f in files), files
+
+
+def _prose(markdown: str) -> str:
+    """The page without its fenced code blocks."""
+    return re.sub(r"^(`{3,}|~{3,}).*?^\1[ \t]*$", "", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def package_descriptions(markdown: str) -> dict[str, str]:
+    """The bullets of the page's "The package" section, by what each one describes: the text of
+    "- **`data/`**: ..." (its continuation lines included) under "data/", of "- **`errors.py`**"
+    under "errors.py"."""
+    section = markdown.split("\n## The package\n", 1)[1].split("\n## ", 1)[0]
+    bullets = re.findall(r"^- \*\*`([\w.]+/?)`\*\*(.*?)(?=^\S|\Z)", _prose(section), flags=re.MULTILINE | re.DOTALL)
+    return {name: text for name, text in bullets}
+
+
+def modules_missing_from_descriptions(package: Path, descriptions: dict[str, str]) -> list[str]:
+    """Module files of `package` (no `__init__.py`: a package is named by its directory) that its
+    descriptions do not name in their place: a top-level module by a bullet of its own; a module of
+    `data/` as `name.py` in data/'s bullet, one of `data/synthetic/` as `name.py` after the bullet's
+    first `synthetic/`."""
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        if path.name == "__init__.py" or "__pycache__" in parts:
+            continue
+        if len(parts) == 1:
+            found = path.name in descriptions
+        else:
+            text = descriptions.get(parts[0] + "/", "")
+            for sub in parts[1:-1]:
+                text = text.partition(f"`{sub}/`")[2]
+            found = f"`{path.name}`" in text
+        if not found:
+            missing.append(path.relative_to(package.parent).as_posix())
+    return missing
+
+
+def names_not_in_package(package: Path, descriptions: dict[str, str]) -> list[str]:
+    """`name.py` written in a package's bullet that is no file of that package (at any depth),
+    `name/` that is no directory of the whole package (a bullet may point to another layer's
+    folder), and bullets of top-level modules that do not exist."""
+    ghosts = []
+    for key, text in descriptions.items():
+        root = package / key
+        if not root.exists():
+            ghosts.append(key)
+            continue
+        if not root.is_dir():
+            continue
+        files = {p.name for p in root.rglob("*.py")}
+        directories = {p.name + "/" for p in package.rglob("*") if p.is_dir()}
+        ghosts += [f"{key}: {name}" for name in re.findall(r"`(\w+\.py)`", text) if name not in files]
+        ghosts += [f"{key}: {name}" for name in re.findall(r"`(\w+/)`", text) if name not in directories]
+    return ghosts
+
+
+def test_development_page_names_every_module_in_its_package():
+    """Every module of the package is named on docs/development.md, in the bullet of its package
+    (after its subpackage's name), and every module or folder name a bullet writes exists there."""
+    descriptions = package_descriptions(DEVELOPMENT.read_text(encoding="utf-8"))
+    package = REPO / PACKAGE
+    missing = modules_missing_from_descriptions(package, descriptions)
+    assert not missing, f"docs/development.md's 'The package' does not name these modules: {missing}"
+    ghosts = names_not_in_package(package, descriptions)
+    assert not ghosts, f"docs/development.md's 'The package' names what does not exist: {ghosts}"
+
+
+def test_development_page_paths_exist():
+    """Every `path/to/file.py` written in docs/development.md's prose exists in the repository or
+    the package (paths outside it, starting with ../, are not checked)."""
+    paths = re.findall(r"`([\w./-]+/[\w.-]+\.py)`", _prose(DEVELOPMENT.read_text(encoding="utf-8")))
+    assert paths
+    ghosts = [p for p in paths
+              if not p.startswith("../") and not (REPO / p).is_file() and not (REPO / PACKAGE / p).is_file()]
+    assert not ghosts, f"docs/development.md names files that do not exist: {ghosts}"
+
+
+def test_development_page_tests_tree_is_the_tests_folder():
+    """docs/development.md's tests tree names exactly the folders under tests/, every file there
+    that is not a test file (conftest.py, helpers.py, the scripts the tests launch) in its folder's
+    entry, and no file a folder does not hold."""
+    block = next(b for b in _fenced_blocks(DEVELOPMENT.read_text(encoding="utf-8")) if b.startswith("tests/\n"))
+    entries = tree_entries(block)
+    folders = [p for p in TESTS.rglob("*") if p.is_dir()]
+    actual = {"tests"} | {p.relative_to(REPO).as_posix() for p in folders
+                          if not any(part.startswith((".", "__")) for part in p.relative_to(TESTS).parts)}
+    assert set(entries) == actual, (sorted(actual - set(entries)), sorted(set(entries) - actual))
+    support = [p for p in TESTS.rglob("*.py") if not p.name.startswith("test_") and "__pycache__" not in p.parts]
+    missing = sorted(p.relative_to(REPO).as_posix() for p in support
+                     if not re.search(rf"\b{re.escape(p.name)}\b", entries[p.parent.relative_to(REPO).as_posix()]))
+    assert not missing, f"docs/development.md's tests tree does not name these files: {missing}"
+    ghosts = [f"{folder}/{name}" for folder, text in entries.items()
+              for name in re.findall(r"(?<![\w/.])(\w+\.py)\b", text) if not (REPO / folder / name).is_file()]
+    assert not ghosts, f"docs/development.md's tests tree names files that do not exist: {ghosts}"
+
+
+def test_modules_missing_from_descriptions_checks_each_place(tmp_path):
+    for relative in ("errors.py", "data/__init__.py", "data/cirr.py", "data/shoes.py",
+                     "data/synthetic/__init__.py", "data/synthetic/shoes.py", "data/synthetic/world.py"):
+        (tmp_path / "pkg" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / relative).write_text("")
+    descriptions = {"errors.py": "", "data/": "`cirr.py`, `shoes.py`; `synthetic/` (`world.py`)"}
+    # data/shoes.py is named before `synthetic/`, data/synthetic/shoes.py nowhere after it
+    assert modules_missing_from_descriptions(tmp_path / "pkg", descriptions) == ["pkg/data/synthetic/shoes.py"]
+    # named after `synthetic/` it is found; a top-level module without a bullet of its own is not
+    assert modules_missing_from_descriptions(tmp_path / "pkg", {"data/": descriptions["data/"] + " `shoes.py`"}) == [
+        "pkg/errors.py"]
+    descriptions["data/"] += ", `ghost.py`, `nowhere/`, `synthetic/`"
+    assert names_not_in_package(tmp_path / "pkg", {**descriptions, "gone.py": ""}) == [
+        "data/: ghost.py", "data/: nowhere/", "gone.py"]
+
+
+def test_package_descriptions_reads_each_bullet_and_its_continuation_lines():
+    page = ("# Development\n\n## The package\n\n```\n- **`fake/`**: in a code block\n```\n\n"
+            "- **`errors.py`**: one\n  line two\n- **`data/`**: `cirr.py`,\n  `shoes.py`.\n\n"
+            "After the list.\n\n## Tests\n\n- **`tests/`**: not the package\n")
+    assert package_descriptions(page) == {"errors.py": ": one\n  line two\n",
+                                          "data/": ": `cirr.py`,\n  `shoes.py`.\n\n"}
+
+
+def test_tree_entries_collects_each_folders_lines():
+    block = ("tests/\n  conftest.py   fixtures\n                more\n  apps/    commands\n"
+             "    demo/  web (demo/conftest.py)\n                 browser\n  scripts/  (a.py, b.py)\n")
+    assert tree_entries(block) == {
+        "tests": "tests/\nconftest.py   fixtures\nmore",
+        "tests/apps": "apps/    commands",
+        "tests/apps/demo": "demo/  web (demo/conftest.py)\nbrowser",
+        "tests/scripts": "scripts/  (a.py, b.py)",
+    }
+
+
+def test_api_page_lists_the_lazily_imported_names():
+    """docs/api.md's list of the names `import clip_cir` imports on first use is `_LAZY`'s keys."""
+    import clip_cir
+
+    text = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+    listed = re.search(r"on first use of\s+one of its names \(([^)]*)\)", text)
+    assert listed, "docs/api.md no longer says which names are imported on first use"
+    names = re.findall(r"`(\w+)`", listed.group(1))
+    assert sorted(names) == sorted(clip_cir._LAZY), (sorted(set(clip_cir._LAZY) - set(names)),
+                                                     sorted(set(names) - set(clip_cir._LAZY)))
 
 
 def _documentation_files() -> list[Path]:
