@@ -4,7 +4,8 @@ answers through `CIRModel` and `Gallery`, and `clip-cir finetune`, `train-combin
 `pretrain` call `finetune`, `train_combiner` and `pretrain`; `clip-cir train-attributes` and
 `zero-shot` call `train_attributes` and `train_zero_shot`."""
 
-from clip_cir.api.inference import CACHE_MIN_ROWS, CIRModel, Gallery, GalleryFeatures, check_caption
+from clip_cir.api.inference import CACHE_MIN_ROWS, CIRModel, Gallery, GalleryFeatures
+from clip_cir.api.inputs import check_caption
 from clip_cir.api.loading import load
 from clip_cir.api.training import (
     finetune,

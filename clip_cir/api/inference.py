@@ -19,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clip_cir.api.inputs import GallerySource, ImageInput, check_caption, image_file, image_list, listed_gallery
 from clip_cir.config import SearchConfig
 from clip_cir.data.folder import folder_gallery
 from clip_cir.data.io import load_image
@@ -46,53 +47,11 @@ from clip_cir.models.transforms import ImageTransform
 
 log = logging.getLogger("clip_cir")
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
-"""An image: a file path, a decoded PIL image, or already-preprocessed pixels ([3, H, W] or a
-[N, 3, H, W] batch: uint8 pixels as the transform crops them, or the float tensor it returns)."""
-
 CACHE_MIN_ROWS = 256
 """Lists of image files or captions at least this long (a default batch) go through the feature
 cache; a shorter list is encoded directly, since a cache key hashes the whole tower, which costs
 more than encoding a few inputs (and a service's queries would each leave an entry). Cached or
 not, the features are the same. `index` always uses the cache."""
-
-
-def check_caption(caption: object) -> str:
-    """A caption as given, once checked: a string with some text in it."""
-    if not isinstance(caption, str):
-        raise CIRError(f"caption must be a string, got {type(caption).__name__}")
-    if not caption.strip():
-        raise CIRError("caption is empty: type how the reference should change")
-    return caption
-
-
-def _image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    """One image or several as a list; a [N, 3, H, W] tensor is N images."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            return [images]
-        if images.ndim == 4:
-            return list(images)
-        raise CIRError(f"a pixel tensor must be [3, H, W] or [N, 3, H, W], got shape {tuple(images.shape)}")
-    if not isinstance(images, Sequence):
-        raise CIRError(f"images must be paths, PIL images or tensors, got {type(images).__name__}")
-    out = []
-    for image in images:
-        if isinstance(image, torch.Tensor) and image.ndim != 3:
-            raise CIRError(f"a pixel tensor in a list must be [3, H, W], got shape {tuple(image.shape)}")
-        if not isinstance(image, (str, os.PathLike, Image.Image, torch.Tensor)):
-            raise CIRError(f"an image must be a path, a PIL image or a tensor, got {type(image).__name__}")
-        out.append(image)
-    return out
-
-
-def _image_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CIRError(f"{path}: image file not found")
-    return path
 
 
 class CIRModel:
@@ -133,14 +92,14 @@ class CIRModel:
         """Raw CLIP image features [N, D]. Files are encoded as `clip-cir eval` encodes a gallery
         (the same batches, and for lists of `CACHE_MIN_ROWS` files or more the same feature cache
         entry for the same list); PIL images and pixel tensors in batches of the same size."""
-        items = _image_list(images)
+        items = image_list(images)
         files = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
         options = self.encode if len(files) >= CACHE_MIN_ROWS else replace(self.encode, image_cache=None)
         if len(files) == len(items):
-            return encode_image_files(self.clip, [_image_file(p) for p in items], options, "image features")
+            return encode_image_files(self.clip, [image_file(p) for p in items], options, "image features")
         out = torch.empty(len(items), self.embed_dim)
         if files:
-            out[files] = encode_image_files(self.clip, [_image_file(items[i]) for i in files], options,
+            out[files] = encode_image_files(self.clip, [image_file(items[i]) for i in files], options,
                                             "image features")
         listed = set(files)
         others = [i for i in range(len(items)) if i not in listed]
@@ -159,7 +118,7 @@ class CIRModel:
                                f"model.transform), got shape {tuple(image.shape)}")
         for start in range(0, len(images), self.encode.batch_size):
             pixels = [image.cpu() if isinstance(image, torch.Tensor) else transform.pixels(
-                image if isinstance(image, Image.Image) else load_image(_image_file(image)))
+                image if isinstance(image, Image.Image) else load_image(image_file(image)))
                 for image in images[start:start + self.encode.batch_size]]
             if len({p.dtype for p in pixels}) > 1:  # uint8 pixels next to float ones: all as model input
                 pixels = [transform.normalize(p) for p in pixels]
@@ -185,7 +144,7 @@ class CIRModel:
         so a query gets the numbers `clip-cir eval` gives it."""
         from clip_cir.models.token_features import image_token_features, text_token_features
 
-        items, captions = _image_list(images), [captions] if isinstance(captions, str) else list(captions)
+        items, captions = image_list(images), [captions] if isinstance(captions, str) else list(captions)
         grid = getattr(self.combine, "token_grid", None)
         with eval_mode(self.clip.model), (self.encode.autocast or nullcontext)():
             image_parts = [image_token_features(self.clip.model, batch, grid) for batch in self._pixel_batches(items)]
@@ -229,7 +188,7 @@ class CIRModel:
 
     def compose(self, images: ImageInput | Sequence[ImageInput], captions: str | Sequence[str]) -> torch.Tensor:
         """Query vectors [N, D] with unit rows: reference image i changed by caption i."""
-        items = _image_list(images)
+        items = image_list(images)
         captions = [captions] if isinstance(captions, str) else list(captions)
         if len(items) != len(captions):
             raise CIRError(f"{len(items)} images but {len(captions)} captions: give one caption per image")
@@ -243,7 +202,7 @@ class CIRModel:
     def manipulate(self, image: ImageInput, attribute: str, value: str) -> torch.Tensor:
         """A unit query vector [D]: `image` with `attribute` set to `value` (names), by FLAM when the
         model was loaded with `attributes=`, else by composing the template caption."""
-        if len(_image_list(image)) != 1:
+        if len(image_list(image)) != 1:
             raise CIRError("manipulate takes one image (manipulate_features takes many)")
         return self.manipulate_features(self.image_features(image), [attribute], [value])[0]
 
@@ -285,7 +244,7 @@ class CIRModel:
         elif isinstance(images, Sequence) and images and all(isinstance(s, CIRSplit) for s in images):
             splits = list(images)
         else:
-            splits = [_listed_gallery(images)]
+            splits = [listed_gallery(images)]
         names: list[str] = []
         paths: dict[str, Path] = {}
         parts = []
@@ -311,31 +270,6 @@ class GalleryFeatures:
     names: list[str]
     paths: dict[str, Path]
     features: torch.Tensor
-
-
-GallerySource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Mapping[str, Union[str, os.PathLike]],
-                      CIRSplit, Sequence[CIRSplit]]
-"""What `CIRModel.index` takes: a folder, image files, name -> file, or dataset splits."""
-
-
-def _listed_gallery(images: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]) -> CIRSplit:
-    """A list of image files (named as given) or a mapping name -> file, as a split without queries."""
-    if isinstance(images, Mapping):
-        listed = [(str(name), file) for name, file in images.items()]
-    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
-        listed = [(os.fspath(file) if isinstance(file, (str, os.PathLike)) else file, file) for file in images]
-    else:
-        raise CIRError(f"a gallery is a folder, a list of image files or a mapping name -> file, "
-                       f"got {type(images).__name__}")
-    gallery: dict[str, Path] = {}
-    for name, file in listed:
-        if not isinstance(file, (str, os.PathLike)):
-            raise CIRError(f"a gallery image must be a file path, got {type(file).__name__}")
-        if name in gallery:
-            raise CIRError(f"'{name}' is listed twice in the gallery")
-        gallery[name] = _image_file(file)
-    return CIRSplit(dataset="files", name="listed", split="gallery", queries=[], gallery=gallery,
-                    exclude_reference=False, recall_ks=())
 
 
 class Gallery(GalleryFeatures):

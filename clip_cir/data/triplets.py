@@ -47,7 +47,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from clip_cir.data.columns import Checked, check, csv_columns, row_columns
+from clip_cir.data.columns import Checked, check, row_columns
+from clip_cir.data.csv_columns import csv_columns
 from clip_cir.data.gallery_files import GalleryListing, gallery_file, listing_lines, read_gallery
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.io import json_object_lines

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_cir.data.columns import check, csv_columns, row_columns
+from clip_cir.data.columns import check, row_columns
+from clip_cir.data.csv_columns import csv_columns
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.table import ImageFiles, QueryTable, strings
 from clip_cir.data.triplets import TripletFormat, load_triplets, read_rows, split_file

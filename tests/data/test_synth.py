@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from clip_cir.data.synthetic import generate
-from clip_cir.data.synthetic.world import Edit, Obj, _referent
+from clip_cir.data.synthetic.captions import _referent
+from clip_cir.data.synthetic.world import Edit, Obj
 
 SIZE = 48
 N = dict(n_train=60, n_val=30, n_test=30, n_circo=12, circo_distractors=30)

@@ -13,7 +13,8 @@ import pytest
 
 from clip_cir.data import load_splits
 from clip_cir.data.synthetic import EDIT_KINDS, edit_kinds, generate
-from clip_cir.data.synthetic.world import COLOURS, SHAPES, TEMPLATES
+from clip_cir.data.synthetic.captions import TEMPLATES
+from clip_cir.data.synthetic.world import COLOURS, SHAPES
 from clip_cir.data.types import CIRSplit
 from clip_cir.errors import CIRError
 

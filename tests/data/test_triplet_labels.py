@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from clip_cir.data import load_splits
-from clip_cir.data.columns import csv_columns
 from clip_cir.data.convert import write_triplets
+from clip_cir.data.csv_columns import csv_columns
 from clip_cir.data.images import ImageCheck
 from clip_cir.data.triplets import load_triplets
 from clip_cir.data.types import CIRSplit, Query, TripletFormat

@@ -17,17 +17,8 @@ import shutil
 from pathlib import Path
 
 from clip_cir.data.birdstowords import COLUMNS, FOLDER, IMAGES_FOLDER, TSV_NAME
-from clip_cir.data.synthetic.world import (
-    CIRR_BACKGROUND,
-    Edit,
-    Obj,
-    Scene,
-    _full,
-    _loc,
-    _make_group,
-    _plan_image,
-    render,
-)
+from clip_cir.data.synthetic.captions import _full, _loc
+from clip_cir.data.synthetic.world import CIRR_BACKGROUND, Edit, Obj, Scene, _make_group, _plan_image, render
 
 SPLITS = ("train", "val", "test")
 VARIANTS = 2

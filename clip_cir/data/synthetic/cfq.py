@@ -26,17 +26,8 @@ import os
 import random
 from pathlib import Path
 
-from clip_cir.data.synthetic.world import (
-    TEMPLATES,
-    Edit,
-    Scene,
-    _caption,
-    _make_group,
-    _plan_image,
-    _random_edit,
-    _random_scene,
-    render,
-)
+from clip_cir.data.synthetic.captions import TEMPLATES, _caption
+from clip_cir.data.synthetic.world import Edit, Scene, _make_group, _plan_image, _random_edit, _random_scene, render
 
 SUBSETS = ("broad", "focused")
 JUDGES = 3

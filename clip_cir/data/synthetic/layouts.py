@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from clip_cir.data.synthetic.captions import _full, _loc, cirr_caption, describe_scene, fiq_captions
 from clip_cir.data.synthetic.classic import CLASSIC, check_classic, write_classic
 from clip_cir.data.synthetic.edits import EDITS_FOLDER, reported_kind, write_edit_kinds
 from clip_cir.data.synthetic.world import (
@@ -25,18 +26,17 @@ from clip_cir.data.synthetic.world import (
     Edit,
     ImageJob,
     Scene,
-    _full,
-    _loc,
     _make_group,
     _pick_queries,
     _plan_image,
     _random_scene,
     _save,
-    cirr_caption,
-    describe_scene,
-    fiq_captions,
-    tqdm,
 )
+
+try:
+    from tqdm import tqdm
+except ImportError:  # tqdm only draws a progress bar; generation works without it
+    tqdm = None
 
 
 def _split_queries(n: int) -> list[int]:

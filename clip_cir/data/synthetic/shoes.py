@@ -15,17 +15,8 @@ import random
 from pathlib import Path
 
 from clip_cir.data.shoes import CAPTIONS_FILE, IMAGES_FOLDER, LIST_FILES
-from clip_cir.data.synthetic.world import (
-    FIQ_VARIANTS,
-    TEMPLATES,
-    Edit,
-    Scene,
-    _caption,
-    _make_group,
-    _pick_queries,
-    _plan_image,
-    _save,
-)
+from clip_cir.data.synthetic.captions import TEMPLATES, _caption
+from clip_cir.data.synthetic.world import FIQ_VARIANTS, Edit, Scene, _make_group, _pick_queries, _plan_image, _save
 
 KINDS = {
     "womens_boots": (110, 75, 45),

@@ -16,16 +16,8 @@ import shutil
 from pathlib import Path
 
 from clip_cir.data.spotthediff import AFTER_SUFFIX, FOLDER, IMAGES_FOLDER
-from clip_cir.data.synthetic.world import (
-    CIRR_BACKGROUND,
-    JITTER,
-    ImageJob,
-    Scene,
-    _make_group,
-    _plan_image,
-    _save,
-    cirr_caption,
-)
+from clip_cir.data.synthetic.captions import cirr_caption
+from clip_cir.data.synthetic.world import CIRR_BACKGROUND, JITTER, ImageJob, Scene, _make_group, _plan_image, _save
 
 SPLITS = ("train", "val", "test")
 MAX_SENTENCES = 3
