@@ -106,7 +106,11 @@ def split_features(clip: LoadedCLIP, split: CIRSplit, options: EncodeOptions,
     captions (through the token cache, computed once per model like the global features)."""
     name = f"{split.name} {split.split}"
     paths = list(split.gallery.values())
-    gallery = encode_image_files(clip, paths, options, f"{name} gallery")
+    files = list(dict.fromkeys(paths))  # entries that share a file (Spot-the-Diff's copies) encode it once
+    gallery = encode_image_files(clip, files, options, f"{name} gallery")
+    if len(files) < len(paths):
+        row = {path: i for i, path in enumerate(files)}
+        gallery = gallery[torch.tensor([row[path] for path in paths], dtype=torch.long)]
     index = {name: i for i, name in enumerate(split.gallery)}
     apart = list(dict.fromkeys(q.reference for q in split.queries if q.reference not in index))
     images = gallery
