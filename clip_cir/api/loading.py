@@ -88,7 +88,8 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
 
     `pretrained` is anything `--pretrained` takes (an open_clip tag with `model`, a checkpoint
     file, a stage-1 run directory, `hf-hub:ORG/NAME`) or a stage-2 or zero-shot run directory,
-    whose config.json names its CLIP: that CLIP and the run's Combiner or φ are loaded. `combiner` is
+    whose config.json names its CLIP: that CLIP and the run's Combiner or φ are loaded (with
+    `combining` naming a function, that CLIP and the function). `combiner` is
     anything `--combiner` takes; an `hf-hub:` repository written by `clip-cir export` brings its
     own `combiner.safetensors`. `zero_shot` is anything `--zero-shot` takes (a `clip-cir zero-shot`
     run, a φ file, a published Pic2Word/SEARLE/LinCIR file): queries are then the pseudo-word
@@ -120,6 +121,9 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
         raise CIRError("give combiner or combining, not both")
     if zero_shot is not None and combiner is not None:
         raise CIRError("give combiner or zero_shot, not both")
+    if zero_shot is not None and combining is not None and combining not in ZERO_SHOT_METHODS:
+        raise CIRError(f"zero_shot gives the pseudo-word composition; combining may only name its method "
+                       f"({', '.join(ZERO_SHOT_METHODS)}), not {combining!r}")
     if prompt_template is not None and zero_shot is None and combining not in ZERO_SHOT_METHODS:
         raise CIRError("prompt_template goes with zero_shot (the prompt of a pseudo-word composition)")
     if slerp_alpha is not None and combining != "slerp":
@@ -152,7 +156,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
             raise CIRError(f"{source} is a {run['program']} run and brings its own {network}; to combine its CLIP "
                            f"with another, pass that CLIP as pretrained")
         clip = load_clip(model or run.get("model"), run.get("pretrained"))
-        if run["program"] == "zero-shot":
+        if run["program"] == "zero-shot" and (combining is None or combining in ZERO_SHOT_METHODS):
             zero_shot = zero_shot or source
         elif combining is None and zero_shot is None:
             combiner_source = source

@@ -21,6 +21,7 @@ import torch
 from helpers import REPO, command_line, ddp_launcher, read_weights, update_gaps
 
 import clip_cir
+from clip_cir.errors import CIRError
 from clip_cir.evaluation.metrics import selection_scores
 
 WORLD = dict(n_train=300, n_val=100, n_test=10, size=64, seed=0, n_circo=0)
@@ -158,6 +159,24 @@ def test_clip_cir_eval_of_the_run_directory_reproduces_its_best_validation(runs,
     recorded = json.loads((runs["searle"].path / "best" / "phi.json").read_text())["metrics"]
     assert {k: metrics[k] for k in metrics if k in recorded} == pytest.approx(
         {k: v for k, v in recorded.items() if k in metrics}, abs=1e-3)
+
+
+def test_load_of_a_run_directory_composes_with_phi_or_with_the_function_named(runs, pretrained):
+    """`clip_cir.load(RUN)` brings the run's φ; with `combining="image"` the run's CLIP with that
+    function; `zero_shot=` with a function is refused in one line."""
+    from clip_cir.models.combiner import image_only
+
+    kwargs = dict(device="cpu", cache=False, progress=False)
+    with_phi = clip_cir.load(runs["searle"].path, **kwargs)
+    assert with_phi.combine.name == "searle" and str(runs["searle"].path) in with_phi.combining
+    image = clip_cir.load(runs["searle"].path, combining="image", **kwargs)
+    plain = clip_cir.load(pretrained, combining="image", **kwargs)
+    assert image.combine is image_only and image.clip.source == plain.clip.source
+    assert all(torch.equal(a, b) for a, b in zip(image.clip.model.state_dict().values(),
+                                                  plain.clip.model.state_dict().values()))
+    with pytest.raises(CIRError, match=r"^zero_shot gives the pseudo-word composition; combining may only name "
+                                       r"its method \(pic2word, searle, lincir\), not 'image'$"):
+        clip_cir.load(pretrained, zero_shot=runs["searle"].path, combining="image", **kwargs)
 
 
 def test_clip_cir_report_plots_a_zero_shot_run(runs, cli, tmp_path):
