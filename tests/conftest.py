@@ -121,6 +121,20 @@ def tiny_clip():
     return _make_tiny_clip("cir-tiny-vit", 0)
 
 
+@pytest.fixture(scope="module")
+def frozen_clip():
+    """``cir-tiny-vit`` as the library loads it (a ``LoadedCLIP``), seed-0 weights, every parameter
+    frozen: the CLIP the zero-shot methods train φ against."""
+    import torch
+
+    from clip_cir.models.clip import load_clip
+
+    torch.manual_seed(0)
+    clip = load_clip("cir-tiny-vit")
+    clip.model.requires_grad_(False)
+    return clip
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
     """``tiny_clip``'s weights saved as a published fine-tuned checkpoint,

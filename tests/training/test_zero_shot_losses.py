@@ -147,23 +147,13 @@ def test_regulariser_phrases_put_the_concept_and_the_placeholder_in_the_same_phr
     assert len(REGULARISER_TEMPLATES) == 8 and len(OTI_TEMPLATES) == 24
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from clip_cir.models.clip import load_clip
-
-    torch.manual_seed(0)
-    clip = load_clip("cir-tiny-vit")
-    clip.model.requires_grad_(False)
-    return clip
-
-
 @torch.no_grad()
-def test_concept_features_ensemble_the_templates_and_nearest_concepts_rank_by_cosine(tiny):
-    got = concept_features(tiny, ["dog", "red car"], batch_size=1)
+def test_concept_features_ensemble_the_templates_and_nearest_concepts_rank_by_cosine(frozen_clip):
+    got = concept_features(frozen_clip, ["dog", "red car"], batch_size=1)
     for row, concept in enumerate(["dog", "red car"]):
         prompts = [" ".join(t.format(f" {concept} ").split()) for t in OTI_TEMPLATES]
         assert prompts[0] == f"This is a photo of a {concept}" and prompts[14] == concept
-        features = F.normalize(tiny.model.encode_text(tiny.tokenizer(prompts)), dim=-1)
+        features = F.normalize(frozen_clip.model.encode_text(frozen_clip.tokenizer(prompts)), dim=-1)
         torch.testing.assert_close(got[row], F.normalize(features.mean(dim=0), dim=0), atol=1e-5, rtol=1e-5)
     concepts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     images = torch.tensor([[3.0, 0.1], [0.0, -1.0]])
@@ -171,28 +161,28 @@ def test_concept_features_ensemble_the_templates_and_nearest_concepts_rank_by_co
     assert nearest_concepts(images, concepts, 5).tolist() == [[0, 2, 1], [0, 2, 1]]
 
 
-def test_textual_inversion_starts_from_small_gaussian_tokens_and_moves_prompts_towards_the_images(tiny):
+def test_textual_inversion_starts_from_small_gaussian_tokens_and_moves_prompts_towards_the_images(frozen_clip):
     from clip_cir.models.pseudo_words import encode_with_pseudo_words
 
     images = torch.randn(2, 128, generator=torch.Generator().manual_seed(1))
     concepts = [["dog", "cat"], ["car"]]
-    start = textual_inversion(tiny, images, concepts, steps=0, generator=torch.Generator().manual_seed(4))
+    start = textual_inversion(frozen_clip, images, concepts, steps=0, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(start, torch.randn(2, 128, generator=torch.Generator().manual_seed(4)) * 0.02)
-    tokens = textual_inversion(tiny, images, concepts, steps=8, ema_decay=0.0,
+    tokens = textual_inversion(frozen_clip, images, concepts, steps=8, ema_decay=0.0,
                                generator=torch.Generator().manual_seed(4))
-    again = textual_inversion(tiny, images, concepts, steps=2, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(again, textual_inversion(tiny, images, concepts, steps=2,
+    again = textual_inversion(frozen_clip, images, concepts, steps=2, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again, textual_inversion(frozen_clip, images, concepts, steps=2,
                                                 generator=torch.Generator().manual_seed(4)))  # one generator
-    one_step = textual_inversion(tiny, images, concepts, steps=1, ema_decay=0.0,
+    one_step = textual_inversion(frozen_clip, images, concepts, steps=1, ema_decay=0.0,
                                  generator=torch.Generator().manual_seed(4))
-    averaged = textual_inversion(tiny, images, concepts, steps=1, ema_decay=0.25,
+    averaged = textual_inversion(frozen_clip, images, concepts, steps=1, ema_decay=0.25,
                                  generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(averaged, 0.25 * start + 0.75 * one_step)  # the EMA of the start and one step
-    ids = tiny.tokenizer(["A photo of a $"] * 2)
+    ids = frozen_clip.tokenizer(["A photo of a $"] * 2)
     with torch.no_grad():
-        before = F.cosine_similarity(encode_with_pseudo_words(tiny.model, ids, start, 259), images).mean()
-        after = F.cosine_similarity(encode_with_pseudo_words(tiny.model, ids, tokens, 259), images).mean()
+        before = F.cosine_similarity(encode_with_pseudo_words(frozen_clip.model, ids, start, 259), images).mean()
+        after = F.cosine_similarity(encode_with_pseudo_words(frozen_clip.model, ids, tokens, 259), images).mean()
     print(f"template cosine to the images: {before.item():.3f} -> {after.item():.3f}")
     assert after > before + 0.05
     with pytest.raises(ValueError, match="at least one concept word for every image"):
-        textual_inversion(tiny, images, [["dog"], []], steps=1)
+        textual_inversion(frozen_clip, images, [["dog"], []], steps=1)

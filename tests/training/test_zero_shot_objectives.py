@@ -4,7 +4,6 @@ only the mapping network gets gradients."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from clip_cir.models.pseudo_words import encode_with_pseudo_words
@@ -22,16 +21,6 @@ from clip_cir.training.zero_shot_losses import lincir_loss, lincir_noise, pic2wo
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from clip_cir.models.clip import load_clip
-
-    torch.manual_seed(0)
-    clip = load_clip("cir-tiny-vit")
-    clip.model.requires_grad_(False)
-    return clip
-
-
 def _images(rows: int = 3) -> torch.Tensor:
     return torch.randn(rows, 128, generator=torch.Generator().manual_seed(1))
 
@@ -41,26 +30,27 @@ def _only_phi_has_gradients(clip, mapping) -> None:
     assert all(p.grad is None for p in clip.model.parameters())
 
 
-def test_pic2word_batch_loss_puts_phi_of_each_image_in_a_photo_of_the_placeholder(tiny):
+def test_pic2word_batch_loss_puts_phi_of_each_image_in_a_photo_of_the_placeholder(frozen_clip):
     torch.manual_seed(0)
-    mapping = mapping_for("pic2word", tiny).eval()
+    mapping = mapping_for("pic2word", frozen_clip).eval()
     images = _images()
-    got = pic2word_batch_loss(PseudoWordText(tiny), mapping, images)
-    ids = tiny.tokenizer(["a photo of $"] * 3)
+    got = pic2word_batch_loss(PseudoWordText(frozen_clip), mapping, images)
+    ids = frozen_clip.tokenizer(["a photo of $"] * 3)
     with torch.no_grad():
-        prompts = encode_with_pseudo_words(tiny.model, ids, mapping(images), 259)
-        expected = pic2word_loss(images, prompts, tiny.model.logit_scale.exp())
+        prompts = encode_with_pseudo_words(frozen_clip.model, ids, mapping(images), 259)
+        expected = pic2word_loss(images, prompts, frozen_clip.model.logit_scale.exp())
     torch.testing.assert_close(got, expected, **TOL)
     got.backward()
-    _only_phi_has_gradients(tiny, mapping)
+    _only_phi_has_gradients(frozen_clip, mapping)
 
 
-def test_searle_batch_loss_distils_and_regularises_with_a_drawn_concept_and_phrase(tiny):
+def test_searle_batch_loss_distils_and_regularises_with_a_drawn_concept_and_phrase(frozen_clip):
     torch.manual_seed(0)
-    mapping = mapping_for("searle", tiny).eval()
+    mapping = mapping_for("searle", frozen_clip).eval()
     images, oti = _images(), torch.randn(3, 128, generator=torch.Generator().manual_seed(2))
     concepts = [["dog", "cat"], ["red car"], ["tree", "house", "hat"]]
-    got = searle_batch_loss(PseudoWordText(tiny), mapping, images, oti, concepts, torch.Generator().manual_seed(9))
+    got = searle_batch_loss(PseudoWordText(frozen_clip), mapping, images, oti, concepts,
+                            torch.Generator().manual_seed(9))
     draws = torch.Generator().manual_seed(9)  # the same draws, in the same order
     words = [w[int(torch.randint(len(w), (1,), generator=draws))] for w in concepts]
     templates = [REGULARISER_TEMPLATES[i] for i in torch.randint(8, (3,), generator=draws).tolist()]
@@ -68,30 +58,31 @@ def test_searle_batch_loss_distils_and_regularises_with_a_drawn_concept_and_phra
     pseudo_phrases = [" ".join(t.format(" $ ").split()) for t in templates]
     with torch.no_grad():
         predicted = mapping(images)
-        expected = searle_phi_loss(oti, predicted, tiny.model.encode_text(tiny.tokenizer(phrases)),
-                                   encode_with_pseudo_words(tiny.model, tiny.tokenizer(pseudo_phrases), predicted, 259))
+        model, tokenize = frozen_clip.model, frozen_clip.tokenizer
+        expected = searle_phi_loss(oti, predicted, model.encode_text(tokenize(phrases)),
+                                   encode_with_pseudo_words(model, tokenize(pseudo_phrases), predicted, 259))
     torch.testing.assert_close(got, expected, **TOL)
     got.backward()
-    _only_phi_has_gradients(tiny, mapping)
+    _only_phi_has_gradients(frozen_clip, mapping)
 
 
-def test_lincir_batch_loss_masks_keywords_and_falls_back_when_the_placeholder_is_cut_off(tiny):
+def test_lincir_batch_loss_masks_keywords_and_falls_back_when_the_placeholder_is_cut_off(frozen_clip):
     torch.manual_seed(0)
-    mapping = mapping_for("lincir", tiny).eval()
+    mapping = mapping_for("lincir", frozen_clip).eval()
     captions = ["A red car", "is on it", "is " * 40 + "red"]  # the third's keyword is past the context
-    text = PseudoWordText(tiny)
+    text = PseudoWordText(frozen_clip)
     clean_ids, masked_ids = lincir_token_pairs(text, captions)
     clean = ["a red car", "is on it", ("is " * 40 + "red").strip()]
     masked = ["$", "is on $", "a photo of $"]
-    full_clean, full_masked = tiny.tokenizer(clean), tiny.tokenizer(masked)
+    full_clean, full_masked = frozen_clip.tokenizer(clean), frozen_clip.tokenizer(masked)
     assert torch.equal(clean_ids, full_clean[:, :clean_ids.shape[1]])
     assert torch.equal(masked_ids, full_masked[:, :masked_ids.shape[1]])
 
     got = lincir_batch_loss(text, mapping, captions, torch.Generator().manual_seed(5))
     with torch.no_grad():
-        features = tiny.model.encode_text(full_clean)
+        features = frozen_clip.model.encode_text(full_clean)
         noised = lincir_noise(features, generator=torch.Generator().manual_seed(5))
-        expected = lincir_loss(encode_with_pseudo_words(tiny.model, full_masked, mapping(noised), 259), features)
+        expected = lincir_loss(encode_with_pseudo_words(frozen_clip.model, full_masked, mapping(noised), 259), features)
     torch.testing.assert_close(got, expected, **TOL)
     got.backward()
-    _only_phi_has_gradients(tiny, mapping)
+    _only_phi_has_gradients(frozen_clip, mapping)

@@ -95,16 +95,6 @@ def test_index_batches_are_a_seeded_permutation_sliced_per_process_with_their_dr
 
 # ---- one step of each method --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny():
-    from clip_cir.models.clip import load_clip
-
-    torch.manual_seed(0)
-    clip = load_clip("cir-tiny-vit")
-    clip.model.requires_grad_(False)
-    return clip
-
-
 FEATURES = torch.randn(6, 128, generator=torch.Generator().manual_seed(1))
 CAPTIONS = ["A red car", "is on it", "a blue circle at the top", "make the square green", "two stars", "one dog"]
 
@@ -120,8 +110,8 @@ def _stage(clip, method: str, **extra) -> MappingTraining:
                            template=PROMPT_TEMPLATES[method], identity={}, **extra)
 
 
-def test_a_pic2word_step_is_its_batch_loss(tiny):
-    stage = _stage(tiny, "pic2word", image_features=FEATURES)
+def test_a_pic2word_step_is_its_batch_loss(frozen_clip):
+    stage = _stage(frozen_clip, "pic2word", image_features=FEATURES)
     rows = torch.tensor([4, 0, 2])
     images, prompts = stage.forward({"index": rows})
     assert torch.equal(images, FEATURES[rows]) and prompts.shape == (3, 128)
@@ -129,8 +119,8 @@ def test_a_pic2word_step_is_its_batch_loss(tiny):
                                pic2word_batch_loss(stage.text, stage.mapping, FEATURES[rows]), **TOL)
 
 
-def test_a_lincir_step_is_its_batch_loss_with_the_noise_of_torchs_random_stream(tiny):
-    stage = _stage(tiny, "lincir", captions=CAPTIONS)
+def test_a_lincir_step_is_its_batch_loss_with_the_noise_of_torchs_random_stream(frozen_clip):
+    stage = _stage(frozen_clip, "lincir", captions=CAPTIONS)
     rows = torch.tensor([2, 5, 1])
     torch.manual_seed(7)
     got = stage.loss(stage.forward({"index": rows}))
@@ -139,10 +129,10 @@ def test_a_lincir_step_is_its_batch_loss_with_the_noise_of_torchs_random_stream(
     torch.testing.assert_close(got, expected, **TOL)
 
 
-def test_a_searle_step_takes_the_batchs_concept_and_phrase_draws(tiny):
+def test_a_searle_step_takes_the_batchs_concept_and_phrase_draws(frozen_clip):
     oti = torch.randn(6, 128, generator=torch.Generator().manual_seed(2))
     concepts = [["dog", "cat"], ["red car", "tree"], ["hat", "sun"], ["a", "b"], ["c", "d"], ["e", "f"]]
-    stage = _stage(tiny, "searle", image_features=FEATURES, oti_tokens=oti, concepts=concepts)
+    stage = _stage(frozen_clip, "searle", image_features=FEATURES, oti_tokens=oti, concepts=concepts)
     batch = {"index": torch.tensor([1, 0]), "concept": torch.tensor([1, 0]), "phrase": torch.tensor([3, 5])}
     got = stage.loss(stage.forward(batch))
     # Image 1's concept 1 is "tree", image 0's concept 0 "dog"; phrases 3 and 5 of the stand-in templates.
@@ -153,14 +143,14 @@ def test_a_searle_step_takes_the_batchs_concept_and_phrase_draws(tiny):
     assert phrases[0] == "a photo of tree that someone took in the middle of a city"
     with torch.no_grad():
         predicted = stage.mapping(FEATURES[[1, 0]])
-        expected = searle_phi_loss(oti[[1, 0]], predicted, tiny.model.encode_text(tiny.tokenizer(phrases)),
-                                   encode_with_pseudo_words(tiny.model, tiny.tokenizer(pseudo_phrases), predicted,
-                                                            PLACEHOLDER_ID))
+        model, tokenize = frozen_clip.model, frozen_clip.tokenizer
+        expected = searle_phi_loss(oti[[1, 0]], predicted, model.encode_text(tokenize(phrases)),
+                                   encode_with_pseudo_words(model, tokenize(pseudo_phrases), predicted, PLACEHOLDER_ID))
     torch.testing.assert_close(got, expected, **TOL)
 
 
 @pytest.mark.parametrize("method", ["pic2word", "searle"])
-def test_accumulated_steps_give_the_one_piece_gradient(tiny, method):
+def test_accumulated_steps_give_the_one_piece_gradient(frozen_clip, method):
     """`forward` returns per-example rows and `loss` takes the whole batch: with φ in eval mode
     (no dropout), 2 micro-batches give the gradient of the batch in one piece."""
     oti = torch.randn(6, 128, generator=torch.Generator().manual_seed(2))
@@ -171,7 +161,7 @@ def test_accumulated_steps_give_the_one_piece_gradient(tiny, method):
     accelerator = Accelerator(cpu=True)
     gradients = []
     for pieces in (1, 2):
-        stage = _stage(tiny, method, **extra)
+        stage = _stage(frozen_clip, method, **extra)
         training_step(accelerator, stage.model, stage.forward, stage.loss, batch, pieces)
         gradients.append([p.grad.clone() for p in stage.mapping.parameters()])
     for one, two in zip(*gradients):
@@ -181,14 +171,14 @@ def test_accumulated_steps_give_the_one_piece_gradient(tiny, method):
 
 # ---- SEARLE's inversion cache ------------------------------------------------------------------------------
 
-def test_inversion_tokens_are_each_batchs_own_inversion_kept_in_chunks(tiny, tmp_path, monkeypatch):
+def test_inversion_tokens_are_each_batchs_own_inversion_kept_in_chunks(frozen_clip, tmp_path, monkeypatch):
     monkeypatch.setattr(zero_shot_inversion, "CHUNK_BATCHES", 2)  # chunks of 2 batches of 2 images
     settings = TextualInversionConfig(oti_steps=2, oti_batch_size=2)
     features = torch.randn(5, 128, generator=torch.Generator().manual_seed(3))
     concepts = [["dog"], ["cat", "car"], ["tree"], ["sun", "hat"], ["red"]]
     seed = 4
-    got = invert_images(tiny, features, concepts, settings, seed, tmp_path, key="k1")
-    expected = [textual_inversion(tiny, features[2 * b:2 * b + 2], concepts[2 * b:2 * b + 2], steps=2,
+    got = invert_images(frozen_clip, features, concepts, settings, seed, tmp_path, key="k1")
+    expected = [textual_inversion(frozen_clip, features[2 * b:2 * b + 2], concepts[2 * b:2 * b + 2], steps=2,
                                   generator=torch.Generator().manual_seed(seed * 1_000_003 + b)) for b in range(3)]
     torch.testing.assert_close(got, torch.cat(expected), atol=0, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens_00000.safetensors", "tokens_00001.safetensors"]
@@ -200,10 +190,10 @@ def test_inversion_tokens_are_each_batchs_own_inversion_kept_in_chunks(tiny, tmp
         return textual_inversion(clip, images, *args, **kwargs)
 
     monkeypatch.setattr(zero_shot_inversion, "textual_inversion", counting)
-    assert torch.equal(invert_images(tiny, features, concepts, settings, seed, tmp_path, key="k1"), got)
+    assert torch.equal(invert_images(frozen_clip, features, concepts, settings, seed, tmp_path, key="k1"), got)
     assert calls == []  # every chunk read back
     (tmp_path / "tokens_00001.safetensors").unlink()
-    assert torch.equal(invert_images(tiny, features, concepts, settings, seed, tmp_path, key="k1"), got)
+    assert torch.equal(invert_images(frozen_clip, features, concepts, settings, seed, tmp_path, key="k1"), got)
     assert calls == [1]  # only the missing chunk's one batch (of one image) again
-    invert_images(tiny, features, concepts, settings, seed, tmp_path, key="k2")
+    invert_images(frozen_clip, features, concepts, settings, seed, tmp_path, key="k2")
     assert calls == [1, 2, 2, 1]  # other settings: every batch again
