@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from fixtures import PRETRAIN_RECIPE, SYNTH_SIZE, load_model
+from fixtures import PRETRAIN_RECIPE, load_model
 from harness import memory_measure, peak_memory_of, quiet, status, workspace
-from options import apply_threads, program_options
+from options import add_world_args, apply_threads, parse_sized, program_options
 from reporting import header, load_average, markdown_table
 from timing import Epochs
 
@@ -88,15 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrain-epochs", type=int,
                         help="pretrain the frozen CLIP on the world's image titles for this many epochs first; 0: "
                              f"random init (default {SIZES['full']['pretrain_epochs']})")
-    parser.add_argument("--model", default="cir-tiny-vit", help="open_clip model (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
-                        help="short side of the synthetic images in px (default: %(default)s, the tiny CLIP's input)")
-    parser.add_argument("--seed", type=int, default=0, help="data, CLIP and training seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    for key, value in SIZES["small" if args.small else "full"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    add_world_args(parser)
+    args = parse_sized(parser, argv, SIZES)
     args.num_workers = None  # the programs' automatic choice (program_options)
     args.compositors = [name.strip() for name in args.compositors.split(",") if name.strip()]
     unknown = [name for name in args.compositors if name not in COMPOSITORS]

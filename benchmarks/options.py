@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from fixtures import SYNTH_SIZE
@@ -48,6 +48,27 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("need --epochs >= 3, --rounds >= 1, --num-workers >= 0, 0 < --batch-size <= --train and "
                      "--image-size >= 16")
     apply_threads(parser, args.threads)
+
+
+def add_world_args(parser: argparse.ArgumentParser) -> None:
+    """The model and world options of the benchmarks that train on a `SIZES` setting (`--small` or
+    full): the CLIP, the synthetic images' size, the seed and torch's threads."""
+    parser.add_argument("--model", default="cir-tiny-vit", help="open_clip model (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
+                        help="short side of the synthetic images in px (default: %(default)s, the tiny CLIP's input)")
+    parser.add_argument("--seed", type=int, default=0, help="data, CLIP and training seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+
+
+def parse_sized(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                sizes: dict[str, dict[str, Any]]) -> argparse.Namespace:
+    """The command line, each size option not given taken from `sizes["small"]` with `--small`,
+    else from `sizes["full"]`."""
+    args = parser.parse_args(argv)
+    for key, value in sizes["small" if args.small else "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def apply_threads(parser: argparse.ArgumentParser, threads: int | None) -> None:

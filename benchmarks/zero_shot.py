@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from fixtures import SYNTH_SIZE
 from harness import quiet, status, workspace
-from options import apply_threads
+from options import add_world_args, apply_threads, parse_sized
 from reporting import header, load_average, markdown_table
 
 import clip_cir
@@ -61,15 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="φ's batch (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="φ's learning rate (default: %(default)s)")
     parser.add_argument("--no-supervised", action="store_true", help="skip the two-stage rows (faster)")
-    parser.add_argument("--model", default="cir-tiny-vit", help="open_clip model (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=SYNTH_SIZE,
-                        help="synthetic image size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="data, CLIP and training seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    for key, value in SIZES["small" if args.small else "full"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    add_world_args(parser)
+    args = parse_sized(parser, argv, SIZES)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m not in METHODS for m in args.methods):
         parser.error(f"--methods: choose from {', '.join(METHODS)}")
