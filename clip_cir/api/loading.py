@@ -171,9 +171,7 @@ def load(pretrained: str | os.PathLike | None = None, *, model: str | None = Non
 
     settings = CombiningConfig(combining=combining or CombiningConfig.combining, combiner=combiner_source,
                                slerp_alpha=slerp_alpha, zero_shot=zero_shot, prompt_template=prompt_template)
-    combine, name = load_combining(settings, clip)
-    if hasattr(combine, "to"):
-        combine = combine.to(device)
+    combine, name = load_combining(settings, clip, device)
     clip.model.to(device)
     set_memory_format(clip.model, device, channels_last)
     if not isinstance(transform, ImageTransform):

@@ -102,10 +102,8 @@ def prepare_settings(config: RankingConfig, split: str | None = None, need_targe
 
         raise CIRError(no_targets_message(splits[0]))
     clip = load_clip(config.model.model, config.model.pretrained)
-    combine, combine_name = load_combining(config.combining, clip)
     accelerator = accelerator_for(config)
-    if hasattr(combine, "to"):
-        combine = combine.to(accelerator.device)
+    combine, combine_name = load_combining(config.combining, clip, accelerator.device)
     from clip_cir.models.towers import set_memory_format
 
     clip.model.to(accelerator.device)

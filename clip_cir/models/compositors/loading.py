@@ -174,21 +174,22 @@ def check_compositor_fits(combine: Any, clip) -> None:
             require_token_features(clip.model, "text")
 
 
-def load_combining(config, clip) -> tuple[Any, str]:
-    """The combining function `config` (a `CombiningConfig`) names for `clip`, checked to fit it,
-    and its name for people: a zero-shot pseudo-word composition, a stage-2 checkpoint (the
-    Combiner, ours or published, or another compositor) or a function. The one way every command,
-    the demo and `clip_cir.load` build a query's composition."""
+def load_combining(config, clip, device: torch.device | str | None = None) -> tuple[Any, str]:
+    """The combining function `config` (a `CombiningConfig`) names for `clip`, checked to fit it
+    and on `device` (a network; None: where it loaded), and its name for people: a zero-shot
+    pseudo-word composition, a stage-2 checkpoint (the Combiner, ours or published, or another
+    compositor) or a function. The one way every command, the demo and `clip_cir.load` build a
+    query's composition."""
     if config.zero_shot:
         from clip_cir.models.zero_shot import zero_shot_composer
 
         composer = zero_shot_composer(clip, config.zero_shot, config.combining, config.prompt_template)
-        return composer, f"{composer} ({config.zero_shot})"
+        return composer.to(device), f"{composer} ({config.zero_shot})"
     if config.combiner:
         network = load_compositor(config.combiner)
         check_compositor_fits(network, clip)
         label = "Combiner" if network.name == "combiner" else f"{network.name} compositor"
-        return network, f"{label} ({config.combiner})"
+        return network.to(device), f"{label} ({config.combiner})"
     from clip_cir.models.combiner import combining_function
 
     return combining_function(config.combining, config.slerp_alpha)
